@@ -1,0 +1,198 @@
+/**
+ * The generation loop, shared by both backends: validates a request, runs prefill and decode (with
+ * KV cache) or recompute steps (without), stops on stop ids / maxNewTokens / abort, streams tokens,
+ * and assembles the result and its stats from the session's ledger and the cost model.
+ * @module
+ */
+import type { Backend, BackendSession, ImageFeatures } from "./backend.ts";
+import type { ModelConfig } from "./config.ts";
+import { kvBytes, type PassFlops, passFlops } from "./cost.ts";
+import { InputError } from "./errors.ts";
+import type { PolicyPlan } from "./policy.ts";
+import type { PromptRows } from "./sequence.ts";
+import type { Tokenizer } from "./tokenizer.ts";
+
+/** One streamed token. */
+export interface GenerateEvent {
+  token: number;
+  /** Text this token added to the decoded output (may be "" while a UTF-8 sequence is incomplete). */
+  text: string;
+}
+
+/** Stats of one request (DESIGN §2). */
+export interface GenerateStats {
+  promptTokens: number;
+  visualTokens: number;
+  visualKeptCount: number | null;
+  newTokens: number;
+  /** KV mode: generated tokens admitted to layers ≥ the sparse layer; no-cache: kept in context. */
+  admittedCount: number;
+  prefillMs: number;
+  decodeMs: number;
+  tokensPerSecond: number;
+  flops: { prefill: PassFlops; decode: PassFlops };
+  kvCache: { rowsPerLayer: number[]; bytes: number; peakBytes: number };
+  gpuPeakBytes: number;
+  /** Rows computed summed over layers and passes (prefill, decode). */
+  rowsComputed: { prefill: number; decode: number };
+}
+
+/** The awaited result of `generate()`. */
+export interface GenerateResult {
+  tokens: number[];
+  text: string;
+  visualKept: number[] | null;
+  admitted: boolean[];
+  stats: GenerateStats;
+}
+
+/** A validated request as the loop runs it. */
+export interface LoopRequest {
+  rows: PromptRows;
+  images: ImageFeatures | null;
+  plan: PolicyPlan;
+  sampling: { temperature: number; topP: number; seed: number };
+  maxNewTokens: number;
+  stop: number[];
+  kvCache: boolean;
+  signal?: AbortSignal;
+  /** KV mode: decode steps per GPU submission between readbacks. */
+  decodeBatch: number;
+}
+
+function checkAbort(signal?: AbortSignal): void {
+  if (signal?.aborted) throw signal.reason ?? new DOMException("The request was aborted", "AbortError");
+}
+
+/**
+ * Runs one request on `backend`, calling `emit` for every generated token.
+ * @example
+ * ```ts
+ * import { runGeneration } from "./generate.ts";
+ * // const result = await runGeneration(backend, tokenizer, config, request, (ev) => console.log(ev.text));
+ * ```
+ */
+export async function runGeneration(
+  backend: Backend,
+  tokenizer: Tokenizer,
+  config: ModelConfig,
+  request: LoopRequest,
+  emit: (event: GenerateEvent) => void,
+): Promise<GenerateResult> {
+  if (!Number.isInteger(request.maxNewTokens) || request.maxNewTokens < 0) {
+    throw new InputError(`Cannot generate: maxNewTokens must be a non-negative integer`, "maxNewTokens");
+  }
+  const promptLen = request.rows.ids.length;
+  if (promptLen + request.maxNewTokens > config.text.maxPositions) {
+    throw new InputError(
+      `Cannot generate: prompt (${promptLen} rows) + maxNewTokens (${request.maxNewTokens}) exceeds the context of ${config.text.maxPositions}`,
+      "maxNewTokens",
+    );
+  }
+  checkAbort(request.signal);
+  const session = backend.openSession(request);
+  try {
+    return await loop(session, tokenizer, config, request, emit);
+  } finally {
+    session.dispose();
+  }
+}
+
+async function loop(
+  session: BackendSession,
+  tokenizer: Tokenizer,
+  config: ModelConfig,
+  request: LoopRequest,
+  emit: (event: GenerateEvent) => void,
+): Promise<GenerateResult> {
+  const tokens: number[] = [];
+  let admitted: boolean[] = [];
+  let text = "";
+  let visualKept: number[] | null = null;
+  let done = request.maxNewTokens === 0;
+  const push = (token: number): boolean => {
+    tokens.push(token);
+    const full = tokenizer.decode(tokens, { skipSpecialTokens: true });
+    const delta = full.endsWith("\uFFFD") ? "" : full.slice(text.length);
+    if (!full.endsWith("\uFFFD")) text = full;
+    emit({ token, text: delta });
+    return request.stop.includes(token) || tokens.length >= request.maxNewTokens;
+  };
+  const t0 = performance.now();
+  let prefillMs = 0;
+  if (request.kvCache) {
+    const first = await session.prefill({ wantLogits: false });
+    prefillMs = performance.now() - t0;
+    visualKept = first.visualKept;
+    if (!done) done = push(first.token);
+    while (!done) {
+      checkAbort(request.signal);
+      const steps = Math.min(request.decodeBatch, request.maxNewTokens - tokens.length);
+      const out = await session.decode(steps);
+      for (let i = 0; i < out.tokens.length && !done; i++) {
+        admitted.push(out.admitted[i]);
+        done = push(out.tokens[i]);
+      }
+    }
+  } else {
+    let outputKept: number[] = [];
+    const first = await session.recompute([]);
+    prefillMs = performance.now() - t0;
+    visualKept = first.visualKept;
+    if (!done) done = push(first.token);
+    while (!done) {
+      checkAbort(request.signal);
+      const step = await session.recompute(tokens);
+      outputKept = step.outputKept;
+      done = push(step.token);
+    }
+    // Final keep decision per generated token except the last, from the last recompute; the token
+    // fed last in that recompute was its last row, which is always kept.
+    const kept = new Set(outputKept);
+    const fed = Math.max(0, tokens.length - 1);
+    admitted = Array.from({ length: fed }, (_, j) => j === fed - 1 || kept.has(j));
+  }
+  const totalMs = performance.now() - t0;
+  const decodeMs = totalMs - prefillMs;
+  const sum = (phase: "prefill" | "decode"): PassFlops => {
+    const out = { flopsPaper: 0, flopsExact: 0 };
+    for (const pass of session.passes) {
+      if (pass.phase !== phase) continue;
+      const f = passFlops(config.text, pass.layers);
+      out.flopsPaper += f.flopsPaper;
+      out.flopsExact += f.flopsExact;
+    }
+    return out;
+  };
+  const rowsComputed = (phase: "prefill" | "decode") =>
+    session.passes.filter((p) => p.phase === phase).reduce(
+      (n, p) => n + p.layers.reduce((m, l) => m + l.newRows, 0),
+      0,
+    );
+  const rowsPerLayer = session.ledger.rowsPerLayer();
+  const bytesPerElement = session.ledger.bytesPerRow / (2 * config.text.numKvHeads * config.text.headDim);
+  return {
+    tokens,
+    text,
+    visualKept,
+    admitted,
+    stats: {
+      promptTokens: request.rows.ids.length,
+      visualTokens: request.rows.imageTokens,
+      visualKeptCount: visualKept ? visualKept.length : null,
+      newTokens: tokens.length,
+      admittedCount: admitted.filter(Boolean).length,
+      prefillMs,
+      decodeMs,
+      tokensPerSecond: tokens.length > 1 && decodeMs > 0 ? (tokens.length - 1) / (decodeMs / 1000) : 0,
+      flops: { prefill: sum("prefill"), decode: sum("decode") },
+      kvCache: {
+        rowsPerLayer,
+        bytes: kvBytes(config.text, rowsPerLayer, { bytesPerElement }),
+        peakBytes: session.ledger.peakBytes,
+      },
+      gpuPeakBytes: session.gpuPeakBytes(),
+      rowsComputed: { prefill: rowsComputed("prefill"), decode: rowsComputed("decode") },
+    },
+  };
+}

@@ -1,0 +1,345 @@
+/**
+ * WebGPU device, pipelines, buffers and readback: the only file that talks to `navigator.gpu`
+ * directly. Everything here is shared by all kernels and the GPU runtime.
+ *
+ * - {@link createGpu} picks the adapter, requests its buffer limits and `shader-f16` when offered,
+ *   and turns device loss into a {@link GpuError} for all pending and later work.
+ * - {@link Gpu.pipeline} compiles a WGSL compute shader once per source text and caches it; a
+ *   compile error names the kernel.
+ * - {@link BufferSet} creates buffers and tracks their bytes (live and peak), so a request can
+ *   report `gpuPeakBytes` and free everything it made in one call.
+ * - {@link Dispatch} is a pipeline with its bind group and workgroup grid, built once and encoded
+ *   many times: per-step values live in GPU buffers, so a decode step re-encodes prebuilt dispatches.
+ * @module
+ */
+import { GpuError } from "./errors.ts";
+
+/** A compute pipeline bound to its buffers, ready to be encoded into a pass. */
+export interface Dispatch {
+  label: string;
+  pipeline: GPUComputePipeline;
+  bindGroup: GPUBindGroup;
+  workgroups: [number, number, number];
+}
+
+/** Options of {@link createGpu}. */
+export interface GpuOptions {
+  /** Use f16 weights when the adapter offers `shader-f16` (default true). */
+  allowF16?: boolean;
+  /** Adapter power preference. */
+  powerPreference?: GPUPowerPreference;
+}
+
+/** Largest workgroup count per grid dimension that WebGPU guarantees. */
+export const MAX_GRID = 65535;
+
+/** An open WebGPU device with a pipeline cache. */
+export class Gpu {
+  readonly device: GPUDevice;
+  /** True when f16 storage and arithmetic are available (the `shader-f16` feature was granted). */
+  readonly f16: boolean;
+  /** Adapter description, for reports. */
+  readonly adapterName: string;
+  readonly maxBindingBytes: number;
+  #pipelines = new Map<string, Promise<GPUComputePipeline>>();
+  #lost: GpuError | null = null;
+  #lostPromise: Promise<never>;
+
+  /** Use {@link createGpu}. */
+  constructor(device: GPUDevice, f16: boolean, adapterName: string) {
+    this.device = device;
+    this.f16 = f16;
+    this.adapterName = adapterName;
+    this.maxBindingBytes = Math.min(device.limits.maxStorageBufferBindingSize, device.limits.maxBufferSize);
+    this.#lostPromise = device.lost.then((info) => {
+      this.#lost = new GpuError(
+        `Cannot continue: the GPU device was lost (${info.reason}: ${info.message})`,
+        "device",
+      );
+      throw this.#lost;
+    });
+    this.#lostPromise.catch(() => {});
+  }
+
+  /** Throws the device-lost error if the device is gone. */
+  checkAlive(): void {
+    if (this.#lost) throw this.#lost;
+  }
+
+  /**
+   * Compiles (once per source text) a compute pipeline with entry point `main`.
+   * @example
+   * ```ts
+   * import { createGpu } from "./gpu.ts";
+   * const gpu = await createGpu();
+   * const pipeline = await gpu.pipeline("noop", "@compute @workgroup_size(1) fn main() {}");
+   * console.log(pipeline.label); // "noop"
+   * gpu.destroy();
+   * ```
+   */
+  pipeline(label: string, code: string): Promise<GPUComputePipeline> {
+    this.checkAlive();
+    const key = `${label}\u0000${code}`;
+    let p = this.#pipelines.get(key);
+    if (!p) {
+      p = this.#compile(label, code);
+      this.#pipelines.set(key, p);
+      p.catch(() => this.#pipelines.delete(key));
+    }
+    return p;
+  }
+
+  async #compile(label: string, code: string): Promise<GPUComputePipeline> {
+    const device = this.device;
+    device.pushErrorScope("validation");
+    const module = device.createShaderModule({ label, code });
+    const info = await module.getCompilationInfo();
+    const scopeError = await device.popErrorScope();
+    const messages = info.messages.filter((m) => m.type === "error");
+    if (messages.length > 0 || scopeError) {
+      const detail = messages.map((m) => `${m.lineNum}:${m.linePos} ${m.message}`).join("; ") ||
+        scopeError?.message;
+      throw new GpuError(`Cannot compile kernel ${label}: ${detail}`, label);
+    }
+    try {
+      return await device.createComputePipelineAsync({
+        label,
+        layout: "auto",
+        compute: { module, entryPoint: "main" },
+      });
+    } catch (err) {
+      throw new GpuError(`Cannot create pipeline for kernel ${label}: ${(err as Error).message}`, label, {
+        cause: err,
+      });
+    }
+  }
+
+  /**
+   * Builds a {@link Dispatch}: binds `buffers` to bindings 0..n-1 of group 0.
+   * @example
+   * ```ts
+   * import { createGpu, BufferSet } from "./gpu.ts";
+   * const gpu = await createGpu();
+   * const buffers = new BufferSet(gpu);
+   * const out = buffers.storage(16, "out");
+   * const p = await gpu.pipeline("fill", `@group(0) @binding(0) var<storage, read_write> o: array<u32>;
+   *   @compute @workgroup_size(4) fn main(@builtin(global_invocation_id) g: vec3u) { o[g.x] = g.x; }`);
+   * const d = gpu.dispatch(p, [out], [1, 1, 1]);
+   * gpu.submit([d]);
+   * console.log(new Uint32Array(await gpu.read(out, 0, 16))); // [0, 1, 2, 3]
+   * buffers.destroy();
+   * gpu.destroy();
+   * ```
+   */
+  dispatch(
+    pipeline: GPUComputePipeline,
+    buffers: GPUBuffer[],
+    workgroups: [number, number, number],
+  ): Dispatch {
+    for (const n of workgroups) {
+      if (n > MAX_GRID) {
+        throw new GpuError(`Cannot dispatch ${pipeline.label}: grid ${workgroups} too large`, pipeline.label);
+      }
+    }
+    const bindGroup = this.device.createBindGroup({
+      label: pipeline.label,
+      layout: pipeline.getBindGroupLayout(0),
+      entries: buffers.map((buffer, binding) => ({ binding, resource: { buffer } })),
+    });
+    return { label: pipeline.label, pipeline, bindGroup, workgroups };
+  }
+
+  /** Encodes dispatches in order into one compute pass of `encoder`. */
+  encode(encoder: GPUCommandEncoder, dispatches: Dispatch[]): void {
+    const pass = encoder.beginComputePass();
+    for (const d of dispatches) {
+      if (d.workgroups[0] === 0 || d.workgroups[1] === 0 || d.workgroups[2] === 0) continue;
+      pass.setPipeline(d.pipeline);
+      pass.setBindGroup(0, d.bindGroup);
+      pass.dispatchWorkgroups(d.workgroups[0], d.workgroups[1], d.workgroups[2]);
+    }
+    pass.end();
+  }
+
+  /** Encodes and submits dispatches in one command buffer. */
+  submit(dispatches: Dispatch[]): void {
+    this.checkAlive();
+    const encoder = this.device.createCommandEncoder();
+    this.encode(encoder, dispatches);
+    this.device.queue.submit([encoder.finish()]);
+  }
+
+  /** Copies `size` bytes of `buffer` from `offset` back to the CPU (one mapAsync). */
+  async read(buffer: GPUBuffer, offset: number, size: number): Promise<ArrayBuffer> {
+    this.checkAlive();
+    const staging = this.device.createBuffer({
+      size,
+      usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
+    });
+    try {
+      const encoder = this.device.createCommandEncoder();
+      encoder.copyBufferToBuffer(buffer, offset, staging, 0, size);
+      this.device.queue.submit([encoder.finish()]);
+      await Promise.race([staging.mapAsync(GPUMapMode.READ), this.#lostPromise]);
+      return staging.getMappedRange().slice(0);
+    } finally {
+      staging.destroy();
+    }
+  }
+
+  /** Waits until all submitted work is done (or throws if the device was lost). */
+  async sync(): Promise<void> {
+    await Promise.race([this.device.queue.onSubmittedWorkDone(), this.#lostPromise]);
+  }
+
+  /** Destroys the device; pending work rejects. */
+  destroy(): void {
+    this.#pipelines.clear();
+    this.device.destroy();
+  }
+}
+
+/**
+ * Opens the WebGPU adapter and device with the adapter's buffer limits.
+ * Throws {@link GpuError} when WebGPU or an adapter is missing.
+ * @example
+ * ```ts
+ * import { createGpu } from "./gpu.ts";
+ * const gpu = await createGpu();
+ * console.log(gpu.adapterName, gpu.f16);
+ * gpu.destroy();
+ * ```
+ */
+export async function createGpu(options: GpuOptions = {}): Promise<Gpu> {
+  const gpuApi = (globalThis.navigator as Navigator | undefined)?.gpu;
+  if (!gpuApi) throw new GpuError("Cannot open WebGPU: navigator.gpu is not available", "navigator.gpu");
+  const adapter = await gpuApi.requestAdapter({
+    powerPreference: options.powerPreference ?? "high-performance",
+  });
+  if (!adapter) throw new GpuError("Cannot open WebGPU: no adapter found", "navigator.gpu.requestAdapter");
+  const f16 = (options.allowF16 ?? true) && adapter.features.has("shader-f16");
+  const lim = adapter.limits;
+  const device = await adapter.requestDevice({
+    requiredFeatures: f16 ? ["shader-f16"] : [],
+    requiredLimits: {
+      maxStorageBufferBindingSize: lim.maxStorageBufferBindingSize,
+      maxBufferSize: lim.maxBufferSize,
+      maxStorageBuffersPerShaderStage: lim.maxStorageBuffersPerShaderStage,
+      maxComputeWorkgroupStorageSize: lim.maxComputeWorkgroupStorageSize,
+      maxComputeInvocationsPerWorkgroup: lim.maxComputeInvocationsPerWorkgroup,
+      maxComputeWorkgroupSizeX: lim.maxComputeWorkgroupSizeX,
+    },
+  });
+  return new Gpu(device, f16, adapter.info?.description || adapter.info?.vendor || "unknown adapter");
+}
+
+/** Creates GPU buffers, counts their bytes (live and peak) and destroys them together. */
+export class BufferSet {
+  readonly gpu: Gpu;
+  #buffers = new Set<GPUBuffer>();
+  liveBytes = 0;
+  peakBytes = 0;
+
+  /**
+   * @example
+   * ```ts
+   * import { BufferSet, createGpu } from "./gpu.ts";
+   * const gpu = await createGpu();
+   * const set = new BufferSet(gpu);
+   * set.storage(1024, "scratch");
+   * console.log(set.peakBytes); // 1024
+   * set.destroy();
+   * gpu.destroy();
+   * ```
+   */
+  constructor(gpu: Gpu) {
+    this.gpu = gpu;
+  }
+
+  /** A storage buffer (read/write, copyable) of at least `bytes` bytes (rounded up to 16). */
+  storage(bytes: number, label: string): GPUBuffer {
+    return this.create(
+      bytes,
+      GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST,
+      label,
+    );
+  }
+
+  /** A storage buffer holding `data`. */
+  upload(data: ArrayBufferView, label: string): GPUBuffer {
+    const buffer = this.storage(data.byteLength, label);
+    writeBuffer(this.gpu, buffer, 0, data);
+    return buffer;
+  }
+
+  /** A uniform buffer holding `data` (u32/f32 parameters of a kernel). */
+  uniform(data: ArrayBufferView, label: string): GPUBuffer {
+    const buffer = this.create(data.byteLength, GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST, label);
+    writeBuffer(this.gpu, buffer, 0, data);
+    return buffer;
+  }
+
+  /** Creates a buffer with explicit usage; errors name the buffer. */
+  create(bytes: number, usage: number, label: string): GPUBuffer {
+    this.gpu.checkAlive();
+    const size = Math.max(16, Math.ceil(bytes / 16) * 16);
+    if (size > this.gpu.device.limits.maxBufferSize) {
+      throw new GpuError(`Cannot create buffer ${label}: ${size} bytes exceeds maxBufferSize`, label);
+    }
+    let buffer: GPUBuffer;
+    try {
+      buffer = this.gpu.device.createBuffer({ label, size, usage });
+    } catch (err) {
+      throw new GpuError(`Cannot create buffer ${label}: ${(err as Error).message}`, label, { cause: err });
+    }
+    this.#buffers.add(buffer);
+    this.liveBytes += size;
+    this.peakBytes = Math.max(this.peakBytes, this.liveBytes);
+    return buffer;
+  }
+
+  /** Destroys one buffer made by this set. */
+  release(buffer: GPUBuffer): void {
+    if (!this.#buffers.delete(buffer)) return;
+    this.liveBytes -= buffer.size;
+    buffer.destroy();
+  }
+
+  /** Destroys every buffer made by this set. */
+  destroy(): void {
+    for (const b of this.#buffers) b.destroy();
+    this.#buffers.clear();
+    this.liveBytes = 0;
+  }
+}
+
+/** Writes a typed array into a buffer, padding the tail to 4 bytes as WebGPU requires. */
+export function writeBuffer(gpu: Gpu, buffer: GPUBuffer, offset: number, data: ArrayBufferView): void {
+  const bytes = new Uint8Array(data.buffer as ArrayBuffer, data.byteOffset, data.byteLength);
+  const whole = bytes.byteLength & ~3;
+  const chunk = 64 << 20;
+  for (let at = 0; at < whole; at += chunk) {
+    const n = Math.min(chunk, whole - at);
+    gpu.device.queue.writeBuffer(buffer, offset + at, bytes, at, n);
+  }
+  if (whole < bytes.byteLength) {
+    const tail = new Uint8Array(4);
+    tail.set(bytes.subarray(whole));
+    gpu.device.queue.writeBuffer(buffer, offset + whole, tail);
+  }
+}
+
+/**
+ * Splits `count` workgroups into a 2-D grid that respects {@link MAX_GRID}. Kernels recover the
+ * linear index as `wid.x + wid.y * nwg.x` and skip indices ≥ count.
+ * @example
+ * ```ts
+ * import { grid } from "./gpu.ts";
+ * console.log(grid(70000)); // [35000, 2, 1]
+ * ```
+ */
+export function grid(count: number): [number, number, number] {
+  if (count <= MAX_GRID) return [count, 1, 1];
+  const y = Math.ceil(count / MAX_GRID);
+  return [Math.ceil(count / y), y, 1];
+}

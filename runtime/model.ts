@@ -1,0 +1,343 @@
+/**
+ * `loadModel()` and the {@link Model} users call: `generate()` (awaitable and async-iterable),
+ * `generateBatch()`, `logits()`, `dispose()`. Turns user requests (prompt or ids, images, policy,
+ * sampling) into validated loop requests and runs them one at a time on the chosen backend.
+ * @module
+ */
+import { fromFileUrl } from "node:url";
+import type { Backend, ImageFeatures } from "./backend.ts";
+import { type Checkpoint, openCheckpoint, readCheckpointTensor } from "./checkpoint.ts";
+import type { ModelConfig } from "./config.ts";
+import { createCpuBackend } from "./cpu_backend.ts";
+import { InputError } from "./errors.ts";
+import { type GenerateEvent, type GenerateResult, runGeneration } from "./generate.ts";
+import { createGpuBackend } from "./gpu_backend.ts";
+import { decodeVideoFrames, type RgbImage } from "./image_decode.ts";
+import type { Policy, PolicyModelInfo, PolicyPlan } from "./policy.ts";
+import { resolvePolicy } from "./policies.ts";
+import { loadTextPredictor, loadVisionPredictor } from "./predictors.ts";
+import { preprocessImage } from "./preprocess.ts";
+import { buildPromptRows } from "./sequence.ts";
+import { encodeWithImages, formatLlavaV1 } from "./template.ts";
+import { loadTokenizer, type Tokenizer } from "./tokenizer.ts";
+
+/** Loading progress: bytes of tensors loaded so far out of the total. */
+export interface LoadProgress {
+  loadedBytes: number;
+  totalBytes: number;
+  tensor: string;
+}
+
+/** Options of {@link loadModel}. */
+export interface LoadOptions {
+  /** "webgpu" (default) or "cpu". */
+  backend?: "webgpu" | "cpu";
+  onProgress?: (progress: LoadProgress) => void;
+  /**
+   * GPU weight storage: "auto" (default) keeps F32 checkpoints in f32 and stores F16/BF16 ones as
+   * f16 where the device has shader-f16; "f16" or "f32" force it.
+   */
+  weightDtype?: "auto" | "f16" | "f32";
+}
+
+/** An image: encoded bytes (PNG, JPEG, WebP, GIF, BMP) or decoded RGB. */
+export type ImageInput = Uint8Array | RgbImage;
+
+/** A generation request (DESIGN §2). */
+export interface GenerateRequest {
+  /** User prompt, formatted with the llava_v1 template (`<image>` first when images are given). */
+  prompt?: string;
+  /** Raw ids instead of `prompt`; -200 marks each image. */
+  inputIds?: number[];
+  /** One image or several (one per marker). */
+  image?: ImageInput | ImageInput[];
+  /** A video: `frames` evenly spaced frames, each one image. */
+  video?: { data: Uint8Array; frames: number };
+  maxNewTokens?: number;
+  /** ≤ 0 = greedy (default 0). */
+  temperature?: number;
+  topP?: number;
+  seed?: number;
+  /** Stop ids; default [`</s>`]; [] never stops early. */
+  stop?: number[];
+  signal?: AbortSignal;
+  policy?: "dense" | "dynamic" | "fastv" | Policy;
+  /** false = the paper's no-cache decoding (recompute the context every step). Default true. */
+  kvCache?: boolean;
+}
+
+/** A running `generate()`: await it for the result, or iterate it for streamed tokens. */
+export class GenerateRun implements PromiseLike<GenerateResult>, AsyncIterable<GenerateEvent> {
+  #events: GenerateEvent[] = [];
+  #wake: (() => void) | null = null;
+  #finished = false;
+  readonly result: Promise<GenerateResult>;
+
+  /** Starts `start`, which calls `emit` per token. */
+  constructor(start: (emit: (event: GenerateEvent) => void) => Promise<GenerateResult>) {
+    this.result = start((event) => {
+      this.#events.push(event);
+      this.#wake?.();
+    }).finally(() => {
+      this.#finished = true;
+      this.#wake?.();
+    });
+    this.result.catch(() => {});
+  }
+
+  then<A = GenerateResult, B = never>(
+    onFulfilled?: ((value: GenerateResult) => A | PromiseLike<A>) | null,
+    onRejected?: ((reason: unknown) => B | PromiseLike<B>) | null,
+  ): Promise<A | B> {
+    return this.result.then(onFulfilled, onRejected);
+  }
+
+  async *[Symbol.asyncIterator](): AsyncIterator<GenerateEvent> {
+    while (true) {
+      if (this.#events.length > 0) {
+        yield this.#events.shift()!;
+        continue;
+      }
+      if (this.#finished) {
+        await this.result; // rethrows a failure
+        return;
+      }
+      await new Promise<void>((resolve) => (this.#wake = resolve));
+      this.#wake = null;
+    }
+  }
+}
+
+/** A loaded model. Create with {@link loadModel}. */
+export class Model {
+  readonly config: ModelConfig;
+  readonly tokenizer: Tokenizer;
+  readonly backend: Backend;
+  readonly #policyInfo: PolicyModelInfo;
+  #queue: Promise<unknown> = Promise.resolve();
+  #disposed = false;
+
+  /** Use {@link loadModel}. */
+  constructor(config: ModelConfig, tokenizer: Tokenizer, backend: Backend, policyInfo: PolicyModelInfo) {
+    this.config = config;
+    this.tokenizer = tokenizer;
+    this.backend = backend;
+    this.#policyInfo = policyInfo;
+  }
+
+  /** Plans a policy for this model (throws PolicyError when it cannot run here). */
+  planPolicy(policy: GenerateRequest["policy"] = "dense"): PolicyPlan {
+    return resolvePolicy(policy).plan(this.#policyInfo);
+  }
+
+  /**
+   * Generates text. Await the returned run for the result, or iterate it to stream tokens.
+   * @example
+   * ```ts
+   * import { loadModel } from "../mod.ts";
+   * const model = await loadModel(new URL("../assets/demo/", import.meta.url), { backend: "cpu" });
+   * const result = await model.generate({ prompt: "Hello", maxNewTokens: 4 });
+   * console.log(result.tokens.length <= 4);
+   * model.dispose();
+   * ```
+   */
+  generate(request: GenerateRequest): GenerateRun {
+    return new GenerateRun((emit) => this.#exclusive(() => this.#generate(request, emit)));
+  }
+
+  /**
+   * Runs several requests; results equal running them one by one.
+   * @example
+   * ```ts
+   * import { loadModel } from "../mod.ts";
+   * const model = await loadModel(new URL("../assets/demo/", import.meta.url), { backend: "cpu" });
+   * const results = await model.generateBatch([{ prompt: "Hi", maxNewTokens: 2 }, { prompt: "Yo", maxNewTokens: 2 }]);
+   * console.log(results.length); // 2
+   * model.dispose();
+   * ```
+   */
+  async generateBatch(requests: GenerateRequest[]): Promise<GenerateResult[]> {
+    const results: GenerateResult[] = [];
+    for (const r of requests) results.push(await this.generate(r));
+    return results;
+  }
+
+  /**
+   * Logits of the last position (Float32Array of the vocabulary size), with the policy applied.
+   * @example
+   * ```ts
+   * import { loadModel } from "../mod.ts";
+   * const model = await loadModel(new URL("../assets/demo/", import.meta.url), { backend: "cpu" });
+   * const logits = await model.logits({ inputIds: [1, 15043] });
+   * console.log(logits.length); // 32000
+   * model.dispose();
+   * ```
+   */
+  logits(
+    request: Pick<GenerateRequest, "prompt" | "inputIds" | "image" | "video" | "policy">,
+  ): Promise<Float32Array> {
+    return this.#exclusive(async () => {
+      const { rows, images, plan } = await this.#prepare(request);
+      const session = this.backend.openSession({
+        rows,
+        images,
+        plan,
+        sampling: { temperature: 0, topP: 1, seed: 0 },
+        maxNewTokens: 1,
+      });
+      try {
+        return (await session.prefill({ wantLogits: true })).logits!;
+      } finally {
+        session.dispose();
+        images?.dispose();
+      }
+    });
+  }
+
+  /** Frees the weights and the device. */
+  dispose(): void {
+    if (this.#disposed) return;
+    this.#disposed = true;
+    this.backend.dispose();
+  }
+
+  #exclusive<T>(run: () => Promise<T>): Promise<T> {
+    if (this.#disposed) return Promise.reject(new InputError("Cannot run: the model was disposed", "model"));
+    const next = this.#queue.then(run, run);
+    this.#queue = next.catch(() => {});
+    return next;
+  }
+
+  async #prepare(request: Pick<GenerateRequest, "prompt" | "inputIds" | "image" | "video" | "policy">) {
+    const plan = this.planPolicy(request.policy);
+    const imageInputs = request.image === undefined
+      ? []
+      : Array.isArray(request.image)
+      ? request.image
+      : [request.image];
+    if (request.video) {
+      imageInputs.push(...await decodeVideoFrames(request.video.data, { frames: request.video.frames }));
+    }
+    if (imageInputs.length > 0 && !this.config.vision) {
+      throw new InputError("Cannot use images: this checkpoint has no vision tower", "image");
+    }
+    let ids: number[];
+    if (request.inputIds) {
+      if (request.prompt !== undefined) {
+        throw new InputError("Cannot generate: give prompt or inputIds, not both", "prompt");
+      }
+      ids = request.inputIds;
+    } else if (typeof request.prompt === "string") {
+      ids = encodeWithImages(this.tokenizer, formatLlavaV1(request.prompt, { images: imageInputs.length }));
+    } else {
+      throw new InputError("Cannot generate: prompt or inputIds is required", "prompt");
+    }
+    const rows = buildPromptRows(ids, {
+      tokensPerImage: this.config.vision?.tokensPerImage ?? 0,
+      images: imageInputs.length,
+      vocabSize: this.config.text.vocabSize,
+      maxPositions: this.config.text.maxPositions,
+      imageTokenId: this.config.imageTokenId,
+    });
+    let images: ImageFeatures | null = null;
+    if (imageInputs.length > 0) {
+      const v = this.config.vision!;
+      const pixels: Float32Array[] = [];
+      for (const input of imageInputs) {
+        pixels.push(
+          await preprocessImage(input, { imageSize: v.imageSize, mean: v.imageMean, std: v.imageStd }),
+        );
+      }
+      images = await this.backend.encodeImages(pixels);
+    }
+    return { rows, images, plan };
+  }
+
+  async #generate(request: GenerateRequest, emit: (event: GenerateEvent) => void): Promise<GenerateResult> {
+    const { rows, images, plan } = await this.#prepare(request);
+    try {
+      return await runGeneration(this.backend, this.tokenizer, this.config, {
+        rows,
+        images,
+        plan,
+        sampling: { temperature: request.temperature ?? 0, topP: request.topP ?? 1, seed: request.seed ?? 0 },
+        maxNewTokens: request.maxNewTokens ?? 256,
+        stop: request.stop ?? [this.tokenizer.eosId],
+        kvCache: request.kvCache ?? true,
+        signal: request.signal,
+        decodeBatch: 16,
+      }, emit);
+    } finally {
+      images?.dispose();
+    }
+  }
+}
+
+function toPath(path: string | URL): string {
+  if (path instanceof URL || /^file:/.test(String(path))) return fromFileUrl(String(path));
+  if (/^[a-z]+:\/\//i.test(String(path))) {
+    throw new InputError(`Cannot load ${path}: only local paths and file: URLs are supported`, String(path));
+  }
+  return String(path);
+}
+
+/**
+ * Loads a checkpoint (any supported layout) onto WebGPU or the CPU.
+ * @example
+ * ```ts
+ * import { loadModel } from "../mod.ts";
+ * const model = await loadModel(new URL("../assets/demo/", import.meta.url), { backend: "cpu" });
+ * console.log(model.config.layout); // "llava_llama"
+ * model.dispose();
+ * ```
+ */
+export async function loadModel(path: string | URL, options: LoadOptions = {}): Promise<Model> {
+  const dir = toPath(path);
+  const checkpoint = await openCheckpoint(dir);
+  const tokenizer = await loadTokenizer(checkpoint.tokenizerPath);
+  const config = checkpoint.config;
+  const policyInfo: PolicyModelInfo = {
+    numLayers: config.text.numLayers,
+    sparse: config.sparse,
+    hasVisionPredictor: [...checkpoint.tensors.keys()].some((n) => n.startsWith("image_score_predictor.")),
+    hasTextPredictor: [...checkpoint.tensors.keys()].some((n) =>
+      n.startsWith("output_text_score_predictor.")
+    ),
+  };
+  const backend = options.backend === "cpu"
+    ? await loadCpu(checkpoint, options)
+    : await createGpuBackend(checkpoint, {
+      onProgress: options.onProgress,
+      weightDtype: options.weightDtype ?? "auto",
+    });
+  return new Model(config, tokenizer, backend, policyInfo);
+}
+
+/** Reads every tensor as f32 into memory and builds the CPU backend. */
+async function loadCpu(checkpoint: Checkpoint, options: LoadOptions): Promise<Backend> {
+  const weights = new Map<string, Float32Array>();
+  const total = [...checkpoint.tensors.values()].reduce((n, t) => n + t.location.entry.byteLength, 0);
+  let loaded = 0;
+  for (const [name, t] of checkpoint.tensors) {
+    weights.set(name, await readCheckpointTensor(checkpoint, name));
+    loaded += t.location.entry.byteLength;
+    options.onProgress?.({ loadedBytes: loaded, totalBytes: total, tensor: t.sourceName });
+  }
+  const predictors = loadPredictors(checkpoint.config, (name) => weights.get(name));
+  return createCpuBackend(checkpoint.config, weights, predictors);
+}
+
+/** Builds the CPU predictors from canonical weights when the checkpoint has them. */
+export function loadPredictors(config: ModelConfig, get: (name: string) => Float32Array | undefined) {
+  const sparse = config.sparse;
+  const hidden = config.text.hiddenSize;
+  const has = (prefix: string) => sparse !== null && get(`${prefix}output_mlp.0.weight`) !== undefined;
+  return {
+    vision: has("image_score_predictor.")
+      ? loadVisionPredictor((n) => get(`image_score_predictor.${n}`), { hidden, sparse: sparse! })
+      : null,
+    text: has("output_text_score_predictor.")
+      ? loadTextPredictor((n) => get(`output_text_score_predictor.${n}`), { hidden, sparse: sparse! })
+      : null,
+  };
+}

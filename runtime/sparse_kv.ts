@@ -1,0 +1,59 @@
+/**
+ * Sparse KV cache bookkeeping, GPU-free: which original positions each decoder layer holds, how
+ * many bytes that is now and at peak. Both backends keep one ledger per request and report from it;
+ * the GPU backend feeds it the admission flags it reads back in batches.
+ * @module
+ */
+
+/** Rows held per layer, with their original positions. */
+export class KvLedger {
+  readonly bytesPerRow: number;
+  /** positions[layer] = original position ids of the rows held, in storage order. */
+  readonly positions: number[][];
+  peakBytes = 0;
+
+  /**
+   * @param layers decoder layers
+   * @param bytesPerRow 2 × kvHeads × headDim × bytes per element
+   * @example
+   * ```ts
+   * import { KvLedger } from "./sparse_kv.ts";
+   * const kv = new KvLedger(2, 64);
+   * kv.append([0, 1], [0, 1, 2]);
+   * kv.admit(3, { fromLayer: 1, admitted: false });
+   * console.log(kv.rowsPerLayer(), kv.bytes()); // [4, 3] 448
+   * ```
+   */
+  constructor(layers: number, bytesPerRow: number) {
+    this.bytesPerRow = bytesPerRow;
+    this.positions = Array.from({ length: layers }, () => []);
+  }
+
+  /** Appends the same positions to the listed layers (prefill). */
+  append(layers: number[], positions: ArrayLike<number>): void {
+    for (const l of layers) for (let i = 0; i < positions.length; i++) this.positions[l].push(positions[i]);
+    this.#track();
+  }
+
+  /** One decoded token: layers < fromLayer always store it, layers ≥ fromLayer only if admitted. */
+  admit(position: number, options: { fromLayer: number; admitted: boolean }): void {
+    for (let l = 0; l < this.positions.length; l++) {
+      if (l < options.fromLayer || options.admitted) this.positions[l].push(position);
+    }
+    this.#track();
+  }
+
+  /** Rows held per layer. */
+  rowsPerLayer(): number[] {
+    return this.positions.map((p) => p.length);
+  }
+
+  /** Bytes held now. */
+  bytes(): number {
+    return this.positions.reduce((n, p) => n + p.length, 0) * this.bytesPerRow;
+  }
+
+  #track(): void {
+    this.peakBytes = Math.max(this.peakBytes, this.bytes());
+  }
+}

@@ -1,0 +1,48 @@
+/**
+ * The llava_v1 conversation template and LLaVA's prompt tokenisation: the text is split at each
+ * `<image>`, each piece is encoded on its own (as LLaVA's `tokenizer_image_token` does, so every
+ * piece gets the tokenizer's leading-space handling), BOS kept once, and -200 marks each image.
+ * @module
+ */
+import { IMAGE_TOKEN_INDEX } from "./config.ts";
+import type { Tokenizer } from "./tokenizer.ts";
+
+/** The llava_v1 system prompt. */
+export const LLAVA_V1_SYSTEM =
+  "A chat between a curious human and an artificial intelligence assistant. The assistant gives helpful, detailed, and polite answers to the human's questions.";
+
+/**
+ * Formats a user prompt with the llava_v1 template. When the prompt holds no `<image>` marker and
+ * `images` > 0, the markers go first, one line each.
+ * @example
+ * ```ts
+ * import { formatLlavaV1 } from "./template.ts";
+ * console.log(formatLlavaV1("What is it?", { images: 1 }).endsWith("USER: <image>\nWhat is it? ASSISTANT:")); // true
+ * ```
+ */
+export function formatLlavaV1(prompt: string, options: { images: number }): string {
+  const withImages = prompt.includes("<image>") || options.images === 0
+    ? prompt
+    : "<image>\n".repeat(options.images) + prompt;
+  return `${LLAVA_V1_SYSTEM} USER: ${withImages} ASSISTANT:`;
+}
+
+/**
+ * Encodes text holding `<image>` markers into ids with -200 at each marker, BOS first.
+ * @example
+ * ```ts
+ * import { encodeWithImages } from "./template.ts";
+ * import { loadTokenizer } from "./tokenizer.ts";
+ * // const ids = encodeWithImages(await loadTokenizer("model"), "USER: <image>\nHi");
+ * ```
+ */
+export function encodeWithImages(tokenizer: Tokenizer, text: string): number[] {
+  const pieces = text.split("<image>").map((piece) => tokenizer.encode(piece, { addSpecialTokens: true }));
+  const ids: number[] = [];
+  pieces.forEach((piece, i) => {
+    if (i > 0) ids.push(IMAGE_TOKEN_INDEX);
+    const skip = (i > 0 || ids.length > 0) && piece[0] === tokenizer.bosId ? 1 : 0;
+    ids.push(...piece.slice(skip));
+  });
+  return ids;
+}

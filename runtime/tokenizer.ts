@@ -1,0 +1,173 @@
+/**
+ * Tokenizers of LLaMA-family checkpoints: one {@link Tokenizer} interface over the two file formats
+ * a LLaVA checkpoint may carry.
+ *
+ * - `tokenizer.json` (Hugging Face tokenizers, BPE model with byte fallback) — read by
+ *   `tokenizer_json.ts`; encodes exactly as the Hugging Face fast tokenizer does.
+ * - `tokenizer.model` (SentencePiece ModelProto, BPE model) — read by `sentencepiece.ts`; encodes
+ *   and decodes with the same results as the `tokenizer.json` converted from it.
+ *
+ * {@link loadTokenizer} reads a checkpoint directory (preferring `tokenizer.json`) or a direct file
+ * path; {@link tokenizerFromJson} and {@link tokenizerFromSentencePiece} build a tokenizer from
+ * contents already in memory (for example fetched by URL) and touch no files.
+ *
+ * `encode()` prepends BOS by default, as the Hugging Face LLaMA tokenizer does. Special tokens that
+ * appear in the text (`<s>`, `</s>`) are recognised as such, as Hugging Face does. Every problem with
+ * a file is a {@link TokenizerError} naming the file.
+ * @module
+ */
+import { join } from "node:path";
+import { TokenizerError } from "./errors.ts";
+import { parseTokenizerJson } from "./tokenizer_json.ts";
+import { parseSentencePieceModel } from "./sentencepiece.ts";
+
+/** Text ↔ token ids for one checkpoint. */
+export interface Tokenizer {
+  /** Number of ids: the highest id plus one (model vocabulary and added tokens). */
+  readonly vocabSize: number;
+  /** Beginning-of-sequence id (`<s>`, 1 for LLaMA). */
+  readonly bosId: number;
+  /** End-of-sequence id (`</s>`, 2 for LLaMA): generation stops on it. */
+  readonly eosId: number;
+  /** Unknown-token id (`<unk>`, 0 for LLaMA), or -1 when the tokenizer has none. */
+  readonly unkId: number;
+  /**
+   * Token ids of `text`. With `addSpecialTokens` (default true) the tokens the checkpoint adds
+   * around a sequence are added: BOS first for LLaMA.
+   */
+  encode(text: string, options?: { addSpecialTokens?: boolean }): number[];
+  /**
+   * Text of `ids`. Special tokens are written out (`<s>`) unless `skipSpecialTokens` is set.
+   * Throws InputError for an id outside the vocabulary.
+   */
+  decode(ids: ArrayLike<number>, options?: { skipSpecialTokens?: boolean }): string;
+  /** Id of a token string (`"▁Hello"`, `"<0x0A>"`, `"</s>"`), or undefined. */
+  tokenToId(token: string): number | undefined;
+  /** Token string of an id, or undefined. */
+  idToToken(id: number): string | undefined;
+}
+
+/**
+ * Builds a tokenizer from the text of a Hugging Face `tokenizer.json`. Pure: reads no files.
+ *
+ * @param text the file's contents
+ * @param where the file's name or URL, used in error messages
+ * @example
+ * ```ts
+ * import { tokenizerFromJson } from "./tokenizer.ts";
+ * const json = JSON.stringify({
+ *   added_tokens: [
+ *     { id: 0, content: "<unk>", special: true, normalized: false },
+ *     { id: 1, content: "<s>", special: true, normalized: false },
+ *     { id: 2, content: "</s>", special: true, normalized: false },
+ *   ],
+ *   normalizer: { type: "Sequence", normalizers: [
+ *     { type: "Prepend", prepend: "▁" },
+ *     { type: "Replace", pattern: { String: " " }, content: "▁" },
+ *   ] },
+ *   pre_tokenizer: null,
+ *   decoder: { type: "Sequence", decoders: [
+ *     { type: "Replace", pattern: { String: "▁" }, content: " " },
+ *     { type: "ByteFallback" }, { type: "Fuse" },
+ *     { type: "Strip", content: " ", start: 1, stop: 0 },
+ *   ] },
+ *   model: {
+ *     type: "BPE", unk_token: "<unk>", byte_fallback: true,
+ *     vocab: { "<unk>": 0, "<s>": 1, "</s>": 2, "▁": 3, "h": 4, "i": 5, "▁h": 6, "▁hi": 7 },
+ *     merges: ["▁ h", "▁h i"],
+ *   },
+ * });
+ * const tokenizer = tokenizerFromJson(json, "tokenizer.json");
+ * console.log(tokenizer.encode("hi")); // [1, 7]
+ * ```
+ */
+export function tokenizerFromJson(text: string, where: string): Tokenizer {
+  return parseTokenizerJson(text, where);
+}
+
+/**
+ * Builds a tokenizer from the bytes of a SentencePiece `tokenizer.model` (BPE). Pure: reads no files.
+ *
+ * @param bytes the file's contents
+ * @param where the file's name or URL, used in error messages
+ * @example
+ * ```ts
+ * import { tokenizerFromSentencePiece } from "./tokenizer.ts";
+ * import { TokenizerError } from "./errors.ts";
+ * try {
+ *   tokenizerFromSentencePiece(new Uint8Array([0x0a, 0xff]), "tokenizer.model");
+ * } catch (err) {
+ *   console.log(err instanceof TokenizerError); // true: the file is truncated
+ * }
+ * ```
+ */
+export function tokenizerFromSentencePiece(bytes: Uint8Array, where: string): Tokenizer {
+  return parseSentencePieceModel(bytes, where);
+}
+
+/**
+ * Loads the tokenizer of a checkpoint. `path` is a checkpoint directory (its `tokenizer.json` is
+ * used, else its `tokenizer.model`) or the path of either file.
+ *
+ * @param path checkpoint directory, `tokenizer.json` or `tokenizer.model`
+ * @example
+ * ```ts ignore
+ * import { loadTokenizer } from "./tokenizer.ts";
+ * const tokenizer = await loadTokenizer("checkpoints/llava-v1.5-7b");
+ * console.log(tokenizer.encode("Hello world")); // [1, 15043, 3186]
+ * ```
+ */
+export async function loadTokenizer(path: string): Promise<Tokenizer> {
+  const file = await findTokenizerFile(path);
+  const bytes = await readTokenizerFile(file);
+  if (file.endsWith(".json")) {
+    const text = decodeUtf8(bytes, file);
+    return tokenizerFromJson(text, file);
+  }
+  return tokenizerFromSentencePiece(bytes, file);
+}
+
+async function findTokenizerFile(path: string): Promise<string> {
+  const info = await statOrNull(path);
+  if (info === null) {
+    throw new TokenizerError("Cannot load tokenizer: no such file or directory", path);
+  }
+  if (info.isFile) {
+    if (path.endsWith(".json") || path.endsWith(".model")) return path;
+    throw new TokenizerError(
+      "Cannot load tokenizer: expected a tokenizer.json or tokenizer.model file or a directory",
+      path,
+    );
+  }
+  for (const name of ["tokenizer.json", "tokenizer.model"]) {
+    const candidate = join(path, name);
+    const found = await statOrNull(candidate);
+    if (found?.isFile) return candidate;
+  }
+  throw new TokenizerError("Cannot load tokenizer: the directory has no tokenizer.json or tokenizer.model", path);
+}
+
+async function statOrNull(path: string): Promise<Deno.FileInfo | null> {
+  try {
+    return await Deno.stat(path);
+  } catch (err) {
+    if (err instanceof Deno.errors.NotFound) return null;
+    throw new TokenizerError(`Cannot load tokenizer: ${(err as Error).message}`, path, { cause: err });
+  }
+}
+
+async function readTokenizerFile(file: string): Promise<Uint8Array> {
+  try {
+    return await Deno.readFile(file);
+  } catch (err) {
+    throw new TokenizerError(`Cannot read tokenizer file: ${(err as Error).message}`, file, { cause: err });
+  }
+}
+
+function decodeUtf8(bytes: Uint8Array, where: string): string {
+  try {
+    return new TextDecoder("utf-8", { fatal: true }).decode(bytes);
+  } catch (err) {
+    throw new TokenizerError("Cannot parse tokenizer.json: the file is not valid UTF-8", where, { cause: err });
+  }
+}
