@@ -16,7 +16,9 @@
  */
 import { parseArgs } from "node:util";
 import { join } from "node:path";
+// deno-lint-ignore no-import-prefix
 import * as vegaLite from "npm:vega-lite@6.5.0";
+// deno-lint-ignore no-import-prefix
 import * as vega from "npm:vega@6.4.0";
 import { type CostPlan, estimateCost } from "../runtime/cost.ts";
 import type { ModelConfig } from "../runtime/config.ts";

@@ -15,7 +15,7 @@
  * index whose running sum exceeds u · (kept total). Workgroup memory: 15 · 256 f32 = 15 KiB.
  * @module
  */
-import { BufferSet, type Dispatch, type Gpu } from "../runtime/gpu.ts";
+import type { BufferSet, Dispatch, Gpu } from "../runtime/gpu.ts";
 import { InputError } from "../runtime/errors.ts";
 import { BISECTION_STEPS } from "../runtime/sampling.ts";
 

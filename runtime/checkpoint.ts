@@ -275,7 +275,7 @@ export async function openCheckpoint(dir: string): Promise<Checkpoint> {
   let towerDir: string | null = null;
   let towerRaw: unknown;
   const isObj = typeof raw === "object" && raw !== null;
-  if (isObj && raw["model_type"] !== "llava" && typeof raw["mm_vision_tower"] === "string") {
+  if (isObj && typeof raw["text_config"] !== "object" && typeof raw["mm_vision_tower"] === "string") {
     towerDir = await resolveVisionTower(raw["mm_vision_tower"], dir);
     towerRaw = await readJson(join(towerDir, "config.json"));
   }

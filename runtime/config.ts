@@ -330,7 +330,7 @@ export function parseModelConfig(raw: unknown, where: string, towerRaw?: unknown
   if (!isObject(raw)) throw new CheckpointError("Cannot read config: expected a JSON object", where);
   const type = raw["model_type"];
   const sparse = raw["sparse_config"] == null ? null : parseSparseConfig(raw["sparse_config"], where);
-  if (type === "llava") {
+  if (type === "llava" && isObject(raw["text_config"])) {
     const text = parseTextConfig(raw["text_config"], `${where} text_config`);
     const strategy = raw["vision_feature_select_strategy"] ?? "default";
     const vision = parseVisionConfig(raw["vision_config"], {
@@ -350,7 +350,7 @@ export function parseModelConfig(raw: unknown, where: string, towerRaw?: unknown
       imageTokenId: int(raw, "image_token_index", where, 32000),
     };
   }
-  if (type === "llava_llama" || (type === "llama" && raw["mm_vision_tower"] != null)) {
+  if (type === "llava_llama" || ((type === "llama" || type === "llava") && raw["mm_vision_tower"] != null)) {
     const text = parseTextConfig(raw, where);
     if (towerRaw === undefined) {
       throw new CheckpointError("Cannot read config: the vision tower's config was not provided", where);

@@ -411,10 +411,13 @@ function resolveConfig(config: unknown): ModelConfig {
   return parseModelConfig(config, "config.json", needsTower ? towerFromId(config) : undefined);
 }
 
-function count(value: number | undefined, fallback: number, where: string): number {
+function count(value: number | undefined, fallback: number, where: string, minimum = 0): number {
   const result = value ?? fallback;
-  if (!Number.isInteger(result) || result < 0) {
-    throw new InputError(`Cannot estimate cost: ${where} must be a whole number ≥ 0, got ${result}`, where);
+  if (!Number.isInteger(result) || result < minimum) {
+    throw new InputError(
+      `Cannot estimate cost: ${where} must be a whole number ≥ ${minimum}, got ${result}`,
+      where,
+    );
   }
   return result;
 }
@@ -451,8 +454,8 @@ function resolvePlan(config: ModelConfig, plan: CostPlan): ResolvedCostPlan {
     imageTokens,
     newTokens: count(plan.newTokens, 0, "plan.newTokens"),
     kvCache: plan.kvCache ?? true,
-    batch: count(plan.batch, 1, "plan.batch"),
-    bytesPerElement: count(plan.bytesPerElement, 2, "plan.bytesPerElement"),
+    batch: count(plan.batch, 1, "plan.batch", 1),
+    bytesPerElement: count(plan.bytesPerElement, 2, "plan.bytesPerElement", 1),
   };
   if (plan.policy === "dense") {
     return { ...common, policy: "dense", pruneLayer: numLayers, visualKept: imageTokens, textKeepRate: 1 };

@@ -187,6 +187,11 @@ export class Gpu {
     }
   }
 
+  /** Maps a MAP_READ buffer for reading, failing fast if the device is lost. */
+  async mapped(staging: GPUBuffer): Promise<void> {
+    await Promise.race([staging.mapAsync(GPUMapMode.READ), this.#lostPromise]);
+  }
+
   /** Waits until all submitted work is done (or throws if the device was lost). */
   async sync(): Promise<void> {
     await Promise.race([this.device.queue.onSubmittedWorkDone(), this.#lostPromise]);
@@ -342,4 +347,48 @@ export function grid(count: number): [number, number, number] {
   if (count <= MAX_GRID) return [count, 1, 1];
   const y = Math.ceil(count / MAX_GRID);
   return [Math.ceil(count / y), y, 1];
+}
+
+/**
+ * Reads several buffer ranges with one mapAsync (Deno waits ~10 ms per map, so batch readbacks).
+ * Returns one ArrayBuffer per range.
+ * @example
+ * ```ts
+ * import { BufferSet, createGpu, readRanges } from "./gpu.ts";
+ * const gpu = await createGpu();
+ * const set = new BufferSet(gpu);
+ * const a = set.upload(new Uint32Array([1, 2, 3, 4]), "a");
+ * const [head, tail] = await readRanges(gpu, [{ buffer: a, offset: 0, size: 4 }, { buffer: a, offset: 12, size: 4 }]);
+ * console.log(new Uint32Array(head)[0], new Uint32Array(tail)[0]); // 1 4
+ * set.destroy();
+ * gpu.destroy();
+ * ```
+ */
+export async function readRanges(
+  gpu: Gpu,
+  ranges: { buffer: GPUBuffer; offset: number; size: number }[],
+): Promise<ArrayBuffer[]> {
+  gpu.checkAlive();
+  const offsets: number[] = [];
+  let total = 0;
+  for (const r of ranges) {
+    offsets.push(total);
+    total += Math.ceil(r.size / 4) * 4;
+  }
+  const staging = gpu.device.createBuffer({
+    size: Math.max(16, total),
+    usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
+  });
+  try {
+    const encoder = gpu.device.createCommandEncoder();
+    ranges.forEach((r, i) =>
+      encoder.copyBufferToBuffer(r.buffer, r.offset, staging, offsets[i], Math.ceil(r.size / 4) * 4)
+    );
+    gpu.device.queue.submit([encoder.finish()]);
+    await gpu.mapped(staging);
+    const all = staging.getMappedRange();
+    return ranges.map((r, i) => all.slice(offsets[i], offsets[i] + r.size));
+  } finally {
+    staging.destroy();
+  }
 }

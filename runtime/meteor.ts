@@ -182,7 +182,7 @@ function checkWeight(value: number | undefined, fallback: number, name: string):
  * import { loadWordNetSync } from "./wordnet.ts";
  * const wordnet = loadWordNetSync();
  * const score = meteorScoreSync([["the", "cat", "sat", "on", "the", "mat"]], ["the", "cat", "sat"], { wordnet });
- * console.log(score.toFixed(4)); // "0.5145"
+ * console.log(score.toFixed(4)); // "0.4483"
  * ```
  */
 export function meteorScoreSync(

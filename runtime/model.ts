@@ -4,7 +4,7 @@
  * sampling) into validated loop requests and runs them one at a time on the chosen backend.
  * @module
  */
-import { fromFileUrl } from "node:url";
+import { fileURLToPath } from "node:url";
 import type { Backend, ImageFeatures } from "./backend.ts";
 import { type Checkpoint, openCheckpoint, readCheckpointTensor } from "./checkpoint.ts";
 import type { ModelConfig } from "./config.ts";
@@ -274,7 +274,7 @@ export class Model {
 }
 
 function toPath(path: string | URL): string {
-  if (path instanceof URL || /^file:/.test(String(path))) return fromFileUrl(String(path));
+  if (path instanceof URL || /^file:/.test(String(path))) return fileURLToPath(String(path));
   if (/^[a-z]+:\/\//i.test(String(path))) {
     throw new InputError(`Cannot load ${path}: only local paths and file: URLs are supported`, String(path));
   }

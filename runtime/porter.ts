@@ -291,7 +291,7 @@ function encodeAstral(word: string): { encoded: string; decode: Map<string, stri
  * @example
  * ```ts
  * import { porterStem } from "./porter.ts";
- * console.log(porterStem("running"), porterStem("generously"), porterStem("Skies")); // "run" "gener" "sky"
+ * console.log(porterStem("running"), porterStem("generously"), porterStem("skies")); // "run" "gener" "sky"
  * ```
  */
 export function porterStem(word: string): string {

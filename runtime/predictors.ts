@@ -21,8 +21,9 @@
  * @module
  */
 import type { SparseConfig } from "./config.ts";
-import { attention, gelu, layerNorm, linear, logSoftmax } from "./cpu_ops.ts";
+import { addInPlace, attention, gelu, layerNorm, linear } from "./cpu_ops.ts";
 import { CheckpointError, InputError } from "./errors.ts";
+import { halfGlobalConcat, logSoftmax2Col0 } from "./predictor_cpu_ops.ts";
 
 /** Checkpoint prefix of the vision (image score) predictor's tensors. */
 export const VISION_PREDICTOR_PREFIX = "model.image_score_predictor.";
@@ -296,10 +297,6 @@ function applyLinear(x: Float32Array, layer: LinearWeights, rows: number): Float
   return linear(x, layer.weight, { rows, bias: layer.bias });
 }
 
-function addInto(target: Float32Array, delta: Float32Array): void {
-  for (let i = 0; i < target.length; i++) target[i] += delta[i];
-}
-
 /** One timm block in place on h [N, d]. */
 function runBlock(h: Float32Array, block: PredictorBlock, sizes: { rows: number; d: number; heads: number }) {
   const { rows, d, heads } = sizes;
@@ -317,9 +314,9 @@ function runBlock(h: Float32Array, block: PredictorBlock, sizes: { rows: number;
     headDim: d / heads,
     visible: new Array<number>(rows).fill(rows),
   }); // [N, heads, headDim] = [N, d]
-  addInto(h, applyLinear(attended, block.proj, rows));
+  addInPlace(h, applyLinear(attended, block.proj, rows));
   const normed2 = layerNorm(h, block.norm2.weight, block.norm2.bias, PREDICTOR_LAYER_NORM_EPS);
-  addInto(h, applyLinear(gelu(applyLinear(normed2, block.fc1, rows)), block.fc2, rows));
+  addInPlace(h, applyLinear(gelu(applyLinear(normed2, block.fc1, rows)), block.fc2, rows));
 }
 
 function rowCount(x: Float32Array, cols: number): number {
@@ -345,19 +342,14 @@ function rowCount(x: Float32Array, cols: number): number {
 export function visionPredictorLogits(p: VisionPredictor, x: Float32Array): Float32Array {
   const rows = rowCount(x, p.hidden);
   if (rows === 0) return new Float32Array(0);
-  const d = p.dModel, half = d / 2;
+  const d = p.dModel;
   const normed = layerNorm(x, p.downNorm.weight, p.downNorm.bias, PREDICTOR_LAYER_NORM_EPS);
   const h = gelu(applyLinear(normed, p.down, rows)); // [N, d]
   for (const block of p.blocks) runBlock(h, block, { rows, d, heads: p.heads });
-  // Second half of the channels → mean over the N tokens, broadcast back to every row.
-  const globalMean = new Float32Array(half);
-  for (let r = 0; r < rows; r++) {
-    for (let c = 0; c < half; c++) globalMean[c] += h[r * d + half + c];
-  }
-  for (let c = 0; c < half; c++) globalMean[c] /= rows;
-  for (let r = 0; r < rows; r++) h.set(globalMean, r * d + half);
+  // Second half of the channels → its mean over the N tokens, broadcast back to every row.
+  const mixed = halfGlobalConcat(h, d);
   const [out0, out1, out2] = p.outputMlp;
-  const a = gelu(applyLinear(h, out0, rows)); // [N, d/2]
+  const a = gelu(applyLinear(mixed, out0, rows)); // [N, d/2]
   const b = gelu(applyLinear(a, out1, rows)); // [N, d/4]
   return applyLinear(b, out2, rows); // [N, 2]
 }
@@ -376,10 +368,7 @@ export function visionPredictorLogits(p: VisionPredictor, x: Float32Array): Floa
  * ```
  */
 export function visionScores(p: VisionPredictor, x: Float32Array): Float32Array {
-  const logits = visionPredictorLogits(p, x);
-  const scores = new Float32Array(logits.length / 2);
-  for (let r = 0; r < scores.length; r++) scores[r] = logSoftmax(logits.subarray(2 * r, 2 * r + 2))[0];
-  return scores;
+  return logSoftmax2Col0(visionPredictorLogits(p, x));
 }
 
 /**

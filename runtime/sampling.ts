@@ -23,10 +23,10 @@ import { InputError } from "./errors.ts";
 export const BISECTION_STEPS = 40;
 
 /** Lowest finite f32: logits at or below it count as -∞. */
-export const LOWEST_F32 = -3.4028234663852886e38;
+const LOWEST_F32 = -3.4028234663852886e38;
 
 /** Smallest normal f32: smaller weights are flushed to 0, as GPUs may do. */
-export const SMALLEST_NORMAL_F32 = 1.1754943508222875e-38;
+const SMALLEST_NORMAL_F32 = 1.1754943508222875e-38;
 
 /** Options of {@link sampleToken}. */
 export interface SampleOptions {

@@ -57,3 +57,25 @@ export class KvLedger {
     this.peakBytes = Math.max(this.peakBytes, this.bytes());
   }
 }
+
+/**
+ * CPU twin of the GPU `advance` kernel (kernels/decode_state.ts): updates a decode state in place.
+ * state: [0] step, [1] token, [2] position, [3] seed, [4 + l] rows of layer l.
+ * @example
+ * ```ts
+ * import { advanceState } from "./sparse_kv.ts";
+ * const state = new Uint32Array([0, 7, 10, 0, 5, 5]);
+ * advanceState(state, new Uint32Array([0]), { layers: 2, admitLayer: 1, admitAll: false });
+ * console.log([...state]); // [1, 7, 11, 0, 6, 5]
+ * ```
+ */
+export function advanceState(
+  state: Uint32Array,
+  flags: Uint32Array,
+  options: { layers: number; admitLayer: number; admitAll: boolean },
+): void {
+  const admitted = options.admitAll || flags[state[0]] === 1;
+  for (let l = 0; l < options.layers; l++) if (l < options.admitLayer || admitted) state[4 + l]++;
+  state[0]++;
+  state[2]++;
+}

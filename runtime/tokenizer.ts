@@ -144,7 +144,10 @@ async function findTokenizerFile(path: string): Promise<string> {
     const found = await statOrNull(candidate);
     if (found?.isFile) return candidate;
   }
-  throw new TokenizerError("Cannot load tokenizer: the directory has no tokenizer.json or tokenizer.model", path);
+  throw new TokenizerError(
+    "Cannot load tokenizer: the directory has no tokenizer.json or tokenizer.model",
+    path,
+  );
 }
 
 async function statOrNull(path: string): Promise<Deno.FileInfo | null> {
@@ -168,6 +171,8 @@ function decodeUtf8(bytes: Uint8Array, where: string): string {
   try {
     return new TextDecoder("utf-8", { fatal: true }).decode(bytes);
   } catch (err) {
-    throw new TokenizerError("Cannot parse tokenizer.json: the file is not valid UTF-8", where, { cause: err });
+    throw new TokenizerError("Cannot parse tokenizer.json: the file is not valid UTF-8", where, {
+      cause: err,
+    });
   }
 }

@@ -102,12 +102,16 @@ export function parseTokenizerJson(text: string, where: string): Tokenizer {
   try {
     root = JSON.parse(text);
   } catch (err) {
-    throw new TokenizerError(`Cannot parse tokenizer.json: not valid JSON (${(err as Error).message})`, where, {
-      cause: err,
-    });
+    throw new TokenizerError(
+      `Cannot parse tokenizer.json: not valid JSON (${(err as Error).message})`,
+      where,
+      {
+        cause: err,
+      },
+    );
   }
   if (!isObject(root)) throw fail("the top level is not a JSON object", where);
-  if (!isObject(root.model)) throw fail("it has no \"model\" object", where);
+  if (!isObject(root.model)) throw fail('it has no "model" object', where);
   const model = parseBpeModel(root.model, where);
   const addedTokens = parseAddedTokens(root.added_tokens ?? [], model.vocab, where);
   const normalize = parseNormalizer(root.normalizer ?? null, where);
@@ -169,13 +173,12 @@ export function assembleTokenizer(stages: TokenizerStages): Tokenizer {
  * @example
  * ```ts
  * import { mergeSymbols } from "./tokenizer_json.ts";
- * // ids: a=0 b=1 c=2 ab=3 abc=4; rules: (a,b)→ab rank 0, (ab,c)→abc rank 1
- * const rules = new Map([["0,1", [0, 3]], ["3,2", [1, 4]]]);
- * const handles = [...rules.values()];
+ * // ids: a=0 b=1 c=2 ab=3 abc=4; rule 0: (a, b) → ab, rule 1: (ab, c) → abc
+ * const rules = [[0, 1, 3], [3, 2, 4]];
  * const table = {
- *   find: (l: number, r: number) => handles.indexOf(rules.get(`${l},${r}`)!),
- *   rank: (h: number) => handles[h][0],
- *   result: (h: number) => handles[h][1],
+ *   find: (left: number, right: number) => rules.findIndex(([a, b]) => a === left && b === right),
+ *   rank: (rule: number) => rule,
+ *   result: (rule: number) => rules[rule][2],
  * };
  * console.log(mergeSymbols([0, 1, 2, 0], table)); // [4, 0]
  * ```
@@ -268,7 +271,10 @@ class PipelineTokenizer implements Tokenizer {
     }
     this.vocabSize = maxId + 1;
     const normalizedPattern = (token: AddedToken) => stages.normalize?.(token.content) ?? token.content;
-    this.#rawMatcher = new AddedTokenMatcher(stages.addedTokens.filter((t) => !t.normalized), (t) => t.content);
+    this.#rawMatcher = new AddedTokenMatcher(
+      stages.addedTokens.filter((t) => !t.normalized),
+      (t) => t.content,
+    );
     this.#normalizedMatcher = new AddedTokenMatcher(
       stages.addedTokens.filter((t) => t.normalized),
       normalizedPattern,
@@ -290,7 +296,9 @@ class PipelineTokenizer implements Tokenizer {
           continue;
         }
         const atTextStart = segment.start === 0 && piece.start === 0;
-        const words = this.#stages.preTokenize ? this.#stages.preTokenize(piece.text, atTextStart) : [piece.text];
+        const words = this.#stages.preTokenize
+          ? this.#stages.preTokenize(piece.text, atTextStart)
+          : [piece.text];
         for (const word of words) {
           if (word.length > 0) ids.push(...this.#stages.tokenizeWord(word));
         }
@@ -519,7 +527,9 @@ function parseBpeModel(config: Record<string, unknown>, where: string): BpeModel
   let unkId = -1;
   if (unkToken !== null) {
     const id = vocab.get(unkToken);
-    if (id === undefined) throw fail(`model.unk_token ${JSON.stringify(unkToken)} is not in the vocabulary`, where);
+    if (id === undefined) {
+      throw fail(`model.unk_token ${JSON.stringify(unkToken)} is not in the vocabulary`, where);
+    }
     unkId = id;
   }
   const table = parseMerges(config.merges, vocab, where);
@@ -585,13 +595,19 @@ function parseMerges(value: unknown, vocab: Map<string, number>, where: string):
   value.forEach((merge, rank) => {
     const pair = mergePair(merge);
     if (pair === null) {
-      throw fail(`model.merges[${rank}] is not "left right" or [left, right]: ${JSON.stringify(merge)}`, where);
+      throw fail(
+        `model.merges[${rank}] is not "left right" or [left, right]: ${JSON.stringify(merge)}`,
+        where,
+      );
     }
     const [left, right] = pair;
     const ids = [vocab.get(left), vocab.get(right), vocab.get(left + right)];
     const missing = [left, right, left + right].find((_, k) => ids[k] === undefined);
     if (missing !== undefined) {
-      throw fail(`model.merges[${rank}] uses token ${JSON.stringify(missing)} that is not in the vocabulary`, where);
+      throw fail(
+        `model.merges[${rank}] uses token ${JSON.stringify(missing)} that is not in the vocabulary`,
+        where,
+      );
     }
     handleOfPair.set(ids[0]! * stride + ids[1]!, rank);
     results[rank] = ids[2]!;
@@ -608,7 +624,9 @@ function mergePair(merge: unknown): [string, string] | null {
     const parts = merge.split(" ");
     return parts.length === 2 ? [parts[0], parts[1]] : null;
   }
-  if (Array.isArray(merge) && merge.length === 2 && typeof merge[0] === "string" && typeof merge[1] === "string") {
+  if (
+    Array.isArray(merge) && merge.length === 2 && typeof merge[0] === "string" && typeof merge[1] === "string"
+  ) {
     return [merge[0], merge[1]];
   }
   return null;
@@ -655,7 +673,10 @@ function parseAddedTokens(value: unknown, vocab: Map<string, number>, where: str
     }
     const inVocab = vocab.get(entry.content);
     if (inVocab !== undefined && inVocab !== entry.id) {
-      throw fail(`${field} gives ${JSON.stringify(entry.content)} id ${entry.id}, the vocabulary ${inVocab}`, where);
+      throw fail(
+        `${field} gives ${JSON.stringify(entry.content)} id ${entry.id}, the vocabulary ${inVocab}`,
+        where,
+      );
     }
     const special = optionalBoolean(entry.special, `${field}.special`, where) ?? false;
     return {
@@ -670,7 +691,11 @@ function parseAddedTokens(value: unknown, vocab: Map<string, number>, where: str
   });
 }
 
-function parseNormalizer(config: unknown, where: string, field = "normalizer"): ((s: string) => string) | null {
+function parseNormalizer(
+  config: unknown,
+  where: string,
+  field = "normalizer",
+): ((s: string) => string) | null {
   if (config === null) return null;
   if (!isObject(config)) throw fail(`${field} is not an object`, where);
   switch (config.type) {
@@ -698,8 +723,12 @@ type PrependScheme = "always" | "never" | "first";
 function parsePrependScheme(config: Record<string, unknown>, field: string, where: string): PrependScheme {
   const scheme = config.prepend_scheme;
   if (scheme === "always" || scheme === "never" || scheme === "first") return scheme;
-  if (scheme !== undefined && scheme !== null) throw fail(`${field}.prepend_scheme is not always/never/first`, where);
-  return (optionalBoolean(config.add_prefix_space, `${field}.add_prefix_space`, where) ?? true) ? "always" : "never";
+  if (scheme !== undefined && scheme !== null) {
+    throw fail(`${field}.prepend_scheme is not always/never/first`, where);
+  }
+  return (optionalBoolean(config.add_prefix_space, `${field}.add_prefix_space`, where) ?? true)
+    ? "always"
+    : "never";
 }
 
 function parsePreTokenizer(
@@ -796,7 +825,10 @@ function parseDecoderStep(config: unknown, field: string, where: string): Decode
       const replacement = singleChar(config.replacement, `${field}.replacement`, where);
       const dropFirst = parsePrependScheme(config, field, where) !== "never";
       return (tokens) =>
-        tokens.map((t, i) => (i === 0 && dropFirst ? t.replaceAll(replacement, "") : t.replaceAll(replacement, " ")));
+        tokens.map((
+          t,
+          i,
+        ) => (i === 0 && dropFirst ? t.replaceAll(replacement, "") : t.replaceAll(replacement, " ")));
     }
     default:
       throw fail(`${field} type ${JSON.stringify(config.type)} is not supported`, where);
@@ -872,7 +904,9 @@ function optionalBoolean(value: unknown, field: string, where: string): boolean 
 }
 
 function singleChar(value: unknown, field: string, where: string): string {
-  if (typeof value !== "string" || Array.from(value).length !== 1) throw fail(`${field} is not one character`, where);
+  if (typeof value !== "string" || Array.from(value).length !== 1) {
+    throw fail(`${field} is not one character`, where);
+  }
   return value;
 }
 

@@ -476,22 +476,22 @@ export function loadWordNet(dir: string = DEFAULT_WORDNET_DIR): Promise<WordNet>
       throw directoryError(dir, error);
     }
     if (!info.isDirectory) throw new InputError(`Cannot load WordNet from ${dir}: not a directory`, dir);
-    const read = async (name: string) => {
-      try {
-        return await Deno.readFile(`${key}/${name}`);
-      } catch (error) {
-        throw fileError(`${key}/${name}`, error);
-      }
-    };
-    const perPos = await Promise.all(WORDNET_POS_ORDER.map(async (pos) => {
-      const names = fileNamesOf(pos);
-      const [index, exceptions, data] = await Promise.all([
-        read(names.index),
-        read(names.exceptions),
-        read(names.data),
-      ]);
-      return { index, exceptions: new TextDecoder().decode(exceptions), data };
-    }));
+    // Read everything at once, then report the first failure in a fixed order (index.noun first).
+    const names = WORDNET_POS_ORDER.flatMap((pos) => Object.values(fileNamesOf(pos)));
+    const settled = await Promise.allSettled(names.map((name) => Deno.readFile(`${key}/${name}`)));
+    const contents = new Map<string, Uint8Array>();
+    settled.forEach((outcome, i) => {
+      if (outcome.status === "rejected") throw fileError(`${key}/${names[i]}`, outcome.reason);
+      contents.set(names[i], outcome.value);
+    });
+    const perPos = WORDNET_POS_ORDER.map((pos) => {
+      const files = fileNamesOf(pos);
+      return {
+        index: contents.get(files.index)!,
+        exceptions: new TextDecoder().decode(contents.get(files.exceptions)),
+        data: contents.get(files.data)!,
+      };
+    });
     const [n, v, a, r] = perPos;
     const wordnet = new WordNet(key, {
       index: { n: n.index, v: v.index, a: a.index, r: r.index },

@@ -6,6 +6,7 @@
  * @module
  */
 import assert from "node:assert/strict";
+// deno-lint-ignore no-import-prefix
 import { XMLParser, XMLValidator } from "npm:fast-xml-parser@5.12.1";
 import { benchMarkdown, type BenchRow, renderBenchCharts, renderCostCharts } from "../examples/charts.ts";
 import { estimateCost } from "../runtime/cost.ts";

@@ -244,6 +244,7 @@ Deno.test("estimateCost() rejects bad plans and towers it cannot read", () => {
     InputError,
   );
   assert.throws(() => estimateCost(parsed7b, { policy: "dense", newTokens: -1 }), InputError);
+  assert.throws(() => estimateCost(parsed7b, { policy: "dense", batch: 0 }), InputError);
   assert.throws(
     () => estimateCost({ ...raw7b, mm_vision_tower: "my-org/my-tower" }, { policy: "dense" }),
     CheckpointError,

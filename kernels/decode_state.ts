@@ -1,0 +1,72 @@
+/**
+ * `advance`: ends one decode step on the GPU, so steps chain without a readback. Decode state
+ * (u32): [0] step, [1] current token, [2] position of the next fed token, [3] seed,
+ * [4 + l] KV rows of layer l. flags[step] = 1 when the fed token was admitted (written by the
+ * text predictor at the admission layer). Layers < admitLayer always grow by one row; layers ≥
+ * admitLayer grow only when admitted (or always when `admitAll`). Then step and position advance.
+ * CPU twin: `advanceState` in runtime/sparse_kv.ts.
+ * @module
+ */
+import type { BufferSet, Dispatch, Gpu } from "../runtime/gpu.ts";
+
+/** Index of layer 0's row count in the decode state. */
+export const STATE_COUNTS = 4;
+
+/** Arguments of {@link AdvanceKernel.bind}. */
+export interface AdvanceArgs {
+  state: GPUBuffer;
+  flags: GPUBuffer;
+  layers: number;
+  admitLayer: number;
+  admitAll: boolean;
+}
+
+/** The compiled advance kernel. */
+export interface AdvanceKernel {
+  bind(buffers: BufferSet, args: AdvanceArgs): Dispatch[];
+}
+
+const SOURCE = /* wgsl */ `
+struct Params { layers: u32, admitLayer: u32, admitAll: u32, pad: u32 }
+@group(0) @binding(0) var<storage, read_write> state: array<u32>;
+@group(0) @binding(1) var<storage, read> flags: array<u32>;
+@group(0) @binding(2) var<uniform> params: Params;
+@compute @workgroup_size(1)
+fn main() {
+  let step = state[0];
+  let admitted = params.admitAll == 1u || flags[step] == 1u;
+  for (var l = 0u; l < params.layers; l++) {
+    if (l < params.admitLayer || admitted) { state[${STATE_COUNTS}u + l] += 1u; }
+  }
+  state[0] = step + 1u;
+  state[2] = state[2] + 1u;
+}`;
+
+/**
+ * Compiles the advance kernel.
+ * @example
+ * ```ts
+ * import { createGpu, BufferSet } from "../runtime/gpu.ts";
+ * import { createAdvance } from "./decode_state.ts";
+ * const gpu = await createGpu();
+ * const buffers = new BufferSet(gpu);
+ * const state = buffers.upload(new Uint32Array([0, 7, 10, 0, 5, 5]), "state");
+ * const flags = buffers.upload(new Uint32Array([0]), "flags");
+ * gpu.submit((await createAdvance(gpu)).bind(buffers, { state, flags, layers: 2, admitLayer: 1, admitAll: false }));
+ * console.log(new Uint32Array(await gpu.read(state, 0, 24))); // [1, 7, 11, 0, 6, 5]
+ * buffers.destroy();
+ * gpu.destroy();
+ * ```
+ */
+export async function createAdvance(gpu: Gpu): Promise<AdvanceKernel> {
+  const pipeline = await gpu.pipeline("advance", SOURCE);
+  return {
+    bind(buffers, args) {
+      const params = buffers.uniform(
+        new Uint32Array([args.layers, args.admitLayer, args.admitAll ? 1 : 0, 0]),
+        "advance.params",
+      );
+      return [gpu.dispatch(pipeline, [args.state, args.flags, params], [1, 1, 1])];
+    },
+  };
+}

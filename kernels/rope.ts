@@ -1,0 +1,103 @@
+/**
+ * Rotary position embedding in place, HF rotate_half convention: x [M, heads, D]; pair
+ * (i, i + D/2) of row m turns by angle pos(m) · theta^(-2i/D), pos(m) = positions[positionsOffset
+ * + m]. CPU twin: `rope` in runtime/cpu_ops.ts.
+ *
+ * In f32: theta^(-2i/D) = exp2(-2i/D · log2(theta)) with log2(theta) computed on the CPU; the angle
+ * is reduced to [-π, π] (2π split in a high part exact under multiplication and a low part) before
+ * sin/cos, whose accuracy WGSL only bounds on that interval. Positions come from a GPU buffer, so
+ * decode steps re-encode the same dispatch.
+ * @module
+ */
+import { type BufferSet, type Dispatch, type Gpu, grid } from "../runtime/gpu.ts";
+
+/** Arguments of {@link RopeKernel.bind}. */
+export interface RopeArgs {
+  /** f32 [M, heads, headDim], rotated in place. */
+  x: GPUBuffer;
+  /** u32 positions; row m uses positions[positionsOffset + m]. */
+  positions: GPUBuffer;
+  /** First position read (default 0). */
+  positionsOffset?: number;
+  rows: number;
+  heads: number;
+  headDim: number;
+  theta: number;
+}
+
+/** Compiled RoPE pipeline. */
+export interface RopeKernel {
+  /** The dispatch computing `args`. */
+  bind(buffers: BufferSet, args: RopeArgs): Dispatch[];
+}
+
+const THREADS = 64;
+
+const SOURCE = `
+struct Params {
+  rows: u32,
+  heads: u32,
+  head_dim: u32,
+  positions_offset: u32,
+  log2_theta: f32,
+}
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(1) var<storage, read> positions: array<u32>;
+@group(0) @binding(2) var<storage, read_write> x: array<f32>;
+
+const TWO_PI_HI = 6.28125;                  // 8 significant bits: k · TWO_PI_HI is exact for k < 2^16
+const TWO_PI_LO = 0.0019353071795864769;    // 2π - TWO_PI_HI
+const INV_TWO_PI = 0.15915494309189535;
+
+@compute @workgroup_size(${THREADS})
+fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
+  let half = params.head_dim / 2u;
+  let t = gid.x + gid.y * nwg.x * ${THREADS}u;   // one thread per (m, head, i)
+  if (t >= params.rows * params.heads * half) { return; }
+  let i = t % half;
+  let mh = t / half;                              // m · heads + head
+  let m = mh / params.heads;
+  let pos = f32(positions[params.positions_offset + m]);
+  let inv_freq = exp2(-f32(2u * i) / f32(params.head_dim) * params.log2_theta);
+  let angle = pos * inv_freq;
+  let k = round(angle * INV_TWO_PI);
+  let reduced = (angle - k * TWO_PI_HI) - k * TWO_PI_LO;
+  let c = cos(reduced);
+  let s = sin(reduced);
+  let base = mh * params.head_dim;
+  let a = x[base + i];
+  let b = x[base + i + half];
+  x[base + i] = a * c - b * s;
+  x[base + i + half] = b * c + a * s;
+}
+`;
+
+/**
+ * Compiles the RoPE pipeline.
+ * @example
+ * ```ts
+ * import { BufferSet, createGpu } from "../runtime/gpu.ts";
+ * import { createRope } from "./rope.ts";
+ * const gpu = await createGpu();
+ * const buffers = new BufferSet(gpu);
+ * const rope = await createRope(gpu);
+ * const x = buffers.upload(new Float32Array([1, 0]), "x");
+ * const positions = buffers.upload(new Uint32Array([0]), "positions");
+ * gpu.submit(rope.bind(buffers, { x, positions, rows: 1, heads: 1, headDim: 2, theta: 10000 }));
+ * console.log(new Float32Array(await gpu.read(x, 0, 8))); // [1, 0]
+ * buffers.destroy();
+ * gpu.destroy();
+ * ```
+ */
+export async function createRope(gpu: Gpu): Promise<RopeKernel> {
+  const pipeline = await gpu.pipeline("rope", SOURCE);
+  return {
+    bind(buffers: BufferSet, args: RopeArgs): Dispatch[] {
+      const data = new Uint32Array([args.rows, args.heads, args.headDim, args.positionsOffset ?? 0, 0]);
+      new Float32Array(data.buffer)[4] = Math.log2(args.theta);
+      const params = buffers.uniform(data, "rope params");
+      const threads = args.rows * args.heads * (args.headDim / 2);
+      return [gpu.dispatch(pipeline, [params, args.positions, args.x], grid(Math.ceil(threads / THREADS)))];
+    },
+  };
+}

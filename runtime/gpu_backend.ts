@@ -1,0 +1,858 @@
+/**
+ * The WebGPU backend: weights uploaded once, one forward pass per command encoder, and a decode
+ * loop that stays on the GPU (embedding lookup from the state buffer, KV append at the layer's row
+ * count, admission flag from the text predictor, sampling, `advance`), read back every
+ * `steps` tokens in one map. Pruning decisions at prefill (and every no-cache step) read the
+ * predictor scores back once and call the pure-TS policy plan.
+ *
+ * Buffers (f32 unless noted; M = rows of the pass, C hidden, Q = heads·D, K = kvHeads·D, I inter.):
+ * x [M, C] residual stream, h [M, C], q [M, Q], k/v [M, K], attn [M, Q], gate/up [M, I],
+ * positions u32 [M], keep u32 [M], logits [V], kv cache per layer K/V [capacity, K],
+ * state u32 [4 + layers] (kernels/decode_state.ts), tokens u32 [maxNew + 1], flags u32 [maxNew + 1].
+ * @module
+ */
+import type { Backend, BackendSession, ImageFeatures, PassResult, SessionInput } from "./backend.ts";
+import type { Checkpoint } from "./checkpoint.ts";
+import { readCheckpointTensor } from "./checkpoint.ts";
+import type { ModelConfig, TextConfig } from "./config.ts";
+import type { LayerRows } from "./cost.ts";
+import { BufferSet, createGpu, type Dispatch, type Gpu, readRanges, writeBuffer } from "./gpu.ts";
+import type { PruneSignals, RowKind } from "./policy.ts";
+import { KvLedger } from "./sparse_kv.ts";
+import { uploadWeight, type WeightTensor } from "./weights_gpu.ts";
+import { loadPredictors } from "./model.ts";
+import { createKernels, type Kernels } from "./gpu_kernels.ts";
+import {
+  bindTextAdmission,
+  bindTextLogits,
+  bindVisionScores,
+  type GpuTextPredictor,
+  type GpuVisionPredictor,
+  uploadTextPredictor,
+  uploadVisionPredictor,
+} from "./gpu_predictors.ts";
+import { STATE_COUNTS } from "../kernels/decode_state.ts";
+import type { LoadProgress } from "./model.ts";
+
+interface LayerWeights {
+  attnNorm: GPUBuffer;
+  mlpNorm: GPUBuffer;
+  wq: WeightTensor;
+  wk: WeightTensor;
+  wv: WeightTensor;
+  wo: WeightTensor;
+  wGate: WeightTensor;
+  wUp: WeightTensor;
+  wDown: WeightTensor;
+}
+
+interface VisionLayerWeights {
+  ln1: [GPUBuffer, GPUBuffer];
+  ln2: [GPUBuffer, GPUBuffer];
+  q: [WeightTensor, GPUBuffer];
+  k: [WeightTensor, GPUBuffer];
+  v: [WeightTensor, GPUBuffer];
+  o: [WeightTensor, GPUBuffer];
+  fc1: [WeightTensor, GPUBuffer];
+  fc2: [WeightTensor, GPUBuffer];
+}
+
+/** Every weight on the GPU: matrices as WeightTensors, vectors as f32 buffers. */
+interface GpuWeights {
+  matrices: Map<string, WeightTensor>;
+  vectors: Map<string, GPUBuffer>;
+}
+
+/**
+ * Opens WebGPU and uploads a checkpoint tensor by tensor (each read, converted, uploaded, dropped).
+ * @example
+ * ```ts
+ * import { openCheckpoint } from "./checkpoint.ts";
+ * import { createGpuBackend } from "./gpu_backend.ts";
+ * const backend = await createGpuBackend(await openCheckpoint("tests/fixtures/out/llama-f32"), { weightDtype: "auto" });
+ * backend.dispose();
+ * ```
+ */
+export async function createGpuBackend(
+  checkpoint: Checkpoint,
+  options: { onProgress?: (p: LoadProgress) => void; weightDtype: "auto" | "f16" | "f32" },
+): Promise<Backend> {
+  const sixteenBit = [...checkpoint.tensors.values()].some((t) => t.location.entry.dtype !== "F32");
+  const allowF16 = options.weightDtype === "f16" || (options.weightDtype === "auto" && sixteenBit);
+  const gpu = await createGpu({ allowF16 });
+  const buffers = new BufferSet(gpu);
+  try {
+    const kernels = await createKernels(gpu);
+    const weights: GpuWeights = { matrices: new Map(), vectors: new Map() };
+    const predictorTensors = new Map<string, Float32Array>();
+    const total = [...checkpoint.tensors.values()].reduce((n, t) => n + t.location.entry.byteLength, 0);
+    let loaded = 0;
+    for (const [name, t] of checkpoint.tensors) {
+      const values = await readCheckpointTensor(checkpoint, name);
+      if (name.includes("_score_predictor.")) predictorTensors.set(name, values);
+      else if (t.shape.length >= 2 && name !== "vision.pos_embed") {
+        const rows = t.shape[0], cols = values.length / rows;
+        weights.matrices.set(name, uploadWeight(buffers, values, { rows, cols, label: name }));
+      } else {
+        weights.vectors.set(name, buffers.upload(values, name));
+      }
+      loaded += t.location.entry.byteLength;
+      options.onProgress?.({ loadedBytes: loaded, totalBytes: total, tensor: t.sourceName });
+    }
+    const cpuPredictors = loadPredictors(checkpoint.config, (n) => predictorTensors.get(n));
+    const predictors = {
+      vision: cpuPredictors.vision ? await uploadVisionPredictor(buffers, cpuPredictors.vision) : null,
+      text: cpuPredictors.text ? await uploadTextPredictor(buffers, cpuPredictors.text) : null,
+    };
+    await gpu.sync();
+    return new GpuBackend(gpu, buffers, checkpoint.config, weights, kernels, predictors);
+  } catch (err) {
+    buffers.destroy();
+    gpu.destroy();
+    throw err;
+  }
+}
+
+class GpuImageFeatures implements ImageFeatures {
+  constructor(readonly rows: number, readonly buffer: GPUBuffer, readonly owner: BufferSet) {}
+  dispose(): void {
+    this.owner.destroy();
+  }
+}
+
+class GpuBackend implements Backend {
+  readonly kind = "webgpu" as const;
+  readonly layers: LayerWeights[];
+  readonly visionLayers: VisionLayerWeights[];
+  constructor(
+    readonly gpu: Gpu,
+    readonly buffers: BufferSet,
+    readonly config: ModelConfig,
+    readonly weights: GpuWeights,
+    readonly kernels: Kernels,
+    readonly predictors: { vision: GpuVisionPredictor | null; text: GpuTextPredictor | null },
+  ) {
+    const m = (n: string) => weights.matrices.get(n)!;
+    const v = (n: string) => weights.vectors.get(n)!;
+    this.layers = Array.from({ length: config.text.numLayers }, (_, i) => {
+      const p = `layers.${i}.`;
+      return {
+        attnNorm: v(p + "attn_norm"),
+        mlpNorm: v(p + "mlp_norm"),
+        wq: m(p + "wq"),
+        wk: m(p + "wk"),
+        wv: m(p + "wv"),
+        wo: m(p + "wo"),
+        wGate: m(p + "w_gate"),
+        wUp: m(p + "w_up"),
+        wDown: m(p + "w_down"),
+      };
+    });
+    this.visionLayers = Array.from({ length: config.vision?.layersToRun ?? 0 }, (_, i) => {
+      const p = `vision.layers.${i}.`;
+      const lin = (n: string): [WeightTensor, GPUBuffer] => [m(`${p}${n}.weight`), v(`${p}${n}.bias`)];
+      const ln = (n: string): [GPUBuffer, GPUBuffer] => [v(`${p}${n}.weight`), v(`${p}${n}.bias`)];
+      return {
+        ln1: ln("ln1"),
+        ln2: ln("ln2"),
+        q: lin("q"),
+        k: lin("k"),
+        v: lin("v"),
+        o: lin("o"),
+        fc1: lin("fc1"),
+        fc2: lin("fc2"),
+      };
+    });
+  }
+
+  matrix(name: string): WeightTensor {
+    return this.weights.matrices.get(name)!;
+  }
+  vector(name: string): GPUBuffer {
+    return this.weights.vectors.get(name)!;
+  }
+
+  async encodeImages(pixels: Float32Array[]): Promise<ImageFeatures> {
+    const v = this.config.vision!, k = this.kernels;
+    const grid = v.imageSize / v.patchSize, patches = grid * grid, rows = patches + 1, vh = v.hiddenSize;
+    const n = v.tokensPerImage, c = this.config.text.hiddenSize;
+    const out = new BufferSet(this.gpu);
+    const scratch = new BufferSet(this.gpu);
+    try {
+      const features = out.storage(pixels.length * n * c * 4, "image.features");
+      const image = scratch.storage(pixels[0].byteLength, "image.pixels");
+      const cols = scratch.storage(patches * v.numChannels * v.patchSize * v.patchSize * 4, "image.patches");
+      const e = scratch.storage(rows * vh * 4, "vision.embeddings");
+      const x = scratch.storage(rows * vh * 4, "vision.x");
+      const h = scratch.storage(rows * vh * 4, "vision.h");
+      const q = scratch.storage(rows * vh * 4, "vision.q");
+      const kk = scratch.storage(rows * vh * 4, "vision.k");
+      const vv = scratch.storage(rows * vh * 4, "vision.v");
+      const a = scratch.storage(rows * vh * 4, "vision.attn");
+      const f = scratch.storage(rows * v.intermediateSize * 4, "vision.fc1");
+      const p1 = scratch.storage(n * c * 4, "projector.hidden");
+      const counts = scratch.upload(new Uint32Array([rows]), "vision.counts");
+      const d: Dispatch[] = [];
+      d.push(
+        ...k.im2col.bind(scratch, {
+          image,
+          out: cols,
+          size: v.imageSize,
+          patch: v.patchSize,
+          channels: v.numChannels,
+        }),
+      );
+      d.push(
+        ...k.matmul.bind(scratch, {
+          x: cols,
+          weight: this.matrix("vision.patch_embed"),
+          out: x,
+          rows: patches,
+          outRowOffset: 1,
+        }),
+      );
+      d.push(...k.add.bind(scratch, { a: e, b: this.vector("vision.pos_embed"), count: rows * vh }));
+      d.push(...k.layerNorm.bind(scratch, {
+        x: e,
+        weight: this.vector("vision.pre_norm.weight"),
+        bias: this.vector("vision.pre_norm.bias"),
+        out: x,
+        rows,
+        cols: vh,
+        eps: v.layerNormEps,
+      }));
+      for (const L of this.visionLayers) {
+        d.push(
+          ...k.layerNorm.bind(scratch, {
+            x,
+            weight: L.ln1[0],
+            bias: L.ln1[1],
+            out: h,
+            rows,
+            cols: vh,
+            eps: v.layerNormEps,
+          }),
+        );
+        d.push(...k.matmul.bind(scratch, { x: h, weight: L.q[0], bias: L.q[1], out: q, rows }));
+        d.push(...k.matmul.bind(scratch, { x: h, weight: L.k[0], bias: L.k[1], out: kk, rows }));
+        d.push(...k.matmul.bind(scratch, { x: h, weight: L.v[0], bias: L.v[1], out: vv, rows }));
+        d.push(...k.attention.bind(scratch, {
+          q,
+          keys: kk,
+          values: vv,
+          out: a,
+          counts,
+          countIndex: 0,
+          rows,
+          heads: v.numHeads,
+          kvHeads: v.numHeads,
+          headDim: vh / v.numHeads,
+          causal: false,
+        }));
+        d.push(
+          ...k.matmul.bind(scratch, { x: a, weight: L.o[0], bias: L.o[1], out: x, rows, accumulate: true }),
+        );
+        d.push(
+          ...k.layerNorm.bind(scratch, {
+            x,
+            weight: L.ln2[0],
+            bias: L.ln2[1],
+            out: h,
+            rows,
+            cols: vh,
+            eps: v.layerNormEps,
+          }),
+        );
+        d.push(...k.matmul.bind(scratch, { x: h, weight: L.fc1[0], bias: L.fc1[1], out: f, rows }));
+        d.push(
+          ...(v.hiddenAct === "quick_gelu" ? k.quickGelu : k.gelu).bind(scratch, {
+            x: f,
+            count: rows * v.intermediateSize,
+          }),
+        );
+        d.push(
+          ...k.matmul.bind(scratch, {
+            x: f,
+            weight: L.fc2[0],
+            bias: L.fc2[1],
+            out: x,
+            rows,
+            accumulate: true,
+          }),
+        );
+      }
+      const skip = v.selectFeature === "patch" ? 1 : 0;
+      const project: Dispatch[] = [];
+      const first = this.config.projector!.type === "linear" ? null : p1;
+      for (let i = 0; i < pixels.length; i++) {
+        const outRow = i * n;
+        if (first) {
+          project.push(...k.matmul.bind(scratch, {
+            x,
+            weight: this.matrix("projector.0.weight"),
+            bias: this.vector("projector.0.bias"),
+            out: first,
+            rows: n,
+            xRowOffset: skip,
+          }));
+          project.push(...k.gelu.bind(scratch, { x: first, count: n * c }));
+          project.push(...k.matmul.bind(scratch, {
+            x: first,
+            weight: this.matrix("projector.2.weight"),
+            bias: this.vector("projector.2.bias"),
+            out: features,
+            rows: n,
+            outRowOffset: outRow,
+          }));
+        } else {
+          project.push(...k.matmul.bind(scratch, {
+            x,
+            weight: this.matrix("projector.0.weight"),
+            bias: this.vector("projector.0.bias"),
+            out: features,
+            rows: n,
+            xRowOffset: skip,
+            outRowOffset: outRow,
+          }));
+        }
+        writeBuffer(this.gpu, image, 0, pixels[i]);
+        const enc = this.gpu.device.createCommandEncoder();
+        enc.copyBufferToBuffer(this.vector("vision.class_embed"), 0, e, 0, vh * 4);
+        this.gpu.encode(enc, d);
+        this.gpu.encode(enc, project.splice(0));
+        this.gpu.device.queue.submit([enc.finish()]);
+      }
+      await this.gpu.sync();
+      return new GpuImageFeatures(pixels.length * n, features, out);
+    } catch (err) {
+      out.destroy();
+      throw err;
+    } finally {
+      scratch.destroy();
+    }
+  }
+
+  openSession(input: SessionInput): BackendSession {
+    return new GpuSession(this, input);
+  }
+
+  dispose(): void {
+    this.buffers.destroy();
+    this.gpu.destroy();
+  }
+}
+
+/** Activation buffers of one pass shape. */
+interface Activations {
+  x: GPUBuffer;
+  x2: GPUBuffer;
+  h: GPUBuffer;
+  q: GPUBuffer;
+  k: GPUBuffer;
+  v: GPUBuffer;
+  attn: GPUBuffer;
+  gate: GPUBuffer;
+  up: GPUBuffer;
+  act: GPUBuffer;
+  positions: GPUBuffer;
+  positions2: GPUBuffer;
+  keep: GPUBuffer;
+  ids: GPUBuffer;
+  probs: GPUBuffer;
+  scores: GPUBuffer;
+  textLogits: GPUBuffer;
+  logits: GPUBuffer;
+}
+
+class GpuSession implements BackendSession {
+  readonly ledger: KvLedger;
+  readonly passes: { phase: "prefill" | "decode"; layers: LayerRows[] }[] = [];
+  readonly buffers: BufferSet;
+  readonly #text: TextConfig;
+  readonly #act: Activations;
+  /** Decode state u32 [4 + layers]; tokens and flags u32 [maxNew + 2]. */
+  readonly #state: GPUBuffer;
+  readonly #tokens: GPUBuffer;
+  readonly #flags: GPUBuffer;
+  #keys: GPUBuffer[] = [];
+  #values: GPUBuffer[] = [];
+  #capacity = 0;
+  /** Rows per layer as last read back. */
+  #rows: number[];
+  #paperRows: number[];
+  #decodeDispatches: Dispatch[] | null = null;
+  #decodeBuffers: BufferSet | null = null;
+  #decoded = 0;
+  #maxRows: number;
+
+  constructor(readonly backend: GpuBackend, readonly input: SessionInput) {
+    const t = backend.config.text;
+    this.#text = t;
+    this.buffers = new BufferSet(backend.gpu);
+    this.ledger = new KvLedger(t.numLayers, 2 * t.numKvHeads * t.headDim * 4);
+    const promptLen = input.rows.ids.length;
+    this.#maxRows = promptLen + input.maxNewTokens + 1;
+    const m = this.#maxRows, b = this.buffers, f = (n: number, label: string) => b.storage(n * 4, label);
+    const qw = t.numHeads * t.headDim, kw = t.numKvHeads * t.headDim;
+    this.#act = {
+      x: f(m * t.hiddenSize, "x"),
+      x2: f(m * t.hiddenSize, "x2"),
+      h: f(m * t.hiddenSize, "h"),
+      q: f(m * qw, "q"),
+      k: f(m * kw, "k"),
+      v: f(m * kw, "v"),
+      attn: f(m * qw, "attn"),
+      gate: f(m * t.intermediateSize, "gate"),
+      up: f(m * t.intermediateSize, "up"),
+      act: f(m * t.intermediateSize, "act"),
+      positions: f(m, "positions"),
+      positions2: f(m, "positions2"),
+      keep: f(m, "keep"),
+      ids: f(m, "ids"),
+      probs: f(m, "probs"),
+      scores: f(m, "scores"),
+      textLogits: f(m * 2, "textLogits"),
+      logits: f(t.vocabSize, "logits"),
+    };
+    this.#state = b.storage((STATE_COUNTS + t.numLayers) * 4, "state");
+    this.#tokens = b.storage((input.maxNewTokens + 2) * 4, "tokens");
+    this.#flags = b.storage((input.maxNewTokens + 2) * 4, "flags");
+    this.#rows = new Array(t.numLayers).fill(0);
+    this.#paperRows = new Array(t.numLayers).fill(0);
+  }
+
+  /** Makes every layer's cache hold at least `rows` rows, keeping the rows it has. */
+  #ensureCapacity(rows: number): void {
+    if (rows <= this.#capacity) return;
+    const t = this.#text, width = t.numKvHeads * t.headDim * 4;
+    const capacity = Math.max(rows, Math.ceil(this.#capacity * 1.5), 16);
+    const enc = this.backend.gpu.device.createCommandEncoder();
+    const grow = (old: GPUBuffer[], kind: string) =>
+      Array.from({ length: t.numLayers }, (_, l) => {
+        const fresh = this.buffers.storage(capacity * width, `kv.${kind}.${l}`);
+        if (old[l] && this.#rows[l] > 0) enc.copyBufferToBuffer(old[l], 0, fresh, 0, this.#rows[l] * width);
+        return fresh;
+      });
+    const keys = grow(this.#keys, "k"), values = grow(this.#values, "v");
+    this.backend.gpu.device.queue.submit([enc.finish()]);
+    for (const old of [...this.#keys, ...this.#values]) this.buffers.release(old);
+    this.#keys = keys;
+    this.#values = values;
+    this.#capacity = capacity;
+    this.#decodeDispatches = null; // bound to the old buffers
+  }
+
+  #writeState(values: { step?: number; token?: number; position?: number; counts?: number[] }): void {
+    const gpu = this.backend.gpu;
+    const u = (n: number) => new Uint32Array([n]);
+    if (values.step !== undefined) writeBuffer(gpu, this.#state, 0, u(values.step));
+    if (values.token !== undefined) writeBuffer(gpu, this.#state, 4, u(values.token));
+    if (values.position !== undefined) writeBuffer(gpu, this.#state, 8, u(values.position));
+    writeBuffer(gpu, this.#state, 12, u(this.input.sampling.seed >>> 0));
+    if (values.counts) writeBuffer(gpu, this.#state, STATE_COUNTS * 4, Uint32Array.from(values.counts));
+  }
+
+  /** Dispatches of decoder layer `l` over `rows` rows of `x` (positions from `positions[offset..]`). */
+  #layer(
+    set: BufferSet,
+    l: number,
+    args: { x: GPUBuffer; rows: number; positions: GPUBuffer; positionsOffset: number; admit?: boolean },
+  ): Dispatch[] {
+    const k = this.backend.kernels, t = this.#text, W = this.backend.layers[l], a = this.#act;
+    const { x, rows } = args;
+    const kw = t.numKvHeads * t.headDim;
+    const counts = this.#state, countIndex = STATE_COUNTS + l;
+    return [
+      ...k.rmsNorm.bind(set, {
+        x,
+        weight: W.attnNorm,
+        out: a.h,
+        rows,
+        cols: t.hiddenSize,
+        eps: t.rmsNormEps,
+      }),
+      ...k.matmul.bind(set, { x: a.h, weight: W.wq, out: a.q, rows }),
+      ...k.matmul.bind(set, { x: a.h, weight: W.wk, out: a.k, rows }),
+      ...k.matmul.bind(set, { x: a.h, weight: W.wv, out: a.v, rows }),
+      ...k.rope.bind(set, {
+        x: a.q,
+        positions: args.positions,
+        positionsOffset: args.positionsOffset,
+        rows,
+        heads: t.numHeads,
+        headDim: t.headDim,
+        theta: t.ropeTheta,
+      }),
+      ...k.rope.bind(set, {
+        x: a.k,
+        positions: args.positions,
+        positionsOffset: args.positionsOffset,
+        rows,
+        heads: t.numKvHeads,
+        headDim: t.headDim,
+        theta: t.ropeTheta,
+      }),
+      ...k.kvAppend.bind(set, { src: a.k, cache: this.#keys[l], counts, countIndex, rows, cols: kw }),
+      ...k.kvAppend.bind(set, { src: a.v, cache: this.#values[l], counts, countIndex, rows, cols: kw }),
+      ...k.attention.bind(set, {
+        q: a.q,
+        keys: this.#keys[l],
+        values: this.#values[l],
+        out: a.attn,
+        counts,
+        countIndex,
+        rows,
+        heads: t.numHeads,
+        kvHeads: t.numKvHeads,
+        headDim: t.headDim,
+        causal: true,
+      }),
+      ...k.matmul.bind(set, { x: a.attn, weight: W.wo, out: x, rows, accumulate: true }),
+      ...k.rmsNorm.bind(set, { x, weight: W.mlpNorm, out: a.h, rows, cols: t.hiddenSize, eps: t.rmsNormEps }),
+      ...k.matmul.bind(set, { x: a.h, weight: W.wGate, out: a.gate, rows }),
+      ...k.matmul.bind(set, { x: a.h, weight: W.wUp, out: a.up, rows }),
+      ...k.swiglu.bind(set, { gate: a.gate, up: a.up, out: a.act, count: rows * t.intermediateSize }),
+      ...k.matmul.bind(set, { x: a.act, weight: W.wDown, out: x, rows, accumulate: true }),
+    ];
+  }
+
+  /** Final norm of row `row` and lm_head into logits. */
+  #head(set: BufferSet, x: GPUBuffer, row: number): Dispatch[] {
+    const k = this.backend.kernels, t = this.#text, a = this.#act;
+    const head = this.backend.weights.matrices.get("lm_head") ?? this.backend.matrix("embed");
+    return [
+      ...k.rmsNorm.bind(set, {
+        x,
+        weight: this.backend.vector("norm"),
+        out: a.h,
+        rows: row + 1,
+        cols: t.hiddenSize,
+        eps: t.rmsNormEps,
+      }),
+      ...k.matmul.bind(set, { x: a.h, weight: head, out: a.logits, rows: 1, xRowOffset: row }),
+    ];
+  }
+
+  /**
+   * One full pass over `kinds.length` rows already embedded in x (prefill, or a no-cache step with
+   * a fresh cache): layers, pruning at the plan's layer via a readback, head, sampling at `step`.
+   */
+  async #pass(
+    rows: { kinds: RowKind[]; positions: number[]; tags: number[] },
+    options: { step: number; wantLogits: boolean; phase: "prefill" | "decode" },
+  ): Promise<PassResult & { outputKept: number[] | null; positionsPerLayer: number[][] }> {
+    const gpu = this.backend.gpu, plan = this.input.plan, t = this.#text, a = this.#act;
+    const set = new BufferSet(gpu);
+    try {
+      this.#rows.fill(0);
+      this.#paperRows.fill(0);
+      this.#ensureCapacity(rows.kinds.length);
+      this.#writeState({ step: options.step, counts: this.#rows });
+      writeBuffer(gpu, a.positions, 0, Uint32Array.from(rows.positions));
+      let x = a.x, xAlt = a.x2, positions = a.positions, positionsAlt = a.positions2;
+      let visualKept: number[] | null = null, outputKept: number[] | null = null;
+      const layers: LayerRows[] = [];
+      const positionsPerLayer: number[][] = [];
+      let pending: Dispatch[] = [];
+      for (let l = 0; l < t.numLayers; l++) {
+        if (l === plan.pruneLayer) {
+          const signals = await this.#signals(set, pending, x, rows.kinds);
+          pending = [];
+          const keep = plan.selectRows(rows.kinds, signals);
+          writeBuffer(gpu, a.keep, 0, Uint32Array.from(keep));
+          const k = this.backend.kernels;
+          pending.push(
+            ...k.gatherRows.bind(set, {
+              x,
+              indices: a.keep,
+              out: xAlt,
+              rows: keep.length,
+              cols: t.hiddenSize,
+            }),
+          );
+          pending.push(
+            ...k.gatherRows.bind(set, {
+              x: positions,
+              indices: a.keep,
+              out: positionsAlt,
+              rows: keep.length,
+              cols: 1,
+            }),
+          );
+          [x, xAlt] = [xAlt, x];
+          [positions, positionsAlt] = [positionsAlt, positions];
+          rows = {
+            kinds: keep.map((i) => rows.kinds[i]),
+            positions: keep.map((i) => rows.positions[i]),
+            tags: keep.map((i) => rows.tags[i]),
+          };
+          visualKept = rows.tags.filter((_, i) => rows.kinds[i] === "image");
+          outputKept = rows.tags.filter((_, i) => rows.kinds[i] === "output");
+        }
+        const m = rows.kinds.length, paper = rows.kinds.filter((kind) => kind !== "text").length;
+        layers.push({ newRows: m, cachedRows: 0, paperNewRows: paper, paperCachedRows: 0 });
+        positionsPerLayer.push(rows.positions);
+        pending.push(...this.#layer(set, l, { x, rows: m, positions, positionsOffset: 0 }));
+        if (plan.needs.lastRowAttention && l === (plan.pruneLayer ?? 0) - 1) {
+          pending.push(...this.backend.kernels.attention.bindProbsMean(set, {
+            q: a.q,
+            row: m - 1,
+            keys: this.#keys[l],
+            out: a.probs,
+            counts: this.#state,
+            countIndex: STATE_COUNTS + l,
+            heads: t.numHeads,
+            kvHeads: t.numKvHeads,
+            headDim: t.headDim,
+            causal: true,
+          }));
+        }
+        this.#rows[l] = m;
+        this.#paperRows[l] = paper;
+      }
+      const m = rows.kinds.length;
+      pending.push(...this.#head(set, x, m - 1));
+      pending.push(...this.backend.kernels.sampler.bind(set, {
+        logits: a.logits,
+        vocab: t.vocabSize,
+        state: this.#state,
+        tokensOut: this.#tokens,
+        temperature: this.input.sampling.temperature,
+        topP: this.input.sampling.topP,
+      }));
+      gpu.submit(pending);
+      const ranges = [{ buffer: this.#tokens, offset: options.step * 4, size: 4 }];
+      if (options.wantLogits) ranges.push({ buffer: a.logits, offset: 0, size: t.vocabSize * 4 });
+      const [tokenBytes, logitBytes] = await readRanges(gpu, ranges);
+      this.passes.push({ phase: options.phase, layers });
+      this.#writeState({ counts: this.#rows });
+      return {
+        token: new Uint32Array(tokenBytes)[0],
+        visualKept,
+        outputKept,
+        logits: logitBytes ? new Float32Array(logitBytes) : undefined,
+        positionsPerLayer,
+      };
+    } finally {
+      set.destroy();
+    }
+  }
+
+  /** Submits `pending` plus the signal kernels, reads the signals back. */
+  async #signals(set: BufferSet, pending: Dispatch[], x: GPUBuffer, kinds: RowKind[]): Promise<PruneSignals> {
+    const plan = this.input.plan, a = this.#act, gpu = this.backend.gpu, c = this.#text.hiddenSize;
+    const k = this.backend.kernels, P = this.backend.predictors;
+    const d = [...pending];
+    const ranges: { buffer: GPUBuffer; offset: number; size: number }[] = [];
+    const take = (kind: RowKind) => kinds.flatMap((kk, i) => kk === kind ? [i] : []);
+    const images = take("image"), outputs = take("output");
+    const want: (keyof PruneSignals)[] = [];
+    if (plan.needs.visionScores && images.length) {
+      writeBuffer(gpu, a.keep, 0, Uint32Array.from(images));
+      d.push(...k.gatherRows.bind(set, { x, indices: a.keep, out: a.h, rows: images.length, cols: c }));
+      d.push(...bindVisionScores(P.vision!, set, { x: a.h, rows: images.length, scoresOut: a.scores }));
+      ranges.push({ buffer: a.scores, offset: 0, size: images.length * 4 });
+      want.push("visionScores");
+    }
+    if (plan.needs.textLogits && outputs.length) {
+      // Gather output rows after the image rows' scores were computed: separate submit keeps
+      // the shared index buffer consistent.
+      gpu.submit(d.splice(0));
+      writeBuffer(gpu, a.keep, 0, Uint32Array.from(outputs));
+      d.push(...k.gatherRows.bind(set, { x, indices: a.keep, out: a.attn, rows: outputs.length, cols: c }));
+      d.push(...bindTextLogits(P.text!, set, { x: a.attn, rows: outputs.length, logitsOut: a.textLogits }));
+      ranges.push({ buffer: a.textLogits, offset: 0, size: outputs.length * 8 });
+      want.push("textLogits");
+    }
+    if (plan.needs.lastRowAttention) {
+      ranges.push({ buffer: a.probs, offset: 0, size: kinds.length * 4 });
+      want.push("lastRowAttention");
+    }
+    gpu.submit(d);
+    const signals: PruneSignals = {};
+    if (plan.needs.visionScores) signals.visionScores = new Float32Array(0);
+    if (plan.needs.textLogits) signals.textLogits = new Float32Array(0);
+    if (ranges.length === 0) return signals;
+    const data = await readRanges(gpu, ranges);
+    want.forEach((key, i) => (signals[key] = new Float32Array(data[i])));
+    return signals;
+  }
+
+  /** Embeds prompt rows (+ generated tokens) into x. */
+  #embed(generated: number[]): { kinds: RowKind[]; positions: number[]; tags: number[] } {
+    const { rows } = this.input;
+    const gpu = this.backend.gpu, a = this.#act, c = this.#text.hiddenSize, k = this.backend.kernels;
+    const promptLen = rows.ids.length, m = promptLen + generated.length;
+    const ids = new Uint32Array(m);
+    for (let i = 0; i < promptLen; i++) ids[i] = Math.max(0, rows.ids[i]);
+    generated.forEach((id, j) => (ids[promptLen + j] = id));
+    writeBuffer(gpu, a.ids, 0, ids);
+    const set = new BufferSet(gpu);
+    try {
+      const enc = gpu.device.createCommandEncoder();
+      gpu.encode(
+        enc,
+        k.embedding.bind(set, { ids: a.ids, table: this.backend.matrix("embed"), out: a.x, rows: m }),
+      );
+      const image = this.input.images as GpuImageFeatures | null;
+      for (let i = 0; i < promptLen; i++) {
+        if (rows.kinds[i] !== "image") continue;
+        let j = i;
+        while (
+          j + 1 < promptLen && rows.kinds[j + 1] === "image" && rows.imageRow[j + 1] === rows.imageRow[j] + 1
+        ) j++;
+        enc.copyBufferToBuffer(image!.buffer, rows.imageRow[i] * c * 4, a.x, i * c * 4, (j - i + 1) * c * 4);
+        i = j;
+      }
+      gpu.device.queue.submit([enc.finish()]);
+    } finally {
+      set.destroy();
+    }
+    return {
+      kinds: [...rows.kinds, ...generated.map(() => "output" as const)],
+      positions: [...rows.positions, ...generated.map((_, j) => promptLen + j)],
+      tags: [...Array.from(rows.imageRow), ...generated.map((_, j) => j)],
+    };
+  }
+
+  async prefill(options: { wantLogits: boolean }): Promise<PassResult> {
+    const rows = this.#embed([]);
+    const out = await this.#pass(rows, { step: 0, wantLogits: options.wantLogits, phase: "prefill" });
+    out.positionsPerLayer.forEach((positions, l) => this.ledger.append([l], positions));
+    this.#writeState({ step: 1, token: out.token, position: this.input.rows.ids.length });
+    return { token: out.token, visualKept: out.visualKept, logits: out.logits };
+  }
+
+  /** Dispatches of one decode step, bound once per cache allocation. */
+  #decodeStep(): Dispatch[] {
+    if (this.#decodeDispatches) return this.#decodeDispatches;
+    this.#decodeBuffers?.destroy();
+    const set = new BufferSet(this.backend.gpu);
+    this.#decodeBuffers = set;
+    const k = this.backend.kernels, a = this.#act, t = this.#text, plan = this.input.plan;
+    const d: Dispatch[] = [];
+    d.push(
+      ...k.embedding.bind(set, {
+        ids: this.#state,
+        idsOffset: 1,
+        table: this.backend.matrix("embed"),
+        out: a.x,
+        rows: 1,
+      }),
+    );
+    for (let l = 0; l < t.numLayers; l++) {
+      if (l === plan.admitLayer && plan.admission === "predictor") {
+        d.push(
+          ...bindTextAdmission(this.backend.predictors.text!, set, {
+            x: a.x,
+            state: this.#state,
+            flags: this.#flags,
+          }),
+        );
+      }
+      d.push(...this.#layer(set, l, { x: a.x, rows: 1, positions: this.#state, positionsOffset: 2 }));
+    }
+    d.push(...this.#head(set, a.x, 0));
+    d.push(...k.sampler.bind(set, {
+      logits: a.logits,
+      vocab: t.vocabSize,
+      state: this.#state,
+      tokensOut: this.#tokens,
+      temperature: this.input.sampling.temperature,
+      topP: this.input.sampling.topP,
+    }));
+    d.push(...k.advance.bind(set, {
+      state: this.#state,
+      flags: this.#flags,
+      layers: t.numLayers,
+      admitLayer: plan.admitLayer,
+      admitAll: plan.admission === "all",
+    }));
+    this.#decodeDispatches = d;
+    return d;
+  }
+
+  async decode(steps: number, options: { forced?: number[] } = {}) {
+    const gpu = this.backend.gpu, t = this.#text, plan = this.input.plan;
+    const promptLen = this.input.rows.ids.length;
+    const logProbs: number[] = [];
+    if (options.forced) {
+      // Teacher forcing: one step per token, the fed token written before each step.
+      const tokens: number[] = [], admitted: boolean[] = [];
+      for (let s = 0; s < steps; s++) {
+        this.#writeState({ token: options.forced[s] });
+        const out = await this.decode(1);
+        tokens.push(...out.tokens);
+        admitted.push(...out.admitted);
+        if (s + 1 < options.forced.length) {
+          const logits = new Float32Array(await gpu.read(this.#act.logits, 0, t.vocabSize * 4));
+          let max = -Infinity;
+          for (const v of logits) if (v > max) max = v;
+          let sum = 0;
+          for (const v of logits) sum += Math.exp(v - max);
+          logProbs.push(logits[options.forced[s + 1]] - max - Math.log(sum));
+        }
+      }
+      return { tokens, admitted, logProbs };
+    }
+    this.#ensureCapacity(Math.max(...this.#rows) + steps + 1);
+    const step = this.#decodeStep();
+    const enc = gpu.device.createCommandEncoder();
+    for (let s = 0; s < steps; s++) gpu.encode(enc, step);
+    gpu.device.queue.submit([enc.finish()]);
+    const first = this.#decoded + 1;
+    const [tokenBytes, flagBytes, stateBytes] = await readRanges(gpu, [
+      { buffer: this.#tokens, offset: first * 4, size: steps * 4 },
+      { buffer: this.#flags, offset: first * 4, size: steps * 4 },
+      { buffer: this.#state, offset: 0, size: (STATE_COUNTS + t.numLayers) * 4 },
+    ]);
+    const tokens = [...new Uint32Array(tokenBytes)];
+    const flags = new Uint32Array(flagBytes);
+    const admitted = Array.from(flags, (f) => plan.admission === "all" || f === 1);
+    const layers: LayerRows[] = [];
+    for (let s = 0; s < steps; s++) {
+      const position = promptLen + this.#decoded + s;
+      const stepLayers: LayerRows[] = this.#rows.map((cached, l) => ({
+        newRows: 1,
+        cachedRows: cached,
+        paperNewRows: 1,
+        paperCachedRows: this.#paperRows[l],
+      }));
+      this.passes.push({ phase: "decode", layers: stepLayers });
+      for (let l = 0; l < t.numLayers; l++) {
+        if (l < plan.admitLayer || admitted[s]) {
+          this.#rows[l]++;
+          this.#paperRows[l]++;
+        }
+      }
+      this.ledger.admit(position, { fromLayer: plan.admitLayer, admitted: admitted[s] });
+    }
+    void layers;
+    const counts = Array.from(new Uint32Array(stateBytes).subarray(STATE_COUNTS));
+    if (counts.some((n, l) => n !== this.#rows[l])) {
+      throw new Error(`internal: GPU row counts ${counts} differ from the ledger ${this.#rows}`);
+    }
+    this.#decoded += steps;
+    return { tokens, admitted };
+  }
+
+  async recompute(generated: number[], options: { wantLogits?: boolean } = {}) {
+    const rows = this.#embed(generated);
+    const out = await this.#pass(rows, {
+      step: generated.length,
+      wantLogits: options.wantLogits ?? false,
+      phase: generated.length === 0 ? "prefill" : "decode",
+    });
+    const outputKept = (out.outputKept ?? generated.map((_, j) => j)).filter((j) => j < generated.length - 1);
+    return { token: out.token, visualKept: out.visualKept, outputKept, logits: out.logits };
+  }
+
+  gpuPeakBytes(): number {
+    return this.buffers.peakBytes;
+  }
+
+  dispose(): void {
+    this.#decodeBuffers?.destroy();
+    this.buffers.destroy();
+  }
+}

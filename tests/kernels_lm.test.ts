@@ -1,0 +1,615 @@
+/**
+ * Parity of the language-model kernels with their CPU twins (runtime/cpu_ops.ts): random inputs,
+ * outputs poisoned with NaN before each run, NMSE against the twin, awkward shapes. Runs on f16
+ * weights (when the adapter has `shader-f16` and DYNLLAVA_NO_F16 is unset) and on f32 weights.
+ *
+ * Bounds (NMSE): {@link EXACT} for kernels whose only error is f32 rounding (matmul against the
+ * twin run on the stored, f16-rounded weights; norms, attention, elementwise); {@link ROPE} for
+ * rope, whose f32 angle at positions up to 4096 is off by up to ~2e-4 rad.
+ * @module
+ */
+import assert from "node:assert/strict";
+import { BufferSet, createGpu, type Dispatch, type Gpu, MAX_GRID, writeBuffer } from "../runtime/gpu.ts";
+import * as cpu from "../runtime/cpu_ops.ts";
+import { GpuError } from "../runtime/errors.ts";
+import { storedWeightValues, uploadWeight, weightDtype } from "../runtime/weights_gpu.ts";
+import { createMatmul, type MatmulKernel } from "../kernels/matmul.ts";
+import { createEmbedding, type EmbeddingKernel } from "../kernels/embedding.ts";
+import { createRmsNorm, type RmsNormKernel } from "../kernels/rmsnorm.ts";
+import { createRope, type RopeKernel } from "../kernels/rope.ts";
+import { type AttentionKernel, createAttention } from "../kernels/attention.ts";
+import {
+  type ActivationArgs,
+  type AddArgs,
+  type AddBiasArgs,
+  createAdd,
+  createAddBias,
+  createGelu,
+  createQuickGelu,
+  createSwiglu,
+  type ElementwiseKernel,
+  type SwigluArgs,
+} from "../kernels/elementwise.ts";
+import { createKvAppend, type KvAppendKernel } from "../kernels/kv_append.ts";
+import { nmse, poisoned, randomArray, readF32, testGpu } from "./kernel_util.ts";
+
+/** NMSE bound where the GPU differs from the twin by f32 rounding only (measured ≲ 1e-13). */
+const EXACT = 1e-10;
+/** NMSE bound for rope (f32 angles; measured ≲ 4e-9 up to position 4096 on lavapipe). */
+const ROPE = 1e-7;
+
+interface Kernels {
+  matmul: MatmulKernel;
+  embedding: EmbeddingKernel;
+  rmsNorm: RmsNormKernel;
+  rope: RopeKernel;
+  attention: AttentionKernel;
+  add: ElementwiseKernel<AddArgs>;
+  swiglu: ElementwiseKernel<SwigluArgs>;
+  gelu: ElementwiseKernel<ActivationArgs>;
+  quickGelu: ElementwiseKernel<ActivationArgs>;
+  addBias: ElementwiseKernel<AddBiasArgs>;
+  kvAppend: KvAppendKernel;
+}
+
+async function compileKernels(gpu: Gpu): Promise<Kernels> {
+  const [matmul, embedding, rmsNorm, rope, attention, add, swiglu, gelu, quickGelu, addBias, kvAppend] =
+    await Promise.all([
+      createMatmul(gpu),
+      createEmbedding(gpu),
+      createRmsNorm(gpu),
+      createRope(gpu),
+      createAttention(gpu),
+      createAdd(gpu),
+      createSwiglu(gpu),
+      createGelu(gpu),
+      createQuickGelu(gpu),
+      createAddBias(gpu),
+      createKvAppend(gpu),
+    ]);
+  return { matmul, embedding, rmsNorm, rope, attention, add, swiglu, gelu, quickGelu, addBias, kvAppend };
+}
+
+/** The f16-weight device (when offered) and an f32-weight device. */
+const gpus: Gpu[] = [await testGpu()];
+if (gpus[0].f16) gpus.push(await createGpu({ allowF16: false }));
+const kernelsOf = new Map<Gpu, Kernels>();
+for (const gpu of gpus) kernelsOf.set(gpu, await compileKernels(gpu));
+
+/** Registers `fn` once per device, naming the weight type. */
+function gpuTest(name: string, fn: (gpu: Gpu, k: Kernels, buffers: BufferSet) => Promise<void>): void {
+  for (const gpu of gpus) {
+    Deno.test(`${name} [${weightDtype(gpu)} weights]`, async () => {
+      const buffers = new BufferSet(gpu);
+      try {
+        await fn(gpu, kernelsOf.get(gpu)!, buffers);
+      } finally {
+        buffers.destroy();
+      }
+    });
+  }
+}
+
+/** Runs dispatches and reads `floats` f32 of `out`. */
+async function run(gpu: Gpu, dispatches: Dispatch[], out: GPUBuffer, floats: number): Promise<Float32Array> {
+  gpu.submit(dispatches);
+  return await readF32(gpu, out, floats);
+}
+
+function assertNmse(actual: Float32Array, expected: Float32Array, bound: number, what: string): void {
+  const error = nmse(actual, expected);
+  if (Deno.env.get("LOG_NMSE")) console.log(`NMSE ${what}: ${error.toExponential(2)}`);
+  assert.ok(error <= bound, `${what}: NMSE ${error.toExponential(2)} > ${bound}`);
+}
+
+function randomIntegers(n: number, seed: number, below: number): Uint32Array {
+  return Uint32Array.from(randomArray(n, seed), (v) => Math.floor((v + 1) / 2 * below));
+}
+
+// ---- weights ---------------------------------------------------------------------------------
+
+gpuTest("uploadWeight() splits rows into chunks in the device's weight type", (gpu, _k, buffers) => {
+  const values = randomArray(10 * 6, 1);
+  const weight = uploadWeight(buffers, values, { rows: 10, cols: 6, label: "w", maxChunkBytes: 4 * 6 * 4 });
+  const bytes = gpu.f16 ? 2 : 4;
+  assert.equal(weight.dtype, gpu.f16 ? "f16" : "f32");
+  assert.deepEqual(
+    weight.chunks.map((c) => [c.rowStart, c.rows]),
+    gpu.f16 ? [[0, 8], [8, 2]] : [[0, 4], [4, 4], [8, 2]],
+  );
+  assert.equal(weight.chunks[0].buffer.size, Math.ceil(weight.chunks[0].rows * 6 * bytes / 16) * 16);
+  assert.throws(
+    () => uploadWeight(buffers, values, { rows: 10, cols: 6, label: "w", maxChunkBytes: 8 }),
+    GpuError,
+  );
+  assert.throws(() => uploadWeight(buffers, values, { rows: 9, cols: 6, label: "w" }), GpuError);
+  return Promise.resolve();
+});
+
+// ---- matmul ----------------------------------------------------------------------------------
+
+interface MatmulCase {
+  rows: number;
+  inCols: number;
+  outCols: number;
+  bias?: boolean;
+  accumulate?: boolean;
+  maxChunkBytes?: number;
+}
+
+async function checkMatmul(gpu: Gpu, k: Kernels, buffers: BufferSet, c: MatmulCase, seed: number) {
+  const x = randomArray(c.rows * c.inCols, seed);
+  const w = randomArray(c.outCols * c.inCols, seed + 1, 0.5);
+  const bias = c.bias ? randomArray(c.outCols, seed + 2) : undefined;
+  const start = randomArray(c.rows * c.outCols, seed + 3);
+  const weight = uploadWeight(buffers, w, {
+    rows: c.outCols,
+    cols: c.inCols,
+    label: "w",
+    maxChunkBytes: c.maxChunkBytes,
+  });
+  const out = c.accumulate
+    ? buffers.upload(start, "out")
+    : poisoned(buffers, c.rows * c.outCols, "out");
+  const dispatches = k.matmul.bind(buffers, {
+    x: buffers.upload(x, "x"),
+    weight,
+    bias: bias && buffers.upload(bias, "bias"),
+    out,
+    rows: c.rows,
+    accumulate: c.accumulate,
+  });
+  assert.equal(dispatches.length, weight.chunks.length);
+  const actual = await run(gpu, dispatches, out, c.rows * c.outCols);
+  const expected = cpu.linear(x, storedWeightValues(w, weight.dtype), { rows: c.rows, bias });
+  if (c.accumulate) cpu.addInPlace(expected, start);
+  assertNmse(actual, expected, EXACT, `matmul ${JSON.stringify(c)}`);
+  return dispatches;
+}
+
+gpuTest("createMatmul() M=1 (GEMV) matches linear() for K = 64, 63, 1 with bias and accumulate", async (
+  gpu,
+  k,
+  buffers,
+) => {
+  await checkMatmul(gpu, k, buffers, { rows: 1, inCols: 64, outCols: 65, bias: true }, 10);
+  await checkMatmul(gpu, k, buffers, { rows: 1, inCols: 63, outCols: 33, accumulate: true }, 20);
+  await checkMatmul(gpu, k, buffers, { rows: 1, inCols: 1, outCols: 1, bias: true }, 30);
+  await checkMatmul(gpu, k, buffers, { rows: 1, inCols: 1000, outCols: 7, bias: true, accumulate: true }, 40);
+});
+
+gpuTest("createMatmul() M>1 (tiled) matches linear() on shapes off the 64×64×16 tiles", async (
+  gpu,
+  k,
+  buffers,
+) => {
+  await checkMatmul(gpu, k, buffers, { rows: 65, inCols: 72, outCols: 63, bias: true, accumulate: true }, 50);
+  await checkMatmul(gpu, k, buffers, { rows: 63, inCols: 65, outCols: 130 }, 60);
+  await checkMatmul(gpu, k, buffers, { rows: 2, inCols: 16, outCols: 1, bias: true }, 70);
+  await checkMatmul(gpu, k, buffers, { rows: 130, inCols: 24, outCols: 5, accumulate: true }, 80);
+});
+
+gpuTest("createMatmul() writes every chunk of a weight split in ≥ 3 chunks", async (gpu, k, buffers) => {
+  const maxChunkBytes = 16 * 2 * 30; // f16: 30 rows per chunk, f32: 15
+  for (const rows of [1, 70]) {
+    const dispatches = await checkMatmul(gpu, k, buffers, {
+      rows,
+      inCols: 16,
+      outCols: 100,
+      bias: true,
+      accumulate: rows > 1,
+      maxChunkBytes,
+    }, 90 + rows);
+    assert.ok(dispatches.length >= 3, `${dispatches.length} chunks`);
+  }
+});
+
+gpuTest("createMatmul() GEMV spans > 65535 workgroups through a 2-D grid", async (gpu, k, buffers) => {
+  const outCols = 4 * MAX_GRID + 7;
+  const dispatches = await checkMatmul(gpu, k, buffers, { rows: 1, inCols: 8, outCols, bias: true }, 100);
+  const [x, y, z] = dispatches[0].workgroups;
+  assert.ok(x * y * z > MAX_GRID && y > 1, `grid ${dispatches[0].workgroups}`);
+});
+
+gpuTest("createMatmul() reads x at xRowOffset and writes out at outRowOffset only", async (gpu, k, buffers) => {
+  for (const [rows, inCols] of [[1, 24], [3, 13]]) {
+    const outCols = 10;
+    const x = randomArray((2 + rows) * inCols, 110 + rows);
+    const w = randomArray(outCols * inCols, 111);
+    const weight = uploadWeight(buffers, w, { rows: outCols, cols: inCols, label: "w" });
+    const out = poisoned(buffers, (1 + rows + 1) * outCols, "out");
+    const dispatches = k.matmul.bind(buffers, {
+      x: buffers.upload(x, "x"),
+      weight,
+      out,
+      rows,
+      xRowOffset: 2,
+      outRowOffset: 1,
+    });
+    const actual = await run(gpu, dispatches, out, (rows + 2) * outCols);
+    const expected = cpu.linear(x.subarray(2 * inCols), storedWeightValues(w, weight.dtype), { rows });
+    assertNmse(actual.subarray(outCols, (rows + 1) * outCols), expected, EXACT, `offset rows ${rows}`);
+    assert.ok(actual.subarray(0, outCols).every(Number.isNaN), "row before outRowOffset was written");
+    assert.ok(actual.subarray((rows + 1) * outCols).every(Number.isNaN), "row after the output was written");
+  }
+});
+
+// ---- embedding -------------------------------------------------------------------------------
+
+gpuTest("createEmbedding() gathers rows across ≥ 3 chunks from ids at an offset, clamping ids", async (
+  gpu,
+  k,
+  buffers,
+) => {
+  const vocab = 50;
+  const state = buffers.upload(new Uint32Array([999, 3, 49, 25, 0, 1_000_000]), "state");
+  for (const cols of [24, 13]) {
+    const values = randomArray(vocab * cols, 120 + cols);
+    const table = uploadWeight(buffers, values, {
+      rows: vocab,
+      cols,
+      label: "embed",
+      maxChunkBytes: cols * 2 * 20,
+    });
+    assert.ok(table.chunks.length >= 3);
+    const out = poisoned(buffers, 5 * cols, "out");
+    const dispatches = k.embedding.bind(buffers, { ids: state, idsOffset: 1, table, out, rows: 5 });
+    const actual = await run(gpu, dispatches, out, 5 * cols);
+    const expected = cpu.gatherRows(storedWeightValues(values, table.dtype), cols, [3, 49, 25, 0, vocab - 1]);
+    assertNmse(actual, expected, 0, `embedding cols ${cols}`);
+  }
+});
+
+// ---- rmsnorm ---------------------------------------------------------------------------------
+
+gpuTest("createRmsNorm() matches rmsNorm() for rows 1, 3, 65 and cols 63, 64, 300", async (gpu, k, buffers) => {
+  for (const [rows, cols] of [[1, 64], [3, 300], [65, 63]]) {
+    const x = randomArray(rows * cols, 130 + rows, 3);
+    const weight = randomArray(cols, 131);
+    const out = poisoned(buffers, rows * cols, "out");
+    const dispatches = k.rmsNorm.bind(buffers, {
+      x: buffers.upload(x, "x"),
+      weight: buffers.upload(weight, "norm"),
+      out,
+      rows,
+      cols,
+      eps: 1e-6,
+    });
+    const actual = await run(gpu, dispatches, out, rows * cols);
+    assertNmse(actual, cpu.rmsNorm(x, weight, 1e-6), EXACT, `rmsnorm ${rows}×${cols}`);
+  }
+});
+
+// ---- rope ------------------------------------------------------------------------------------
+
+gpuTest("createRope() matches rope() for positions up to 4096 read at an offset", async (gpu, k, buffers) => {
+  for (const [rows, heads, headDim] of [[65, 3, 16], [4, 2, 128], [1, 5, 64]]) {
+    const x = randomArray(rows * heads * headDim, 140 + rows);
+    const positions = randomIntegers(rows, 141 + rows, 4097);
+    positions[0] = 4096;
+    const state = buffers.upload(new Uint32Array([7, 7, ...positions]), "positions");
+    const buffer = buffers.upload(x, "x");
+    const dispatches = k.rope.bind(buffers, {
+      x: buffer,
+      positions: state,
+      positionsOffset: 2,
+      rows,
+      heads,
+      headDim,
+      theta: 10000,
+    });
+    const actual = await run(gpu, dispatches, buffer, x.length);
+    const expected = x.slice();
+    cpu.rope(expected, positions, { heads, headDim, theta: 10000 });
+    assertNmse(actual, expected, ROPE, `rope ${rows}×${heads}×${headDim}`);
+  }
+});
+
+// ---- attention -------------------------------------------------------------------------------
+
+interface AttentionCase {
+  rows: number;
+  heads: number;
+  kvHeads: number;
+  headDim: number;
+  cached: number;
+  capacity: number;
+  causal: boolean;
+}
+
+async function checkAttention(gpu: Gpu, k: Kernels, buffers: BufferSet, c: AttentionCase, seed: number) {
+  const { rows, heads, kvHeads, headDim } = c;
+  const q = randomArray(rows * heads * headDim, seed, 2);
+  const keys = randomArray(c.capacity * kvHeads * headDim, seed + 1, 2);
+  const values = randomArray(c.capacity * kvHeads * headDim, seed + 2);
+  const out = poisoned(buffers, q.length, "out");
+  const counts = buffers.upload(new Uint32Array([5, c.cached, 9]), "counts");
+  const dispatches = k.attention.bind(buffers, {
+    q: buffers.upload(q, "q"),
+    keys: buffers.upload(keys, "keys"),
+    values: buffers.upload(values, "values"),
+    out,
+    counts,
+    countIndex: 1,
+    rows,
+    heads,
+    kvHeads,
+    headDim,
+    causal: c.causal,
+  });
+  const actual = await run(gpu, dispatches, out, q.length);
+  const visible = Array.from({ length: rows }, (_, m) => c.causal ? c.cached + m + 1 : c.cached);
+  const expected = cpu.attention(q, keys, values, { heads, kvHeads, headDim, visible });
+  assertNmse(actual, expected, EXACT, `attention ${JSON.stringify(c)}`);
+}
+
+gpuTest("createAttention() decode (M < 8) matches attention() with GQA over cached rows", async (
+  gpu,
+  k,
+  buffers,
+) => {
+  const base = { heads: 4, causal: true };
+  await checkAttention(gpu, k, buffers, { ...base, rows: 1, kvHeads: 2, headDim: 16, cached: 200, capacity: 300 }, 150);
+  await checkAttention(gpu, k, buffers, { ...base, rows: 7, kvHeads: 1, headDim: 8, cached: 63, capacity: 70 }, 160);
+  await checkAttention(gpu, k, buffers, { ...base, rows: 1, kvHeads: 1, headDim: 64, cached: 3000, capacity: 3001 }, 170);
+  await checkAttention(gpu, k, buffers, { ...base, rows: 1, kvHeads: 4, headDim: 128, cached: 0, capacity: 1 }, 180);
+  await checkAttention(gpu, k, buffers, {
+    rows: 2,
+    heads: 2,
+    kvHeads: 2,
+    headDim: 24,
+    cached: 65,
+    capacity: 65,
+    causal: false,
+  }, 190);
+});
+
+gpuTest("createAttention() prefill (M ≥ 8) matches attention(), causal and not", async (gpu, k, buffers) => {
+  await checkAttention(gpu, k, buffers, {
+    rows: 65,
+    heads: 4,
+    kvHeads: 2,
+    headDim: 16,
+    cached: 7,
+    capacity: 80,
+    causal: true,
+  }, 200);
+  await checkAttention(gpu, k, buffers, {
+    rows: 8,
+    heads: 4,
+    kvHeads: 1,
+    headDim: 128,
+    cached: 40,
+    capacity: 48,
+    causal: true,
+  }, 210);
+  await checkAttention(gpu, k, buffers, {
+    rows: 63,
+    heads: 2,
+    kvHeads: 2,
+    headDim: 40,
+    cached: 63,
+    capacity: 63,
+    causal: false,
+  }, 220);
+});
+
+gpuTest("createAttention() without visible keys writes zeros like attention()", async (gpu, k, buffers) => {
+  for (const rows of [1, 9]) {
+    await checkAttention(gpu, k, buffers, {
+      rows,
+      heads: 2,
+      kvHeads: 1,
+      headDim: 8,
+      cached: 0,
+      capacity: 4,
+      causal: false,
+    }, 230);
+  }
+});
+
+gpuTest("createAttention() rejects head dims above 128 and heads not a multiple of kvHeads", (
+  _gpu,
+  k,
+  buffers,
+) => {
+  const buffer = buffers.storage(1024, "any");
+  const args = {
+    q: buffer,
+    keys: buffer,
+    values: buffer,
+    out: buffers.storage(1024, "out"),
+    counts: buffer,
+    countIndex: 0,
+    rows: 1,
+    heads: 4,
+    kvHeads: 2,
+    headDim: 256,
+    causal: true,
+  };
+  assert.throws(() => k.attention.bind(buffers, args), GpuError);
+  assert.throws(() => k.attention.bind(buffers, { ...args, headDim: 8, kvHeads: 3 }), GpuError);
+  return Promise.resolve();
+});
+
+gpuTest("bindProbsMean() matches attentionProbsMean() and writes only visible keys", async (
+  gpu,
+  k,
+  buffers,
+) => {
+  const [rows, heads, kvHeads, headDim, capacity] = [9, 4, 2, 16, 64];
+  const q = randomArray(rows * heads * headDim, 240, 2);
+  const keys = randomArray(capacity * kvHeads * headDim, 241, 2);
+  const counts = buffers.upload(new Uint32Array([20, 33]), "counts");
+  for (const [row, countIndex, causal, visible] of [[8, 0, true, 29], [0, 1, false, 33]] as const) {
+    const out = poisoned(buffers, capacity, "out");
+    const dispatches = k.attention.bindProbsMean(buffers, {
+      q: buffers.upload(q, "q"),
+      row,
+      keys: buffers.upload(keys, "keys"),
+      out,
+      counts,
+      countIndex,
+      heads,
+      kvHeads,
+      headDim,
+      causal,
+    });
+    const actual = await run(gpu, dispatches, out, capacity);
+    const qRow = q.subarray(row * heads * headDim, (row + 1) * heads * headDim);
+    const expected = cpu.attentionProbsMean(qRow, keys, { heads, kvHeads, headDim, visible });
+    assertNmse(actual.subarray(0, visible), expected, EXACT, `probs mean row ${row}`);
+    assert.ok(actual.subarray(visible).every(Number.isNaN), "a key past the visible ones was written");
+  }
+});
+
+// ---- elementwise -----------------------------------------------------------------------------
+
+const COUNTS = [1, 63, 65, 1000];
+
+gpuTest("createAdd() and createAddBias() match addInPlace()", async (gpu, k, buffers) => {
+  for (const count of COUNTS) {
+    const a = randomArray(count, 250 + count);
+    const b = randomArray(count, 251 + count);
+    const buffer = buffers.upload(a, "a");
+    const actual = await run(gpu, k.add.bind(buffers, { a: buffer, b: buffers.upload(b, "b"), count }), buffer, count);
+    const expected = a.slice();
+    cpu.addInPlace(expected, b);
+    assertNmse(actual, expected, 0, `add ${count}`);
+  }
+  for (const [rows, cols] of [[1, 1], [65, 7], [3, 300]]) {
+    const x = randomArray(rows * cols, 252 + cols);
+    const bias = randomArray(cols, 253);
+    const buffer = buffers.upload(x, "x");
+    const dispatches = k.addBias.bind(buffers, { x: buffer, bias: buffers.upload(bias, "bias"), count: x.length, cols });
+    const actual = await run(gpu, dispatches, buffer, x.length);
+    const expected = x.slice();
+    for (let r = 0; r < rows; r++) cpu.addInPlace(expected.subarray(r * cols, (r + 1) * cols), bias);
+    assertNmse(actual, expected, 0, `addBias ${rows}×${cols}`);
+  }
+});
+
+gpuTest("createSwiglu() matches swiglu()", async (gpu, k, buffers) => {
+  for (const count of COUNTS) {
+    const gate = randomArray(count, 260 + count, 8);
+    const up = randomArray(count, 261 + count);
+    const out = poisoned(buffers, count, "out");
+    const dispatches = k.swiglu.bind(buffers, {
+      gate: buffers.upload(gate, "gate"),
+      up: buffers.upload(up, "up"),
+      out,
+      count,
+    });
+    assertNmse(await run(gpu, dispatches, out, count), cpu.swiglu(gate, up), EXACT, `swiglu ${count}`);
+  }
+});
+
+gpuTest("createGelu() and createQuickGelu() match gelu() and quickGelu()", async (gpu, k, buffers) => {
+  for (const count of COUNTS) {
+    const x = randomArray(count, 270 + count, 6);
+    for (const [kernel, twin, name] of [[k.gelu, cpu.gelu, "gelu"], [k.quickGelu, cpu.quickGelu, "quickGelu"]] as const) {
+      const buffer = buffers.upload(x, "x");
+      const actual = await run(gpu, kernel.bind(buffers, { x: buffer, count }), buffer, count);
+      assertNmse(actual, twin(x), EXACT, `${name} ${count}`);
+    }
+  }
+  const large = new Float32Array([-100, -12, -5.5, -0.001, 0, 1e-6, 3, 30]);
+  const buffer = buffers.upload(large, "x");
+  const actual = await run(gpu, k.gelu.bind(buffers, { x: buffer, count: large.length }), buffer, large.length);
+  const expected = cpu.gelu(large);
+  for (let i = 0; i < large.length; i++) {
+    assert.ok(Math.abs(actual[i] - expected[i]) <= 1e-6 * Math.max(1, Math.abs(expected[i])), `gelu(${large[i]})`);
+  }
+});
+
+// ---- kv_append -------------------------------------------------------------------------------
+
+/** CPU reference of kv_append (no twin in cpu_ops): rows of src into cache from `base`, capped. */
+function appendRows(cache: Float32Array, src: Float32Array, options: { base: number; cols: number }) {
+  const capacity = cache.length / options.cols;
+  const rows = Math.min(src.length / options.cols, capacity - options.base);
+  cache.set(src.subarray(0, rows * options.cols), options.base * options.cols);
+}
+
+gpuTest("createKvAppend() writes rows after counts[countIndex] and nowhere else", async (gpu, k, buffers) => {
+  const [capacity, cols] = [20, 12];
+  for (const [base, rows] of [[5, 3], [0, 1], [19, 3]]) {
+    const start = randomArray(capacity * cols, 280 + base);
+    const src = randomArray(rows * cols, 281 + base);
+    const cache = buffers.upload(start, "cache");
+    const counts = buffers.upload(new Uint32Array([1, 2, base]), "counts");
+    const dispatches = k.kvAppend.bind(buffers, {
+      src: buffers.upload(src, "src"),
+      cache,
+      counts,
+      countIndex: 2,
+      rows,
+      cols,
+    });
+    const actual = await run(gpu, dispatches, cache, capacity * cols);
+    const expected = start.slice();
+    appendRows(expected, src, { base, cols });
+    assert.deepEqual(actual, expected, `append ${rows} rows at ${base}`);
+    assert.deepEqual(new Uint32Array(await gpu.read(counts, 0, 12)), new Uint32Array([1, 2, base]));
+  }
+});
+
+// ---- bound once, run per decode step ---------------------------------------------------------
+
+gpuTest("decode dispatches bound once follow positions and counts in GPU buffers", async (gpu, k, buffers) => {
+  const [heads, kvHeads, headDim, capacity, prompt] = [4, 2, 16, 40, 30];
+  const kvCols = kvHeads * headDim;
+  const q = buffers.storage(heads * headDim * 4, "q");
+  const kNew = buffers.storage(kvCols * 4, "k");
+  const vNew = buffers.storage(kvCols * 4, "v");
+  const keys = buffers.storage(capacity * kvCols * 4, "keys");
+  const values = buffers.storage(capacity * kvCols * 4, "values");
+  const state = buffers.storage(8, "state"); // [token, position]
+  const counts = buffers.storage(8, "counts"); // [other layer, this layer]
+  const out = buffers.storage(heads * headDim * 4, "out");
+  const cpuKeys = randomArray(capacity * kvCols, 290, 2);
+  const cpuValues = randomArray(capacity * kvCols, 291);
+  writeBuffer(gpu, keys, 0, cpuKeys);
+  writeBuffer(gpu, values, 0, cpuValues);
+  const rope = { positions: state, positionsOffset: 1, rows: 1, headDim, theta: 10000 };
+  const step = [
+    ...k.rope.bind(buffers, { ...rope, x: q, heads }),
+    ...k.rope.bind(buffers, { ...rope, x: kNew, heads: kvHeads }),
+    ...k.kvAppend.bind(buffers, { src: kNew, cache: keys, counts, countIndex: 1, rows: 1, cols: kvCols }),
+    ...k.kvAppend.bind(buffers, { src: vNew, cache: values, counts, countIndex: 1, rows: 1, cols: kvCols }),
+    ...k.attention.bind(buffers, {
+      q,
+      keys,
+      values,
+      out,
+      counts,
+      countIndex: 1,
+      rows: 1,
+      heads,
+      kvHeads,
+      headDim,
+      causal: true,
+    }),
+  ];
+  // Cache rows: [0, 20) prompt, then decode steps; step 1's token is refused (counts not advanced).
+  let cached = 20;
+  for (const [s, admitted] of [[0, true], [1, false], [2, true]] as const) {
+    const position = prompt + s;
+    const qv = randomArray(heads * headDim, 300 + s);
+    const kv = randomArray(kvCols, 310 + s);
+    const vv = randomArray(kvCols, 320 + s);
+    writeBuffer(gpu, q, 0, qv);
+    writeBuffer(gpu, kNew, 0, kv);
+    writeBuffer(gpu, vNew, 0, vv);
+    writeBuffer(gpu, state, 0, new Uint32Array([5, position]));
+    writeBuffer(gpu, counts, 0, new Uint32Array([0, cached]));
+    const actual = await run(gpu, step, out, heads * headDim);
+    cpu.rope(qv, [position], { heads, headDim, theta: 10000 });
+    cpu.rope(kv, [position], { heads: kvHeads, headDim, theta: 10000 });
+    appendRows(cpuKeys, kv, { base: cached, cols: kvCols });
+    appendRows(cpuValues, vv, { base: cached, cols: kvCols });
+    const expected = cpu.attention(qv, cpuKeys, cpuValues, { heads, kvHeads, headDim, visible: [cached + 1] });
+    assertNmse(actual, expected, ROPE, `decode step ${s}`);
+    if (admitted) cached++;
+  }
+});
