@@ -42,6 +42,8 @@ export class Gpu {
   readonly adapterName: string;
   readonly maxBindingBytes: number;
   #pipelines = new Map<string, Promise<GPUComputePipeline>>();
+  /** Compiles run one at a time: error scopes are device-wide, so overlapping ones mislabel errors. */
+  #compiling: Promise<unknown> = Promise.resolve();
   #lost: GpuError | null = null;
   #lostPromise: Promise<never>;
 
@@ -82,7 +84,8 @@ export class Gpu {
     const key = `${label}\u0000${code}`;
     let p = this.#pipelines.get(key);
     if (!p) {
-      p = this.#compile(label, code);
+      p = this.#compiling.then(() => this.#compile(label, code));
+      this.#compiling = p.catch(() => {});
       this.#pipelines.set(key, p);
       p.catch(() => this.#pipelines.delete(key));
     }

@@ -206,7 +206,7 @@ class GpuBackend implements Backend {
         ...k.matmul.bind(scratch, {
           x: cols,
           weight: this.matrix("vision.patch_embed"),
-          out: x,
+          out: e,
           rows: patches,
           outRowOffset: 1,
         }),

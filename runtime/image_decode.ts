@@ -799,7 +799,10 @@ async function runExclusive(args: string[], options: RunFfmpegOptions): Promise<
     for (const [name, data] of Object.entries(options.inputs ?? {})) core.FS.writeFile(name, data);
     let exitCode: number;
     try {
-      exitCode = options.program === "ffprobe" ? core.ffprobe(...args) : core.exec(...args);
+      // The log level is process-global in ffmpeg and would carry over from the previous run's
+      // `-v`: start each run at "info" (a later `-v` in args overrides it).
+      const fullArgs = ["-v", "info", ...args];
+      exitCode = options.program === "ffprobe" ? core.ffprobe(...fullArgs) : core.exec(...fullArgs);
     } catch (error) {
       // A trap or out-of-memory leaves the instance unusable: the next run loads a fresh one.
       corePromise = null;

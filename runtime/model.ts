@@ -194,6 +194,66 @@ export class Model {
     });
   }
 
+  /**
+   * Teacher-forced log-probabilities: log p(target[i] | prompt, target[0..i-1]) for every i, with
+   * the policy's sparsification applied as in generation (KV admission with cache, context
+   * pruning without). Perplexity = exp(-mean).
+   * @example
+   * ```ts
+   * import { loadModel } from "../mod.ts";
+   * const model = await loadModel(new URL("../assets/demo/", import.meta.url), { backend: "cpu" });
+   * const lp = await model.logProbs({ prompt: "Say hi", target: [6324, 29991] });
+   * console.log(lp.length); // 2
+   * model.dispose();
+   * ```
+   */
+  logProbs(
+    request: Pick<GenerateRequest, "prompt" | "inputIds" | "image" | "video" | "policy" | "kvCache"> & {
+      target: number[];
+    },
+  ): Promise<number[]> {
+    return this.#exclusive(async () => {
+      const target = request.target;
+      if (target.length === 0) throw new InputError("Cannot score: target is empty", "target");
+      for (const [i, id] of target.entries()) {
+        if (!Number.isInteger(id) || id < 0 || id >= this.config.text.vocabSize) {
+          throw new InputError(`Cannot score: target id ${id} is outside the vocabulary`, `target[${i}]`);
+        }
+      }
+      const { rows, images, plan } = await this.#prepare(request);
+      if (rows.ids.length + target.length > this.config.text.maxPositions) {
+        throw new InputError("Cannot score: prompt + target exceed the context", "target");
+      }
+      const session = this.backend.openSession({
+        rows,
+        images,
+        plan,
+        sampling: { temperature: 0, topP: 1, seed: 0 },
+        maxNewTokens: target.length + 1,
+      });
+      const pick = (logits: Float32Array, id: number) => logSoftmaxAt(logits, id);
+      try {
+        if (request.kvCache ?? true) {
+          const first = await session.prefill({ wantLogits: true });
+          const lp = [pick(first.logits!, target[0])];
+          if (target.length > 1) {
+            lp.push(...(await session.decode(target.length - 1, { forced: target })).logProbs!);
+          }
+          return lp;
+        }
+        const lp: number[] = [];
+        for (let i = 0; i < target.length; i++) {
+          const out = await session.recompute(target.slice(0, i), { wantLogits: true });
+          lp.push(pick(out.logits!, target[i]));
+        }
+        return lp;
+      } finally {
+        session.dispose();
+        images?.dispose();
+      }
+    });
+  }
+
   /** Frees the weights and the device. */
   dispose(): void {
     if (this.#disposed) return;
@@ -271,6 +331,14 @@ export class Model {
       images?.dispose();
     }
   }
+}
+
+function logSoftmaxAt(logits: Float32Array, id: number): number {
+  let max = -Infinity;
+  for (const v of logits) if (v > max) max = v;
+  let sum = 0;
+  for (const v of logits) sum += Math.exp(v - max);
+  return logits[id] - max - Math.log(sum);
 }
 
 function toPath(path: string | URL): string {

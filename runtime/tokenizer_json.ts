@@ -490,7 +490,7 @@ class CandidateQueue {
 
   #before(a: number, b: number): boolean {
     const ranks = this.#ranks;
-    return ranks[a] < ranks[b] || (ranks[a] === ranks[b] && this.#lefts[a] < this.#lefts[b]);
+    return ranks[a] < ranks[b] || (ranks[a] === ranks[b] && this.#lefts[a] > this.#lefts[b]);
   }
 
   #swap(a: number, b: number): void {

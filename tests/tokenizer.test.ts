@@ -29,6 +29,7 @@ const CORPUS: string[] = [
   "مرحبا بالعالم، كيف حالك؟",
   "Numbers 3.14159, 12345678, 1,000,000 and 2024-01-01T12:00:00Z",
   "a  b   c    d     e      f       g",
+  "Repeats: aaaa xeee aaaaaaa ssss ........ ======== hahahaha",
   "           grabbed",
   "\ttabs\t\t\t\tout here",
   "line one\nline two\r\nline three\n\n",
@@ -106,7 +107,16 @@ Deno.test("tokenizerFromJson() splits special tokens out of the text as Hugging 
   assert.equal(llamaJson.decode(ids, { skipSpecialTokens: true }), "a  b");
   // "<image>" is not a token of LLaMA-2: it is ordinary text.
   const prompt = llamaJson.encode("USER: <image>\nWhat", { addSpecialTokens: false });
-  assert.deepEqual(prompt.map((id) => llamaJson.idToToken(id)), ["▁US", "ER", ":", "▁<", "image", ">", "<0x0A>", "What"]);
+  assert.deepEqual(prompt.map((id) => llamaJson.idToToken(id)), [
+    "▁US",
+    "ER",
+    ":",
+    "▁<",
+    "image",
+    ">",
+    "<0x0A>",
+    "What",
+  ]);
 });
 
 Deno.test("tokenizerFromJson() encodes like llama-tokenizer-js on texts without special tokens", () => {
@@ -133,7 +143,10 @@ Deno.test("tokenizerFromSentencePiece() encodes and decodes like the tokenizer.j
       const ids = llamaJson.encode(text, { addSpecialTokens });
       assert.deepEqual(llamaModel.encode(text, { addSpecialTokens }), ids, JSON.stringify(text));
       for (const skipSpecialTokens of [true, false]) {
-        assert.equal(llamaModel.decode(ids, { skipSpecialTokens }), llamaJson.decode(ids, { skipSpecialTokens }));
+        assert.equal(
+          llamaModel.decode(ids, { skipSpecialTokens }),
+          llamaJson.decode(ids, { skipSpecialTokens }),
+        );
       }
     }
   }
@@ -147,7 +160,11 @@ Deno.test("tokenizerFromSentencePiece() encodes and decodes like the tokenizer.j
 Deno.test("decode() inverts encode() and handles byte tokens as Hugging Face does", () => {
   for (const text of CORPUS) {
     for (const tokenizer of [llamaJson, llamaModel]) {
-      assert.equal(tokenizer.decode(tokenizer.encode(text), { skipSpecialTokens: true }), text, JSON.stringify(text));
+      assert.equal(
+        tokenizer.decode(tokenizer.encode(text), { skipSpecialTokens: true }),
+        text,
+        JSON.stringify(text),
+      );
       assert.equal(tokenizer.decode(tokenizer.encode(text, { addSpecialTokens: false })), text);
     }
   }
@@ -156,9 +173,16 @@ Deno.test("decode() inverts encode() and handles byte tokens as Hugging Face doe
   assert.equal(llamaJson.decode(new Int32Array([15043, 3186, 2])), "Hello world</s>");
   const byte = (value: number) => 3 + value;
   assert.equal(llamaJson.decode([byte(0xe6), byte(0x97), byte(0xa5)]), "日");
-  assert.equal(llamaJson.decode([byte(0xe6), byte(0x97)]), "\ufffd\ufffd", "one U+FFFD per byte of an invalid run");
+  assert.equal(
+    llamaJson.decode([byte(0xe6), byte(0x97)]),
+    "\ufffd\ufffd",
+    "one U+FFFD per byte of an invalid run",
+  );
   assert.equal(llamaJson.decode([15043, byte(0xff), 3186]), "Hello\ufffd world");
-  assert.throws(() => llamaJson.decode([15043, 32000]), (err) => err instanceof InputError && err.where === "ids[1]");
+  assert.throws(
+    () => llamaJson.decode([15043, 32000]),
+    (err) => err instanceof InputError && err.where === "ids[1]",
+  );
   assert.throws(() => llamaModel.decode([-1]), InputError);
 });
 
@@ -175,7 +199,10 @@ Deno.test("tokenizerFromJson() encodes Mistral's tokenizer.json like @lenml/toke
   }
   for (const text of CORPUS) {
     const ids = ours.encode(text);
-    assert.equal(ours.decode(ids, { skipSpecialTokens: true }), reference.decode(ids, { skip_special_tokens: true }));
+    assert.equal(
+      ours.decode(ids, { skipSpecialTokens: true }),
+      reference.decode(ids, { skip_special_tokens: true }),
+    );
   }
   assert.equal(ours.vocabSize, 32000);
 });
@@ -239,9 +266,18 @@ Deno.test("tokenizerFromJson() handles Metaspace pre-tokenizers as Hugging Face 
     "metaspace-always.json",
   );
   // add_prefix_space: prepend everywhere, split before every "▁".
-  const words = ["▁Hello", "▁", "▁world"].map((w) => llamaJson.encode(w.slice(1), { addSpecialTokens: false }));
-  assert.deepEqual(oldFormat.encode("Hello  world", { addSpecialTokens: false }), [...words[0], 29871, ...words[2]]);
-  assert.deepEqual(oldFormat.encode("<s>hi", { addSpecialTokens: false }), [1, ...llamaJson.encode("hi").slice(1)]);
+  const words = ["▁Hello", "▁", "▁world"].map((w) =>
+    llamaJson.encode(w.slice(1), { addSpecialTokens: false })
+  );
+  assert.deepEqual(oldFormat.encode("Hello  world", { addSpecialTokens: false }), [
+    ...words[0],
+    29871,
+    ...words[2],
+  ]);
+  assert.deepEqual(oldFormat.encode("<s>hi", { addSpecialTokens: false }), [
+    1,
+    ...llamaJson.encode("hi").slice(1),
+  ]);
   assert.equal(oldFormat.decode(oldFormat.encode("Hello  world")), "<s> Hello  world");
   assert.equal(oldFormat.decode([15043, 3186]), "Hello world");
 });
@@ -249,10 +285,15 @@ Deno.test("tokenizerFromJson() handles Metaspace pre-tokenizers as Hugging Face 
 Deno.test("tokenizerFromJson() reads merge pairs, ignore_merges and added-token options", () => {
   const base = JSON.parse(llamaJsonText);
   const pairs = tokenizerFromJson(
-    JSON.stringify({ ...base, model: { ...base.model, merges: base.model.merges.map((m: string) => m.split(" ")) } }),
+    JSON.stringify({
+      ...base,
+      model: { ...base.model, merges: base.model.merges.map((m: string) => m.split(" ")) },
+    }),
     "pairs.json",
   );
-  for (const text of CORPUS) assert.deepEqual(pairs.encode(text), llamaJson.encode(text), JSON.stringify(text));
+  for (const text of CORPUS) {
+    assert.deepEqual(pairs.encode(text), llamaJson.encode(text), JSON.stringify(text));
+  }
 
   const tiny = (ignoreMerges: boolean) =>
     tokenizerFromJson(
@@ -277,7 +318,7 @@ Deno.test("tokenizerFromJson() reads merge pairs, ignore_merges and added-token 
       added_tokens: [
         ...base.added_tokens,
         { id: 32000, content: "<image>", lstrip: true, rstrip: true, normalized: false, special: true },
-        { id: 32001, content: "xyz", single_word: true, normalized: false, special: false },
+        { id: 32001, content: "qqzz", single_word: true, normalized: false, special: false },
       ],
     }),
     "with-image.json",
@@ -285,7 +326,11 @@ Deno.test("tokenizerFromJson() reads merge pairs, ignore_merges and added-token 
   const plain = (text: string) => llamaJson.encode(text, { addSpecialTokens: false });
   assert.equal(withImage.vocabSize, 32002);
   assert.deepEqual(withImage.encode("USER: <image>\nWhat"), [1, ...plain("USER:"), 32000, ...plain("What")]);
-  assert.deepEqual(withImage.encode("a xyz b", { addSpecialTokens: false }), [...plain("a "), 32001, ...plain(" b")]);
-  assert.deepEqual(withImage.encode("axyz b", { addSpecialTokens: false }), plain("axyz b"));
-  assert.equal(withImage.decode([15043, 32000, 32001], { skipSpecialTokens: true }), "Helloxyz");
+  assert.deepEqual(withImage.encode("a qqzz b", { addSpecialTokens: false }), [
+    ...plain("a "),
+    32001,
+    ...plain(" b"),
+  ]);
+  assert.deepEqual(withImage.encode("aqqzz b", { addSpecialTokens: false }), plain("aqqzz b"));
+  assert.equal(withImage.decode([15043, 32000, 32001], { skipSpecialTokens: true }), "Helloqqzz");
 });
