@@ -801,7 +801,7 @@ async function runExclusive(args: string[], options: RunFfmpegOptions): Promise<
     try {
       // The log level is process-global in ffmpeg and would carry over from the previous run's
       // `-v`: start each run at "info" (a later `-v` in args overrides it).
-      const fullArgs = ["-v", "info", ...args];
+      const fullArgs = ["-v", "info", ...args]; if (Deno.env.get("FFDBG")) console.error("RUN", runCounter, (core as any).asm.Da(), fullArgs.slice(0,8).join(" "));
       exitCode = options.program === "ffprobe" ? core.ffprobe(...fullArgs) : core.exec(...fullArgs);
     } catch (error) {
       // A trap or out-of-memory leaves the instance unusable: the next run loads a fresh one.

@@ -47,7 +47,12 @@ export interface ComposedParts {
   outputs: Policy;
 }
 
-const NO_NEEDS = { visionScores: false, textLogits: false, lastRowAttention: false };
+/**
+ * `admitLayer` of plans that admit every token: no layer decides (layers below it always append).
+ */
+function noAdmissionLayer(model: PolicyModelInfo): number {
+  return model.numLayers;
+}
 
 /** Keep count for `total` rows at `rate`: floor(total × rate), at least 1 when there are rows. */
 function keepCount(total: number, rate: number): number {
@@ -68,11 +73,7 @@ function topKInOrder(scores: ArrayLike<number>, k: number): number[] {
 
 /** Row indices of one kind, ascending. */
 function rowsOfKind(kinds: readonly RowKind[], kind: RowKind): number[] {
-  const rows: number[] = [];
-  kinds.forEach((k, i) => {
-    if (k === kind) rows.push(i);
-  });
-  return rows;
+  return allRows(kinds).filter((i) => kinds[i] === kind);
 }
 
 /** Every row index, ascending. */
@@ -148,10 +149,10 @@ export function densePolicy(): Policy {
     plan(model: PolicyModelInfo): PolicyPlan {
       return {
         pruneLayer: null,
-        needs: NO_NEEDS,
+        needs: { visionScores: false, textLogits: false, lastRowAttention: false },
         selectRows: (kinds) => allRows(kinds),
         admission: "all",
-        admitLayer: model.numLayers,
+        admitLayer: noAdmissionLayer(model),
         admit: () => true,
       };
     },
@@ -243,7 +244,7 @@ export function dynamicPolicy(options: DynamicPolicyOptions = {}): Policy {
             output: text ? chooseOutputs(kinds, signals) : undefined,
           }),
         admission: text ? "predictor" : "all",
-        admitLayer: text ? layer : model.numLayers,
+        admitLayer: text ? layer : noAdmissionLayer(model),
         admit: (logits) => !text || logits[0] > logits[1],
       };
     },
@@ -288,7 +289,7 @@ export function fastvPolicy(options: FastvPolicyOptions = {}): Policy {
           });
         },
         admission: "all",
-        admitLayer: model.numLayers,
+        admitLayer: noAdmissionLayer(model),
         admit: () => true,
       };
     },

@@ -94,10 +94,11 @@ export function tokenizerFromJson(text: string, where: string): Tokenizer {
  * ```ts
  * import { tokenizerFromSentencePiece } from "./tokenizer.ts";
  * import { TokenizerError } from "./errors.ts";
+ * const truncated = new Uint8Array([0x0a, 0xff]);
  * try {
- *   tokenizerFromSentencePiece(new Uint8Array([0x0a, 0xff]), "tokenizer.model");
+ *   tokenizerFromSentencePiece(truncated, "tokenizer.model");
  * } catch (err) {
- *   console.log(err instanceof TokenizerError); // true: the file is truncated
+ *   console.log(err instanceof TokenizerError, (err as TokenizerError).where); // true "tokenizer.model"
  * }
  * ```
  */
@@ -111,10 +112,16 @@ export function tokenizerFromSentencePiece(bytes: Uint8Array, where: string): To
  *
  * @param path checkpoint directory, `tokenizer.json` or `tokenizer.model`
  * @example
- * ```ts ignore
+ * ```ts
  * import { loadTokenizer } from "./tokenizer.ts";
- * const tokenizer = await loadTokenizer("checkpoints/llava-v1.5-7b");
- * console.log(tokenizer.encode("Hello world")); // [1, 15043, 3186]
+ * const checkpoint = await Deno.makeTempDir();
+ * await Deno.writeTextFile(`${checkpoint}/tokenizer.json`, JSON.stringify({
+ *   added_tokens: [{ id: 1, content: "<s>", special: true }, { id: 2, content: "</s>", special: true }],
+ *   model: { type: "BPE", vocab: { "<s>": 1, "</s>": 2, a: 3, b: 4, ab: 5 }, merges: ["a b"] },
+ * }));
+ * const tokenizer = await loadTokenizer(checkpoint);
+ * console.log(tokenizer.encode("abab")); // [1, 5, 5]
+ * await Deno.remove(checkpoint, { recursive: true });
  * ```
  */
 export async function loadTokenizer(path: string): Promise<Tokenizer> {
@@ -171,7 +178,7 @@ function decodeUtf8(bytes: Uint8Array, where: string): string {
   try {
     return new TextDecoder("utf-8", { fatal: true }).decode(bytes);
   } catch (err) {
-    throw new TokenizerError("Cannot parse tokenizer.json: the file is not valid UTF-8", where, {
+    throw new TokenizerError("Cannot load tokenizer.json: not valid UTF-8", where, {
       cause: err,
     });
   }

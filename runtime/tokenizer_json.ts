@@ -102,13 +102,8 @@ export function parseTokenizerJson(text: string, where: string): Tokenizer {
   try {
     root = JSON.parse(text);
   } catch (err) {
-    throw new TokenizerError(
-      `Cannot parse tokenizer.json: not valid JSON (${(err as Error).message})`,
-      where,
-      {
-        cause: err,
-      },
-    );
+    const why = `not valid JSON (${(err as Error).message})`;
+    throw new TokenizerError(`Cannot load tokenizer.json: ${why}`, where, { cause: err });
   }
   if (!isObject(root)) throw fail("the top level is not a JSON object", where);
   if (!isObject(root.model)) throw fail('it has no "model" object', where);
@@ -300,7 +295,8 @@ class PipelineTokenizer implements Tokenizer {
           ? this.#stages.preTokenize(piece.text, atTextStart)
           : [piece.text];
         for (const word of words) {
-          if (word.length > 0) ids.push(...this.#stages.tokenizeWord(word));
+          if (word.length === 0) continue;
+          for (const id of this.#stages.tokenizeWord(word)) ids.push(id);
         }
       }
     }
@@ -490,13 +486,18 @@ class CandidateQueue {
 
   #before(a: number, b: number): boolean {
     const ranks = this.#ranks;
-    return ranks[a] < ranks[b] || (ranks[a] === ranks[b] && this.#lefts[a] > this.#lefts[b]);
+    return ranks[a] < ranks[b] || (ranks[a] === ranks[b] && this.#lefts[a] < this.#lefts[b]);
   }
 
   #swap(a: number, b: number): void {
-    [this.#ranks[a], this.#ranks[b]] = [this.#ranks[b], this.#ranks[a]];
-    [this.#lefts[a], this.#lefts[b]] = [this.#lefts[b], this.#lefts[a]];
-    [this.#handles[a], this.#handles[b]] = [this.#handles[b], this.#handles[a]];
+    const ranks = this.#ranks, lefts = this.#lefts, handles = this.#handles;
+    const rank = ranks[a], left = lefts[a], handle = handles[a];
+    ranks[a] = ranks[b];
+    lefts[a] = lefts[b];
+    handles[a] = handles[b];
+    ranks[b] = rank;
+    lefts[b] = left;
+    handles[b] = handle;
   }
 }
 
@@ -589,7 +590,8 @@ function parseVocab(value: unknown, where: string): Map<string, number> {
 
 function parseMerges(value: unknown, vocab: Map<string, number>, where: string): MergeTable {
   if (!Array.isArray(value)) throw fail("model.merges is not an array", where);
-  const stride = Math.max(...vocab.values()) + 1;
+  let stride = 0;
+  for (const id of vocab.values()) stride = Math.max(stride, id + 1);
   const handleOfPair = new Map<number, number>();
   const results = new Int32Array(value.length);
   value.forEach((merge, rank) => {
@@ -836,6 +838,7 @@ function parseDecoderStep(config: unknown, field: string, where: string): Decode
 }
 
 const BYTE_TOKEN = /^<0x([0-9A-Fa-f]{2})>$/;
+const STRICT_UTF8 = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
 
 /** Runs of `<0xNN>` tokens become their UTF-8 text, or one U+FFFD per byte when invalid. */
 function decodeByteFallback(tokens: string[]): string[] {
@@ -844,7 +847,7 @@ function decodeByteFallback(tokens: string[]): string[] {
   const flush = () => {
     if (pending.length === 0) return;
     try {
-      out.push(new TextDecoder("utf-8", { fatal: true, ignoreBOM: true }).decode(Uint8Array.from(pending)));
+      out.push(STRICT_UTF8.decode(Uint8Array.from(pending)));
     } catch {
       for (let i = 0; i < pending.length; i++) out.push("\ufffd");
     }

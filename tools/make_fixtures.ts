@@ -27,6 +27,9 @@ export const FIXTURES: Record<string, FixtureSpec> = {
   "llava-hf-f32": { layout: "llava", dtype: "F32", seed: 7 },
 };
 
+/** The demo checkpoint committed under assets/demo (random weights, labelled as such). */
+export const DEMO_FIXTURE: FixtureSpec = { layout: "llava_llama", dtype: "F16", predictors: true, seed: 11 };
+
 /**
  * Ensures fixture `name` exists under `root` (written atomically: concurrent callers are safe)
  * and returns its directory. For hub-tower fixtures the HF cache is `<dir>/hf`.
@@ -67,7 +70,11 @@ export async function ensureFixture(name: string, options: { root?: string } = {
 }
 
 if (import.meta.main) {
-  const { values } = parseArgs({ args: Deno.args, options: { out: { type: "string" } } });
+  const { values } = parseArgs({ args: Deno.args, options: { out: { type: "string" }, demo: { type: "string" } } });
+  if (values.demo) {
+    console.log(await writeFixture(values.demo, DEMO_FIXTURE));
+    Deno.exit(0);
+  }
   for (const name of Object.keys(FIXTURES)) {
     console.log(await ensureFixture(name, { root: values.out }));
   }

@@ -1,0 +1,26 @@
+/**
+ * dynllava's GPU-free core: Dynamic-LLaVA's predictors, the sparsification policies, sparse KV
+ * bookkeeping, the cost model, sampling and config parsing, in pure TypeScript. Nothing here
+ * touches `navigator.gpu`, the file system or ffmpeg, so it runs on edge runtimes (Deno Deploy).
+ *
+ * @example
+ * ```ts
+ * import { estimateCost, parseModelConfig } from "./core.ts";
+ * const config = parseModelConfig({
+ *   model_type: "llama", hidden_size: 4096, intermediate_size: 11008, num_attention_heads: 32,
+ *   num_hidden_layers: 32, vocab_size: 32000,
+ * }, "config.json");
+ * const cost = estimateCost(config, { policy: "dense", imageTokens: 576 });
+ * console.log(cost.prefill.tflopsPaper.toFixed(1)); // "10.1"
+ * ```
+ * @module
+ */
+export * from "./runtime/errors.ts";
+export * from "./runtime/config.ts";
+export * from "./runtime/policy.ts";
+export * from "./runtime/policies.ts";
+export * from "./runtime/predictors.ts";
+export { advanceState, KvLedger } from "./runtime/sparse_kv.ts";
+export * from "./runtime/cost.ts";
+export { sampleToken, uniformRandom } from "./runtime/sampling.ts";
+export { buildPromptRows, type PromptRows } from "./runtime/sequence.ts";

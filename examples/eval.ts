@@ -1,0 +1,478 @@
+/**
+ * Evaluation script: measures a checkpoint the way the paper does, policy by policy, in both
+ * decoding modes, on a LLaVA-format JSONL set (`{ "image", "question", "answer" }` per line, the
+ * image named relative to the JSONL file).
+ *
+ * ```sh
+ * deno run -A examples/eval.ts --model DIR --data FILE.jsonl [--policies dense,fastv,dynamic] \
+ *   [--kv both|on|off] [--max-new-tokens N] [--limit N] [--backend webgpu|cpu] [--json OUT] \
+ *   [--wordnet DIR]
+ * deno run -A examples/eval.ts --demo-set [--model DIR] ...   # generated set, fixture model by default
+ * ```
+ *
+ * For every policy × KV mode:
+ * - perplexity of the reference answers: the answer is tokenised with the model's tokenizer without
+ *   special tokens (no BOS, no `</s>` appended), the prompt is the question after the image in the
+ *   llava_v1 template, and `Model.logProbs` gives teacher-forced log-probabilities with the policy's
+ *   sparsification applied; perplexity = exp(−Σ log p / number of answer tokens) over the whole set;
+ * - METEOR (NLTK 3.8's) of the greedy answer against the reference, averaged over items. Both are
+ *   split into words by {@link meteorWords}, an approximation of NLTK's `word_tokenize`: lower-cased,
+ *   runs of letters/digits and single punctuation marks ("isn't" gives "isn", "'", "t" where NLTK
+ *   gives "is", "n't");
+ * - savings from the generation stats: share of visual tokens kept, peak KV-cache bytes and exact
+ *   decode FLOPs per generated token, each relative to the dense policy in the same KV mode (null
+ *   when dense was not run or held nothing, as without KV cache).
+ * @module
+ */
+import { dirname, resolve } from "node:path";
+import { parseArgs } from "node:util";
+import { DynllavaError, ImageError, InputError } from "../runtime/errors.ts";
+import type { GenerateStats } from "../runtime/generate.ts";
+import { decodeImage, type RgbImage } from "../runtime/image_decode.ts";
+import { meteorScoreSync } from "../runtime/meteor.ts";
+import { loadModel, type Model } from "../runtime/model.ts";
+import { DEFAULT_WORDNET_DIR, loadWordNet } from "../runtime/wordnet.ts";
+import { writeEvalSet } from "../tools/fixtures/eval_set.ts";
+import { ensureFixture } from "../tools/make_fixtures.ts";
+
+/** The policies the script knows by name. */
+export type EvalPolicy = "dense" | "fastv" | "dynamic";
+
+/** One item of the evaluation set. */
+export interface EvalItem {
+  /** Image path as written in the JSONL file (relative to it). */
+  image: string;
+  question: string;
+  answer: string;
+}
+
+/** Options of {@link runEval}. */
+export interface EvalOptions {
+  /** Checkpoint directory, or a loaded model (left open). Default with `demoSet`: the fixture model. */
+  model?: string | Model;
+  /** The JSONL file. Either this or `demoSet`. */
+  data?: string;
+  /** Generate the demo set (this many items, default 8) into a temporary directory and use it. */
+  demoSet?: boolean | { count: number };
+  /** Default ["dense", "fastv", "dynamic"]. */
+  policies?: EvalPolicy[];
+  /** "both" (default), "on" (KV cache) or "off" (the paper's no-cache decoding). */
+  kv?: "both" | "on" | "off";
+  /** Default 32. */
+  maxNewTokens?: number;
+  /** Evaluate only the first N items. */
+  limit?: number;
+  /** Backend when `model` is a path: "webgpu" (default) or "cpu". */
+  backend?: "webgpu" | "cpu";
+  /** WordNet 3.0 database directory (default /usr/share/wordnet). */
+  wordnetDir?: string;
+  /** Called after each item of each run. */
+  onProgress?: (progress: { policy: EvalPolicy; kvCache: boolean; item: number; items: number }) => void;
+}
+
+/** One item's result in one run. */
+export interface EvalSample {
+  image: string;
+  question: string;
+  answer: string;
+  /** Greedy answer. */
+  generated: string;
+  /** log p of each answer token (length = answer tokens). */
+  logProbs: number[];
+  /** exp(−mean(logProbs)). */
+  perplexity: number;
+  meteor: number;
+  visualTokens: number;
+  visualKept: number;
+  newTokens: number;
+  kvPeakBytes: number;
+  decodeFlopsExact: number;
+}
+
+/** One policy × KV mode. */
+export interface EvalRow {
+  policy: EvalPolicy;
+  kvCache: boolean;
+  /** exp(−Σ log p / Σ answer tokens) over the set. */
+  perplexity: number;
+  answerTokens: number;
+  /** Mean METEOR over items, in [0, 1]. */
+  meteor: number;
+  /** Σ visual tokens kept / Σ visual tokens. */
+  visualKeptRatio: number;
+  /** Mean peak KV-cache bytes per item. */
+  kvPeakBytes: number;
+  /** kvPeakBytes / dense's in the same KV mode; null without a dense run or when dense held nothing. */
+  kvPeakVsDense: number | null;
+  /** Σ exact decode FLOPs / Σ generated tokens. */
+  decodeFlopsPerToken: number;
+  /** decodeFlopsPerToken / dense's in the same KV mode; null without a dense run or when dense is 0. */
+  decodeFlopsVsDense: number | null;
+  samples: EvalSample[];
+}
+
+/** What {@link runEval} returns (and `--json` writes). */
+export interface EvalReport {
+  /** Checkpoint directory (or "(loaded model)"). */
+  model: string;
+  /** The JSONL file. */
+  data: string;
+  items: number;
+  maxNewTokens: number;
+  /** How METEOR's words were made. */
+  meteorTokenizer: string;
+  rows: EvalRow[];
+}
+
+const ALL_POLICIES: readonly EvalPolicy[] = ["dense", "fastv", "dynamic"];
+
+const METEOR_TOKENIZER =
+  "lower-cased runs of letters/digits and single punctuation marks (approximates NLTK word_tokenize)";
+
+/**
+ * Splits text into METEOR's words: lower-cased runs of letters and digits, and every other
+ * non-space character on its own (close to NLTK's `word_tokenize`, which also keeps punctuation).
+ *
+ * @example
+ * ```ts
+ * import { meteorWords } from "./eval.ts";
+ * console.log(meteorWords("The Circle is RED.")); // ["the", "circle", "is", "red", "."]
+ * ```
+ */
+export function meteorWords(text: string): string[] {
+  return text.toLowerCase().match(/[\p{L}\p{N}]+|[^\s\p{L}\p{N}]/gu) ?? [];
+}
+
+/**
+ * Reads a LLaVA-format JSONL evaluation file (blank lines skipped).
+ *
+ * @example
+ * ```ts
+ * import { readEvalSet } from "./eval.ts";
+ * const path = await Deno.makeTempFile({ suffix: ".jsonl" });
+ * await Deno.writeTextFile(path, '{"image":"a.png","question":"What is it?","answer":"A cat."}\n');
+ * console.log((await readEvalSet(path)).length); // 1
+ * ```
+ */
+export async function readEvalSet(path: string, options: { limit?: number } = {}): Promise<EvalItem[]> {
+  let text: string;
+  try {
+    text = await Deno.readTextFile(path);
+  } catch (error) {
+    throw new InputError(`Cannot read the evaluation set: ${(error as Error).message}`, path);
+  }
+  const items: EvalItem[] = [];
+  for (const [index, line] of text.split("\n").entries()) {
+    if (line.trim() === "") continue;
+    const where = `${path}:${index + 1}`;
+    let parsed: unknown;
+    try {
+      parsed = JSON.parse(line);
+    } catch (error) {
+      throw new InputError(`Cannot parse the evaluation set: ${(error as Error).message}`, where);
+    }
+    const record = (typeof parsed === "object" && parsed !== null ? parsed : {}) as Record<string, unknown>;
+    for (const field of ["image", "question", "answer"]) {
+      if (typeof record[field] !== "string" || record[field] === "") {
+        throw new InputError(`Cannot read the evaluation set: "${field}" must be a non-empty string`, where);
+      }
+    }
+    items.push({
+      image: record.image as string,
+      question: record.question as string,
+      answer: record.answer as string,
+    });
+    if (options.limit !== undefined && items.length >= options.limit) break;
+  }
+  if (items.length === 0) throw new InputError("Cannot evaluate: the set has no items", path);
+  return items;
+}
+
+async function readItemImage(jsonlPath: string, item: EvalItem): Promise<RgbImage> {
+  const path = resolve(dirname(jsonlPath), item.image);
+  let bytes: Uint8Array;
+  try {
+    bytes = await Deno.readFile(path);
+  } catch (error) {
+    throw new ImageError(`Cannot read image: ${(error as Error).message}`, path);
+  }
+  return await decodeImage(bytes);
+}
+
+async function scoreItem(
+  model: Model,
+  input: { item: EvalItem; image: RgbImage; policy: EvalPolicy; kvCache: boolean; maxNewTokens: number },
+  meteorOf: (reference: string, hypothesis: string) => number,
+): Promise<EvalSample> {
+  const { item, image, policy, kvCache } = input;
+  const target = model.tokenizer.encode(item.answer, { addSpecialTokens: false });
+  const logProbs = await model.logProbs({ prompt: item.question, image, policy, kvCache, target });
+  const result = await model.generate({
+    prompt: item.question,
+    image,
+    policy,
+    kvCache,
+    maxNewTokens: input.maxNewTokens,
+  });
+  const stats: GenerateStats = result.stats;
+  const generated = result.text.trim();
+  return {
+    image: item.image,
+    question: item.question,
+    answer: item.answer,
+    generated,
+    logProbs,
+    perplexity: Math.exp(-logProbs.reduce((sum, lp) => sum + lp, 0) / logProbs.length),
+    meteor: meteorOf(item.answer, generated),
+    visualTokens: stats.visualTokens,
+    visualKept: stats.visualKeptCount ?? stats.visualTokens,
+    newTokens: stats.newTokens,
+    kvPeakBytes: stats.kvCache.peakBytes,
+    decodeFlopsExact: stats.flops.decode.flopsExact,
+  };
+}
+
+function sum(values: number[]): number {
+  return values.reduce((total, value) => total + value, 0);
+}
+
+function ratioOrNull(value: number, dense: number | undefined): number | null {
+  return dense === undefined || dense === 0 ? null : value / dense;
+}
+
+function summarise(policy: EvalPolicy, kvCache: boolean, samples: EvalSample[]): EvalRow {
+  const answerTokens = sum(samples.map((s) => s.logProbs.length));
+  return {
+    policy,
+    kvCache,
+    perplexity: Math.exp(-sum(samples.map((s) => sum(s.logProbs))) / answerTokens),
+    answerTokens,
+    meteor: sum(samples.map((s) => s.meteor)) / samples.length,
+    visualKeptRatio: sum(samples.map((s) => s.visualKept)) /
+      Math.max(1, sum(samples.map((s) => s.visualTokens))),
+    kvPeakBytes: sum(samples.map((s) => s.kvPeakBytes)) / samples.length,
+    kvPeakVsDense: null,
+    decodeFlopsPerToken: sum(samples.map((s) => s.decodeFlopsExact)) /
+      Math.max(1, sum(samples.map((s) => s.newTokens))),
+    decodeFlopsVsDense: null,
+    samples,
+  };
+}
+
+/** Fills the "vs dense" columns from the dense row of the same KV mode. */
+function compareWithDense(rows: EvalRow[]): void {
+  for (const row of rows) {
+    const dense = rows.find((r) => r.policy === "dense" && r.kvCache === row.kvCache);
+    row.kvPeakVsDense = ratioOrNull(row.kvPeakBytes, dense?.kvPeakBytes);
+    row.decodeFlopsVsDense = ratioOrNull(row.decodeFlopsPerToken, dense?.decodeFlopsPerToken);
+  }
+}
+
+async function resolveData(options: EvalOptions): Promise<string> {
+  if (options.data !== undefined && options.demoSet) {
+    throw new InputError("Cannot evaluate: give --data or --demo-set, not both", "--data");
+  }
+  if (options.data !== undefined) return options.data;
+  if (!options.demoSet) {
+    throw new InputError("Cannot evaluate: --data FILE or --demo-set is required", "--data");
+  }
+  const count = typeof options.demoSet === "object" ? options.demoSet.count : 8;
+  const dir = await Deno.makeTempDir({ prefix: "dynllava-eval-" });
+  return (await writeEvalSet(dir, { count })).jsonlPath;
+}
+
+/**
+ * Runs the evaluation: every policy × KV mode over the set; see the module doc for the metrics.
+ *
+ * @example
+ * ```ts
+ * import { runEval } from "./eval.ts";
+ * const report = await runEval({ demoSet: { count: 1 }, backend: "cpu", policies: ["dense"], kv: "on", maxNewTokens: 2 });
+ * console.log(report.rows.length, report.rows[0].perplexity > 1); // 1 true
+ * ```
+ */
+export async function runEval(options: EvalOptions): Promise<EvalReport> {
+  const policies = options.policies ?? [...ALL_POLICIES];
+  for (const policy of policies) {
+    if (!ALL_POLICIES.includes(policy)) {
+      throw new InputError(`Cannot evaluate: unknown policy "${policy}" (dense, fastv, dynamic)`, "policies");
+    }
+  }
+  const kvModes = { both: [true, false], on: [true], off: [false] }[options.kv ?? "both"];
+  if (kvModes === undefined) throw new InputError(`Cannot evaluate: --kv must be both, on or off`, "kv");
+  const maxNewTokens = options.maxNewTokens ?? 32;
+  const data = await resolveData(options);
+  const items = await readEvalSet(data, { limit: options.limit });
+  const images = await Promise.all(items.map((item) => readItemImage(data, item)));
+  const wordnet = await loadWordNet(options.wordnetDir ?? DEFAULT_WORDNET_DIR);
+  const meteorOf = (reference: string, hypothesis: string) =>
+    meteorScoreSync([meteorWords(reference)], meteorWords(hypothesis), { wordnet });
+
+  const modelPath = typeof options.model === "string"
+    ? options.model
+    : options.model === undefined && options.demoSet
+    ? await ensureFixture("llava-f32-dyn")
+    : undefined;
+  if (options.model === undefined && modelPath === undefined) {
+    throw new InputError("Cannot evaluate: --model DIR is required without --demo-set", "--model");
+  }
+  const model = typeof options.model === "object"
+    ? options.model
+    : await loadModel(modelPath!, { backend: options.backend });
+  try {
+    for (const policy of policies) model.planPolicy(policy); // fail before any run
+    const rows: EvalRow[] = [];
+    for (const kvCache of kvModes) {
+      for (const policy of policies) {
+        const samples: EvalSample[] = [];
+        for (const [index, item] of items.entries()) {
+          const input = { item, image: images[index], policy, kvCache, maxNewTokens };
+          samples.push(await scoreItem(model, input, meteorOf));
+          options.onProgress?.({ policy, kvCache, item: index + 1, items: items.length });
+        }
+        rows.push(summarise(policy, kvCache, samples));
+      }
+    }
+    compareWithDense(rows);
+    return {
+      model: modelPath ?? "(loaded model)",
+      data,
+      items: items.length,
+      maxNewTokens,
+      meteorTokenizer: METEOR_TOKENIZER,
+      rows,
+    };
+  } finally {
+    if (typeof options.model !== "object") model.dispose();
+  }
+}
+
+function percent(value: number | null): string {
+  return value === null ? "–" : `${(value * 100).toFixed(1)}%`;
+}
+
+/**
+ * Formats a report as a Markdown table, one line per policy × KV mode (KV cache on first, policies in the
+ * order given).
+ *
+ * @example
+ * ```ts
+ * import { formatEvalTable } from "./eval.ts";
+ * const table = formatEvalTable({ model: "m", data: "d.jsonl", items: 0, maxNewTokens: 8, meteorTokenizer: "", rows: [] });
+ * console.log(table.split("\n")[2].startsWith("| policy")); // true
+ * ```
+ */
+export function formatEvalTable(report: EvalReport): string {
+  const lines = [
+    `${report.items} items from ${report.data}, model ${report.model}, ≤ ${report.maxNewTokens} new tokens`,
+    "",
+    "| policy | KV cache | PPL ↓ | METEOR ↑ | visual tokens kept | KV peak vs dense | decode FLOPs/token vs dense |",
+    "|---|---|---:|---:|---:|---:|---:|",
+  ];
+  for (const row of report.rows) {
+    lines.push(
+      `| ${row.policy} | ${row.kvCache ? "on" : "off"} | ${row.perplexity.toFixed(2)} | ${
+        row.meteor.toFixed(4)
+      } | ${percent(row.visualKeptRatio)} | ${percent(row.kvPeakVsDense)} | ${
+        percent(row.decodeFlopsVsDense)
+      } |`,
+    );
+  }
+  return lines.join("\n");
+}
+
+function wholeNumber(value: string | undefined, flag: string): number | undefined {
+  if (value === undefined) return undefined;
+  const parsed = Number(value);
+  if (value.trim() === "" || !Number.isInteger(parsed) || parsed < 1) {
+    throw new InputError(`Cannot read ${flag}: expected a whole number ≥ 1, got "${value}"`, flag);
+  }
+  return parsed;
+}
+
+/**
+ * Reads the eval script's command line into {@link runEval} options plus the JSON output path.
+ *
+ * @example
+ * ```ts
+ * import { parseEvalArgs } from "./eval.ts";
+ * const { options } = parseEvalArgs(["--demo-set", "--policies", "dense,dynamic", "--kv", "on"]);
+ * console.log(options.policies, options.kv); // ["dense", "dynamic"] "on"
+ * ```
+ */
+export function parseEvalArgs(argv: string[]): { options: EvalOptions; jsonPath?: string } {
+  let values;
+  try {
+    values = parseArgs({
+      args: argv,
+      options: {
+        model: { type: "string" },
+        data: { type: "string" },
+        "demo-set": { type: "boolean", default: false },
+        policies: { type: "string", default: ALL_POLICIES.join(",") },
+        kv: { type: "string", default: "both" },
+        "max-new-tokens": { type: "string" },
+        limit: { type: "string" },
+        backend: { type: "string", default: "webgpu" },
+        json: { type: "string" },
+        wordnet: { type: "string" },
+      },
+      strict: true,
+      allowPositionals: false,
+    }).values;
+  } catch (error) {
+    throw new InputError(`Cannot read the command line: ${(error as Error).message}`, "argv");
+  }
+  const policies = values.policies.split(",").map((p) => p.trim()) as EvalPolicy[];
+  for (const policy of policies) {
+    if (!ALL_POLICIES.includes(policy)) {
+      throw new InputError(`Cannot read --policies: unknown policy "${policy}"`, "--policies");
+    }
+  }
+  const kv = values.kv;
+  if (kv !== "both" && kv !== "on" && kv !== "off") {
+    throw new InputError(`Cannot read --kv: expected both, on or off, got "${kv}"`, "--kv");
+  }
+  const backend = values.backend;
+  if (backend !== "webgpu" && backend !== "cpu") {
+    throw new InputError(`Cannot read --backend: expected webgpu or cpu, got "${backend}"`, "--backend");
+  }
+  return {
+    options: {
+      model: values.model,
+      data: values.data,
+      demoSet: values["demo-set"],
+      policies,
+      kv,
+      maxNewTokens: wholeNumber(values["max-new-tokens"], "--max-new-tokens"),
+      limit: wholeNumber(values.limit, "--limit"),
+      backend,
+      wordnetDir: values.wordnet,
+    },
+    jsonPath: values.json,
+  };
+}
+
+async function main(argv: string[]): Promise<void> {
+  const { options, jsonPath } = parseEvalArgs(argv);
+  const report = await runEval({
+    ...options,
+    onProgress: ({ policy, kvCache, item, items }) =>
+      console.error(`${policy}, KV cache ${kvCache ? "on" : "off"}: ${item}/${items}`),
+  });
+  console.log(formatEvalTable(report));
+  if (jsonPath !== undefined) {
+    await Deno.writeTextFile(jsonPath, JSON.stringify(report, null, 2) + "\n");
+    console.error(`wrote ${resolve(jsonPath)}`);
+  }
+}
+
+if (import.meta.main) {
+  try {
+    await main(Deno.args);
+  } catch (error) {
+    if (!(error instanceof DynllavaError)) throw error;
+    console.error(`error: ${error.message} (${error.where})`);
+    Deno.exit(2);
+  }
+}

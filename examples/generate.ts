@@ -1,0 +1,133 @@
+/**
+ * Command-line generation: streams text from a checkpoint, with an image or video, under a
+ * sparsification policy, and prints a one-line saving summary.
+ *
+ *   deno run -A examples/generate.ts --model DIR --prompt TEXT [--image FILE | --video FILE --frames N]
+ *     [--max-new-tokens N] [--temperature T] [--top-p P] [--seed S] [--backend webgpu|cpu]
+ *     [--policy dense|dynamic|fastv] [--no-kv-cache] [--vision-keep N] [--json]
+ *   deno run -A examples/generate.ts --demo     (the embedded demo checkpoint: random weights)
+ * @module
+ */
+import { parseArgs } from "node:util";
+import { dynamicPolicy, fastvPolicy, loadModel, type Policy } from "../mod.ts";
+
+/** Builds the policy the flags ask for. */
+function policyFrom(name: string, visionKeep: number | undefined): Policy | "dense" | "dynamic" | "fastv" {
+  if (name === "dynamic" && visionKeep !== undefined) return dynamicPolicy({ visionKeep });
+  if (name === "fastv" && visionKeep !== undefined) return fastvPolicy();
+  if (name === "dense" || name === "dynamic" || name === "fastv") return name;
+  throw new Error(`unknown --policy ${name} (dense, dynamic or fastv)`);
+}
+
+/** A colourful gradient used when the demo runs without --image. */
+function demoImage() {
+  const width = 64, height = 48, data = new Uint8Array(width * height * 3);
+  for (let y = 0; y < height; y++) {
+    for (let x = 0; x < width; x++) {
+      const i = (y * width + x) * 3;
+      data[i] = x * 4;
+      data[i + 1] = y * 5;
+      data[i + 2] = (x * y) % 256;
+    }
+  }
+  return { width, height, data };
+}
+
+let lastFilled = -1;
+
+/** Draws a progress bar on stderr (redrawn only when it grows). */
+function progressBar(loaded: number, total: number): void {
+  const width = 30, filled = Math.round((loaded / Math.max(1, total)) * width);
+  if (filled === lastFilled && loaded < total) return;
+  lastFilled = filled;
+  const text = `\rloading [${"#".repeat(filled)}${" ".repeat(width - filled)}] ${
+    (loaded / 2 ** 20).toFixed(1)
+  }/${(total / 2 ** 20).toFixed(1)} MiB`;
+  Deno.stderr.writeSync(new TextEncoder().encode(text + (loaded >= total ? "\n" : "")));
+}
+
+async function main(): Promise<void> {
+  const { values } = parseArgs({
+    args: Deno.args,
+    options: {
+      model: { type: "string" },
+      demo: { type: "boolean", default: false },
+      prompt: { type: "string" },
+      image: { type: "string" },
+      video: { type: "string" },
+      frames: { type: "string", default: "4" },
+      "max-new-tokens": { type: "string", default: "64" },
+      temperature: { type: "string", default: "0" },
+      "top-p": { type: "string", default: "1" },
+      seed: { type: "string", default: "0" },
+      backend: { type: "string", default: "webgpu" },
+      policy: { type: "string", default: "dynamic" },
+      "no-kv-cache": { type: "boolean", default: false },
+      "vision-keep": { type: "string" },
+      json: { type: "boolean", default: false },
+    },
+  });
+  const modelPath = values.model ?? (values.demo ? new URL("../assets/demo/", import.meta.url) : undefined);
+  if (!modelPath) throw new Error("give --model DIR, or --demo");
+  const backend = values.backend === "cpu" ? "cpu" : "webgpu";
+  if (values.demo) {
+    console.error("demo checkpoint: tiny model with RANDOM weights — the text is gibberish by design");
+  }
+  const model = await loadModel(modelPath, {
+    backend,
+    onProgress: values.json ? undefined : (p) => progressBar(p.loadedBytes, p.totalBytes),
+  });
+  try {
+    const image = values.image
+      ? await Deno.readFile(values.image)
+      : values.demo && !values.video && model.config.vision
+      ? demoImage()
+      : undefined;
+    const video = values.video
+      ? { data: await Deno.readFile(values.video), frames: Number(values.frames) }
+      : undefined;
+    const run = model.generate({
+      prompt: values.prompt ?? "Describe the image.",
+      image,
+      video,
+      maxNewTokens: Number(values["max-new-tokens"]),
+      temperature: Number(values.temperature),
+      topP: Number(values["top-p"]),
+      seed: Number(values.seed),
+      policy: policyFrom(values.policy, values["vision-keep"] ? Number(values["vision-keep"]) : undefined),
+      kvCache: !values["no-kv-cache"],
+    });
+    if (!values.json) {
+      for await (const event of run) Deno.stdout.writeSync(new TextEncoder().encode(event.text));
+      console.log();
+    }
+    const result = await run;
+    if (values.json) {
+      console.log(JSON.stringify(result, null, 2));
+      return;
+    }
+    const s = result.stats;
+    const layers = s.kvCache.rowsPerLayer.length;
+    const denseRows = layers * (s.promptTokens + Math.max(0, s.newTokens - 1));
+    const heldRows = s.kvCache.rowsPerLayer.reduce((a, b) => a + b, 0);
+    const kept = s.visualKeptCount === null
+      ? `${s.visualTokens}/${s.visualTokens}`
+      : `${s.visualKeptCount}/${s.visualTokens}`;
+    console.log(
+      `[${backend} ${values.policy}${
+        values["no-kv-cache"] ? " no-cache" : ""
+      }] visual tokens kept ${kept}; ` +
+        (values["no-kv-cache"]
+          ? `output tokens kept in context ${s.admittedCount}/${Math.max(0, s.newTokens - 1)}; `
+          : `KV rows ${heldRows} vs dense ${denseRows} (${
+            (100 * heldRows / Math.max(1, denseRows)).toFixed(1)
+          }%), ` +
+            `${(s.kvCache.bytes / 1024).toFixed(1)} KiB; `) +
+        `${s.newTokens} tokens, prefill ${s.prefillMs.toFixed(0)} ms, ${s.tokensPerSecond.toFixed(1)} tok/s`,
+    );
+  } finally {
+    model.dispose();
+  }
+}
+
+if (import.meta.main) await main();

@@ -1,0 +1,219 @@
+/**
+ * Whole-model tests: the WebGPU backend against the CPU backend on every fixture (logits and greedy
+ * tokens, both KV modes), and the sparsification rules of DESIGN §1 checked case by case with
+ * expectations derived here from the predictors' raw outputs, independently of the runtime's
+ * selection code.
+ */
+import assert from "node:assert/strict";
+import { ensureFixture, FIXTURES } from "../tools/make_fixtures.ts";
+import { dynamicPolicy, InputError, loadModel, type Model, type Policy, PolicyError } from "../mod.ts";
+import { nmse } from "./kernel_util.ts";
+
+const IMAGE = (() => {
+  const width = 30, height = 20, data = new Uint8Array(width * height * 3);
+  for (let i = 0; i < data.length; i++) data[i] = (i * 37 + (i % 7) * 11) % 256;
+  return { width, height, data };
+})();
+
+async function open(name: string, backend: "cpu" | "webgpu"): Promise<Model> {
+  const dir = await ensureFixture(name);
+  if (FIXTURES[name].tower === "hub") Deno.env.set("HF_HOME", `${dir}/hf`);
+  return await loadModel(dir, { backend });
+}
+
+for (const name of Object.keys(FIXTURES)) {
+  Deno.test(`loadModel() on ${name}: WebGPU equals CPU on logits and greedy tokens in both KV modes`, async () => {
+    const cpu = await open(name, "cpu"), gpu = await open(name, "webgpu");
+    try {
+      const image = cpu.config.vision ? IMAGE : undefined;
+      const request = { prompt: "Tell me a story about a red fox.", image };
+      const [a, b] = [await cpu.logits(request), await gpu.logits(request)];
+      const bound = FIXTURES[name].dtype === "F32" ? 1e-8 : 1e-6;
+      assert.ok(nmse(b, a) < bound, `logits NMSE ${nmse(b, a)} ≥ ${bound}`);
+      for (const kvCache of [true, false]) {
+        const r = { ...request, maxNewTokens: 6, stop: [], kvCache };
+        const [x, y] = [await cpu.generate(r), await gpu.generate(r)];
+        assert.equal(x.tokens.length, 6);
+        assert.deepEqual(y.tokens, x.tokens, `kvCache ${kvCache}`);
+        assert.equal(y.text, x.text);
+      }
+    } finally {
+      cpu.dispose();
+      gpu.dispose();
+    }
+  });
+}
+
+/** A policy that runs `inner` and records every signal and admission input it is given. */
+function probe(inner: Policy) {
+  const seen = { vision: [] as Float32Array[], text: [] as Float32Array[], admitLogits: [] as number[][] };
+  const policy: Policy = {
+    name: "probe",
+    plan(model) {
+      const plan = inner.plan(model);
+      return {
+        ...plan,
+        selectRows(kinds, signals) {
+          if (signals.visionScores) seen.vision.push(signals.visionScores.slice());
+          if (signals.textLogits) seen.text.push(signals.textLogits.slice());
+          return plan.selectRows(kinds, signals);
+        },
+        admit(logits) {
+          seen.admitLogits.push([logits[0], logits[1]]);
+          return plan.admit(logits);
+        },
+      };
+    },
+  };
+  return { policy, seen };
+}
+
+/** Indices of the k largest values, ascending (ties: lower index first). */
+function topK(values: ArrayLike<number>, k: number): number[] {
+  return Array.from(values, (v, i) => [v, i]).sort((p, q) => q[0] - p[0] || p[1] - q[1]).slice(0, k).map((
+    p,
+  ) => p[1])
+    .sort((p, q) => p - q);
+}
+
+for (const name of ["llava-f32-dyn", "llava-f16-gqa-dyn-hub"]) {
+  Deno.test(`generate() on ${name}: dynamic policy follows DESIGN §1 in both KV modes on both backends`, async () => {
+    const cpu = await open(name, "cpu");
+    try {
+      const n = 16, N = cpu.config.vision!.tokensPerImage, layers = cpu.config.text.numLayers;
+      const k = Math.floor(N * cpu.config.sparse!.visionKeepRate);
+      // KV mode on the CPU, probed: admission = logit0 > logit1 per fed token.
+      const kv = probe(dynamicPolicy());
+      const base = { prompt: "What is in the picture?", image: IMAGE, maxNewTokens: n, stop: [] };
+      const withCache = await cpu.generate({ ...base, policy: kv.policy });
+      assert.deepEqual(withCache.visualKept, topK(kv.seen.vision[0], k));
+      assert.equal(withCache.visualKept!.length, Math.max(1, k));
+      const expectAdmit = kv.seen.admitLogits.map(([a, b]) => a > b);
+      assert.equal(expectAdmit.length, n - 1);
+      assert.deepEqual(withCache.admitted, expectAdmit);
+      assert.ok(expectAdmit.includes(true) && expectAdmit.includes(false), "fixture should mix decisions");
+      const prompt = withCache.stats.promptTokens, textRows = prompt - N;
+      const admittedCount = expectAdmit.filter(Boolean).length;
+      const sparseLayer = cpu.config.sparse!.sparseLayer;
+      assert.deepEqual(
+        withCache.stats.kvCache.rowsPerLayer,
+        Array.from(
+          { length: layers },
+          (_, l) => l < sparseLayer ? prompt + n - 1 : textRows + k + admittedCount,
+        ),
+      );
+      // No-cache mode, probed: the last recompute's output keep set is rule 3's.
+      const nc = probe(dynamicPolicy());
+      const noCache = await cpu.generate({ ...base, policy: nc.policy, kvCache: false });
+      const last = nc.seen.text.at(-1)!; // [n-1 outputs fed, 2]
+      const fed = last.length / 2;
+      const logit0 = Array.from({ length: fed - 1 }, (_, j) => last[2 * j]);
+      const count = logit0.filter((_, j) => last[2 * j] > last[2 * j + 1]).length;
+      const keep = new Set(topK(logit0, count));
+      assert.deepEqual(noCache.admitted, Array.from({ length: fed }, (_, j) => j === fed - 1 || keep.has(j)));
+      assert.deepEqual(noCache.visualKept, withCache.visualKept);
+      // The GPU gives the same decisions and tokens.
+      const gpu = await open(name, "webgpu");
+      try {
+        const g1 = await gpu.generate({ ...base, policy: "dynamic" });
+        assert.deepEqual(g1.visualKept, withCache.visualKept);
+        assert.deepEqual(g1.admitted, withCache.admitted);
+        assert.deepEqual(g1.tokens, withCache.tokens);
+        assert.deepEqual(g1.stats.kvCache.rowsPerLayer, withCache.stats.kvCache.rowsPerLayer);
+        const g2 = await gpu.generate({ ...base, policy: "dynamic", kvCache: false });
+        assert.deepEqual(g2.admitted, noCache.admitted);
+        assert.deepEqual(g2.tokens, noCache.tokens);
+      } finally {
+        gpu.dispose();
+      }
+    } finally {
+      cpu.dispose();
+    }
+  });
+}
+
+Deno.test("generate() with fastv and dense runs on a checkpoint without predictors; dynamic is refused", async () => {
+  for (const backend of ["cpu", "webgpu"] as const) {
+    const model = await open("llava-bf16", backend);
+    try {
+      const base = { prompt: "Hi", image: IMAGE, maxNewTokens: 4, stop: [] };
+      const dense = await model.generate({ ...base, policy: "dense" });
+      assert.equal(dense.visualKept, null);
+      const fastv = await model.generate({ ...base, policy: "fastv" });
+      const N = model.config.vision!.tokensPerImage;
+      assert.equal(fastv.visualKept!.length, Math.floor(N * 0.5));
+      assert.deepEqual(fastv.admitted, [true, true, true]);
+      await assert.rejects(async () => await model.generate({ ...base, policy: "dynamic" }), PolicyError);
+    } finally {
+      model.dispose();
+    }
+  }
+});
+
+Deno.test("generate() under dynamic holds fewer KV bytes than dense, in proportion to refused tokens", async () => {
+  const model = await open("llava-f32-dyn", "webgpu");
+  try {
+    const base = { prompt: "Describe it.", image: IMAGE, maxNewTokens: 200, stop: [] };
+    const dense = await model.generate({ ...base, policy: "dense" });
+    const dyn = await model.generate({ ...base, policy: "dynamic" });
+    const t = model.config.text, rowBytes = 2 * t.numKvHeads * t.headDim * 4;
+    const refused = dyn.admitted.filter((a) => !a).length;
+    const N = dyn.stats.visualTokens,
+      kept = dyn.visualKept!.length,
+      sparse = t.numLayers - model.config.sparse!.sparseLayer;
+    assert.ok(refused > 20, `refused ${refused}`);
+    assert.equal(
+      dense.stats.kvCache.peakBytes - dyn.stats.kvCache.peakBytes,
+      sparse * (refused + N - kept) * rowBytes,
+    );
+    assert.ok(dyn.stats.gpuPeakBytes < dense.stats.gpuPeakBytes, "allocated GPU bytes follow the rows kept");
+  } finally {
+    model.dispose();
+  }
+});
+
+Deno.test("generate() streams the same tokens it returns, and abort stops within a step", async () => {
+  const model = await open("llama-f32", "webgpu");
+  try {
+    const run = model.generate({ prompt: "Count", maxNewTokens: 10, stop: [] });
+    const streamed: number[] = [];
+    for await (const ev of run) streamed.push(ev.token);
+    assert.deepEqual(streamed, (await run).tokens);
+    const controller = new AbortController();
+    const aborted = model.generate({
+      prompt: "Count",
+      maxNewTokens: 500,
+      stop: [],
+      signal: controller.signal,
+    });
+    let seen = 0;
+    await assert.rejects(async () => {
+      for await (const _ of aborted) if (++seen === 3) controller.abort();
+    });
+    assert.ok(seen < 500);
+    assert.equal((await model.generate({ prompt: "Count", maxNewTokens: 2, stop: [] })).tokens.length, 2);
+  } finally {
+    model.dispose();
+  }
+});
+
+Deno.test("generate() rejects bad requests with InputError naming the field", async () => {
+  const model = await open("llava-f32-dyn", "cpu");
+  try {
+    await assert.rejects(
+      async () => await model.generate({ inputIds: [1, 40000] }),
+      (e: InputError) => e.where === "inputIds[1]",
+    );
+    await assert.rejects(async () => await model.generate({ inputIds: [1, -200, 5] }), InputError);
+    await assert.rejects(
+      async () => await model.generate({ inputIds: [1, -200, 5], image: [IMAGE, IMAGE] }),
+      InputError,
+    );
+    await assert.rejects(async () => await model.generate({ prompt: "x ".repeat(3000) }), InputError);
+    await assert.rejects(async () => await model.generate({ prompt: "x", maxNewTokens: 5000 }), InputError);
+    const ok = await model.generate({ inputIds: [1, -200, 5], image: IMAGE, maxNewTokens: 1 });
+    assert.equal(ok.tokens.length, 1);
+  } finally {
+    model.dispose();
+  }
+});
