@@ -385,7 +385,10 @@ interface Shape {
 function paramsBuffer(buffers: BufferSet, shape: Shape, keys: GPUBuffer, row: number): GPUBuffer {
   const { heads, kvHeads, headDim } = shape;
   if (headDim > MAX_HEAD_DIM || headDim < 1) {
-    throw new GpuError(`Cannot bind attention: head dim ${headDim} is outside 1..${MAX_HEAD_DIM}`, "attention");
+    throw new GpuError(
+      `Cannot bind attention: head dim ${headDim} is outside 1..${MAX_HEAD_DIM}`,
+      "attention",
+    );
   }
   if (heads % kvHeads !== 0) {
     throw new GpuError(`Cannot bind attention: ${heads} heads are not a multiple of ${kvHeads}`, "attention");

@@ -102,7 +102,10 @@ export async function createEmbedding(gpu: Gpu): Promise<EmbeddingKernel> {
         throw new GpuError(`Cannot bind embedding: table is ${table.dtype}, kernel is ${dtype}`, "embedding");
       }
       if (args.out.size < rows * table.cols * 4) {
-        throw new GpuError(`Cannot bind embedding: out is smaller than [${rows}, ${table.cols}]`, "embedding.out");
+        throw new GpuError(
+          `Cannot bind embedding: out is smaller than [${rows}, ${table.cols}]`,
+          "embedding.out",
+        );
       }
       const vectorized = table.cols % 8 === 0;
       const threads = rows * table.cols / (vectorized ? 8 : 1);

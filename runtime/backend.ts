@@ -30,6 +30,8 @@ export interface SessionInput {
   sampling: Sampling;
   /** Upper bound on generated tokens (sizes buffers). */
   maxNewTokens: number;
+  /** false when the session will only `recompute` (sizes buffers for the whole context). */
+  kvCache: boolean;
 }
 
 /** Outcome of a prefill (KV mode) or of one no-cache recompute. */

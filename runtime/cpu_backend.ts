@@ -180,6 +180,7 @@ class CpuSession implements BackendSession {
     const positionsPerLayer: number[][] = [];
     let visualKept: number[] | null = null, outputKept: number[] | null = null;
     let lastRowAttention: Float32Array | undefined;
+    let admit = true; // decided at the admission layer, applies to every layer from there on
     for (let l = 0; l < t.numLayers; l++) {
       if (options.prune && l === plan.pruneLayer) {
         const signals = this.#signals(rows, lastRowAttention);
@@ -188,7 +189,6 @@ class CpuSession implements BackendSession {
         visualKept = rows.tags.filter((_, i) => rows.kinds[i] === "image");
         outputKept = rows.tags.filter((_, i) => rows.kinds[i] === "output");
       }
-      let admit = true;
       if (options.admitted && l === plan.admitLayer && plan.admission === "predictor") {
         admit = plan.admit(textPredictorLogits(this.backend.predictors.text!, rows.x));
         options.admitted.push(admit);

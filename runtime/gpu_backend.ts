@@ -376,7 +376,8 @@ class GpuSession implements BackendSession {
   readonly #flags: GPUBuffer;
   #keys: GPUBuffer[] = [];
   #values: GPUBuffer[] = [];
-  #capacity = 0;
+  /** Rows each layer's cache can hold now (grown per layer, so refused tokens save memory). */
+  #capacity: number[];
   /** Rows per layer as last read back. */
   #rows: number[];
   #paperRows: number[];
@@ -391,7 +392,8 @@ class GpuSession implements BackendSession {
     this.buffers = new BufferSet(backend.gpu);
     this.ledger = new KvLedger(t.numLayers, 2 * t.numKvHeads * t.headDim * 4);
     const promptLen = input.rows.ids.length;
-    this.#maxRows = promptLen + input.maxNewTokens + 1;
+    // Decode steps run one row at a time: only no-cache recomputes need room for the whole context.
+    this.#maxRows = promptLen + (input.kvCache ? 0 : input.maxNewTokens) + 1;
     const m = this.#maxRows, b = this.buffers, f = (n: number, label: string) => b.storage(n * 4, label);
     const qw = t.numHeads * t.headDim, kw = t.numKvHeads * t.headDim;
     this.#act = {
@@ -418,27 +420,31 @@ class GpuSession implements BackendSession {
     this.#tokens = b.storage((input.maxNewTokens + 2) * 4, "tokens");
     this.#flags = b.storage((input.maxNewTokens + 2) * 4, "flags");
     this.#rows = new Array(t.numLayers).fill(0);
+    this.#capacity = new Array(t.numLayers).fill(0);
     this.#paperRows = new Array(t.numLayers).fill(0);
   }
 
-  /** Makes every layer's cache hold at least `rows` rows, keeping the rows it has. */
-  #ensureCapacity(rows: number): void {
-    if (rows <= this.#capacity) return;
+  /** Makes layer l's cache hold at least `need[l]` rows, keeping the rows it has. */
+  #ensureCapacity(need: number[]): void {
     const t = this.#text, width = t.numKvHeads * t.headDim * 4;
-    const capacity = Math.max(rows, Math.ceil(this.#capacity * 1.5), 16);
+    const grow = need.flatMap((rows, l) => rows > this.#capacity[l] ? [l] : []);
+    if (grow.length === 0) return;
     const enc = this.backend.gpu.device.createCommandEncoder();
-    const grow = (old: GPUBuffer[], kind: string) =>
-      Array.from({ length: t.numLayers }, (_, l) => {
-        const fresh = this.buffers.storage(capacity * width, `kv.${kind}.${l}`);
-        if (old[l] && this.#rows[l] > 0) enc.copyBufferToBuffer(old[l], 0, fresh, 0, this.#rows[l] * width);
-        return fresh;
-      });
-    const keys = grow(this.#keys, "k"), values = grow(this.#values, "v");
+    const old: GPUBuffer[] = [];
+    for (const l of grow) {
+      const capacity = Math.max(need[l], Math.ceil(this.#capacity[l] * 1.5), 16);
+      for (const caches of [this.#keys, this.#values]) {
+        const fresh = this.buffers.storage(capacity * width, `kv.${l}`);
+        if (caches[l]) {
+          if (this.#rows[l] > 0) enc.copyBufferToBuffer(caches[l], 0, fresh, 0, this.#rows[l] * width);
+          old.push(caches[l]);
+        }
+        caches[l] = fresh;
+      }
+      this.#capacity[l] = capacity;
+    }
     this.backend.gpu.device.queue.submit([enc.finish()]);
-    for (const old of [...this.#keys, ...this.#values]) this.buffers.release(old);
-    this.#keys = keys;
-    this.#values = values;
-    this.#capacity = capacity;
+    for (const buffer of old) this.buffers.release(buffer);
     this.#decodeDispatches = null; // bound to the old buffers
   }
 
@@ -546,7 +552,7 @@ class GpuSession implements BackendSession {
     try {
       this.#rows.fill(0);
       this.#paperRows.fill(0);
-      this.#ensureCapacity(rows.kinds.length);
+      this.#ensureCapacity(this.#rows.map(() => rows.kinds.length));
       this.#writeState({ step: options.step, counts: this.#rows });
       writeBuffer(gpu, a.positions, 0, Uint32Array.from(rows.positions));
       let x = a.x, xAlt = a.x2, positions = a.positions, positionsAlt = a.positions2;
@@ -795,7 +801,7 @@ class GpuSession implements BackendSession {
       }
       return { tokens, admitted, logProbs };
     }
-    this.#ensureCapacity(Math.max(...this.#rows) + steps + 1);
+    this.#ensureCapacity(this.#rows.map((n) => n + steps + 1));
     const step = this.#decodeStep();
     const enc = gpu.device.createCommandEncoder();
     for (let s = 0; s < steps; s++) gpu.encode(enc, step);

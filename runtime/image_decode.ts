@@ -278,7 +278,7 @@ export function readImageHeader(bytes: Uint8Array): ImageHeader {
  * ```
  */
 export function runFfmpeg(args: string[], options: RunFfmpegOptions = {}): Promise<FfmpegRun> {
-  const job = ffmpegQueue.then(() => runExclusive(args, options));
+  const job = ffmpegQueue.then(() => runRetryingOnTrap(args, options));
   ffmpegQueue = job.catch(() => undefined);
   return job;
 }
@@ -782,33 +782,62 @@ interface FfmpegCore {
   ffprobe(...args: string[]): number;
   reset(): void;
   setLogger(logger: (event: { type: string; message: string }) => void): void;
+  /** The WebAssembly instance's exports, under minified names. */
+  asm: Record<string, unknown>;
 }
 
-let corePromise: Promise<FfmpegCore> | null = null;
+/**
+ * A loaded core and the Emscripten runtime's stackSave / stackRestore. ffmpeg ends every run with
+ * abort(), which unwinds to JavaScript as an exception and leaves the WebAssembly stack pointer
+ * where abort was called: each run would leak 0.2–9 KB of the 64 KB stack, and after a few dozen
+ * runs the stack would grow into the heap and crash the instance ("memory access out of bounds",
+ * "function signature mismatch"). Each run therefore restores the stack pointer it started with.
+ */
+interface FfmpegInstance {
+  core: FfmpegCore;
+  saveStack: () => number;
+  restoreStack: (pointer: number) => void;
+}
+
+let instancePromise: Promise<FfmpegInstance> | null = null;
 let ffmpegQueue: Promise<unknown> = Promise.resolve();
 let runCounter = 0;
 
+/**
+ * Runs once more on a fresh instance when a run traps. Some sequences of runs trap although each
+ * run alone works (seen: a libwebp encode, an mjpeg encode, then another libwebp encode), so a trap
+ * says more about the instance's history than about the input; a second trap is reported.
+ */
+async function runRetryingOnTrap(args: string[], options: RunFfmpegOptions): Promise<FfmpegRun> {
+  try {
+    return await runExclusive(args, options);
+  } catch (error) {
+    if (!(error instanceof ImageError && error.where === "ffmpeg")) throw error;
+    return await runExclusive(args, options);
+  }
+}
+
 async function runExclusive(args: string[], options: RunFfmpegOptions): Promise<FfmpegRun> {
-  const core = await loadCore();
+  const { core, saveStack, restoreStack } = await loadInstance();
   const dir = `/run${++runCounter}`;
   const log: string[] = [];
   core.setLogger((event) => log.push(event.message));
   core.FS.mkdir(dir);
   core.FS.chdir(dir);
+  const stackPointer = saveStack();
   try {
     for (const [name, data] of Object.entries(options.inputs ?? {})) core.FS.writeFile(name, data);
     let exitCode: number;
     try {
       // The log level is process-global in ffmpeg and would carry over from the previous run's
       // `-v`: start each run at "info" (a later `-v` in args overrides it).
-      const fullArgs = ["-v", "info", ...args]; if (Deno.env.get("FFDBG")) console.error("RUN", runCounter, (core as any).asm.Da(), fullArgs.slice(0,8).join(" "));
+      const fullArgs = ["-v", "info", ...args];
       exitCode = options.program === "ffprobe" ? core.ffprobe(...fullArgs) : core.exec(...fullArgs);
     } catch (error) {
-      // A trap or out-of-memory leaves the instance unusable: the next run loads a fresh one.
-      corePromise = null;
-      throw new ImageError(`Cannot run ffmpeg: ${error instanceof Error ? error.message : error}`, "ffmpeg", {
-        cause: error,
-      });
+      // A trap leaves the instance in an unknown state: the next run loads a fresh one.
+      instancePromise = null;
+      const reason = error instanceof Error ? error.message : String(error);
+      throw new ImageError(`Cannot run ffmpeg: ${reason}`, "ffmpeg", { cause: error });
     }
     const outputs = new Map<string, Uint8Array>();
     for (const name of options.outputs ?? []) {
@@ -816,9 +845,10 @@ async function runExclusive(args: string[], options: RunFfmpegOptions): Promise<
     }
     return { exitCode, log, outputs };
   } finally {
+    restoreStack(stackPointer);
     core.reset();
     core.setLogger(() => {});
-    if (corePromise !== null) removeDirectory(core, dir);
+    removeDirectory(core, dir);
   }
 }
 
@@ -830,15 +860,15 @@ function removeDirectory(core: FfmpegCore, dir: string): void {
   core.FS.rmdir(dir);
 }
 
-function loadCore(): Promise<FfmpegCore> {
-  if (corePromise === null) {
-    corePromise = instantiateCore();
-    corePromise.catch(() => (corePromise = null)); // a failed load is retried by the next run
+function loadInstance(): Promise<FfmpegInstance> {
+  if (instancePromise === null) {
+    instancePromise = instantiateCore();
+    instancePromise.catch(() => (instancePromise = null)); // a failed load is retried by the next run
   }
-  return corePromise;
+  return instancePromise;
 }
 
-async function instantiateCore(): Promise<FfmpegCore> {
+async function instantiateCore(): Promise<FfmpegInstance> {
   // Literal specifiers, so that Deno resolves and caches the package ahead of time.
   // deno-lint-ignore no-import-prefix
   const { default: createFFmpegCore } = await import("npm:@ffmpeg/core@0.12.10");
@@ -864,7 +894,23 @@ async function instantiateCore(): Promise<FfmpegCore> {
       else delete (globalThis as { location?: unknown }).location;
     }
   }
-  return await created;
+  const core = await created;
+  // stackSave and stackRestore are the wasm exports "Da" and "Ea" of @ffmpeg/core 0.12.10.
+  const saveStack = core.asm.Da, restoreStack = core.asm.Ea;
+  if (
+    typeof saveStack !== "function" || saveStack.length !== 0 || typeof restoreStack !== "function" ||
+    restoreStack.length !== 1 || !Number.isInteger(saveStack())
+  ) {
+    throw new ImageError(
+      "Cannot load ffmpeg: unexpected @ffmpeg/core build (no stackSave/stackRestore)",
+      wasmUrl,
+    );
+  }
+  return {
+    core,
+    saveStack: saveStack as () => number,
+    restoreStack: restoreStack as (pointer: number) => void,
+  };
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -184,6 +184,7 @@ export class Model {
         plan,
         sampling: { temperature: 0, topP: 1, seed: 0 },
         maxNewTokens: 1,
+        kvCache: true,
       });
       try {
         return (await session.prefill({ wantLogits: true })).logits!;
@@ -230,6 +231,7 @@ export class Model {
         plan,
         sampling: { temperature: 0, topP: 1, seed: 0 },
         maxNewTokens: target.length + 1,
+        kvCache: request.kvCache ?? true,
       });
       const pick = (logits: Float32Array, id: number) => logSoftmaxAt(logits, id);
       try {

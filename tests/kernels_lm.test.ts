@@ -148,9 +148,7 @@ async function checkMatmul(gpu: Gpu, k: Kernels, buffers: BufferSet, c: MatmulCa
     label: "w",
     maxChunkBytes: c.maxChunkBytes,
   });
-  const out = c.accumulate
-    ? buffers.upload(start, "out")
-    : poisoned(buffers, c.rows * c.outCols, "out");
+  const out = c.accumulate ? buffers.upload(start, "out") : poisoned(buffers, c.rows * c.outCols, "out");
   const dispatches = k.matmul.bind(buffers, {
     x: buffers.upload(x, "x"),
     weight,
@@ -211,28 +209,34 @@ gpuTest("createMatmul() GEMV spans > 65535 workgroups through a 2-D grid", async
   assert.ok(x * y * z > MAX_GRID && y > 1, `grid ${dispatches[0].workgroups}`);
 });
 
-gpuTest("createMatmul() reads x at xRowOffset and writes out at outRowOffset only", async (gpu, k, buffers) => {
-  for (const [rows, inCols] of [[1, 24], [3, 13]]) {
-    const outCols = 10;
-    const x = randomArray((2 + rows) * inCols, 110 + rows);
-    const w = randomArray(outCols * inCols, 111);
-    const weight = uploadWeight(buffers, w, { rows: outCols, cols: inCols, label: "w" });
-    const out = poisoned(buffers, (1 + rows + 1) * outCols, "out");
-    const dispatches = k.matmul.bind(buffers, {
-      x: buffers.upload(x, "x"),
-      weight,
-      out,
-      rows,
-      xRowOffset: 2,
-      outRowOffset: 1,
-    });
-    const actual = await run(gpu, dispatches, out, (rows + 2) * outCols);
-    const expected = cpu.linear(x.subarray(2 * inCols), storedWeightValues(w, weight.dtype), { rows });
-    assertNmse(actual.subarray(outCols, (rows + 1) * outCols), expected, EXACT, `offset rows ${rows}`);
-    assert.ok(actual.subarray(0, outCols).every(Number.isNaN), "row before outRowOffset was written");
-    assert.ok(actual.subarray((rows + 1) * outCols).every(Number.isNaN), "row after the output was written");
-  }
-});
+gpuTest(
+  "createMatmul() reads x at xRowOffset and writes out at outRowOffset only",
+  async (gpu, k, buffers) => {
+    for (const [rows, inCols] of [[1, 24], [3, 13]]) {
+      const outCols = 10;
+      const x = randomArray((2 + rows) * inCols, 110 + rows);
+      const w = randomArray(outCols * inCols, 111);
+      const weight = uploadWeight(buffers, w, { rows: outCols, cols: inCols, label: "w" });
+      const out = poisoned(buffers, (1 + rows + 1) * outCols, "out");
+      const dispatches = k.matmul.bind(buffers, {
+        x: buffers.upload(x, "x"),
+        weight,
+        out,
+        rows,
+        xRowOffset: 2,
+        outRowOffset: 1,
+      });
+      const actual = await run(gpu, dispatches, out, (rows + 2) * outCols);
+      const expected = cpu.linear(x.subarray(2 * inCols), storedWeightValues(w, weight.dtype), { rows });
+      assertNmse(actual.subarray(outCols, (rows + 1) * outCols), expected, EXACT, `offset rows ${rows}`);
+      assert.ok(actual.subarray(0, outCols).every(Number.isNaN), "row before outRowOffset was written");
+      assert.ok(
+        actual.subarray((rows + 1) * outCols).every(Number.isNaN),
+        "row after the output was written",
+      );
+    }
+  },
+);
 
 // ---- embedding -------------------------------------------------------------------------------
 
@@ -262,23 +266,26 @@ gpuTest("createEmbedding() gathers rows across ≥ 3 chunks from ids at an offse
 
 // ---- rmsnorm ---------------------------------------------------------------------------------
 
-gpuTest("createRmsNorm() matches rmsNorm() for rows 1, 3, 65 and cols 63, 64, 300", async (gpu, k, buffers) => {
-  for (const [rows, cols] of [[1, 64], [3, 300], [65, 63]]) {
-    const x = randomArray(rows * cols, 130 + rows, 3);
-    const weight = randomArray(cols, 131);
-    const out = poisoned(buffers, rows * cols, "out");
-    const dispatches = k.rmsNorm.bind(buffers, {
-      x: buffers.upload(x, "x"),
-      weight: buffers.upload(weight, "norm"),
-      out,
-      rows,
-      cols,
-      eps: 1e-6,
-    });
-    const actual = await run(gpu, dispatches, out, rows * cols);
-    assertNmse(actual, cpu.rmsNorm(x, weight, 1e-6), EXACT, `rmsnorm ${rows}×${cols}`);
-  }
-});
+gpuTest(
+  "createRmsNorm() matches rmsNorm() for rows 1, 3, 65 and cols 63, 64, 300",
+  async (gpu, k, buffers) => {
+    for (const [rows, cols] of [[1, 64], [3, 300], [65, 63]]) {
+      const x = randomArray(rows * cols, 130 + rows, 3);
+      const weight = randomArray(cols, 131);
+      const out = poisoned(buffers, rows * cols, "out");
+      const dispatches = k.rmsNorm.bind(buffers, {
+        x: buffers.upload(x, "x"),
+        weight: buffers.upload(weight, "norm"),
+        out,
+        rows,
+        cols,
+        eps: 1e-6,
+      });
+      const actual = await run(gpu, dispatches, out, rows * cols);
+      assertNmse(actual, cpu.rmsNorm(x, weight, 1e-6), EXACT, `rmsnorm ${rows}×${cols}`);
+    }
+  },
+);
 
 // ---- rope ------------------------------------------------------------------------------------
 
@@ -349,10 +356,38 @@ gpuTest("createAttention() decode (M < 8) matches attention() with GQA over cach
   buffers,
 ) => {
   const base = { heads: 4, causal: true };
-  await checkAttention(gpu, k, buffers, { ...base, rows: 1, kvHeads: 2, headDim: 16, cached: 200, capacity: 300 }, 150);
-  await checkAttention(gpu, k, buffers, { ...base, rows: 7, kvHeads: 1, headDim: 8, cached: 63, capacity: 70 }, 160);
-  await checkAttention(gpu, k, buffers, { ...base, rows: 1, kvHeads: 1, headDim: 64, cached: 3000, capacity: 3001 }, 170);
-  await checkAttention(gpu, k, buffers, { ...base, rows: 1, kvHeads: 4, headDim: 128, cached: 0, capacity: 1 }, 180);
+  await checkAttention(gpu, k, buffers, {
+    ...base,
+    rows: 1,
+    kvHeads: 2,
+    headDim: 16,
+    cached: 200,
+    capacity: 300,
+  }, 150);
+  await checkAttention(gpu, k, buffers, {
+    ...base,
+    rows: 7,
+    kvHeads: 1,
+    headDim: 8,
+    cached: 63,
+    capacity: 70,
+  }, 160);
+  await checkAttention(gpu, k, buffers, {
+    ...base,
+    rows: 1,
+    kvHeads: 1,
+    headDim: 64,
+    cached: 3000,
+    capacity: 3001,
+  }, 170);
+  await checkAttention(gpu, k, buffers, {
+    ...base,
+    rows: 1,
+    kvHeads: 4,
+    headDim: 128,
+    cached: 0,
+    capacity: 1,
+  }, 180);
   await checkAttention(gpu, k, buffers, {
     rows: 2,
     heads: 2,
@@ -472,7 +507,12 @@ gpuTest("createAdd() and createAddBias() match addInPlace()", async (gpu, k, buf
     const a = randomArray(count, 250 + count);
     const b = randomArray(count, 251 + count);
     const buffer = buffers.upload(a, "a");
-    const actual = await run(gpu, k.add.bind(buffers, { a: buffer, b: buffers.upload(b, "b"), count }), buffer, count);
+    const actual = await run(
+      gpu,
+      k.add.bind(buffers, { a: buffer, b: buffers.upload(b, "b"), count }),
+      buffer,
+      count,
+    );
     const expected = a.slice();
     cpu.addInPlace(expected, b);
     assertNmse(actual, expected, 0, `add ${count}`);
@@ -481,7 +521,12 @@ gpuTest("createAdd() and createAddBias() match addInPlace()", async (gpu, k, buf
     const x = randomArray(rows * cols, 252 + cols);
     const bias = randomArray(cols, 253);
     const buffer = buffers.upload(x, "x");
-    const dispatches = k.addBias.bind(buffers, { x: buffer, bias: buffers.upload(bias, "bias"), count: x.length, cols });
+    const dispatches = k.addBias.bind(buffers, {
+      x: buffer,
+      bias: buffers.upload(bias, "bias"),
+      count: x.length,
+      cols,
+    });
     const actual = await run(gpu, dispatches, buffer, x.length);
     const expected = x.slice();
     for (let r = 0; r < rows; r++) cpu.addInPlace(expected.subarray(r * cols, (r + 1) * cols), bias);
@@ -507,7 +552,13 @@ gpuTest("createSwiglu() matches swiglu()", async (gpu, k, buffers) => {
 gpuTest("createGelu() and createQuickGelu() match gelu() and quickGelu()", async (gpu, k, buffers) => {
   for (const count of COUNTS) {
     const x = randomArray(count, 270 + count, 6);
-    for (const [kernel, twin, name] of [[k.gelu, cpu.gelu, "gelu"], [k.quickGelu, cpu.quickGelu, "quickGelu"]] as const) {
+    for (
+      const [kernel, twin, name] of [[k.gelu, cpu.gelu, "gelu"], [
+        k.quickGelu,
+        cpu.quickGelu,
+        "quickGelu",
+      ]] as const
+    ) {
       const buffer = buffers.upload(x, "x");
       const actual = await run(gpu, kernel.bind(buffers, { x: buffer, count }), buffer, count);
       assertNmse(actual, twin(x), EXACT, `${name} ${count}`);
@@ -515,10 +566,18 @@ gpuTest("createGelu() and createQuickGelu() match gelu() and quickGelu()", async
   }
   const large = new Float32Array([-100, -12, -5.5, -0.001, 0, 1e-6, 3, 30]);
   const buffer = buffers.upload(large, "x");
-  const actual = await run(gpu, k.gelu.bind(buffers, { x: buffer, count: large.length }), buffer, large.length);
+  const actual = await run(
+    gpu,
+    k.gelu.bind(buffers, { x: buffer, count: large.length }),
+    buffer,
+    large.length,
+  );
   const expected = cpu.gelu(large);
   for (let i = 0; i < large.length; i++) {
-    assert.ok(Math.abs(actual[i] - expected[i]) <= 1e-6 * Math.max(1, Math.abs(expected[i])), `gelu(${large[i]})`);
+    assert.ok(
+      Math.abs(actual[i] - expected[i]) <= 1e-6 * Math.max(1, Math.abs(expected[i])),
+      `gelu(${large[i]})`,
+    );
   }
 });
 
@@ -556,60 +615,68 @@ gpuTest("createKvAppend() writes rows after counts[countIndex] and nowhere else"
 
 // ---- bound once, run per decode step ---------------------------------------------------------
 
-gpuTest("decode dispatches bound once follow positions and counts in GPU buffers", async (gpu, k, buffers) => {
-  const [heads, kvHeads, headDim, capacity, prompt] = [4, 2, 16, 40, 30];
-  const kvCols = kvHeads * headDim;
-  const q = buffers.storage(heads * headDim * 4, "q");
-  const kNew = buffers.storage(kvCols * 4, "k");
-  const vNew = buffers.storage(kvCols * 4, "v");
-  const keys = buffers.storage(capacity * kvCols * 4, "keys");
-  const values = buffers.storage(capacity * kvCols * 4, "values");
-  const state = buffers.storage(8, "state"); // [token, position]
-  const counts = buffers.storage(8, "counts"); // [other layer, this layer]
-  const out = buffers.storage(heads * headDim * 4, "out");
-  const cpuKeys = randomArray(capacity * kvCols, 290, 2);
-  const cpuValues = randomArray(capacity * kvCols, 291);
-  writeBuffer(gpu, keys, 0, cpuKeys);
-  writeBuffer(gpu, values, 0, cpuValues);
-  const rope = { positions: state, positionsOffset: 1, rows: 1, headDim, theta: 10000 };
-  const step = [
-    ...k.rope.bind(buffers, { ...rope, x: q, heads }),
-    ...k.rope.bind(buffers, { ...rope, x: kNew, heads: kvHeads }),
-    ...k.kvAppend.bind(buffers, { src: kNew, cache: keys, counts, countIndex: 1, rows: 1, cols: kvCols }),
-    ...k.kvAppend.bind(buffers, { src: vNew, cache: values, counts, countIndex: 1, rows: 1, cols: kvCols }),
-    ...k.attention.bind(buffers, {
-      q,
-      keys,
-      values,
-      out,
-      counts,
-      countIndex: 1,
-      rows: 1,
-      heads,
-      kvHeads,
-      headDim,
-      causal: true,
-    }),
-  ];
-  // Cache rows: [0, 20) prompt, then decode steps; step 1's token is refused (counts not advanced).
-  let cached = 20;
-  for (const [s, admitted] of [[0, true], [1, false], [2, true]] as const) {
-    const position = prompt + s;
-    const qv = randomArray(heads * headDim, 300 + s);
-    const kv = randomArray(kvCols, 310 + s);
-    const vv = randomArray(kvCols, 320 + s);
-    writeBuffer(gpu, q, 0, qv);
-    writeBuffer(gpu, kNew, 0, kv);
-    writeBuffer(gpu, vNew, 0, vv);
-    writeBuffer(gpu, state, 0, new Uint32Array([5, position]));
-    writeBuffer(gpu, counts, 0, new Uint32Array([0, cached]));
-    const actual = await run(gpu, step, out, heads * headDim);
-    cpu.rope(qv, [position], { heads, headDim, theta: 10000 });
-    cpu.rope(kv, [position], { heads: kvHeads, headDim, theta: 10000 });
-    appendRows(cpuKeys, kv, { base: cached, cols: kvCols });
-    appendRows(cpuValues, vv, { base: cached, cols: kvCols });
-    const expected = cpu.attention(qv, cpuKeys, cpuValues, { heads, kvHeads, headDim, visible: [cached + 1] });
-    assertNmse(actual, expected, ROPE, `decode step ${s}`);
-    if (admitted) cached++;
-  }
-});
+gpuTest(
+  "decode dispatches bound once follow positions and counts in GPU buffers",
+  async (gpu, k, buffers) => {
+    const [heads, kvHeads, headDim, capacity, prompt] = [4, 2, 16, 40, 30];
+    const kvCols = kvHeads * headDim;
+    const q = buffers.storage(heads * headDim * 4, "q");
+    const kNew = buffers.storage(kvCols * 4, "k");
+    const vNew = buffers.storage(kvCols * 4, "v");
+    const keys = buffers.storage(capacity * kvCols * 4, "keys");
+    const values = buffers.storage(capacity * kvCols * 4, "values");
+    const state = buffers.storage(8, "state"); // [token, position]
+    const counts = buffers.storage(8, "counts"); // [other layer, this layer]
+    const out = buffers.storage(heads * headDim * 4, "out");
+    const cpuKeys = randomArray(capacity * kvCols, 290, 2);
+    const cpuValues = randomArray(capacity * kvCols, 291);
+    writeBuffer(gpu, keys, 0, cpuKeys);
+    writeBuffer(gpu, values, 0, cpuValues);
+    const rope = { positions: state, positionsOffset: 1, rows: 1, headDim, theta: 10000 };
+    const step = [
+      ...k.rope.bind(buffers, { ...rope, x: q, heads }),
+      ...k.rope.bind(buffers, { ...rope, x: kNew, heads: kvHeads }),
+      ...k.kvAppend.bind(buffers, { src: kNew, cache: keys, counts, countIndex: 1, rows: 1, cols: kvCols }),
+      ...k.kvAppend.bind(buffers, { src: vNew, cache: values, counts, countIndex: 1, rows: 1, cols: kvCols }),
+      ...k.attention.bind(buffers, {
+        q,
+        keys,
+        values,
+        out,
+        counts,
+        countIndex: 1,
+        rows: 1,
+        heads,
+        kvHeads,
+        headDim,
+        causal: true,
+      }),
+    ];
+    // Cache rows: [0, 20) prompt, then decode steps; step 1's token is refused (counts not advanced).
+    let cached = 20;
+    for (const [s, admitted] of [[0, true], [1, false], [2, true]] as const) {
+      const position = prompt + s;
+      const qv = randomArray(heads * headDim, 300 + s);
+      const kv = randomArray(kvCols, 310 + s);
+      const vv = randomArray(kvCols, 320 + s);
+      writeBuffer(gpu, q, 0, qv);
+      writeBuffer(gpu, kNew, 0, kv);
+      writeBuffer(gpu, vNew, 0, vv);
+      writeBuffer(gpu, state, 0, new Uint32Array([5, position]));
+      writeBuffer(gpu, counts, 0, new Uint32Array([0, cached]));
+      const actual = await run(gpu, step, out, heads * headDim);
+      cpu.rope(qv, [position], { heads, headDim, theta: 10000 });
+      cpu.rope(kv, [position], { heads: kvHeads, headDim, theta: 10000 });
+      appendRows(cpuKeys, kv, { base: cached, cols: kvCols });
+      appendRows(cpuValues, vv, { base: cached, cols: kvCols });
+      const expected = cpu.attention(qv, cpuKeys, cpuValues, {
+        heads,
+        kvHeads,
+        headDim,
+        visible: [cached + 1],
+      });
+      assertNmse(actual, expected, ROPE, `decode step ${s}`);
+      if (admitted) cached++;
+    }
+  },
+);

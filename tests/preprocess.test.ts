@@ -103,7 +103,9 @@ Deno.test("preprocessImage() lays out [3, size, size] with the padding colour an
   const padding = [-0.011254520155489445, -0.01119600422680378, -0.0013328947825357318];
   const expected = [0, 1, 2].flatMap((c) => [red[c], blue[c], padding[c], padding[c]]);
   assert.equal(pixels.length, 12);
-  for (let i = 0; i < 12; i++) assert.ok(Math.abs(pixels[i] - expected[i]) < 1e-6, `value ${i}: ${pixels[i]}`);
+  for (let i = 0; i < 12; i++) {
+    assert.ok(Math.abs(pixels[i] - expected[i]) < 1e-6, `value ${i}: ${pixels[i]}`);
+  }
 });
 
 Deno.test("preprocessImage() of encoded bytes equals preprocessImage() of the same pixels", async () => {
@@ -123,7 +125,10 @@ Deno.test("padToSquare() centres with Python's floor division and returns square
     assert.deepEqual([...square.data.subarray((y * 5 + 1) * 3, (y * 5 + 3) * 3)], [
       ...image.data.subarray(y * 6, y * 6 + 6),
     ]);
-    assert.deepEqual([...square.data.subarray((y * 5 + 3) * 3, (y * 5 + 5) * 3)], [...CLIP_FILL, ...CLIP_FILL]);
+    assert.deepEqual([...square.data.subarray((y * 5 + 3) * 3, (y * 5 + 5) * 3)], [
+      ...CLIP_FILL,
+      ...CLIP_FILL,
+    ]);
   }
   const already = makeTestImage(4, 4);
   assert.equal(padToSquare(already, CLIP_FILL), already);
@@ -143,6 +148,9 @@ Deno.test("preprocessImage() refuses bad options and malformed images", async ()
     preprocessImage({ width: 3, height: 3, data: new Uint8Array(26) }),
     (error) => error instanceof ImageError && /data has 26 bytes, expected 3×3×3 = 27/.test(error.message),
   );
-  assert.throws(() => padToSquare(makeTestImage(2, 3), [0, 0, 256]), /fill values must be integers in 0..255/);
+  assert.throws(
+    () => padToSquare(makeTestImage(2, 3), [0, 0, 256]),
+    /fill values must be integers in 0..255/,
+  );
   assert.throws(() => resizeBicubic(image, 2.5), /size must be a positive integer, got 2.5/);
 });

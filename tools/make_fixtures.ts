@@ -70,7 +70,10 @@ export async function ensureFixture(name: string, options: { root?: string } = {
 }
 
 if (import.meta.main) {
-  const { values } = parseArgs({ args: Deno.args, options: { out: { type: "string" }, demo: { type: "string" } } });
+  const { values } = parseArgs({
+    args: Deno.args,
+    options: { out: { type: "string" }, demo: { type: "string" } },
+  });
   if (values.demo) {
     console.log(await writeFixture(values.demo, DEMO_FIXTURE));
     Deno.exit(0);
