@@ -14,7 +14,7 @@
  * `enable f16;` and every load moves 16 bytes in the vectorized variant.
  * @module
  */
-import { type BufferSet, type Gpu } from "./gpu.ts";
+import type { BufferSet, Gpu } from "./gpu.ts";
 import { GpuError } from "./errors.ts";
 import { f16ToFloat32, float32ToF16 } from "./dtype.ts";
 
