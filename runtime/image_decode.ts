@@ -131,8 +131,10 @@ export async function decodeImage(bytes: Uint8Array, options: DecodeImageOptions
 /**
  * Decodes `frames` evenly spaced frames of a video: frame indices
  * `floor(i × (total − 1) / (frames − 1))` for i = 0..frames−1 (numpy's
- * `linspace(0, total − 1, frames, dtype=int)`; frame 0 alone when `frames` is 1). A video with
- * fewer frames than asked repeats frames. Rotation metadata is not applied.
+ * `linspace(0, total − 1, frames, dtype=int)`; frame 0 alone when `frames` is 1), total being the
+ * video stream's packet count. A video with fewer frames than asked repeats frames (the repeats
+ * share one `data`). Rotation metadata is not applied; colours are converted by ffmpeg's swscale
+ * (bicubic, accurate rounding, full chroma), as video readers built on ffmpeg do.
  *
  * @example
  * ```ts
@@ -162,29 +164,10 @@ export async function decodeVideoFrames(bytes: Uint8Array, options: DecodeVideoO
   const picks = evenlySpacedIndices(total, frames);
   const unique = [...new Set(picks)];
   const selectExpr = unique.map((index) => `eq(n\\,${index})`).join("+");
-  const run = await runFfmpeg([
-    "-hide_banner",
-    "-nostats",
-    "-v",
-    "error",
-    "-noautorotate",
-    "-i",
-    "in",
-    "-map",
-    "0:v:0",
-    "-vf",
-    `select=${selectExpr}`,
-    "-fps_mode",
-    "passthrough",
-    "-frames:v",
-    String(unique.length),
-    "-f",
-    "rawvideo",
-    "-pix_fmt",
-    "rgb24",
-    ...SWS_ARGS,
-    "out.raw",
-  ], { inputs: { in: bytes }, outputs: ["out.raw"] });
+  const args = ["-hide_banner", "-nostats", "-v", "error", "-noautorotate", "-i", "in", "-map", "0:v:0"];
+  args.push("-vf", `select=${selectExpr}`, "-fps_mode", "passthrough", "-frames:v", String(unique.length));
+  args.push("-f", "rawvideo", "-pix_fmt", "rgb24", ...SWS_ARGS, "out.raw");
+  const run = await runFfmpeg(args, { inputs: { in: bytes }, outputs: ["out.raw"] });
   const raw = run.outputs.get("out.raw");
   const frameBytes = width * height * 3;
   if (run.exitCode !== 0 || raw === undefined || raw.length < frameBytes) {
@@ -264,7 +247,10 @@ export function readImageHeader(bytes: Uint8Array): ImageHeader {
 /**
  * Runs ffmpeg (or ffprobe) in the shared WebAssembly instance with `args` (after ffmpeg's own
  * `-nostdin -y`), in a fresh working directory holding `inputs`; returns the exit status, the log
- * and the requested `outputs`. Runs are serialised; the directory is removed afterwards.
+ * and the requested `outputs`. Runs are serialised; the directory is removed afterwards. The log
+ * level starts at "info" unless `args` set one (`-v`); other global options (`-hide_banner`...)
+ * stay set for later runs, as in one ffmpeg process. A run that traps is run once more on a fresh
+ * instance; a second trap throws {@link ImageError} (`where` "ffmpeg").
  *
  * @example
  * ```ts
@@ -438,7 +424,7 @@ function parseRawOutputStream(log: string[]): RawFrame {
   const outputAt = log.findIndex((line) => line.startsWith("Output #0"));
   for (const line of log.slice(outputAt + 1)) {
     // "  Stream #0:0: Video: rawvideo (I420 / 0x30323449), yuvj420p(pc, ...), 120x80 [SAR 1:1 ...], ..."
-    const match = /Video: rawvideo(?: \([^)]*\))?, ([a-z0-9_]+)/.exec(line);
+    const match = /^\s*Stream #0:0.*?: Video: rawvideo(?: \([^)]*\))?, ([a-z0-9_]+)/.exec(line);
     if (match === null) continue;
     const size = /, (\d+)x(\d+)/.exec(line.slice(match.index + match[0].length));
     if (size === null) break;
@@ -456,20 +442,11 @@ function checkDecodedSize(frame: RawFrame, header: ImageHeader): void {
 }
 
 async function probeVideo(bytes: Uint8Array): Promise<{ width: number; height: number; total: number }> {
-  const run = await runFfmpeg([
-    "-v",
-    "error",
-    "-select_streams",
-    "v:0",
-    "-count_packets",
-    "-show_entries",
-    "stream=width,height,nb_read_packets",
-    "-of",
-    "default=noprint_wrappers=1",
-    "-o",
-    "probe.txt",
-    "in",
-  ], { inputs: { in: bytes }, outputs: ["probe.txt"], program: "ffprobe" });
+  // Headers and packet count only: nothing is decoded.
+  const args = "-v error -select_streams v:0 -count_packets -show_entries stream=width,height,nb_read_packets"
+    .split(" ");
+  args.push("-of", "default=noprint_wrappers=1", "-o", "probe.txt", "in");
+  const run = await runFfmpeg(args, { inputs: { in: bytes }, outputs: ["probe.txt"], program: "ffprobe" });
   const text = new TextDecoder().decode(run.outputs.get("probe.txt") ?? new Uint8Array());
   const field = (name: string) => Number(new RegExp(`^${name}=(\\d+)$`, "m").exec(text)?.[1] ?? NaN);
   const width = field("width"), height = field("height"), total = field("nb_read_packets");
@@ -508,9 +485,8 @@ function checkPixelCount(width: number, height: number, maxPixels: number, what:
 // Raw frames to RGB
 // ---------------------------------------------------------------------------------------------
 
-/** Byte offsets of R, G, B in a packed 3- or 4-byte pixel, by ffmpeg pixel format name. */
+/** Packed pixel formats by ffmpeg name: [bytes per pixel, byte offsets of R, G and B]. */
 const PACKED_LAYOUTS: Record<string, [number, number, number, number]> = {
-  // [bytes per pixel, R, G, B]
   rgb24: [3, 0, 1, 2],
   bgr24: [3, 2, 1, 0],
   rgba: [4, 0, 1, 2],
@@ -538,9 +514,8 @@ const PACKED_LAYOUTS: Record<string, [number, number, number, number]> = {
 function rawFrameToRgb(raw: Uint8Array, frame: RawFrame, format: ImageFormat): Uint8Array | null {
   const { pixelFormat, width, height } = frame;
   const pixels = width * height;
-  const layout = PACKED_LAYOUTS[pixelFormat];
-  if (layout !== undefined) {
-    const [stride, r, g, b] = layout;
+  if (Object.hasOwn(PACKED_LAYOUTS, pixelFormat)) {
+    const [stride, r, g, b] = PACKED_LAYOUTS[pixelFormat];
     if (raw.length !== pixels * stride) throw corrupt("decoded frame has the wrong size");
     const rgb = new Uint8Array(pixels * 3);
     for (let i = 0, at = 0; i < pixels; i++, at += stride) {
@@ -551,7 +526,7 @@ function rawFrameToRgb(raw: Uint8Array, frame: RawFrame, format: ImageFormat): U
     return rgb;
   }
   if (pixelFormat === "pal8") return palette8ToRgb(raw, pixels);
-  if (format === "jpeg" && pixelFormat in JPEG_CHROMA_SUBSAMPLING) {
+  if (format === "jpeg" && Object.hasOwn(JPEG_CHROMA_SUBSAMPLING, pixelFormat)) {
     const [shiftX, shiftY] = JPEG_CHROMA_SUBSAMPLING[pixelFormat];
     return jpegYccToRgb(raw, { width, height, shiftX, shiftY });
   }
@@ -830,8 +805,9 @@ async function runExclusive(args: string[], options: RunFfmpegOptions): Promise<
     let exitCode: number;
     try {
       // The log level is process-global in ffmpeg and would carry over from the previous run's
-      // `-v`: start each run at "info" (a later `-v` in args overrides it).
-      const fullArgs = ["-v", "info", ...args];
+      // `-v`: start each run at "info" unless args set a level.
+      const setsLevel = args.some((arg) => arg === "-v" || arg === "-loglevel");
+      const fullArgs = setsLevel ? args : ["-v", "info", ...args];
       exitCode = options.program === "ffprobe" ? core.ffprobe(...fullArgs) : core.exec(...fullArgs);
     } catch (error) {
       // A trap leaves the instance in an unknown state: the next run loads a fresh one.

@@ -45,7 +45,7 @@ export interface PreprocessOptions {
  * const white = { width: 4, height: 2, data: new Uint8Array(4 * 2 * 3).fill(255) };
  * const pixels = await preprocessImage(white, { imageSize: 4 });
  * console.log(pixels.length); // 48 = 3 × 4 × 4
- * console.log(pixels[0].toFixed(3), pixels[4].toFixed(3)); // "-0.004" (padding row) "1.930" (white)
+ * console.log(pixels[0].toFixed(3), pixels[4].toFixed(3)); // "-0.011" (padding row) "1.930" (white)
  * ```
  */
 export async function preprocessImage(
