@@ -8,11 +8,11 @@
  * beforehand), counts[countIndex] when not (vision); clamped to the capacity. The row count is
  * read on the GPU, so a decode step re-encodes the same dispatches.
  *
- * - rows < 8 (decode): one workgroup per (query row, head); its 64 threads split the keys, keep
- *   an online softmax each, and merge at the end.
- * - rows ≥ 8 (prefill): one workgroup per (64 query rows, head), one query row per thread; key and
- *   value tiles of 16 rows go through workgroup memory, so each is read once per 64 queries.
- * headDim ≤ 128.
+ * One kernel template, two instances: a workgroup serves one head and a block of query rows (1 row
+ * when rows < 8, i.e. decode; 8 rows for prefill), its 64 threads walk the visible keys in tiles
+ * of 64: thread j scores key j against the block's queries, every thread keeps the block's online
+ * softmax (running max and sum), and thread t accumulates output dims t and t + 64. Keys and
+ * values are read once per block. headDim is a multiple of 4, at most 128.
  * @module
  */
 import { type BufferSet, type Dispatch, type Gpu, grid } from "../runtime/gpu.ts";
@@ -63,11 +63,8 @@ export interface AttentionKernel {
   bindProbsMean(buffers: BufferSet, args: AttentionProbsMeanArgs): Dispatch[];
 }
 
-/** Largest supported head dimension (sizes private and workgroup arrays). */
+/** Largest supported head dimension (two output dims per thread; sizes workgroup arrays). */
 export const MAX_HEAD_DIM = 128;
-const DECODE_MAX_ROWS = 8;
-const QUERY_BLOCK = 64;
-const KEY_TILE = 16;
 
 const COMMON = `
 struct Params {
@@ -83,7 +80,6 @@ struct Params {
 }
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> q: array<f32>;
-@group(0) @binding(2) var<storage, read> keys: array<f32>;
 
 fn visible_keys(m: u32) -> u32 {
   var n = counts[params.count_index];
@@ -100,161 +96,171 @@ fn kv_head_of(h: u32) -> u32 {
 }
 `;
 
-/** Decode: workgroup (m, h); thread t takes keys t, t + 64, ... in groups of 8, then all merge. */
-const DECODE_SOURCE = `${COMMON}
+/** How many query rows a workgroup serves: `groups` variables of `width` (1: f32, 4: vec4f) rows. */
+interface QueryBlock {
+  groups: number;
+  width: 1 | 4;
+}
+
+/** Decode (rows < 8): one query row per workgroup. */
+const DECODE_BLOCK: QueryBlock = { groups: 1, width: 1 };
+/** Calls with at least this many query rows use {@link PREFILL_BLOCK}. */
+const PREFILL_ROWS = 8;
+/** Prefill: 8 query rows per workgroup, held as 2 vec4s (more rows compile slowly on GL drivers). */
+const PREFILL_BLOCK: QueryBlock = { groups: 2, width: 4 };
+const KEY_TILE = 64;
+
+/**
+ * Workgroup (block of query rows, head h), 64 threads, keys in tiles of 64:
+ * 1. thread j scores key j of the tile against every query of the block (q in workgroup memory);
+ * 2. every thread takes the tile's max of those scores (the same in all threads) and rescales its
+ *    running sum and outputs; thread j turns its scores into probabilities;
+ * 3. thread t accumulates dims t and t + 64 of every query's output over the tile's values.
+ * Per-thread state is a fixed set of scalar or vec4 variables: no indexed private arrays, which
+ * some drivers spill or compile very slowly.
+ */
+function attentionSource(block: QueryBlock): string {
+  const { groups, width } = block;
+  const queries = groups * width;
+  const vec = width === 4 ? "vec4f" : "f32";
+  const uvec = width === 4 ? "vec4u" : "u32";
+  const each = (line: (g: number) => string) =>
+    Array.from({ length: groups }, (_, g) => line(g)).join("\n  ");
+  /** WGSL building a `uvec`/`vec` from per-row expressions of query rows g·width + c. */
+  const rowsOf = (type: string, g: number, row: (i: number) => string) =>
+    width === 1 ? row(g) : `${type}(${[0, 1, 2, 3].map((c) => row(4 * g + c)).join(", ")})`;
+  const component = (expr: string, c: string) => width === 1 ? expr : `${expr}[${c}]`;
+  const qIndex = width === 1 ? "(d / 4u) * GROUPS + i" : "d * GROUPS + i / 4u";
+  const qComponent = width === 1 ? "d % 4u" : "i % 4u";
+  const score = (g: number) =>
+    width === 1
+      ? `dot${g} += dot(q_tile[d4 * GROUPS + ${g}u], k);`
+      : `dot${g} += q_tile[4u * d4 * GROUPS + ${g}u] * k.x + q_tile[(4u * d4 + 1u) * GROUPS + ${g}u] * k.y +
+          q_tile[(4u * d4 + 2u) * GROUPS + ${g}u] * k.z + q_tile[(4u * d4 + 3u) * GROUPS + ${g}u] * k.w;`;
+  return `${COMMON}
+@group(0) @binding(2) var<storage, read> keys: array<vec4f>;
 @group(0) @binding(3) var<storage, read> values: array<f32>;
 @group(0) @binding(4) var<storage, read> counts: array<u32>;
 @group(0) @binding(5) var<storage, read_write> out: array<f32>;
-var<workgroup> red_max: array<f32, 64>;
-var<workgroup> red_sum: array<f32, 64>;
-var<workgroup> red_acc: array<f32, 2048>;   // [64 threads][32 dims]
+const GROUPS = ${groups}u;
+const QUERIES = ${queries}u;
+const MASKED = -3.0e38;
+// q · scale: width 1: [d / 4][query] as vec4 over d; width 4: [d][group] as vec4 over 4 queries.
+var<workgroup> q_tile: array<vec4f, ${MAX_HEAD_DIM * groups / (4 / width)}>;
+var<workgroup> s_tile: array<${vec}, ${KEY_TILE * groups}>;       // [key][group]: scores
+var<workgroup> p_tile: array<${vec}, ${KEY_TILE * groups}>;       // [key][group]: probabilities
 
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
         @builtin(local_invocation_index) lid: u32) {
-  let linear = wid.x + wid.y * nwg.x;
-  if (linear >= params.rows * params.heads) { return; }
-  let m = linear / params.heads;
-  let h = linear % params.heads;
-  let kvh = kv_head_of(h);
-  let d_len = params.head_dim;
-  let n = visible_keys(m);
-  var qv: array<f32, ${MAX_HEAD_DIM}>;
-  var acc: array<f32, ${MAX_HEAD_DIM}>;
-  let q_base = (m * params.heads + h) * d_len;
-  for (var d = 0u; d < d_len; d++) {
-    qv[d] = q[q_base + d] * params.scale;
-    acc[d] = 0.0;
-  }
-  var run_max = -3.0e38;
-  var run_sum = 0.0;
-  for (var r0 = lid; r0 < n; r0 += 512u) {
-    var s: array<f32, 8>;
-    var group_max = run_max;
-    var count = 0u;
-    for (var j = 0u; j < 8u; j++) {
-      let r = r0 + 64u * j;
-      if (r >= n) { break; }
-      let k_base = key_offset(r, kvh);
-      var dot_qk = 0.0;
-      for (var d = 0u; d < d_len; d++) { dot_qk += qv[d] * keys[k_base + d]; }
-      s[j] = dot_qk;
-      group_max = max(group_max, dot_qk);
-      count = j + 1u;
-    }
-    let rescale = exp(run_max - group_max);
-    run_sum *= rescale;
-    for (var d = 0u; d < d_len; d++) { acc[d] *= rescale; }
-    run_max = group_max;
-    for (var j = 0u; j < count; j++) {
-      let p = exp(s[j] - run_max);
-      run_sum += p;
-      let v_base = key_offset(r0 + 64u * j, kvh);
-      for (var d = 0u; d < d_len; d++) { acc[d] += p * values[v_base + d]; }
-    }
-  }
-  // Merge the 64 partial softmaxes: common max, then sums and accumulators.
-  red_max[lid] = run_max;
-  workgroupBarrier();
-  for (var st = 32u; st > 0u; st >>= 1u) {
-    if (lid < st) { red_max[lid] = max(red_max[lid], red_max[lid + st]); }
-    workgroupBarrier();
-  }
-  let rescale = exp(run_max - red_max[0]);
-  red_sum[lid] = run_sum * rescale;
-  workgroupBarrier();
-  for (var st = 32u; st > 0u; st >>= 1u) {
-    if (lid < st) { red_sum[lid] += red_sum[lid + st]; }
-    workgroupBarrier();
-  }
-  let total = red_sum[0];
-  let inv = select(0.0, 1.0 / total, total > 0.0);
-  for (var d0 = 0u; d0 < d_len; d0 += 32u) {
-    for (var dd = 0u; dd < 32u; dd++) {
-      if (d0 + dd < d_len) { red_acc[lid * 32u + dd] = acc[d0 + dd] * rescale; }
-    }
-    workgroupBarrier();
-    if (lid < 32u && d0 + lid < d_len) {
-      var v = 0.0;
-      for (var t = 0u; t < 64u; t++) { v += red_acc[t * 32u + lid]; }
-      out[q_base + d0 + lid] = v * inv;
-    }
-    workgroupBarrier();
-  }
-}
-`;
-
-/** Prefill: workgroup (block of 64 query rows, h); one query row per thread, key tiles shared. */
-const ROWS_SOURCE = `${COMMON}
-@group(0) @binding(3) var<storage, read> values: array<f32>;
-@group(0) @binding(4) var<storage, read> counts: array<u32>;
-@group(0) @binding(5) var<storage, read_write> out: array<f32>;
-var<workgroup> k_tile: array<f32, ${KEY_TILE * MAX_HEAD_DIM}>;
-var<workgroup> v_tile: array<f32, ${KEY_TILE * MAX_HEAD_DIM}>;
-
-@compute @workgroup_size(${QUERY_BLOCK})
-fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
-        @builtin(local_invocation_index) lid: u32) {
-  let blocks = (params.rows + ${QUERY_BLOCK - 1}u) / ${QUERY_BLOCK}u;
+  let blocks = (params.rows + QUERIES - 1u) / QUERIES;
   let linear = wid.x + wid.y * nwg.x;
   if (linear >= blocks * params.heads) { return; }
   let h = linear % params.heads;
-  let first = (linear / params.heads) * ${QUERY_BLOCK}u;
+  let first = (linear / params.heads) * QUERIES;
   let kvh = kv_head_of(h);
   let d_len = params.head_dim;
-  let m = first + lid;
-  let in_range = m < params.rows;
-  let block_keys = visible_keys(min(params.rows, first + ${QUERY_BLOCK}u) - 1u);  // most in the block
-  let my_keys = select(0u, visible_keys(m), in_range);
-  let q_base = (m * params.heads + h) * d_len;
-  var qv: array<f32, ${MAX_HEAD_DIM}>;
-  var acc: array<f32, ${MAX_HEAD_DIM}>;
-  for (var d = 0u; d < d_len; d++) {
-    if (in_range) { qv[d] = q[q_base + d] * params.scale; }
-    acc[d] = 0.0;
+  for (var e = lid; e < d_len * QUERIES; e += 64u) {
+    let i = e / d_len;
+    let d = e % d_len;
+    let m = first + i;
+    var v = 0.0;
+    if (m < params.rows) { v = q[(m * params.heads + h) * d_len + d] * params.scale; }
+    q_tile[${qIndex}][${qComponent}] = v;
   }
-  var run_max = -3.0e38;
-  var run_sum = 0.0;
-  for (var t0 = 0u; t0 < block_keys; t0 += ${KEY_TILE}u) {
-    let tile_rows = min(${KEY_TILE}u, block_keys - t0);
-    for (var e = lid; e < tile_rows * d_len; e += ${QUERY_BLOCK}u) {
-      let j = e / d_len;
-      let src = key_offset(t0 + j, kvh) + (e - j * d_len);
-      k_tile[e] = keys[src];
-      v_tile[e] = values[src];
+  // Keys visible to each query row of the block (0 for rows past the end).
+  ${
+    each((g) =>
+      `let visible${g} = select(${uvec}(0u), ${rowsOf(uvec, g, (i) => `visible_keys(first + ${i}u)`)}, ${
+        rowsOf(uvec, g, (i) => `first + ${i}u`)
+      } < ${uvec}(params.rows));`
+    )
+  }
+  let block_keys = visible_keys(min(params.rows, first + QUERIES) - 1u);   // most in the block
+  let d0 = lid;
+  let d1 = lid + 64u;
+  ${
+    each((g) =>
+      `var out${g}a = ${vec}(0.0);
+  var out${g}b = ${vec}(0.0);
+  var run_max${g} = ${vec}(MASKED);
+  var run_sum${g} = ${vec}(0.0);`
+    )
+  }
+  for (var r0 = 0u; r0 < block_keys; r0 += ${KEY_TILE}u) {
+    workgroupBarrier();
+    let tile_keys = min(${KEY_TILE}u, block_keys - r0);
+    let r = r0 + lid;
+    ${each((g) => `var s${g} = ${vec}(MASKED);`)}
+    if (lid < tile_keys) {
+      let k_base = key_offset(r, kvh) / 4u;
+      ${each((g) => `var dot${g} = ${vec}(0.0);`)}
+      for (var d4 = 0u; d4 < d_len / 4u; d4++) {
+        let k = keys[k_base + d4];
+        ${each(score)}
+      }
+      ${each((g) => `s${g} = select(dot${g}, ${vec}(MASKED), ${uvec}(r) >= visible${g});`)}
+      ${each((g) => `s_tile[lid * GROUPS + ${g}u] = s${g};`)}
     }
     workgroupBarrier();
-    let n = select(0u, min(${KEY_TILE}u, my_keys - t0), my_keys > t0);
-    if (n > 0u) {
-      var s: array<f32, ${KEY_TILE}>;
-      var tile_max = run_max;
-      for (var j = 0u; j < n; j++) {
-        var dot_qk = 0.0;
-        for (var d = 0u; d < d_len; d++) { dot_qk += qv[d] * k_tile[j * d_len + d]; }
-        s[j] = dot_qk;
-        tile_max = max(tile_max, dot_qk);
-      }
-      let rescale = exp(run_max - tile_max);
-      run_sum *= rescale;
-      for (var d = 0u; d < d_len; d++) { acc[d] *= rescale; }
-      run_max = tile_max;
-      for (var j = 0u; j < n; j++) {
-        let p = exp(s[j] - run_max);
-        run_sum += p;
-        for (var d = 0u; d < d_len; d++) { acc[d] += p * v_tile[j * d_len + d]; }
-      }
+    ${each((g) => `var tile_max${g} = run_max${g};`)}
+    for (var j = 0u; j < tile_keys; j++) {
+      ${each((g) => `tile_max${g} = max(tile_max${g}, s_tile[j * GROUPS + ${g}u]);`)}
+    }
+    ${
+    each((g) =>
+      `let factor${g} = exp(run_max${g} - tile_max${g});
+    run_max${g} = tile_max${g};
+    run_sum${g} *= factor${g};
+    out${g}a *= factor${g};
+    out${g}b *= factor${g};`
+    )
+  }
+    if (lid < tile_keys) {
+      ${
+    each((g) =>
+      `p_tile[lid * GROUPS + ${g}u] = select(exp(s${g} - run_max${g}), ${vec}(0.0), s${g} <= ${vec}(MASKED));`
+    )
+  }
     }
     workgroupBarrier();
+    for (var j = 0u; j < tile_keys; j++) {
+      let v_base = key_offset(r0 + j, kvh);
+      // Lanes past head_dim read a valid element and accumulate junk that is never written.
+      let va = values[v_base + min(d0, d_len - 1u)];
+      var vb = 0.0;
+      if (d_len > 64u) { vb = values[v_base + min(d1, d_len - 1u)]; }
+      ${
+    each((g) =>
+      `let p${g} = p_tile[j * GROUPS + ${g}u];
+      run_sum${g} += p${g};
+      out${g}a += p${g} * va;
+      out${g}b += p${g} * vb;`
+    )
   }
-  if (in_range) {
-    let inv = select(0.0, 1.0 / run_sum, run_sum > 0.0);
-    for (var d = 0u; d < d_len; d++) { out[q_base + d] = acc[d] * inv; }
+    }
+  }
+  ${each((g) => `write_rows(first + ${g * width}u, h, d0, run_sum${g}, out${g}a, out${g}b);`)}
+}
+
+/** Writes dims d0 and d0 + 64 of query rows m.. (those < rows), divided by their sums. */
+fn write_rows(m: u32, h: u32, d0: u32, sums: ${vec}, a: ${vec}, b: ${vec}) {
+  let inv = select(${vec}(0.0), 1.0 / sums, sums > ${vec}(0.0));
+  for (var c = 0u; c < ${width}u; c++) {
+    if (m + c >= params.rows) { return; }
+    let base = ((m + c) * params.heads + h) * params.head_dim;
+    if (d0 < params.head_dim) { out[base + d0] = ${component("a", "c")} * ${component("inv", "c")}; }
+    if (d0 + 64u < params.head_dim) { out[base + d0 + 64u] = ${component("b", "c")} * ${
+    component("inv", "c")
+  }; }
   }
 }
 `;
+}
 
 /** Probs mean, pass 1: workgroup h finds the max and the exp-sum of row \`row\`'s scores. */
 const STATS_SOURCE = `${COMMON}
+@group(0) @binding(2) var<storage, read> keys: array<f32>;
 @group(0) @binding(3) var<storage, read> counts: array<u32>;
 @group(0) @binding(4) var<storage, read_write> stats: array<f32>;   // [heads][max, sum]
 var<workgroup> red_max: array<f32, 64>;
@@ -298,6 +304,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid:
 
 /** Probs mean, pass 2: thread r averages key r's probability over heads. */
 const MEAN_SOURCE = `${COMMON}
+@group(0) @binding(2) var<storage, read> keys: array<f32>;
 @group(0) @binding(3) var<storage, read> counts: array<u32>;
 @group(0) @binding(4) var<storage, read> stats: array<f32>;
 @group(0) @binding(5) var<storage, read_write> out: array<f32>;
@@ -327,23 +334,23 @@ fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg:
  * const gpu = await createGpu();
  * const buffers = new BufferSet(gpu);
  * const attention = await createAttention(gpu);
- * const q = buffers.upload(new Float32Array([1, 0]), "q");
- * const keys = buffers.upload(new Float32Array([1, 0, 0, 1]), "keys");
- * const values = buffers.upload(new Float32Array([1, 2, 3, 4]), "values");
+ * const q = buffers.upload(new Float32Array([2, 0, 0, 0]), "q");
+ * const keys = buffers.upload(new Float32Array([1, 0, 0, 0, 0, 1, 0, 0]), "keys");
+ * const values = buffers.upload(new Float32Array([1, 2, 3, 4, 5, 6, 7, 8]), "values");
  * const counts = buffers.upload(new Uint32Array([1]), "counts"); // one cached row, then this query's
- * const out = buffers.storage(8, "out");
+ * const out = buffers.storage(16, "out");
  * gpu.submit(attention.bind(buffers, {
- *   q, keys, values, out, counts, countIndex: 0, rows: 1, heads: 1, kvHeads: 1, headDim: 2, causal: true,
+ *   q, keys, values, out, counts, countIndex: 0, rows: 1, heads: 1, kvHeads: 1, headDim: 4, causal: true,
  * }));
- * console.log(new Float32Array(await gpu.read(out, 0, 8))); // ≈ [1.66, 2.66]
+ * console.log(new Float32Array(await gpu.read(out, 0, 16))); // ≈ [2.08, 3.08, 4.08, 5.08]
  * buffers.destroy();
  * gpu.destroy();
  * ```
  */
 export async function createAttention(gpu: Gpu): Promise<AttentionKernel> {
-  const [decode, rows, stats, mean] = await Promise.all([
-    gpu.pipeline("attention_decode", DECODE_SOURCE),
-    gpu.pipeline("attention_rows", ROWS_SOURCE),
+  const [decode, prefill, stats, mean] = await Promise.all([
+    gpu.pipeline("attention_decode", attentionSource(DECODE_BLOCK)),
+    gpu.pipeline("attention_prefill", attentionSource(PREFILL_BLOCK)),
     gpu.pipeline("attention_probs_stats", STATS_SOURCE),
     gpu.pipeline("attention_probs_mean", MEAN_SOURCE),
   ]);
@@ -351,11 +358,9 @@ export async function createAttention(gpu: Gpu): Promise<AttentionKernel> {
     bind(buffers: BufferSet, args: AttentionArgs): Dispatch[] {
       const params = paramsBuffer(buffers, args, args.keys, 0);
       const bindings = [params, args.q, args.keys, args.values, args.counts, args.out];
-      if (args.rows < DECODE_MAX_ROWS) {
-        return [gpu.dispatch(decode, bindings, grid(args.rows * args.heads))];
-      }
-      const blocks = Math.ceil(args.rows / QUERY_BLOCK) * args.heads;
-      return [gpu.dispatch(rows, bindings, grid(blocks))];
+      const block = args.rows < PREFILL_ROWS ? DECODE_BLOCK : PREFILL_BLOCK;
+      const blocks = Math.ceil(args.rows / (block.groups * block.width)) * args.heads;
+      return [gpu.dispatch(block === DECODE_BLOCK ? decode : prefill, bindings, grid(blocks))];
     },
     bindProbsMean(buffers: BufferSet, args: AttentionProbsMeanArgs): Dispatch[] {
       const params = paramsBuffer(buffers, { ...args, rows: args.row + 1 }, args.keys, args.row);
@@ -384,9 +389,9 @@ interface Shape {
 
 function paramsBuffer(buffers: BufferSet, shape: Shape, keys: GPUBuffer, row: number): GPUBuffer {
   const { heads, kvHeads, headDim } = shape;
-  if (headDim > MAX_HEAD_DIM || headDim < 1) {
+  if (headDim > MAX_HEAD_DIM || headDim < 4 || headDim % 4 !== 0) {
     throw new GpuError(
-      `Cannot bind attention: head dim ${headDim} is outside 1..${MAX_HEAD_DIM}`,
+      `Cannot bind attention: head dim ${headDim} is not a multiple of 4 in 4..${MAX_HEAD_DIM}`,
       "attention",
     );
   }
