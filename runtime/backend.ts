@@ -84,6 +84,8 @@ export interface Backend {
   /** Runs the vision tower and projector on preprocessed images ([3, S, S] each). */
   encodeImages(pixels: Float32Array[]): Promise<ImageFeatures>;
   openSession(input: SessionInput): BackendSession;
+  /** GPU readbacks (mapAsync calls) made so far; 0 on the CPU. */
+  readonly readbacks: number;
   /** Frees the weights (and the device). */
   dispose(): void;
 }

@@ -14,7 +14,7 @@ import {
   attentionProbsMean,
   gatherRows,
   linear,
-  logSoftmax,
+  logSoftmaxAt,
   rmsNorm,
   rope,
   swiglu,
@@ -74,6 +74,7 @@ class LayerCache {
 /** The CPU backend of a loaded model. Create with {@link createCpuBackend}. */
 class CpuBackend implements Backend {
   readonly kind = "cpu" as const;
+  readonly readbacks = 0;
   constructor(
     readonly config: ModelConfig,
     readonly weights: CpuWeights,
@@ -318,7 +319,7 @@ class CpuSession implements BackendSession {
       this.ledger.admit(pos, { fromLayer: this.input.plan.admitLayer, admitted: admit });
       const logits = this.#lastLogits(out.rows);
       if (options.forced && s + 1 < options.forced.length) {
-        logProbs.push(logSoftmax(logits)[options.forced[s + 1]]);
+        logProbs.push(logSoftmaxAt(logits, options.forced[s + 1]));
       }
       this.#last = this.#sample(logits);
       tokens.push(this.#last);

@@ -257,6 +257,22 @@ export function logSoftmax(x: Float32Array): Float32Array {
   return x.map((v) => v - lse);
 }
 
+/**
+ * log_softmax(x)[id] without building the whole vector.
+ * @example
+ * ```ts
+ * import { logSoftmaxAt } from "./cpu_ops.ts";
+ * console.log(Math.exp(logSoftmaxAt(new Float32Array([0, 0]), 1))); // 0.5
+ * ```
+ */
+export function logSoftmaxAt(x: Float32Array, id: number): number {
+  let max = -Infinity;
+  for (const v of x) if (v > max) max = v;
+  let sum = 0;
+  for (const v of x) sum += Math.exp(v - max);
+  return x[id] - max - Math.log(sum);
+}
+
 /** Index of the largest value (first on ties). */
 export function argmax(x: ArrayLike<number>): number {
   let best = 0;

@@ -30,6 +30,13 @@ export interface GpuOptions {
   powerPreference?: GPUPowerPreference;
 }
 
+/** A byte range of a buffer to read back. */
+export interface ReadRange {
+  buffer: GPUBuffer;
+  offset: number;
+  size: number;
+}
+
 /** Largest workgroup count per grid dimension that WebGPU guarantees. */
 export const MAX_GRID = 65535;
 
@@ -174,25 +181,65 @@ export class Gpu {
 
   /** Copies `size` bytes of `buffer` from `offset` back to the CPU (one mapAsync). */
   async read(buffer: GPUBuffer, offset: number, size: number): Promise<ArrayBuffer> {
-    this.checkAlive();
-    const staging = this.device.createBuffer({
-      size,
-      usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
-    });
-    try {
-      const encoder = this.device.createCommandEncoder();
-      encoder.copyBufferToBuffer(buffer, offset, staging, 0, size);
-      this.device.queue.submit([encoder.finish()]);
-      await Promise.race([staging.mapAsync(GPUMapMode.READ), this.#lostPromise]);
-      return staging.getMappedRange().slice(0);
-    } finally {
-      staging.destroy();
-    }
+    return (await readRanges(this, [{ buffer, offset, size }]))[0];
   }
+
+  /** mapAsync calls made so far (each costs ~10 ms in Deno): tests and benchmarks count them. */
+  readbacks = 0;
 
   /** Maps a MAP_READ buffer for reading, failing fast if the device is lost. */
   async mapped(staging: GPUBuffer): Promise<void> {
+    this.readbacks++;
     await Promise.race([staging.mapAsync(GPUMapMode.READ), this.#lostPromise]);
+  }
+
+  #pendingJobs: {
+    encode: (encoder: GPUCommandEncoder) => void;
+    ranges: ReadRange[];
+    done: PromiseWithResolvers<ArrayBuffer[]>;
+  }[] = [];
+
+  /**
+   * Encodes work and reads ranges back, coalescing every call made before the next macrotask into
+   * one submission and one mapAsync: concurrent requests (a batch) share each readback.
+   * @example
+   * ```ts
+   * import { BufferSet, createGpu } from "./gpu.ts";
+   * const gpu = await createGpu();
+   * const set = new BufferSet(gpu);
+   * const a = set.upload(new Uint32Array([7]), "a"), b = set.upload(new Uint32Array([9]), "b");
+   * const [[x], [y]] = await Promise.all([
+   *   gpu.submitAndRead(() => {}, [{ buffer: a, offset: 0, size: 4 }]),
+   *   gpu.submitAndRead(() => {}, [{ buffer: b, offset: 0, size: 4 }]),
+   * ]);
+   * console.log(new Uint32Array(x)[0], new Uint32Array(y)[0], gpu.readbacks); // 7 9 1
+   * set.destroy();
+   * gpu.destroy();
+   * ```
+   */
+  submitAndRead(encode: (encoder: GPUCommandEncoder) => void, ranges: ReadRange[]): Promise<ArrayBuffer[]> {
+    this.checkAlive();
+    const done = Promise.withResolvers<ArrayBuffer[]>();
+    if (this.#pendingJobs.length === 0) setTimeout(() => this.#flushJobs(), 0);
+    this.#pendingJobs.push({ encode, ranges, done });
+    return done.promise;
+  }
+
+  async #flushJobs(): Promise<void> {
+    const jobs = this.#pendingJobs.splice(0);
+    try {
+      const encoder = this.device.createCommandEncoder();
+      for (const job of jobs) job.encode(encoder);
+      this.device.queue.submit([encoder.finish()]);
+      const data = await readRanges(this, jobs.flatMap((job) => job.ranges));
+      let at = 0;
+      for (const job of jobs) {
+        job.done.resolve(data.slice(at, at + job.ranges.length));
+        at += job.ranges.length;
+      }
+    } catch (err) {
+      for (const job of jobs) job.done.reject(err);
+    }
   }
 
   /** Waits until all submitted work is done (or throws if the device was lost). */
@@ -369,7 +416,7 @@ export function grid(count: number): [number, number, number] {
  */
 export async function readRanges(
   gpu: Gpu,
-  ranges: { buffer: GPUBuffer; offset: number; size: number }[],
+  ranges: ReadRange[],
 ): Promise<ArrayBuffer[]> {
   gpu.checkAlive();
   const offsets: number[] = [];

@@ -16,9 +16,10 @@ import type { Checkpoint } from "./checkpoint.ts";
 import { readCheckpointTensor } from "./checkpoint.ts";
 import type { ModelConfig, TextConfig } from "./config.ts";
 import type { LayerRows } from "./cost.ts";
-import { BufferSet, createGpu, type Dispatch, type Gpu, readRanges, writeBuffer } from "./gpu.ts";
+import { BufferSet, createGpu, type Dispatch, type Gpu, writeBuffer } from "./gpu.ts";
 import type { PruneSignals, RowKind } from "./policy.ts";
 import { KvLedger } from "./sparse_kv.ts";
+import { logSoftmaxAt } from "./cpu_ops.ts";
 import { uploadWeight, type WeightTensor } from "./weights_gpu.ts";
 import { loadPredictors } from "./model.ts";
 import { createKernels, type Kernels } from "./gpu_kernels.ts";
@@ -336,6 +337,10 @@ class GpuBackend implements Backend {
     return new GpuSession(this, input);
   }
 
+  get readbacks(): number {
+    return this.gpu.readbacks;
+  }
+
   dispose(): void {
     this.buffers.destroy();
     this.gpu.destroy();
@@ -626,10 +631,9 @@ class GpuSession implements BackendSession {
         temperature: this.input.sampling.temperature,
         topP: this.input.sampling.topP,
       }));
-      gpu.submit(pending);
       const ranges = [{ buffer: this.#tokens, offset: options.step * 4, size: 4 }];
       if (options.wantLogits) ranges.push({ buffer: a.logits, offset: 0, size: t.vocabSize * 4 });
-      const [tokenBytes, logitBytes] = await readRanges(gpu, ranges);
+      const [tokenBytes, logitBytes] = await gpu.submitAndRead((enc) => gpu.encode(enc, pending), ranges);
       this.passes.push({ phase: options.phase, layers });
       this.#writeState({ counts: this.#rows });
       return {
@@ -674,12 +678,14 @@ class GpuSession implements BackendSession {
       ranges.push({ buffer: a.probs, offset: 0, size: kinds.length * 4 });
       want.push("lastRowAttention");
     }
-    gpu.submit(d);
     const signals: PruneSignals = {};
     if (plan.needs.visionScores) signals.visionScores = new Float32Array(0);
     if (plan.needs.textLogits) signals.textLogits = new Float32Array(0);
-    if (ranges.length === 0) return signals;
-    const data = await readRanges(gpu, ranges);
+    if (ranges.length === 0) {
+      gpu.submit(d);
+      return signals;
+    }
+    const data = await gpu.submitAndRead((enc) => gpu.encode(enc, d), ranges);
     want.forEach((key, i) => (signals[key] = new Float32Array(data[i])));
     return signals;
   }
@@ -779,67 +785,63 @@ class GpuSession implements BackendSession {
   }
 
   async decode(steps: number, options: { forced?: number[] } = {}) {
-    const gpu = this.backend.gpu, t = this.#text, plan = this.input.plan;
-    const promptLen = this.input.rows.ids.length;
-    const logProbs: number[] = [];
-    if (options.forced) {
-      // Teacher forcing: one step per token, the fed token written before each step.
-      const tokens: number[] = [], admitted: boolean[] = [];
-      for (let s = 0; s < steps; s++) {
-        this.#writeState({ token: options.forced[s] });
-        const out = await this.decode(1);
-        tokens.push(...out.tokens);
-        admitted.push(...out.admitted);
-        if (s + 1 < options.forced.length) {
-          const logits = new Float32Array(await gpu.read(this.#act.logits, 0, t.vocabSize * 4));
-          let max = -Infinity;
-          for (const v of logits) if (v > max) max = v;
-          let sum = 0;
-          for (const v of logits) sum += Math.exp(v - max);
-          logProbs.push(logits[options.forced[s + 1]] - max - Math.log(sum));
-        }
-      }
-      return { tokens, admitted, logProbs };
+    const forced = options.forced;
+    if (!forced) return await this.#steps(steps, { withLogits: false });
+    // Teacher forcing: one step per token, the fed token written into the state before each step.
+    const tokens: number[] = [], admitted: boolean[] = [], logProbs: number[] = [];
+    for (let s = 0; s < steps; s++) {
+      this.#writeState({ token: forced[s] });
+      const out = await this.#steps(1, { withLogits: s + 1 < forced.length });
+      tokens.push(...out.tokens);
+      admitted.push(...out.admitted);
+      if (out.logits) logProbs.push(logSoftmaxAt(out.logits, forced[s + 1]));
     }
+    return { tokens, admitted, logProbs };
+  }
+
+  /** Runs `steps` decode steps on the GPU, then reads tokens, flags and row counts back once. */
+  async #steps(steps: number, options: { withLogits: boolean }) {
+    const gpu = this.backend.gpu, t = this.#text, plan = this.input.plan;
     this.#ensureCapacity(this.#rows.map((n) => n + steps + 1));
     const step = this.#decodeStep();
-    const enc = gpu.device.createCommandEncoder();
-    for (let s = 0; s < steps; s++) gpu.encode(enc, step);
-    gpu.device.queue.submit([enc.finish()]);
     const first = this.#decoded + 1;
-    const [tokenBytes, flagBytes, stateBytes] = await readRanges(gpu, [
+    const ranges = [
       { buffer: this.#tokens, offset: first * 4, size: steps * 4 },
       { buffer: this.#flags, offset: first * 4, size: steps * 4 },
       { buffer: this.#state, offset: 0, size: (STATE_COUNTS + t.numLayers) * 4 },
-    ]);
+    ];
+    if (options.withLogits) ranges.push({ buffer: this.#act.logits, offset: 0, size: t.vocabSize * 4 });
+    // Concurrent sessions (generateBatch) share this submission and its single readback.
+    const [tokenBytes, flagBytes, stateBytes, logitBytes] = await gpu.submitAndRead((enc) => {
+      for (let s = 0; s < steps; s++) gpu.encode(enc, step);
+    }, ranges);
     const tokens = [...new Uint32Array(tokenBytes)];
-    const flags = new Uint32Array(flagBytes);
-    const admitted = Array.from(flags, (f) => plan.admission === "all" || f === 1);
-    const layers: LayerRows[] = [];
+    const admitted = Array.from(new Uint32Array(flagBytes), (f) => plan.admission === "all" || f === 1);
+    const promptLen = this.input.rows.ids.length;
     for (let s = 0; s < steps; s++) {
-      const position = promptLen + this.#decoded + s;
-      const stepLayers: LayerRows[] = this.#rows.map((cached, l) => ({
-        newRows: 1,
-        cachedRows: cached,
-        paperNewRows: 1,
-        paperCachedRows: this.#paperRows[l],
-      }));
-      this.passes.push({ phase: "decode", layers: stepLayers });
+      this.passes.push({
+        phase: "decode",
+        layers: this.#rows.map((cached, l) => ({
+          newRows: 1,
+          cachedRows: cached,
+          paperNewRows: 1,
+          paperCachedRows: this.#paperRows[l],
+        })),
+      });
       for (let l = 0; l < t.numLayers; l++) {
         if (l < plan.admitLayer || admitted[s]) {
           this.#rows[l]++;
           this.#paperRows[l]++;
         }
       }
-      this.ledger.admit(position, { fromLayer: plan.admitLayer, admitted: admitted[s] });
+      this.ledger.admit(promptLen + this.#decoded + s, { fromLayer: plan.admitLayer, admitted: admitted[s] });
     }
-    void layers;
     const counts = Array.from(new Uint32Array(stateBytes).subarray(STATE_COUNTS));
     if (counts.some((n, l) => n !== this.#rows[l])) {
       throw new Error(`internal: GPU row counts ${counts} differ from the ledger ${this.#rows}`);
     }
     this.#decoded += steps;
-    return { tokens, admitted };
+    return { tokens, admitted, logits: logitBytes ? new Float32Array(logitBytes) : undefined };
   }
 
   async recompute(generated: number[], options: { wantLogits?: boolean } = {}) {

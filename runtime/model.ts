@@ -9,6 +9,7 @@ import type { Backend, ImageFeatures } from "./backend.ts";
 import { type Checkpoint, openCheckpoint, readCheckpointTensor } from "./checkpoint.ts";
 import type { ModelConfig } from "./config.ts";
 import { createCpuBackend } from "./cpu_backend.ts";
+import { logSoftmaxAt } from "./cpu_ops.ts";
 import { InputError } from "./errors.ts";
 import { type GenerateEvent, type GenerateResult, runGeneration } from "./generate.ts";
 import { createGpuBackend } from "./gpu_backend.ts";
@@ -146,7 +147,8 @@ export class Model {
   }
 
   /**
-   * Runs several requests; results equal running them one by one.
+   * Runs several requests together: their decode steps share GPU submissions and readbacks (each
+   * sequence keeps its own KV cache, ragged), and results equal running them one by one.
    * @example
    * ```ts
    * import { loadModel } from "../mod.ts";
@@ -156,10 +158,8 @@ export class Model {
    * model.dispose();
    * ```
    */
-  async generateBatch(requests: GenerateRequest[]): Promise<GenerateResult[]> {
-    const results: GenerateResult[] = [];
-    for (const r of requests) results.push(await this.generate(r));
-    return results;
+  generateBatch(requests: GenerateRequest[]): Promise<GenerateResult[]> {
+    return this.#exclusive(() => Promise.all(requests.map((request) => this.#generate(request, () => {}))));
   }
 
   /**
@@ -233,11 +233,10 @@ export class Model {
         maxNewTokens: target.length + 1,
         kvCache: request.kvCache ?? true,
       });
-      const pick = (logits: Float32Array, id: number) => logSoftmaxAt(logits, id);
       try {
         if (request.kvCache ?? true) {
           const first = await session.prefill({ wantLogits: true });
-          const lp = [pick(first.logits!, target[0])];
+          const lp = [logSoftmaxAt(first.logits!, target[0])];
           if (target.length > 1) {
             lp.push(...(await session.decode(target.length - 1, { forced: target })).logProbs!);
           }
@@ -246,7 +245,7 @@ export class Model {
         const lp: number[] = [];
         for (let i = 0; i < target.length; i++) {
           const out = await session.recompute(target.slice(0, i), { wantLogits: true });
-          lp.push(pick(out.logits!, target[i]));
+          lp.push(logSoftmaxAt(out.logits!, target[i]));
         }
         return lp;
       } finally {
@@ -333,14 +332,6 @@ export class Model {
       images?.dispose();
     }
   }
-}
-
-function logSoftmaxAt(logits: Float32Array, id: number): number {
-  let max = -Infinity;
-  for (const v of logits) if (v > max) max = v;
-  let sum = 0;
-  for (const v of logits) sum += Math.exp(v - max);
-  return logits[id] - max - Math.log(sum);
 }
 
 function toPath(path: string | URL): string {

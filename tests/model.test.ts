@@ -217,3 +217,42 @@ Deno.test("generate() rejects bad requests with InputError naming the field", as
     model.dispose();
   }
 });
+
+Deno.test("generateBatch() of 4 mixed requests equals the 4 run alone, sharing GPU readbacks", async () => {
+  const other = { width: 12, height: 40, data: new Uint8Array(12 * 40 * 3).map((_, i) => (i * 13) % 256) };
+  const requests = [
+    { prompt: "What is it?", image: IMAGE, maxNewTokens: 24, stop: [], policy: "dynamic" as const },
+    { prompt: "Describe the colours.", image: other, maxNewTokens: 9, stop: [], policy: "fastv" as const },
+    {
+      prompt: "Count to ten.",
+      maxNewTokens: 17,
+      stop: [],
+      policy: "dense" as const,
+      temperature: 0.8,
+      seed: 3,
+    },
+    { prompt: "Hi", image: IMAGE, maxNewTokens: 5, stop: [], policy: "dynamic" as const, kvCache: false },
+  ];
+  for (const backend of ["cpu", "webgpu"] as const) {
+    const model = await open("llava-f32-dyn", backend);
+    try {
+      const alone = [];
+      const before = model.backend.readbacks;
+      for (const r of requests) alone.push(await model.generate(r));
+      const aloneReadbacks = model.backend.readbacks - before;
+      const batch = await model.generateBatch(requests);
+      const batchReadbacks = model.backend.readbacks - before - aloneReadbacks;
+      for (let i = 0; i < requests.length; i++) {
+        assert.deepEqual(batch[i].tokens, alone[i].tokens, `request ${i}`);
+        assert.deepEqual(batch[i].admitted, alone[i].admitted, `request ${i}`);
+        assert.deepEqual(batch[i].visualKept, alone[i].visualKept, `request ${i}`);
+        assert.deepEqual(batch[i].stats.kvCache, alone[i].stats.kvCache, `request ${i}`);
+      }
+      if (backend === "webgpu") {
+        assert.ok(batchReadbacks < aloneReadbacks, `${batchReadbacks} ≥ ${aloneReadbacks}`);
+      }
+    } finally {
+      model.dispose();
+    }
+  }
+});
