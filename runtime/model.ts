@@ -18,6 +18,7 @@ import type { Policy, PolicyModelInfo, PolicyPlan } from "./policy.ts";
 import { resolvePolicy } from "./policies.ts";
 import { loadTextPredictor, loadVisionPredictor } from "./predictors.ts";
 import { preprocessImage } from "./preprocess.ts";
+import { fetchCheckpoint } from "./remote.ts";
 import { buildPromptRows } from "./sequence.ts";
 import { encodeWithImages, formatLlavaV1 } from "./template.ts";
 import { loadTokenizer, type Tokenizer } from "./tokenizer.ts";
@@ -334,16 +335,20 @@ export class Model {
   }
 }
 
-function toPath(path: string | URL): string {
-  if (path instanceof URL || /^file:/.test(String(path))) return fileURLToPath(String(path));
-  if (/^[a-z]+:\/\//i.test(String(path))) {
-    throw new InputError(`Cannot load ${path}: only local paths and file: URLs are supported`, String(path));
+/** A local directory for a path, a file: URL, or an http(s) URL (downloaded once into a cache). */
+async function localDir(path: string | URL): Promise<string> {
+  const text = String(path);
+  if (/^file:/.test(text)) return fileURLToPath(text);
+  if (/^https?:/.test(text)) return await fetchCheckpoint(new URL(text));
+  if (/^[a-z][a-z0-9+.-]*:\/\//i.test(text)) {
+    throw new InputError(`Cannot load ${text}: only paths, file: and http(s): URLs are supported`, text);
   }
-  return String(path);
+  return text;
 }
 
 /**
- * Loads a checkpoint (any supported layout) onto WebGPU or the CPU.
+ * Loads a checkpoint (any supported layout) onto WebGPU or the CPU. `path` is a directory, a
+ * `file:` URL, or an `http(s):` URL whose files are downloaded once into a local cache.
  * @example
  * ```ts
  * import { loadModel } from "../mod.ts";
@@ -353,7 +358,7 @@ function toPath(path: string | URL): string {
  * ```
  */
 export async function loadModel(path: string | URL, options: LoadOptions = {}): Promise<Model> {
-  const dir = toPath(path);
+  const dir = await localDir(path);
   const checkpoint = await openCheckpoint(dir);
   const tokenizer = await loadTokenizer(checkpoint.tokenizerPath);
   const config = checkpoint.config;

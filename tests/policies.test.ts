@@ -288,13 +288,12 @@ Deno.test("resolvePolicy() maps names to policies and passes Policy objects thro
   });
 });
 
-Deno.test("predictors and policies import and run where navigator.gpu is absent", async () => {
-  const predictors = new URL("../runtime/predictors.ts", import.meta.url).href;
-  const policies = new URL("../runtime/policies.ts", import.meta.url).href;
+Deno.test("core.ts (the GPU-free export) imports and runs predictors and policies where navigator.gpu is absent", async () => {
+  const core = new URL("../core.ts", import.meta.url).href;
   const script = `
     Object.defineProperty(Navigator.prototype, "gpu", { get() { throw new Error("navigator.gpu was touched"); } });
-    const p = await import(${JSON.stringify(predictors)});
-    const { dynamicPolicy } = await import(${JSON.stringify(policies)});
+    const p = await import(${JSON.stringify(core)});
+    const { dynamicPolicy } = p;
     const sparse = { dModel: 8, nhead: 2, dimFeedforward: 16, numLayers: 1 };
     const sizes = new Map(p.visionPredictorTensors(4, sparse).map((t) => [t.name, t.shape.reduce((a, b) => a * b)]));
     const predictor = p.loadVisionPredictor((name) => new Float32Array(sizes.get(name)).map((_, i) => Math.sin(i)), { hidden: 4, sparse });
