@@ -4,18 +4,22 @@
  *
  *   deno run -A examples/generate.ts --model DIR --prompt TEXT [--image FILE | --video FILE --frames N]
  *     [--max-new-tokens N] [--temperature T] [--top-p P] [--seed S] [--backend webgpu|cpu]
- *     [--policy dense|dynamic|fastv] [--no-kv-cache] [--vision-keep N] [--json]
+ *     [--policy dense|dynamic|fastv] [--no-kv-cache] [--vision-keep N] [--fastv-k K --fastv-r R] [--json]
  *   deno run -A examples/generate.ts --demo     (the embedded demo checkpoint: random weights)
  * @module
  */
 import { parseArgs } from "node:util";
-import { dynamicPolicy, fastvPolicy, loadModel, type Policy } from "../mod.ts";
+import { densePolicy, dynamicPolicy, fastvPolicy, loadModel, type Policy } from "../mod.ts";
 
 /** Builds the policy the flags ask for. */
-function policyFrom(name: string, visionKeep: number | undefined): Policy | "dense" | "dynamic" | "fastv" {
-  if (name === "dynamic" && visionKeep !== undefined) return dynamicPolicy({ visionKeep });
-  if (name === "fastv" && visionKeep !== undefined) return fastvPolicy();
-  if (name === "dense" || name === "dynamic" || name === "fastv") return name;
+function policyFrom(
+  name: string,
+  options: { visionKeep?: number; fastvK?: number; fastvR?: number },
+): Policy {
+  if (name === "dynamic") return dynamicPolicy({ visionKeep: options.visionKeep });
+  if (options.visionKeep !== undefined) throw new Error("--vision-keep applies to --policy dynamic only");
+  if (name === "fastv") return fastvPolicy({ k: options.fastvK, r: options.fastvR });
+  if (name === "dense") return densePolicy();
   throw new Error(`unknown --policy ${name} (dense, dynamic or fastv)`);
 }
 
@@ -64,6 +68,8 @@ async function main(): Promise<void> {
       policy: { type: "string", default: "dynamic" },
       "no-kv-cache": { type: "boolean", default: false },
       "vision-keep": { type: "string" },
+      "fastv-k": { type: "string" },
+      "fastv-r": { type: "string" },
       json: { type: "boolean", default: false },
     },
   });
@@ -94,7 +100,11 @@ async function main(): Promise<void> {
       temperature: Number(values.temperature),
       topP: Number(values["top-p"]),
       seed: Number(values.seed),
-      policy: policyFrom(values.policy, values["vision-keep"] ? Number(values["vision-keep"]) : undefined),
+      policy: policyFrom(values.policy, {
+        visionKeep: values["vision-keep"] ? Number(values["vision-keep"]) : undefined,
+        fastvK: values["fastv-k"] ? Number(values["fastv-k"]) : undefined,
+        fastvR: values["fastv-r"] ? Number(values["fastv-r"]) : undefined,
+      }),
       kvCache: !values["no-kv-cache"],
     });
     if (!values.json) {

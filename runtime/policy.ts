@@ -57,7 +57,10 @@ export interface PolicyPlan {
    * from this descriptor, and by {@link PolicyPlan.admit} on the CPU).
    */
   admission: "all" | "predictor";
-  /** First layer whose cache admission is decided (layers below always append). */
+  /**
+   * First layer whose cache admission is decided (layers below always append). Plans that admit
+   * every token set it to the model's layer count.
+   */
   admitLayer: number;
   /** CPU form of the admission rule: `logits` = TextPredictor output [2]. */
   admit(logits: ArrayLike<number>): boolean;

@@ -16,13 +16,9 @@
  * `(x − mean) / std` in float32.
  * @module
  */
+import { CLIP_MEAN, CLIP_STD } from "./config.ts";
 import { InputError } from "./errors.ts";
 import { checkRgbImage, decodeImage, type RgbImage } from "./image_decode.ts";
-
-/** CLIP's normalisation mean (OpenAI CLIP, used by LLaVA-1.5's `CLIPImageProcessor`). */
-export const CLIP_MEAN: readonly [number, number, number] = [0.48145466, 0.4578275, 0.40821073];
-/** CLIP's normalisation standard deviation. */
-export const CLIP_STD: readonly [number, number, number] = [0.26862954, 0.26130258, 0.27577711];
 
 /** Options of {@link preprocessImage}. */
 export interface PreprocessOptions {

@@ -6,7 +6,7 @@
  * @module
  */
 import assert from "node:assert/strict";
-import { BufferSet, type Gpu, writeBuffer } from "../runtime/gpu.ts";
+import { type Gpu, writeBuffer } from "../runtime/gpu.ts";
 import {
   bindTextAdmission,
   bindTextLogits,
@@ -25,24 +25,12 @@ import {
   visionScores,
 } from "../runtime/predictors.ts";
 import { storedWeightValues, weightDtype } from "../runtime/weights_gpu.ts";
-import { assertClose, poisoned, randomArray, readF32, testGpu } from "./kernel_util.ts";
+import { assertClose, poisoned, randomArray, readF32, withGpu } from "./kernel_util.ts";
 
 const SIZES: PredictorSizes = {
   hidden: 100,
   sparse: { dModel: 32, nhead: 4, dimFeedforward: 48, numLayers: 2 },
 };
-
-/** Runs `body` with a fresh GPU and buffer set, freeing both afterwards. */
-async function withGpu(body: (gpu: Gpu, buffers: BufferSet) => Promise<void>): Promise<void> {
-  const gpu = await testGpu();
-  const buffers = new BufferSet(gpu);
-  try {
-    await body(gpu, buffers);
-  } finally {
-    buffers.destroy();
-    gpu.destroy();
-  }
-}
 
 /**
  * Random weights for every spec (LayerNorm scales near 1, Linear weights ~ 1/√in), with the 2-D

@@ -4,7 +4,7 @@
  * @module
  */
 import assert from "node:assert/strict";
-import { type BufferSet, createGpu, type Gpu, writeBuffer } from "../runtime/gpu.ts";
+import { BufferSet, createGpu, type Gpu, writeBuffer } from "../runtime/gpu.ts";
 
 /** NMSE = mse(actual, expected) / mse(expected, 0); fails on any NaN. */
 export function nmse(actual: Float32Array, expected: Float32Array): number {
@@ -52,4 +52,16 @@ export async function readF32(gpu: Gpu, buffer: GPUBuffer, floats: number): Prom
 /** Opens a GPU for a test file; `DYNLLAVA_NO_F16=1` forces the f32 path. */
 export function testGpu(): Promise<Gpu> {
   return createGpu({ allowF16: Deno.env.get("DYNLLAVA_NO_F16") !== "1" });
+}
+
+/** Runs `body` with a fresh test GPU and buffer set, freeing both afterwards. */
+export async function withGpu(body: (gpu: Gpu, buffers: BufferSet) => Promise<void>): Promise<void> {
+  const gpu = await testGpu();
+  const buffers = new BufferSet(gpu);
+  try {
+    await body(gpu, buffers);
+  } finally {
+    buffers.destroy();
+    gpu.destroy();
+  }
 }

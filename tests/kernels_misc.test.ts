@@ -6,7 +6,7 @@
  * @module
  */
 import assert from "node:assert/strict";
-import { BufferSet, createGpu, type Gpu, writeBuffer } from "../runtime/gpu.ts";
+import { BufferSet, createGpu, writeBuffer } from "../runtime/gpu.ts";
 import { InputError } from "../runtime/errors.ts";
 import { gatherRows, layerNorm, linear } from "../runtime/cpu_ops.ts";
 import { im2col } from "../runtime/patches_cpu.ts";
@@ -15,19 +15,7 @@ import { createLayerNorm } from "../kernels/layernorm.ts";
 import { createGatherRows } from "../kernels/rows.ts";
 import { createIm2col } from "../kernels/patches.ts";
 import { createAdmitFlag, createHalfGlobalConcat, createLogSoftmax2Col0 } from "../kernels/predictor_ops.ts";
-import { assertClose, poisoned, randomArray, readF32, testGpu } from "./kernel_util.ts";
-
-/** Runs `body` with a fresh GPU and buffer set, freeing both afterwards. */
-async function withGpu(body: (gpu: Gpu, buffers: BufferSet) => Promise<void>): Promise<void> {
-  const gpu = await testGpu();
-  const buffers = new BufferSet(gpu);
-  try {
-    await body(gpu, buffers);
-  } finally {
-    buffers.destroy();
-    gpu.destroy();
-  }
-}
+import { assertClose, poisoned, randomArray, readF32, withGpu } from "./kernel_util.ts";
 
 /** Bit patterns of f32 values, for exact comparisons of copies. */
 function bits(values: Float32Array): Uint32Array {

@@ -2,7 +2,8 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { ImageError, InputError } from "../runtime/errors.ts";
 import type { RgbImage } from "../runtime/image_decode.ts";
-import { CLIP_MEAN, padToSquare, preprocessImage, resizeBicubic } from "../runtime/preprocess.ts";
+import { CLIP_MEAN } from "../runtime/config.ts";
+import { padToSquare, preprocessImage, resizeBicubic } from "../runtime/preprocess.ts";
 import { encodeImage, makeTestImage, type Pattern, runPillow } from "../tools/fixtures/images.ts";
 
 const CLIP_FILL: [number, number, number] = [122, 116, 104];

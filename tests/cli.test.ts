@@ -1,0 +1,47 @@
+/** examples/generate.ts as users run it: the demo, JSON output, policies and the saving summary. */
+import assert from "node:assert/strict";
+
+async function generate(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  const script = new URL("../examples/generate.ts", import.meta.url).pathname;
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", script, ...args],
+    env: { XDG_RUNTIME_DIR: Deno.env.get("XDG_RUNTIME_DIR") ?? "/tmp" },
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const text = (b: Uint8Array) => new TextDecoder().decode(b);
+  return { code: out.code, stdout: text(out.stdout), stderr: text(out.stderr) };
+}
+
+Deno.test("generate.ts --demo streams text and prints the saving summary (the README's demo)", async () => {
+  const { code, stdout, stderr } = await generate("--demo", "--max-new-tokens", "12");
+  assert.equal(code, 0, stderr);
+  assert.match(stderr, /RANDOM weights/);
+  assert.match(stdout, /\[webgpu dynamic\] visual tokens kept 7\/36; KV rows \d+ vs dense \d+/);
+});
+
+Deno.test("generate.ts --json reports tokens and decisions per policy and KV mode", async () => {
+  for (const [policy, kept] of [["dense", null], ["fastv", 18], ["dynamic", 7]] as const) {
+    for (const cache of [[], ["--no-kv-cache"]]) {
+      const { code, stdout, stderr } = await generate(
+        "--demo",
+        "--backend",
+        "cpu",
+        "--json",
+        "--policy",
+        policy,
+        "--max-new-tokens",
+        "6",
+        ...cache,
+      );
+      assert.equal(code, 0, stderr);
+      const result = JSON.parse(stdout);
+      assert.ok(result.tokens.length >= 1 && result.tokens.length <= 6);
+      assert.equal(result.visualKept === null ? null : result.visualKept.length, kept);
+      assert.equal(result.admitted.length, result.tokens.length - 1);
+    }
+  }
+  const bad = await generate("--demo", "--backend", "cpu", "--policy", "fastv", "--vision-keep", "3");
+  assert.notEqual(bad.code, 0);
+  assert.match(bad.stderr, /--vision-keep applies to --policy dynamic only/);
+});
