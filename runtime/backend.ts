@@ -9,6 +9,13 @@ import type { PolicyPlan } from "./policy.ts";
 import type { PromptRows } from "./sequence.ts";
 import type { KvLedger } from "./sparse_kv.ts";
 
+/** Loading progress: bytes of tensors loaded so far out of the total. */
+export interface LoadProgress {
+  loadedBytes: number;
+  totalBytes: number;
+  tensor: string;
+}
+
 /** Sampling settings of a request. temperature ≤ 0 = greedy. */
 export interface Sampling {
   temperature: number;

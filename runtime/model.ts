@@ -5,7 +5,8 @@
  * @module
  */
 import { fileURLToPath } from "node:url";
-import type { Backend, ImageFeatures } from "./backend.ts";
+import type { Backend, ImageFeatures, LoadProgress } from "./backend.ts";
+export type { LoadProgress } from "./backend.ts";
 import { type Checkpoint, openCheckpoint, readCheckpointTensor } from "./checkpoint.ts";
 import type { ModelConfig } from "./config.ts";
 import { createCpuBackend } from "./cpu_backend.ts";
@@ -16,19 +17,12 @@ import { createGpuBackend } from "./gpu_backend.ts";
 import { decodeVideoFrames, type RgbImage } from "./image_decode.ts";
 import type { Policy, PolicyModelInfo, PolicyPlan } from "./policy.ts";
 import { resolvePolicy } from "./policies.ts";
-import { loadTextPredictor, loadVisionPredictor } from "./predictors.ts";
+import { loadPredictors } from "./predictors.ts";
 import { preprocessImage } from "./preprocess.ts";
 import { fetchCheckpoint } from "./remote.ts";
 import { buildPromptRows } from "./sequence.ts";
 import { encodeWithImages, formatLlavaV1 } from "./template.ts";
 import { loadTokenizer, type Tokenizer } from "./tokenizer.ts";
-
-/** Loading progress: bytes of tensors loaded so far out of the total. */
-export interface LoadProgress {
-  loadedBytes: number;
-  totalBytes: number;
-  tensor: string;
-}
 
 /** Options of {@link loadModel}. */
 export interface LoadOptions {
@@ -391,19 +385,4 @@ async function loadCpu(checkpoint: Checkpoint, options: LoadOptions): Promise<Ba
   }
   const predictors = loadPredictors(checkpoint.config, (name) => weights.get(name));
   return createCpuBackend(checkpoint.config, weights, predictors);
-}
-
-/** Builds the CPU predictors from canonical weights when the checkpoint has them. */
-export function loadPredictors(config: ModelConfig, get: (name: string) => Float32Array | undefined) {
-  const sparse = config.sparse;
-  const hidden = config.text.hiddenSize;
-  const has = (prefix: string) => sparse !== null && get(`${prefix}output_mlp.0.weight`) !== undefined;
-  return {
-    vision: has("image_score_predictor.")
-      ? loadVisionPredictor((n) => get(`image_score_predictor.${n}`), { hidden, sparse: sparse! })
-      : null,
-    text: has("output_text_score_predictor.")
-      ? loadTextPredictor((n) => get(`output_text_score_predictor.${n}`), { hidden, sparse: sparse! })
-      : null,
-  };
 }

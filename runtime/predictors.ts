@@ -20,7 +20,7 @@
  * `.3` Linear(d, d/2), GELU, `.5` Linear(d/2, d/4), GELU, `.7` Linear(d/4, 2).
  * @module
  */
-import type { SparseConfig } from "./config.ts";
+import type { ModelConfig, SparseConfig } from "./config.ts";
 import { addInPlace, attention, gelu, layerNorm, linear } from "./cpu_ops.ts";
 import { CheckpointError, InputError } from "./errors.ts";
 import { halfGlobalConcat, logSoftmax2Col0 } from "./predictor_cpu_ops.ts";
@@ -392,4 +392,30 @@ export function textPredictorLogits(p: TextPredictor, x: Float32Array): Float32A
     if (i < p.mlp.length - 1) h = gelu(h);
   });
   return h;
+}
+
+/**
+ * Builds both predictors from canonical weights (`image_score_predictor.*`,
+ * `output_text_score_predictor.*`) when the checkpoint has them and a sparse_config; null otherwise.
+ * @example
+ * ```ts
+ * import { loadPredictors } from "./predictors.ts";
+ * import { parseModelConfig } from "./config.ts";
+ * const config = parseModelConfig({ model_type: "llama", hidden_size: 8, intermediate_size: 8,
+ *   num_attention_heads: 2, num_hidden_layers: 1 }, "config.json");
+ * console.log(loadPredictors(config, () => undefined)); // { vision: null, text: null }
+ * ```
+ */
+export function loadPredictors(config: ModelConfig, get: (name: string) => Float32Array | undefined) {
+  const sparse = config.sparse;
+  const hidden = config.text.hiddenSize;
+  const has = (prefix: string) => sparse !== null && get(`${prefix}output_mlp.0.weight`) !== undefined;
+  return {
+    vision: has("image_score_predictor.")
+      ? loadVisionPredictor((n) => get(`image_score_predictor.${n}`), { hidden, sparse: sparse! })
+      : null,
+    text: has("output_text_score_predictor.")
+      ? loadTextPredictor((n) => get(`output_text_score_predictor.${n}`), { hidden, sparse: sparse! })
+      : null,
+  };
 }

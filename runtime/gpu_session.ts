@@ -1,0 +1,542 @@
+/**
+ * One request on the WebGPU backend: prefill, the on-GPU decode loop, no-cache recomputes.
+ * Every pass is one command encoder; pruning reads predictor scores back once and calls the
+ * pure-TS policy plan; decode steps chain on the GPU through the state buffer and are read back
+ * in batches (shared with concurrent sessions, see Gpu.submitAndRead).
+ *
+ * Buffers (f32 unless noted; M = rows of the pass, C hidden, Q = heads·D, K = kvHeads·D, I inter.):
+ * x [M, C] residual stream, h [M, C], q [M, Q], k/v [M, K], attn [M, Q], gate/up/act [M, I],
+ * positions u32 [M], keep u32 [M], logits [V], kv cache per layer K/V [capacity_l, K],
+ * state u32 [4 + layers] (kernels/decode_state.ts), tokens u32 [maxNew + 2], flags u32 [maxNew + 2].
+ * @module
+ */
+import type { BackendSession, PassResult, SessionInput } from "./backend.ts";
+import type { TextConfig } from "./config.ts";
+import type { LayerRows } from "./cost.ts";
+import { logSoftmaxAt } from "./cpu_ops.ts";
+import { BufferSet, type Dispatch, writeBuffer } from "./gpu.ts";
+import type { GpuBackend } from "./gpu_backend.ts";
+import { bindTextAdmission, bindTextLogits, bindVisionScores } from "./gpu_predictors.ts";
+import type { GpuImageFeatures } from "./gpu_vision.ts";
+import type { PruneSignals, RowKind } from "./policy.ts";
+import { KvLedger } from "./sparse_kv.ts";
+import { STATE_COUNTS } from "../kernels/decode_state.ts";
+
+/** Activation buffers of one pass shape. */
+interface Activations {
+  x: GPUBuffer;
+  x2: GPUBuffer;
+  h: GPUBuffer;
+  q: GPUBuffer;
+  k: GPUBuffer;
+  v: GPUBuffer;
+  attn: GPUBuffer;
+  gate: GPUBuffer;
+  up: GPUBuffer;
+  act: GPUBuffer;
+  positions: GPUBuffer;
+  positions2: GPUBuffer;
+  keep: GPUBuffer;
+  ids: GPUBuffer;
+  probs: GPUBuffer;
+  scores: GPUBuffer;
+  textLogits: GPUBuffer;
+  logits: GPUBuffer;
+}
+
+/** The state of one request on the GPU. */
+export class GpuSession implements BackendSession {
+  readonly ledger: KvLedger;
+  readonly passes: { phase: "prefill" | "decode"; layers: LayerRows[] }[] = [];
+  readonly buffers: BufferSet;
+  readonly #text: TextConfig;
+  readonly #act: Activations;
+  /** Decode state u32 [4 + layers]; tokens and flags u32 [maxNew + 2]. */
+  readonly #state: GPUBuffer;
+  readonly #tokens: GPUBuffer;
+  readonly #flags: GPUBuffer;
+  #keys: GPUBuffer[] = [];
+  #values: GPUBuffer[] = [];
+  /** Rows each layer's cache can hold now (grown per layer, so refused tokens save memory). */
+  #capacity: number[];
+  /** Rows per layer as last read back. */
+  #rows: number[];
+  #paperRows: number[];
+  #decodeDispatches: Dispatch[] | null = null;
+  #decodeBuffers: BufferSet | null = null;
+  #decoded = 0;
+  #maxRows: number;
+
+  constructor(readonly backend: GpuBackend, readonly input: SessionInput) {
+    const t = backend.config.text;
+    this.#text = t;
+    this.buffers = new BufferSet(backend.gpu);
+    this.ledger = new KvLedger(t.numLayers, 2 * t.numKvHeads * t.headDim * 4);
+    const promptLen = input.rows.ids.length;
+    // Decode steps run one row at a time: only no-cache recomputes need room for the whole context.
+    this.#maxRows = promptLen + (input.kvCache ? 0 : input.maxNewTokens) + 1;
+    const m = this.#maxRows, b = this.buffers, f = (n: number, label: string) => b.storage(n * 4, label);
+    const qw = t.numHeads * t.headDim, kw = t.numKvHeads * t.headDim;
+    this.#act = {
+      x: f(m * t.hiddenSize, "x"),
+      x2: f(m * t.hiddenSize, "x2"),
+      h: f(m * t.hiddenSize, "h"),
+      q: f(m * qw, "q"),
+      k: f(m * kw, "k"),
+      v: f(m * kw, "v"),
+      attn: f(m * qw, "attn"),
+      gate: f(m * t.intermediateSize, "gate"),
+      up: f(m * t.intermediateSize, "up"),
+      act: f(m * t.intermediateSize, "act"),
+      positions: f(m, "positions"),
+      positions2: f(m, "positions2"),
+      keep: f(m, "keep"),
+      ids: f(m, "ids"),
+      probs: f(m, "probs"),
+      scores: f(m, "scores"),
+      textLogits: f(m * 2, "textLogits"),
+      logits: f(t.vocabSize, "logits"),
+    };
+    this.#state = b.storage((STATE_COUNTS + t.numLayers) * 4, "state");
+    this.#tokens = b.storage((input.maxNewTokens + 2) * 4, "tokens");
+    this.#flags = b.storage((input.maxNewTokens + 2) * 4, "flags");
+    this.#rows = new Array(t.numLayers).fill(0);
+    this.#capacity = new Array(t.numLayers).fill(0);
+    this.#paperRows = new Array(t.numLayers).fill(0);
+  }
+
+  /** Makes layer l's cache hold at least `need[l]` rows, keeping the rows it has. */
+  #ensureCapacity(need: number[]): void {
+    const t = this.#text, width = t.numKvHeads * t.headDim * 4;
+    const grow = need.flatMap((rows, l) => rows > this.#capacity[l] ? [l] : []);
+    if (grow.length === 0) return;
+    const enc = this.backend.gpu.device.createCommandEncoder();
+    const old: GPUBuffer[] = [];
+    for (const l of grow) {
+      const capacity = Math.max(need[l], Math.ceil(this.#capacity[l] * 1.5), 16);
+      for (const caches of [this.#keys, this.#values]) {
+        const fresh = this.buffers.storage(capacity * width, `kv.${l}`);
+        if (caches[l]) {
+          if (this.#rows[l] > 0) enc.copyBufferToBuffer(caches[l], 0, fresh, 0, this.#rows[l] * width);
+          old.push(caches[l]);
+        }
+        caches[l] = fresh;
+      }
+      this.#capacity[l] = capacity;
+    }
+    this.backend.gpu.device.queue.submit([enc.finish()]);
+    for (const buffer of old) this.buffers.release(buffer);
+    this.#decodeDispatches = null; // bound to the old buffers
+  }
+
+  #writeState(values: { step?: number; token?: number; position?: number; counts?: number[] }): void {
+    const gpu = this.backend.gpu;
+    const u = (n: number) => new Uint32Array([n]);
+    if (values.step !== undefined) writeBuffer(gpu, this.#state, 0, u(values.step));
+    if (values.token !== undefined) writeBuffer(gpu, this.#state, 4, u(values.token));
+    if (values.position !== undefined) writeBuffer(gpu, this.#state, 8, u(values.position));
+    writeBuffer(gpu, this.#state, 12, u(this.input.sampling.seed >>> 0));
+    if (values.counts) writeBuffer(gpu, this.#state, STATE_COUNTS * 4, Uint32Array.from(values.counts));
+  }
+
+  /** Dispatches of decoder layer `l` over `rows` rows of `x` (positions from `positions[offset..]`). */
+  #layer(
+    set: BufferSet,
+    l: number,
+    args: { x: GPUBuffer; rows: number; positions: GPUBuffer; positionsOffset: number; admit?: boolean },
+  ): Dispatch[] {
+    const k = this.backend.kernels, t = this.#text, W = this.backend.layers[l], a = this.#act;
+    const { x, rows } = args;
+    const kw = t.numKvHeads * t.headDim;
+    const counts = this.#state, countIndex = STATE_COUNTS + l;
+    return [
+      ...k.rmsNorm.bind(set, {
+        x,
+        weight: W.attnNorm,
+        out: a.h,
+        rows,
+        cols: t.hiddenSize,
+        eps: t.rmsNormEps,
+      }),
+      ...k.matmul.bind(set, { x: a.h, weight: W.wq, out: a.q, rows }),
+      ...k.matmul.bind(set, { x: a.h, weight: W.wk, out: a.k, rows }),
+      ...k.matmul.bind(set, { x: a.h, weight: W.wv, out: a.v, rows }),
+      ...k.rope.bind(set, {
+        x: a.q,
+        positions: args.positions,
+        positionsOffset: args.positionsOffset,
+        rows,
+        heads: t.numHeads,
+        headDim: t.headDim,
+        theta: t.ropeTheta,
+      }),
+      ...k.rope.bind(set, {
+        x: a.k,
+        positions: args.positions,
+        positionsOffset: args.positionsOffset,
+        rows,
+        heads: t.numKvHeads,
+        headDim: t.headDim,
+        theta: t.ropeTheta,
+      }),
+      ...k.kvAppend.bind(set, { src: a.k, cache: this.#keys[l], counts, countIndex, rows, cols: kw }),
+      ...k.kvAppend.bind(set, { src: a.v, cache: this.#values[l], counts, countIndex, rows, cols: kw }),
+      ...k.attention.bind(set, {
+        q: a.q,
+        keys: this.#keys[l],
+        values: this.#values[l],
+        out: a.attn,
+        counts,
+        countIndex,
+        rows,
+        heads: t.numHeads,
+        kvHeads: t.numKvHeads,
+        headDim: t.headDim,
+        causal: true,
+      }),
+      ...k.matmul.bind(set, { x: a.attn, weight: W.wo, out: x, rows, accumulate: true }),
+      ...k.rmsNorm.bind(set, { x, weight: W.mlpNorm, out: a.h, rows, cols: t.hiddenSize, eps: t.rmsNormEps }),
+      ...k.matmul.bind(set, { x: a.h, weight: W.wGate, out: a.gate, rows }),
+      ...k.matmul.bind(set, { x: a.h, weight: W.wUp, out: a.up, rows }),
+      ...k.swiglu.bind(set, { gate: a.gate, up: a.up, out: a.act, count: rows * t.intermediateSize }),
+      ...k.matmul.bind(set, { x: a.act, weight: W.wDown, out: x, rows, accumulate: true }),
+    ];
+  }
+
+  /** Final norm of row `row` and lm_head into logits. */
+  #head(set: BufferSet, x: GPUBuffer, row: number): Dispatch[] {
+    const k = this.backend.kernels, t = this.#text, a = this.#act;
+    const head = this.backend.weights.matrices.get("lm_head") ?? this.backend.matrix("embed");
+    return [
+      ...k.rmsNorm.bind(set, {
+        x,
+        weight: this.backend.vector("norm"),
+        out: a.h,
+        rows: row + 1,
+        cols: t.hiddenSize,
+        eps: t.rmsNormEps,
+      }),
+      ...k.matmul.bind(set, { x: a.h, weight: head, out: a.logits, rows: 1, xRowOffset: row }),
+    ];
+  }
+
+  /**
+   * One full pass over `kinds.length` rows already embedded in x (prefill, or a no-cache step with
+   * a fresh cache): layers, pruning at the plan's layer via a readback, head, sampling at `step`.
+   */
+  async #pass(
+    rows: { kinds: RowKind[]; positions: number[]; tags: number[] },
+    options: { step: number; wantLogits: boolean; phase: "prefill" | "decode" },
+  ): Promise<PassResult & { outputKept: number[] | null; positionsPerLayer: number[][] }> {
+    const gpu = this.backend.gpu, plan = this.input.plan, t = this.#text, a = this.#act;
+    const set = new BufferSet(gpu);
+    try {
+      this.#rows.fill(0);
+      this.#paperRows.fill(0);
+      this.#ensureCapacity(this.#rows.map(() => rows.kinds.length));
+      this.#writeState({ step: options.step, counts: this.#rows });
+      writeBuffer(gpu, a.positions, 0, Uint32Array.from(rows.positions));
+      let x = a.x, xAlt = a.x2, positions = a.positions, positionsAlt = a.positions2;
+      let visualKept: number[] | null = null, outputKept: number[] | null = null;
+      const layers: LayerRows[] = [];
+      const positionsPerLayer: number[][] = [];
+      let pending: Dispatch[] = [];
+      for (let l = 0; l < t.numLayers; l++) {
+        if (l === plan.pruneLayer) {
+          const signals = await this.#signals(set, pending, x, rows.kinds);
+          pending = [];
+          const keep = plan.selectRows(rows.kinds, signals);
+          writeBuffer(gpu, a.keep, 0, Uint32Array.from(keep));
+          const k = this.backend.kernels;
+          pending.push(
+            ...k.gatherRows.bind(set, {
+              x,
+              indices: a.keep,
+              out: xAlt,
+              rows: keep.length,
+              cols: t.hiddenSize,
+            }),
+          );
+          pending.push(
+            ...k.gatherRows.bind(set, {
+              x: positions,
+              indices: a.keep,
+              out: positionsAlt,
+              rows: keep.length,
+              cols: 1,
+            }),
+          );
+          [x, xAlt] = [xAlt, x];
+          [positions, positionsAlt] = [positionsAlt, positions];
+          rows = {
+            kinds: keep.map((i) => rows.kinds[i]),
+            positions: keep.map((i) => rows.positions[i]),
+            tags: keep.map((i) => rows.tags[i]),
+          };
+          visualKept = rows.tags.filter((_, i) => rows.kinds[i] === "image");
+          outputKept = rows.tags.filter((_, i) => rows.kinds[i] === "output");
+        }
+        const m = rows.kinds.length, paper = rows.kinds.filter((kind) => kind !== "text").length;
+        layers.push({ newRows: m, cachedRows: 0, paperNewRows: paper, paperCachedRows: 0 });
+        positionsPerLayer.push(rows.positions);
+        pending.push(...this.#layer(set, l, { x, rows: m, positions, positionsOffset: 0 }));
+        if (plan.needs.lastRowAttention && l === (plan.pruneLayer ?? 0) - 1) {
+          pending.push(...this.backend.kernels.attention.bindProbsMean(set, {
+            q: a.q,
+            row: m - 1,
+            keys: this.#keys[l],
+            out: a.probs,
+            counts: this.#state,
+            countIndex: STATE_COUNTS + l,
+            heads: t.numHeads,
+            kvHeads: t.numKvHeads,
+            headDim: t.headDim,
+            causal: true,
+          }));
+        }
+        this.#rows[l] = m;
+        this.#paperRows[l] = paper;
+      }
+      const m = rows.kinds.length;
+      pending.push(...this.#head(set, x, m - 1));
+      pending.push(...this.backend.kernels.sampler.bind(set, {
+        logits: a.logits,
+        vocab: t.vocabSize,
+        state: this.#state,
+        tokensOut: this.#tokens,
+        temperature: this.input.sampling.temperature,
+        topP: this.input.sampling.topP,
+      }));
+      const ranges = [{ buffer: this.#tokens, offset: options.step * 4, size: 4 }];
+      if (options.wantLogits) ranges.push({ buffer: a.logits, offset: 0, size: t.vocabSize * 4 });
+      const [tokenBytes, logitBytes] = await gpu.submitAndRead((enc) => gpu.encode(enc, pending), ranges);
+      this.passes.push({ phase: options.phase, layers });
+      this.#writeState({ counts: this.#rows });
+      return {
+        token: new Uint32Array(tokenBytes)[0],
+        visualKept,
+        outputKept,
+        logits: logitBytes ? new Float32Array(logitBytes) : undefined,
+        positionsPerLayer,
+      };
+    } finally {
+      set.destroy();
+    }
+  }
+
+  /** Submits `pending` plus the signal kernels, reads the signals back. */
+  async #signals(set: BufferSet, pending: Dispatch[], x: GPUBuffer, kinds: RowKind[]): Promise<PruneSignals> {
+    const plan = this.input.plan, a = this.#act, gpu = this.backend.gpu, c = this.#text.hiddenSize;
+    const k = this.backend.kernels, P = this.backend.predictors;
+    const d = [...pending];
+    const ranges: { buffer: GPUBuffer; offset: number; size: number }[] = [];
+    const take = (kind: RowKind) => kinds.flatMap((kk, i) => kk === kind ? [i] : []);
+    const images = take("image"), outputs = take("output");
+    const want: (keyof PruneSignals)[] = [];
+    if (plan.needs.visionScores && images.length) {
+      writeBuffer(gpu, a.keep, 0, Uint32Array.from(images));
+      d.push(...k.gatherRows.bind(set, { x, indices: a.keep, out: a.h, rows: images.length, cols: c }));
+      d.push(...bindVisionScores(P.vision!, set, { x: a.h, rows: images.length, scoresOut: a.scores }));
+      ranges.push({ buffer: a.scores, offset: 0, size: images.length * 4 });
+      want.push("visionScores");
+    }
+    if (plan.needs.textLogits && outputs.length) {
+      // Gather output rows after the image rows' scores were computed: separate submit keeps
+      // the shared index buffer consistent.
+      gpu.submit(d.splice(0));
+      writeBuffer(gpu, a.keep, 0, Uint32Array.from(outputs));
+      d.push(...k.gatherRows.bind(set, { x, indices: a.keep, out: a.attn, rows: outputs.length, cols: c }));
+      d.push(...bindTextLogits(P.text!, set, { x: a.attn, rows: outputs.length, logitsOut: a.textLogits }));
+      ranges.push({ buffer: a.textLogits, offset: 0, size: outputs.length * 8 });
+      want.push("textLogits");
+    }
+    if (plan.needs.lastRowAttention) {
+      ranges.push({ buffer: a.probs, offset: 0, size: kinds.length * 4 });
+      want.push("lastRowAttention");
+    }
+    const signals: PruneSignals = {};
+    if (plan.needs.visionScores) signals.visionScores = new Float32Array(0);
+    if (plan.needs.textLogits) signals.textLogits = new Float32Array(0);
+    if (ranges.length === 0) {
+      gpu.submit(d);
+      return signals;
+    }
+    const data = await gpu.submitAndRead((enc) => gpu.encode(enc, d), ranges);
+    want.forEach((key, i) => (signals[key] = new Float32Array(data[i])));
+    return signals;
+  }
+
+  /** Embeds prompt rows (+ generated tokens) into x. */
+  #embed(generated: number[]): { kinds: RowKind[]; positions: number[]; tags: number[] } {
+    const { rows } = this.input;
+    const gpu = this.backend.gpu, a = this.#act, c = this.#text.hiddenSize, k = this.backend.kernels;
+    const promptLen = rows.ids.length, m = promptLen + generated.length;
+    const ids = new Uint32Array(m);
+    for (let i = 0; i < promptLen; i++) ids[i] = Math.max(0, rows.ids[i]);
+    generated.forEach((id, j) => (ids[promptLen + j] = id));
+    writeBuffer(gpu, a.ids, 0, ids);
+    const set = new BufferSet(gpu);
+    try {
+      const enc = gpu.device.createCommandEncoder();
+      gpu.encode(
+        enc,
+        k.embedding.bind(set, { ids: a.ids, table: this.backend.matrix("embed"), out: a.x, rows: m }),
+      );
+      const image = this.input.images as GpuImageFeatures | null;
+      for (let i = 0; i < promptLen; i++) {
+        if (rows.kinds[i] !== "image") continue;
+        let j = i;
+        while (
+          j + 1 < promptLen && rows.kinds[j + 1] === "image" && rows.imageRow[j + 1] === rows.imageRow[j] + 1
+        ) j++;
+        enc.copyBufferToBuffer(image!.buffer, rows.imageRow[i] * c * 4, a.x, i * c * 4, (j - i + 1) * c * 4);
+        i = j;
+      }
+      gpu.device.queue.submit([enc.finish()]);
+    } finally {
+      set.destroy();
+    }
+    return {
+      kinds: [...rows.kinds, ...generated.map(() => "output" as const)],
+      positions: [...rows.positions, ...generated.map((_, j) => promptLen + j)],
+      tags: [...Array.from(rows.imageRow), ...generated.map((_, j) => j)],
+    };
+  }
+
+  async prefill(options: { wantLogits: boolean }): Promise<PassResult> {
+    const rows = this.#embed([]);
+    const out = await this.#pass(rows, { step: 0, wantLogits: options.wantLogits, phase: "prefill" });
+    out.positionsPerLayer.forEach((positions, l) => this.ledger.append([l], positions));
+    this.#writeState({ step: 1, token: out.token, position: this.input.rows.ids.length });
+    return { token: out.token, visualKept: out.visualKept, logits: out.logits };
+  }
+
+  /** Dispatches of one decode step, bound once per cache allocation. */
+  #decodeStep(): Dispatch[] {
+    if (this.#decodeDispatches) return this.#decodeDispatches;
+    this.#decodeBuffers?.destroy();
+    const set = new BufferSet(this.backend.gpu);
+    this.#decodeBuffers = set;
+    const k = this.backend.kernels, a = this.#act, t = this.#text, plan = this.input.plan;
+    const d: Dispatch[] = [];
+    d.push(
+      ...k.embedding.bind(set, {
+        ids: this.#state,
+        idsOffset: 1,
+        table: this.backend.matrix("embed"),
+        out: a.x,
+        rows: 1,
+      }),
+    );
+    for (let l = 0; l < t.numLayers; l++) {
+      if (l === plan.admitLayer && plan.admission === "predictor") {
+        d.push(
+          ...bindTextAdmission(this.backend.predictors.text!, set, {
+            x: a.x,
+            state: this.#state,
+            flags: this.#flags,
+          }),
+        );
+      }
+      d.push(...this.#layer(set, l, { x: a.x, rows: 1, positions: this.#state, positionsOffset: 2 }));
+    }
+    d.push(...this.#head(set, a.x, 0));
+    d.push(...k.sampler.bind(set, {
+      logits: a.logits,
+      vocab: t.vocabSize,
+      state: this.#state,
+      tokensOut: this.#tokens,
+      temperature: this.input.sampling.temperature,
+      topP: this.input.sampling.topP,
+    }));
+    d.push(...k.advance.bind(set, {
+      state: this.#state,
+      flags: this.#flags,
+      layers: t.numLayers,
+      admitLayer: plan.admitLayer,
+      admitAll: plan.admission === "all",
+    }));
+    this.#decodeDispatches = d;
+    return d;
+  }
+
+  async decode(steps: number, options: { forced?: number[] } = {}) {
+    const forced = options.forced;
+    if (!forced) return await this.#steps(steps, { withLogits: false });
+    // Teacher forcing: one step per token, the fed token written into the state before each step.
+    const tokens: number[] = [], admitted: boolean[] = [], logProbs: number[] = [];
+    for (let s = 0; s < steps; s++) {
+      this.#writeState({ token: forced[s] });
+      const out = await this.#steps(1, { withLogits: s + 1 < forced.length });
+      tokens.push(...out.tokens);
+      admitted.push(...out.admitted);
+      if (out.logits) logProbs.push(logSoftmaxAt(out.logits, forced[s + 1]));
+    }
+    return { tokens, admitted, logProbs };
+  }
+
+  /** Runs `steps` decode steps on the GPU, then reads tokens, flags and row counts back once. */
+  async #steps(steps: number, options: { withLogits: boolean }) {
+    const gpu = this.backend.gpu, t = this.#text, plan = this.input.plan;
+    this.#ensureCapacity(this.#rows.map((n) => n + steps + 1));
+    const step = this.#decodeStep();
+    const first = this.#decoded + 1;
+    const ranges = [
+      { buffer: this.#tokens, offset: first * 4, size: steps * 4 },
+      { buffer: this.#flags, offset: first * 4, size: steps * 4 },
+      { buffer: this.#state, offset: 0, size: (STATE_COUNTS + t.numLayers) * 4 },
+    ];
+    if (options.withLogits) ranges.push({ buffer: this.#act.logits, offset: 0, size: t.vocabSize * 4 });
+    // Concurrent sessions (generateBatch) share this submission and its single readback.
+    const [tokenBytes, flagBytes, stateBytes, logitBytes] = await gpu.submitAndRead((enc) => {
+      for (let s = 0; s < steps; s++) gpu.encode(enc, step);
+    }, ranges);
+    const tokens = [...new Uint32Array(tokenBytes)];
+    const admitted = Array.from(new Uint32Array(flagBytes), (f) => plan.admission === "all" || f === 1);
+    const promptLen = this.input.rows.ids.length;
+    for (let s = 0; s < steps; s++) {
+      this.passes.push({
+        phase: "decode",
+        layers: this.#rows.map((cached, l) => ({
+          newRows: 1,
+          cachedRows: cached,
+          paperNewRows: 1,
+          paperCachedRows: this.#paperRows[l],
+        })),
+      });
+      for (let l = 0; l < t.numLayers; l++) {
+        if (l < plan.admitLayer || admitted[s]) {
+          this.#rows[l]++;
+          this.#paperRows[l]++;
+        }
+      }
+      this.ledger.admit(promptLen + this.#decoded + s, { fromLayer: plan.admitLayer, admitted: admitted[s] });
+    }
+    const counts = Array.from(new Uint32Array(stateBytes).subarray(STATE_COUNTS));
+    if (counts.some((n, l) => n !== this.#rows[l])) {
+      throw new Error(`internal: GPU row counts ${counts} differ from the ledger ${this.#rows}`);
+    }
+    this.#decoded += steps;
+    return { tokens, admitted, logits: logitBytes ? new Float32Array(logitBytes) : undefined };
+  }
+
+  async recompute(generated: number[], options: { wantLogits?: boolean } = {}) {
+    const rows = this.#embed(generated);
+    const out = await this.#pass(rows, {
+      step: generated.length,
+      wantLogits: options.wantLogits ?? false,
+      phase: generated.length === 0 ? "prefill" : "decode",
+    });
+    const outputKept = (out.outputKept ?? generated.map((_, j) => j)).filter((j) => j < generated.length - 1);
+    return { token: out.token, visualKept: out.visualKept, outputKept, logits: out.logits };
+  }
+
+  gpuPeakBytes(): number {
+    return this.buffers.peakBytes;
+  }
+
+  dispose(): void {
+    this.#decodeBuffers?.destroy();
+    this.buffers.destroy();
+  }
+}
