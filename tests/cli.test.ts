@@ -45,3 +45,37 @@ Deno.test("generate.ts --json reports tokens and decisions per policy and KV mod
   assert.notEqual(bad.code, 0);
   assert.match(bad.stderr, /--vision-keep applies to --policy dynamic only/);
 });
+
+Deno.test("tools/device_check.ts --shape tiny writes the bench and check reports", async () => {
+  const out = await Deno.makeTempDir();
+  try {
+    const script = new URL("../tools/device_check.ts", import.meta.url).pathname;
+    const run = await new Deno.Command(Deno.execPath(), {
+      args: [
+        "run",
+        "-A",
+        script,
+        "--shape",
+        "tiny",
+        "--out",
+        out,
+        "--new-tokens",
+        "4",
+        "--no-cache-tokens",
+        "2",
+      ]
+        .concat(["--repeat", "1", "--skip-parity"]),
+      env: { XDG_RUNTIME_DIR: Deno.env.get("XDG_RUNTIME_DIR") ?? "/tmp" },
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    assert.equal(run.code, 0, new TextDecoder().decode(run.stderr));
+    const bench = JSON.parse(await Deno.readTextFile(`${out}/bench.json`));
+    assert.equal(bench.rows.length, 3 * 2 + 3); // KV at batch 1 and 4, no-cache at batch 1
+    assert.ok(bench.rows.every((row: { visualTokens: number }) => row.visualTokens === 36));
+    const check = JSON.parse(await Deno.readTextFile(`${out}/check.json`));
+    assert.match(check.adapter.name, /\w/);
+  } finally {
+    await Deno.remove(out, { recursive: true });
+  }
+});
