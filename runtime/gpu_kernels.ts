@@ -23,7 +23,7 @@ import { createSampler } from "../kernels/sample.ts";
 import type { Gpu } from "./gpu.ts";
 
 /**
- * Compiles all kernels in parallel.
+ * Compiles all kernels (compiles are queued one at a time by the Gpu).
  * @example
  * ```ts
  * import { createGpu } from "./gpu.ts";
@@ -34,60 +34,34 @@ import type { Gpu } from "./gpu.ts";
  * gpu.destroy();
  * ```
  */
-export async function createKernels(gpu: Gpu) {
-  const [
-    matmul,
-    embedding,
-    rmsNorm,
-    layerNorm,
-    rope,
-    attention,
-    kvAppend,
-    add,
-    addBias,
-    swiglu,
-    gelu,
-    quickGelu,
-    gatherRows,
-    im2col,
-    sampler,
-    advance,
-  ] = await Promise.all([
-    createMatmul(gpu),
-    createEmbedding(gpu),
-    createRmsNorm(gpu),
-    createLayerNorm(gpu),
-    createRope(gpu),
-    createAttention(gpu),
-    createKvAppend(gpu),
-    createAdd(gpu),
-    createAddBias(gpu),
-    createSwiglu(gpu),
-    createGelu(gpu),
-    createQuickGelu(gpu),
-    createGatherRows(gpu),
-    createIm2col(gpu),
-    createSampler(gpu),
-    createAdvance(gpu),
-  ]);
-  return {
-    matmul,
-    embedding,
-    rmsNorm,
-    layerNorm,
-    rope,
-    attention,
-    kvAppend,
-    add,
-    addBias,
-    swiglu,
-    gelu,
-    quickGelu,
-    gatherRows,
-    im2col,
-    sampler,
-    advance,
-  };
+export function createKernels(gpu: Gpu) {
+  return awaitAll({
+    matmul: createMatmul(gpu),
+    embedding: createEmbedding(gpu),
+    rmsNorm: createRmsNorm(gpu),
+    layerNorm: createLayerNorm(gpu),
+    rope: createRope(gpu),
+    attention: createAttention(gpu),
+    kvAppend: createKvAppend(gpu),
+    add: createAdd(gpu),
+    addBias: createAddBias(gpu),
+    swiglu: createSwiglu(gpu),
+    gelu: createGelu(gpu),
+    quickGelu: createQuickGelu(gpu),
+    gatherRows: createGatherRows(gpu),
+    im2col: createIm2col(gpu),
+    sampler: createSampler(gpu),
+    advance: createAdvance(gpu),
+  });
+}
+
+/** Awaits every promise of a record, keeping the keys. */
+async function awaitAll<T extends Record<string, Promise<unknown>>>(
+  promises: T,
+): Promise<{ [K in keyof T]: Awaited<T[K]> }> {
+  const keys = Object.keys(promises);
+  const values = await Promise.all(Object.values(promises));
+  return Object.fromEntries(keys.map((key, i) => [key, values[i]])) as { [K in keyof T]: Awaited<T[K]> };
 }
 
 /** All compiled kernels. */
