@@ -66,6 +66,12 @@ export class GpuSession implements BackendSession {
   #decodeBuffers: BufferSet | null = null;
   #decoded = 0;
   #maxRows: number;
+  /** No-cache passes: vision scores of the image rows (fixed by the prompt). */
+  #visionScores: Float32Array | null = null;
+  /** No-cache passes: text-predictor logits [2 per output row] known so far. */
+  #outputLogits: number[] = [];
+  /** This pass computes the last output row's logits into this buffer (read back with the token). */
+  #lastOutputLogits: GPUBuffer | null = null;
 
   constructor(readonly backend: GpuBackend, readonly input: SessionInput) {
     const t = backend.config.text;
@@ -240,11 +246,10 @@ export class GpuSession implements BackendSession {
       let visualKept: number[] | null = null, outputKept: number[] | null = null;
       const layers: LayerRows[] = [];
       const positionsPerLayer: number[][] = [];
-      let pending: Dispatch[] = [];
+      const pending: Dispatch[] = [];
       for (let l = 0; l < t.numLayers; l++) {
         if (l === plan.pruneLayer) {
           const signals = await this.#signals(set, pending, x, rows.kinds);
-          pending = [];
           const keep = plan.selectRows(rows.kinds, signals);
           writeBuffer(gpu, a.keep, 0, Uint32Array.from(keep));
           const k = this.backend.kernels;
@@ -309,7 +314,12 @@ export class GpuSession implements BackendSession {
       }));
       const ranges = [{ buffer: this.#tokens, offset: options.step * 4, size: 4 }];
       if (options.wantLogits) ranges.push({ buffer: a.logits, offset: 0, size: t.vocabSize * 4 });
-      const [tokenBytes, logitBytes] = await gpu.submitAndRead((enc) => gpu.encode(enc, pending), ranges);
+      const lastLogits = this.#lastOutputLogits;
+      if (lastLogits) ranges.push({ buffer: lastLogits, offset: 0, size: 8 });
+      const data = await gpu.submitAndRead((enc) => gpu.encode(enc, pending), ranges);
+      const [tokenBytes] = data, logitBytes = options.wantLogits ? data[1] : undefined;
+      if (lastLogits) this.#outputLogits.push(...new Float32Array(data.at(-1)!));
+      this.#lastOutputLogits = null;
       this.passes.push({ phase: options.phase, layers });
       this.#writeState({ counts: this.#rows });
       return {
@@ -324,28 +334,55 @@ export class GpuSession implements BackendSession {
     }
   }
 
-  /** Submits `pending` plus the signal kernels, reads the signals back. */
+  /**
+   * The signals the plan needs at its prune layer. In no-cache passes most are already known:
+   * image rows and every output row but the last depend only on their prefix, so their scores
+   * equal the previous passes' (layers below the prune layer see every row). Then nothing is read
+   * back mid-pass: the last output row's logits (ignored now, the last row is always kept) are
+   * computed in this pass and read back with its token. Otherwise (first pass, FastV) `pending`
+   * and the signal kernels are submitted and read back here, and `pending` is emptied.
+   */
   async #signals(set: BufferSet, pending: Dispatch[], x: GPUBuffer, kinds: RowKind[]): Promise<PruneSignals> {
     const plan = this.input.plan, a = this.#act, gpu = this.backend.gpu, c = this.#text.hiddenSize;
     const k = this.backend.kernels, P = this.backend.predictors;
-    const d = [...pending];
-    const ranges: { buffer: GPUBuffer; offset: number; size: number }[] = [];
     const take = (kind: RowKind) => kinds.flatMap((kk, i) => kk === kind ? [i] : []);
     const images = take("image"), outputs = take("output");
+    const needVision = plan.needs.visionScores && images.length > 0;
+    const needText = plan.needs.textLogits && outputs.length > 0;
+    const signals: PruneSignals = {};
+    if (plan.needs.visionScores) signals.visionScores = new Float32Array(0);
+    if (plan.needs.textLogits) signals.textLogits = new Float32Array(0);
+    const visionKnown = !needVision || this.#visionScores?.length === images.length;
+    const textKnown = !needText || this.#outputLogits.length >= 2 * (outputs.length - 1);
+    if (!plan.needs.lastRowAttention && visionKnown && textKnown) {
+      if (needVision) signals.visionScores = this.#visionScores!;
+      if (needText) {
+        const logits = new Float32Array(2 * outputs.length); // the last pair stays 0: ignored
+        logits.set(this.#outputLogits.slice(0, 2 * (outputs.length - 1)));
+        signals.textLogits = logits;
+        if (this.#outputLogits.length < 2 * outputs.length) {
+          const last = set.upload(new Uint32Array([outputs.at(-1)!]), "last output row");
+          const out = set.storage(8, "last output logits");
+          pending.push(...k.gatherRows.bind(set, { x, indices: last, out: a.attn, rows: 1, cols: c }));
+          pending.push(...bindTextLogits(P.text!, set, { x: a.attn, rows: 1, logitsOut: out }));
+          this.#lastOutputLogits = out;
+        }
+      }
+      return signals;
+    }
+    const d = pending.splice(0);
+    const ranges: { buffer: GPUBuffer; offset: number; size: number }[] = [];
     const want: (keyof PruneSignals)[] = [];
-    if (plan.needs.visionScores && images.length) {
-      writeBuffer(gpu, a.keep, 0, Uint32Array.from(images));
-      d.push(...k.gatherRows.bind(set, { x, indices: a.keep, out: a.h, rows: images.length, cols: c }));
+    if (needVision) {
+      const indices = set.upload(Uint32Array.from(images), "image rows");
+      d.push(...k.gatherRows.bind(set, { x, indices, out: a.h, rows: images.length, cols: c }));
       d.push(...bindVisionScores(P.vision!, set, { x: a.h, rows: images.length, scoresOut: a.scores }));
       ranges.push({ buffer: a.scores, offset: 0, size: images.length * 4 });
       want.push("visionScores");
     }
-    if (plan.needs.textLogits && outputs.length) {
-      // Gather output rows after the image rows' scores were computed: separate submit keeps
-      // the shared index buffer consistent.
-      gpu.submit(d.splice(0));
-      writeBuffer(gpu, a.keep, 0, Uint32Array.from(outputs));
-      d.push(...k.gatherRows.bind(set, { x, indices: a.keep, out: a.attn, rows: outputs.length, cols: c }));
+    if (needText) {
+      const indices = set.upload(Uint32Array.from(outputs), "output rows");
+      d.push(...k.gatherRows.bind(set, { x, indices, out: a.attn, rows: outputs.length, cols: c }));
       d.push(...bindTextLogits(P.text!, set, { x: a.attn, rows: outputs.length, logitsOut: a.textLogits }));
       ranges.push({ buffer: a.textLogits, offset: 0, size: outputs.length * 8 });
       want.push("textLogits");
@@ -354,15 +391,14 @@ export class GpuSession implements BackendSession {
       ranges.push({ buffer: a.probs, offset: 0, size: kinds.length * 4 });
       want.push("lastRowAttention");
     }
-    const signals: PruneSignals = {};
-    if (plan.needs.visionScores) signals.visionScores = new Float32Array(0);
-    if (plan.needs.textLogits) signals.textLogits = new Float32Array(0);
     if (ranges.length === 0) {
       gpu.submit(d);
       return signals;
     }
     const data = await gpu.submitAndRead((enc) => gpu.encode(enc, d), ranges);
     want.forEach((key, i) => (signals[key] = new Float32Array(data[i])));
+    if (signals.visionScores) this.#visionScores = signals.visionScores;
+    if (needText) this.#outputLogits = Array.from(signals.textLogits!);
     return signals;
   }
 

@@ -406,7 +406,10 @@ export function textPredictorLogits(p: TextPredictor, x: Float32Array): Float32A
  * console.log(loadPredictors(config, () => undefined)); // { vision: null, text: null }
  * ```
  */
-export function loadPredictors(config: ModelConfig, get: (name: string) => Float32Array | undefined) {
+export function loadPredictors(
+  config: ModelConfig,
+  get: (name: string) => Float32Array | undefined,
+): { vision: VisionPredictor | null; text: TextPredictor | null } {
   const sparse = config.sparse;
   const hidden = config.text.hiddenSize;
   const has = (prefix: string) => sparse !== null && get(`${prefix}output_mlp.0.weight`) !== undefined;
