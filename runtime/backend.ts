@@ -93,6 +93,8 @@ export interface Backend {
   openSession(input: SessionInput): BackendSession;
   /** GPU readbacks (mapAsync calls) made so far; 0 on the CPU. */
   readonly readbacks: number;
+  /** Decode steps run batched with other requests so far (one row each per step); 0 on the CPU. */
+  readonly batchedSteps: number;
   /** Frees the weights (and the device). */
   dispose(): void;
 }

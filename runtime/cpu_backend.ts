@@ -75,6 +75,7 @@ class LayerCache {
 class CpuBackend implements Backend {
   readonly kind = "cpu" as const;
   readonly readbacks = 0;
+  readonly batchedSteps = 0;
   constructor(
     readonly config: ModelConfig,
     readonly weights: CpuWeights,

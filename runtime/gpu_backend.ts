@@ -17,6 +17,7 @@ import {
   uploadVisionPredictor,
 } from "./gpu_predictors.ts";
 import { GpuSession } from "./gpu_session.ts";
+import { DecodeBatcher } from "./gpu_batch.ts";
 import { encodeImagesGpu, type VisionLayerWeights, visionLayerWeights } from "./gpu_vision.ts";
 import { loadPredictors } from "./predictors.ts";
 import { uploadWeight, type WeightTensor } from "./weights_gpu.ts";
@@ -93,6 +94,8 @@ export async function createGpuBackend(
 /** The WebGPU backend of a loaded model: weights, kernels and predictors on one device. */
 export class GpuBackend implements Backend {
   readonly kind = "webgpu" as const;
+  /** Runs the decode steps of concurrent requests together (generateBatch). */
+  readonly batcher: DecodeBatcher = new DecodeBatcher(this);
   readonly layers: LayerWeights[];
   readonly visionLayers: VisionLayerWeights[];
   constructor(
@@ -139,6 +142,10 @@ export class GpuBackend implements Backend {
 
   get readbacks(): number {
     return this.gpu.readbacks;
+  }
+
+  get batchedSteps(): number {
+    return this.batcher.batchedSteps;
   }
 
   dispose(): void {

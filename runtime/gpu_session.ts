@@ -14,7 +14,8 @@ import type { BackendSession, PassResult, SessionInput } from "./backend.ts";
 import type { TextConfig } from "./config.ts";
 import type { LayerRows } from "./cost.ts";
 import { logSoftmaxAt } from "./cpu_ops.ts";
-import { BufferSet, type Dispatch, writeBuffer } from "./gpu.ts";
+import { BufferSet, type Dispatch, type ReadRange, writeBuffer } from "./gpu.ts";
+import { bindHead, bindLayerInput, bindLayerOutput } from "./gpu_layers.ts";
 import type { GpuBackend } from "./gpu_backend.ts";
 import { bindTextAdmission, bindTextLogits, bindVisionScores } from "./gpu_predictors.ts";
 import type { GpuImageFeatures } from "./gpu_vision.ts";
@@ -22,8 +23,30 @@ import type { PruneSignals, RowKind } from "./policy.ts";
 import { KvLedger } from "./sparse_kv.ts";
 import { STATE_COUNTS } from "../kernels/decode_state.ts";
 
+/** Results of decode steps: tokens sampled, admission of each fed token, last logits if asked. */
+export interface StepResults {
+  tokens: number[];
+  admitted: boolean[];
+  logits?: Float32Array;
+}
+
+/** One session's share of a batched decode step; see {@link GpuSession.batchParts}. */
+export interface BatchParts {
+  /** The session's activations: batch rows are copied into q, k, v (and x) and out of attn, logits. */
+  act: Activations;
+  /** Decode state u32: [1] the fed token, [2] its position. */
+  state: GPUBuffer;
+  admitLayer: number;
+  /** Admission flag from act.x (empty when every token is admitted). */
+  admit: Dispatch[];
+  /** Per layer: KV append and attention from act.q/k/v into act.attn. */
+  attention: Dispatch[][];
+  /** Sampling from act.logits and `advance`. */
+  tail: Dispatch[];
+}
+
 /** Activation buffers of one pass shape. */
-interface Activations {
+export interface Activations {
   x: GPUBuffer;
   x2: GPUBuffer;
   h: GPUBuffer;
@@ -64,6 +87,8 @@ export class GpuSession implements BackendSession {
   #paperRows: number[];
   #decodeDispatches: Dispatch[] | null = null;
   #decodeBuffers: BufferSet | null = null;
+  #batchParts: BatchParts | null = null;
+  #batchBuffers: BufferSet | null = null;
   #decoded = 0;
   #maxRows: number;
   /** No-cache passes: vision scores of the image rows (fixed by the prompt). */
@@ -133,6 +158,7 @@ export class GpuSession implements BackendSession {
     this.backend.gpu.device.queue.submit([enc.finish()]);
     for (const buffer of old) this.buffers.release(buffer);
     this.#decodeDispatches = null; // bound to the old buffers
+    this.#batchParts = null;
   }
 
   #writeState(values: { step?: number; token?: number; position?: number; counts?: number[] }): void {
@@ -149,42 +175,27 @@ export class GpuSession implements BackendSession {
   #layer(
     set: BufferSet,
     l: number,
-    args: { x: GPUBuffer; rows: number; positions: GPUBuffer; positionsOffset: number; admit?: boolean },
+    args: { x: GPUBuffer; rows: number; positions: GPUBuffer; positionsOffset: number },
   ): Dispatch[] {
-    const k = this.backend.kernels, t = this.#text, W = this.backend.layers[l], a = this.#act;
-    const { x, rows } = args;
+    const act = { ...this.#act, x: args.x };
+    return [
+      ...bindLayerInput(this.backend, set, l, {
+        act,
+        rows: args.rows,
+        positions: args.positions,
+        positionsOffset: args.positionsOffset,
+      }),
+      ...this.#attention(set, l, args.rows),
+      ...bindLayerOutput(this.backend, set, l, { act, rows: args.rows }),
+    ];
+  }
+
+  /** K/V of the pass's rows appended to layer l's cache, then attention of q over it into attn. */
+  #attention(set: BufferSet, l: number, rows: number): Dispatch[] {
+    const k = this.backend.kernels, t = this.#text, a = this.#act;
     const kw = t.numKvHeads * t.headDim;
     const counts = this.#state, countIndex = STATE_COUNTS + l;
     return [
-      ...k.rmsNorm.bind(set, {
-        x,
-        weight: W.attnNorm,
-        out: a.h,
-        rows,
-        cols: t.hiddenSize,
-        eps: t.rmsNormEps,
-      }),
-      ...k.matmul.bind(set, { x: a.h, weight: W.wq, out: a.q, rows }),
-      ...k.matmul.bind(set, { x: a.h, weight: W.wk, out: a.k, rows }),
-      ...k.matmul.bind(set, { x: a.h, weight: W.wv, out: a.v, rows }),
-      ...k.rope.bind(set, {
-        x: a.q,
-        positions: args.positions,
-        positionsOffset: args.positionsOffset,
-        rows,
-        heads: t.numHeads,
-        headDim: t.headDim,
-        theta: t.ropeTheta,
-      }),
-      ...k.rope.bind(set, {
-        x: a.k,
-        positions: args.positions,
-        positionsOffset: args.positionsOffset,
-        rows,
-        heads: t.numKvHeads,
-        headDim: t.headDim,
-        theta: t.ropeTheta,
-      }),
       ...k.kvAppend.bind(set, { src: a.k, cache: this.#keys[l], counts, countIndex, rows, cols: kw }),
       ...k.kvAppend.bind(set, { src: a.v, cache: this.#values[l], counts, countIndex, rows, cols: kw }),
       ...k.attention.bind(set, {
@@ -200,30 +211,12 @@ export class GpuSession implements BackendSession {
         headDim: t.headDim,
         causal: true,
       }),
-      ...k.matmul.bind(set, { x: a.attn, weight: W.wo, out: x, rows, accumulate: true }),
-      ...k.rmsNorm.bind(set, { x, weight: W.mlpNorm, out: a.h, rows, cols: t.hiddenSize, eps: t.rmsNormEps }),
-      ...k.matmul.bind(set, { x: a.h, weight: W.wGate, out: a.gate, rows }),
-      ...k.matmul.bind(set, { x: a.h, weight: W.wUp, out: a.up, rows }),
-      ...k.swiglu.bind(set, { gate: a.gate, up: a.up, out: a.act, count: rows * t.intermediateSize }),
-      ...k.matmul.bind(set, { x: a.act, weight: W.wDown, out: x, rows, accumulate: true }),
     ];
   }
 
-  /** Final norm of row `row` and lm_head into logits. */
+  /** Final norm of row `row` of x and lm_head into logits. */
   #head(set: BufferSet, x: GPUBuffer, row: number): Dispatch[] {
-    const k = this.backend.kernels, t = this.#text, a = this.#act;
-    const head = this.backend.weights.matrices.get("lm_head") ?? this.backend.matrix("embed");
-    return [
-      ...k.rmsNorm.bind(set, {
-        x,
-        weight: this.backend.vector("norm"),
-        out: a.h,
-        rows: row + 1,
-        cols: t.hiddenSize,
-        eps: t.rmsNormEps,
-      }),
-      ...k.matmul.bind(set, { x: a.h, weight: head, out: a.logits, rows: 1, xRowOffset: row }),
-    ];
+    return bindHead(this.backend, set, { x, h: this.#act.h, logits: this.#act.logits, first: row, rows: 1 });
   }
 
   /**
@@ -448,6 +441,28 @@ export class GpuSession implements BackendSession {
   }
 
   /** Dispatches of one decode step, bound once per cache allocation. */
+  /** Sampling from logits into the state, then `advance` (the end of every decode step). */
+  #sampleAndAdvance(set: BufferSet): Dispatch[] {
+    const k = this.backend.kernels, t = this.#text, plan = this.input.plan;
+    return [
+      ...k.sampler.bind(set, {
+        logits: this.#act.logits,
+        vocab: t.vocabSize,
+        state: this.#state,
+        tokensOut: this.#tokens,
+        temperature: this.input.sampling.temperature,
+        topP: this.input.sampling.topP,
+      }),
+      ...k.advance.bind(set, {
+        state: this.#state,
+        flags: this.#flags,
+        layers: t.numLayers,
+        admitLayer: plan.admitLayer,
+        admitAll: plan.admission === "all",
+      }),
+    ];
+  }
+
   #decodeStep(): Dispatch[] {
     if (this.#decodeDispatches) return this.#decodeDispatches;
     this.#decodeBuffers?.destroy();
@@ -477,33 +492,20 @@ export class GpuSession implements BackendSession {
       d.push(...this.#layer(set, l, { x: a.x, rows: 1, positions: this.#state, positionsOffset: 2 }));
     }
     d.push(...this.#head(set, a.x, 0));
-    d.push(...k.sampler.bind(set, {
-      logits: a.logits,
-      vocab: t.vocabSize,
-      state: this.#state,
-      tokensOut: this.#tokens,
-      temperature: this.input.sampling.temperature,
-      topP: this.input.sampling.topP,
-    }));
-    d.push(...k.advance.bind(set, {
-      state: this.#state,
-      flags: this.#flags,
-      layers: t.numLayers,
-      admitLayer: plan.admitLayer,
-      admitAll: plan.admission === "all",
-    }));
+    d.push(...this.#sampleAndAdvance(set));
     this.#decodeDispatches = d;
     return d;
   }
 
   async decode(steps: number, options: { forced?: number[] } = {}) {
     const forced = options.forced;
-    if (!forced) return await this.#steps(steps, { withLogits: false });
+    // Concurrent sessions of this model (generateBatch) decode together, one row each.
+    if (!forced) return await this.backend.batcher.decode(this, steps);
     // Teacher forcing: one step per token, the fed token written into the state before each step.
     const tokens: number[] = [], admitted: boolean[] = [], logProbs: number[] = [];
     for (let s = 0; s < steps; s++) {
       this.#writeState({ token: forced[s] });
-      const out = await this.#steps(1, { withLogits: s + 1 < forced.length });
+      const out = await this.runSteps(1, { withLogits: s + 1 < forced.length });
       tokens.push(...out.tokens);
       admitted.push(...out.admitted);
       if (out.logits) logProbs.push(logSoftmaxAt(out.logits, forced[s + 1]));
@@ -511,11 +513,24 @@ export class GpuSession implements BackendSession {
     return { tokens, admitted, logProbs };
   }
 
-  /** Runs `steps` decode steps on the GPU, then reads tokens, flags and row counts back once. */
-  async #steps(steps: number, options: { withLogits: boolean }) {
-    const gpu = this.backend.gpu, t = this.#text, plan = this.input.plan;
-    this.#ensureCapacity(this.#rows.map((n) => n + steps + 1));
+  /** Runs `steps` decode steps of this session alone, then reads the results back once. */
+  async runSteps(steps: number, options: { withLogits: boolean }): Promise<StepResults> {
+    const gpu = this.backend.gpu;
+    const ranges = this.beginSteps(steps, options);
     const step = this.#decodeStep();
+    const data = await gpu.submitAndRead((enc) => {
+      for (let s = 0; s < steps; s++) gpu.encode(enc, step);
+    }, ranges);
+    return this.endSteps(steps, data);
+  }
+
+  /**
+   * Before `steps` decode steps: grows the caches so they fit, and returns the ranges to read back
+   * afterwards (tokens, admission flags, state, and the last logits when asked).
+   */
+  beginSteps(steps: number, options: { withLogits: boolean }): ReadRange[] {
+    const t = this.#text;
+    this.#ensureCapacity(this.#rows.map((n) => n + steps + 1));
     const first = this.#decoded + 1;
     const ranges = [
       { buffer: this.#tokens, offset: first * 4, size: steps * 4 },
@@ -523,10 +538,13 @@ export class GpuSession implements BackendSession {
       { buffer: this.#state, offset: 0, size: (STATE_COUNTS + t.numLayers) * 4 },
     ];
     if (options.withLogits) ranges.push({ buffer: this.#act.logits, offset: 0, size: t.vocabSize * 4 });
-    // Concurrent sessions (generateBatch) share this submission and its single readback.
-    const [tokenBytes, flagBytes, stateBytes, logitBytes] = await gpu.submitAndRead((enc) => {
-      for (let s = 0; s < steps; s++) gpu.encode(enc, step);
-    }, ranges);
+    return ranges;
+  }
+
+  /** After `steps` decode steps: books the rows each layer gained from the data of {@link beginSteps}. */
+  endSteps(steps: number, data: ArrayBuffer[]): StepResults {
+    const t = this.#text, plan = this.input.plan;
+    const [tokenBytes, flagBytes, stateBytes, logitBytes] = data;
     const tokens = [...new Uint32Array(tokenBytes)];
     const admitted = Array.from(new Uint32Array(flagBytes), (f) => plan.admission === "all" || f === 1);
     const promptLen = this.input.rows.ids.length;
@@ -556,6 +574,36 @@ export class GpuSession implements BackendSession {
     return { tokens, admitted, logits: logitBytes ? new Float32Array(logitBytes) : undefined };
   }
 
+  /**
+   * This session's share of a batched decode step (runtime/gpu_batch.ts), bound to its own
+   * buffers: it reads its row of q/k/v (and of x, at its admission layer) copied into `act`, and
+   * leaves its attention output in `act.attn` and its logits row to sample from in `act.logits`.
+   * Rebuilt after the caches grow (call {@link beginSteps} first).
+   */
+  batchParts(): BatchParts {
+    if (this.#batchParts) return this.#batchParts;
+    this.#batchBuffers?.destroy();
+    const set = new BufferSet(this.backend.gpu);
+    this.#batchBuffers = set;
+    const plan = this.input.plan, a = this.#act;
+    const admit = plan.admission === "predictor"
+      ? bindTextAdmission(this.backend.predictors.text!, set, {
+        x: a.x,
+        state: this.#state,
+        flags: this.#flags,
+      })
+      : [];
+    this.#batchParts = {
+      act: a,
+      state: this.#state,
+      admitLayer: plan.admitLayer,
+      admit,
+      attention: this.backend.layers.map((_, l) => this.#attention(set, l, 1)),
+      tail: this.#sampleAndAdvance(set),
+    };
+    return this.#batchParts;
+  }
+
   async recompute(generated: number[], options: { wantLogits?: boolean } = {}) {
     const rows = this.#embed(generated);
     const out = await this.#pass(rows, {
@@ -573,6 +621,7 @@ export class GpuSession implements BackendSession {
 
   dispose(): void {
     this.#decodeBuffers?.destroy();
+    this.#batchBuffers?.destroy();
     this.buffers.destroy();
   }
 }

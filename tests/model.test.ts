@@ -218,7 +218,7 @@ Deno.test("generate() rejects bad requests with InputError naming the field", as
   }
 });
 
-Deno.test("generateBatch() of 4 mixed requests equals the 4 run alone, sharing GPU readbacks", async () => {
+Deno.test("generateBatch() of 4 mixed requests equals the 4 run alone, decoding in shared GPU steps", async () => {
   const other = { width: 12, height: 40, data: new Uint8Array(12 * 40 * 3).map((_, i) => (i * 13) % 256) };
   const requests = [
     { prompt: "What is it?", image: IMAGE, maxNewTokens: 24, stop: [], policy: "dynamic" as const },
@@ -250,6 +250,7 @@ Deno.test("generateBatch() of 4 mixed requests equals the 4 run alone, sharing G
       }
       if (backend === "webgpu") {
         assert.ok(batchReadbacks < aloneReadbacks, `${batchReadbacks} ≥ ${aloneReadbacks}`);
+        assert.ok(model.backend.batchedSteps >= 8, `batched steps ${model.backend.batchedSteps}`);
       }
     } finally {
       model.dispose();

@@ -1,0 +1,163 @@
+/**
+ * Batched decoding: requests of one model that decode at the same time (`generateBatch`) run
+ * their steps together, one row per request, so every weight matrix is read once per step for
+ * the whole batch. Each request keeps its own ragged KV cache, state, admission and sampling.
+ *
+ * One batched step, for B sessions (batch activations: x/h [B, C], q/attn [B, H·D], k/v
+ * [B, KvH·D], gate/up/act [B, I], logits [B, V]; tokens and positions u32 [B]):
+ *   copy each session's fed token and position in → embed B rows → per layer: (at a session's
+ *   admission layer: copy its x row out, admission flag) → norm, q/k/v, RoPE on B rows → copy
+ *   q/k/v rows out → each session's KV append + attention → copy attention rows in → out-proj and
+ *   MLP on B rows → final norm and lm_head on B rows → copy logits rows out → each session samples
+ *   and advances its own state.
+ * A session alone runs its own single-row step (GpuSession.runSteps).
+ * @module
+ */
+import { BufferSet, type Dispatch } from "./gpu.ts";
+import type { GpuBackend } from "./gpu_backend.ts";
+import { bindHead, bindLayerInput, bindLayerOutput, type LayerActivations } from "./gpu_layers.ts";
+import type { BatchParts, GpuSession, StepResults } from "./gpu_session.ts";
+
+interface Waiting {
+  session: GpuSession;
+  remaining: number;
+  tokens: number[];
+  admitted: boolean[];
+  done: PromiseWithResolvers<{ tokens: number[]; admitted: boolean[] }>;
+}
+
+/** Collects concurrent decode calls of one model and runs them as batched steps. */
+export class DecodeBatcher {
+  readonly model: GpuBackend;
+  #waiting: Waiting[] = [];
+  /** Batched steps run so far (for tests and reports). */
+  batchedSteps = 0;
+
+  /**
+   * @example
+   * ```ts
+   * import { DecodeBatcher } from "./gpu_batch.ts";
+   * // const batcher = new DecodeBatcher(backend); await batcher.decode(session, 16);
+   * ```
+   */
+  constructor(model: GpuBackend) {
+    this.model = model;
+  }
+
+  /** Decodes `steps` tokens for `session`, together with every session that asks at the same time. */
+  decode(session: GpuSession, steps: number): Promise<{ tokens: number[]; admitted: boolean[] }> {
+    const done = Promise.withResolvers<{ tokens: number[]; admitted: boolean[] }>();
+    if (this.#waiting.length === 0) setTimeout(() => this.#flush(), 0);
+    this.#waiting.push({ session, remaining: steps, tokens: [], admitted: [], done });
+    return done.promise;
+  }
+
+  async #flush(): Promise<void> {
+    const group = this.#waiting.splice(0);
+    try {
+      while (group.length > 0) {
+        const steps = Math.min(...group.map((w) => w.remaining));
+        const results = group.length === 1
+          ? [await group[0].session.runSteps(steps, { withLogits: false })]
+          : await this.#together(group.map((w) => w.session), steps);
+        group.forEach((w, i) => {
+          w.tokens.push(...results[i].tokens);
+          w.admitted.push(...results[i].admitted);
+          w.remaining -= steps;
+        });
+        for (let i = group.length - 1; i >= 0; i--) {
+          if (group[i].remaining > 0) continue;
+          group[i].done.resolve({ tokens: group[i].tokens, admitted: group[i].admitted });
+          group.splice(i, 1);
+        }
+      }
+    } catch (err) {
+      for (const w of group) w.done.reject(err);
+    }
+  }
+
+  /** `steps` batched steps over `sessions`, read back once. */
+  async #together(sessions: GpuSession[], steps: number): Promise<StepResults[]> {
+    const gpu = this.model.gpu, set = new BufferSet(gpu);
+    try {
+      const ranges = sessions.map((s) => s.beginSteps(steps, { withLogits: false }));
+      const parts = sessions.map((s) => s.batchParts());
+      const step = this.#bindStep(set, parts);
+      const data = await gpu.submitAndRead((enc) => {
+        for (let s = 0; s < steps; s++) step(enc);
+      }, ranges.flat());
+      this.batchedSteps += steps;
+      let at = 0;
+      return sessions.map((session, i) => {
+        const slice = data.slice(at, at + ranges[i].length);
+        at += ranges[i].length;
+        return session.endSteps(steps, slice);
+      });
+    } finally {
+      set.destroy();
+    }
+  }
+
+  /** Binds one batched step; returns a function that encodes it. */
+  #bindStep(set: BufferSet, parts: BatchParts[]): (enc: GPUCommandEncoder) => void {
+    const model = this.model, gpu = model.gpu, t = model.config.text, k = model.kernels, B = parts.length;
+    const f = (floats: number, label: string) => set.storage(floats * 4, label);
+    const qw = t.numHeads * t.headDim, kw = t.numKvHeads * t.headDim, c = t.hiddenSize;
+    const act: LayerActivations = {
+      x: f(B * c, "batch x"),
+      h: f(B * c, "batch h"),
+      q: f(B * qw, "batch q"),
+      k: f(B * kw, "batch k"),
+      v: f(B * kw, "batch v"),
+      attn: f(B * qw, "batch attn"),
+      gate: f(B * t.intermediateSize, "batch gate"),
+      up: f(B * t.intermediateSize, "batch up"),
+      act: f(B * t.intermediateSize, "batch act"),
+    };
+    const logits = f(B * t.vocabSize, "batch logits");
+    const tokens = f(B, "batch tokens"), positions = f(B, "batch positions");
+    const embed = k.embedding.bind(set, { ids: tokens, table: model.matrix("embed"), out: act.x, rows: B });
+    const layers = model.layers.map((_, l) => ({
+      admitting: parts.flatMap((p, b) => p.admitLayer === l && p.admit.length > 0 ? [b] : []),
+      input: bindLayerInput(model, set, l, { act, rows: B, positions, positionsOffset: 0 }),
+      attention: parts.flatMap((p) => p.attention[l]),
+      output: bindLayerOutput(model, set, l, { act, rows: B }),
+    }));
+    const head = bindHead(model, set, { x: act.x, h: act.h, logits, first: 0, rows: B });
+    const tails: Dispatch[] = parts.flatMap((p) => p.tail);
+    /** Copies row b of a [B, width] batch buffer to or from a session's row 0. */
+    const rowCopy = (
+      enc: GPUCommandEncoder,
+      from: GPUBuffer,
+      fromRow: number,
+      to: GPUBuffer,
+      toRow: number,
+      width: number,
+    ) => enc.copyBufferToBuffer(from, fromRow * width * 4, to, toRow * width * 4, width * 4);
+    return (enc) => {
+      parts.forEach((p, b) => {
+        enc.copyBufferToBuffer(p.state, 4, tokens, b * 4, 4);
+        enc.copyBufferToBuffer(p.state, 8, positions, b * 4, 4);
+      });
+      gpu.encode(enc, embed);
+      for (const layer of layers) {
+        if (layer.admitting.length > 0) {
+          for (const b of layer.admitting) rowCopy(enc, act.x, b, parts[b].act.x, 0, c);
+          gpu.encode(enc, layer.admitting.flatMap((b) => parts[b].admit));
+        }
+        gpu.encode(enc, layer.input);
+        parts.forEach((p, b) => {
+          rowCopy(enc, act.q, b, p.act.q, 0, qw);
+          rowCopy(enc, act.k, b, p.act.k, 0, kw);
+          rowCopy(enc, act.v, b, p.act.v, 0, kw);
+        });
+        gpu.encode(enc, layer.attention);
+        parts.forEach((p, b) => rowCopy(enc, p.act.attn, 0, act.attn, b, qw));
+        gpu.encode(enc, layer.output);
+      }
+      gpu.encode(enc, head);
+      parts.forEach((p, b) => rowCopy(enc, logits, b, p.act.logits, 0, t.vocabSize));
+      gpu.encode(enc, tails);
+    };
+  }
+}

@@ -1,0 +1,135 @@
+/**
+ * The weight-bound parts of a decoder layer on the GPU, shared by one request's passes
+ * (runtime/gpu_session.ts) and batched decode steps (runtime/gpu_batch.ts): everything but the
+ * attention over a request's own KV cache, which sits between {@link bindLayerInput} and
+ * {@link bindLayerOutput}.
+ *
+ * Activations (f32, M rows): x [M, C] residual stream, h [M, C], q [M, H·D], k/v [M, KvH·D],
+ * attn [M, H·D] (attention output), gate/up/act [M, I], logits [rows, V].
+ * @module
+ */
+import type { Dispatch } from "./gpu.ts";
+import type { BufferSet } from "./gpu.ts";
+import type { GpuBackend } from "./gpu_backend.ts";
+
+/** The activation buffers a layer reads and writes. */
+export interface LayerActivations {
+  x: GPUBuffer;
+  h: GPUBuffer;
+  q: GPUBuffer;
+  k: GPUBuffer;
+  v: GPUBuffer;
+  attn: GPUBuffer;
+  gate: GPUBuffer;
+  up: GPUBuffer;
+  act: GPUBuffer;
+}
+
+/**
+ * h = RMSNorm(x); q, k, v = h·Wq, h·Wk, h·Wv; RoPE on q and k at positions[offset + m].
+ * @example
+ * ```ts
+ * import { bindLayerInput } from "./gpu_layers.ts";
+ * // const dispatches = bindLayerInput(model, set, 0, { act, rows: 1, positions: state, positionsOffset: 2 });
+ * ```
+ */
+export function bindLayerInput(
+  model: GpuBackend,
+  set: BufferSet,
+  l: number,
+  args: { act: LayerActivations; rows: number; positions: GPUBuffer; positionsOffset: number },
+): Dispatch[] {
+  const k = model.kernels, t = model.config.text, W = model.layers[l], { act: a, rows } = args;
+  const rope = (x: GPUBuffer, heads: number) =>
+    k.rope.bind(set, {
+      x,
+      positions: args.positions,
+      positionsOffset: args.positionsOffset,
+      rows,
+      heads,
+      headDim: t.headDim,
+      theta: t.ropeTheta,
+    });
+  return [
+    ...k.rmsNorm.bind(set, {
+      x: a.x,
+      weight: W.attnNorm,
+      out: a.h,
+      rows,
+      cols: t.hiddenSize,
+      eps: t.rmsNormEps,
+    }),
+    ...k.matmul.bind(set, { x: a.h, weight: W.wq, out: a.q, rows }),
+    ...k.matmul.bind(set, { x: a.h, weight: W.wk, out: a.k, rows }),
+    ...k.matmul.bind(set, { x: a.h, weight: W.wv, out: a.v, rows }),
+    ...rope(a.q, t.numHeads),
+    ...rope(a.k, t.numKvHeads),
+  ];
+}
+
+/**
+ * x += attn·Wo; x += SwiGLU MLP of RMSNorm(x).
+ * @example
+ * ```ts
+ * import { bindLayerOutput } from "./gpu_layers.ts";
+ * // const dispatches = bindLayerOutput(model, set, 0, { act, rows: 1 });
+ * ```
+ */
+export function bindLayerOutput(
+  model: GpuBackend,
+  set: BufferSet,
+  l: number,
+  args: { act: LayerActivations; rows: number },
+): Dispatch[] {
+  const k = model.kernels, t = model.config.text, W = model.layers[l], { act: a, rows } = args;
+  return [
+    ...k.matmul.bind(set, { x: a.attn, weight: W.wo, out: a.x, rows, accumulate: true }),
+    ...k.rmsNorm.bind(set, {
+      x: a.x,
+      weight: W.mlpNorm,
+      out: a.h,
+      rows,
+      cols: t.hiddenSize,
+      eps: t.rmsNormEps,
+    }),
+    ...k.matmul.bind(set, { x: a.h, weight: W.wGate, out: a.gate, rows }),
+    ...k.matmul.bind(set, { x: a.h, weight: W.wUp, out: a.up, rows }),
+    ...k.swiglu.bind(set, { gate: a.gate, up: a.up, out: a.act, count: rows * t.intermediateSize }),
+    ...k.matmul.bind(set, { x: a.act, weight: W.wDown, out: a.x, rows, accumulate: true }),
+  ];
+}
+
+/**
+ * Final RMSNorm and lm_head: logits[i] for rows first .. first + rows - 1 of x.
+ * @example
+ * ```ts
+ * import { bindHead } from "./gpu_layers.ts";
+ * // const dispatches = bindHead(model, set, { x, h, logits, first: m - 1, rows: 1 });
+ * ```
+ */
+export function bindHead(
+  model: GpuBackend,
+  set: BufferSet,
+  args: { x: GPUBuffer; h: GPUBuffer; logits: GPUBuffer; first: number; rows: number },
+): Dispatch[] {
+  const k = model.kernels, t = model.config.text;
+  const head = model.weights.matrices.get("lm_head") ?? model.matrix("embed");
+  const rows = args.first + args.rows;
+  return [
+    ...k.rmsNorm.bind(set, {
+      x: args.x,
+      weight: model.vector("norm"),
+      out: args.h,
+      rows,
+      cols: t.hiddenSize,
+      eps: t.rmsNormEps,
+    }),
+    ...k.matmul.bind(set, {
+      x: args.h,
+      weight: head,
+      out: args.logits,
+      rows: args.rows,
+      xRowOffset: args.first,
+    }),
+  ];
+}
