@@ -15,7 +15,7 @@
  */
 import { BufferSet, type Dispatch } from "./gpu.ts";
 import type { GpuBackend } from "./gpu_backend.ts";
-import { bindHead, bindLayerInput, bindLayerOutput, type LayerActivations } from "./gpu_layers.ts";
+import { allocLayerActivations, bindHead, bindLayerInput, bindLayerOutput } from "./gpu_layers.ts";
 import type { BatchParts, GpuSession, StepResults } from "./gpu_session.ts";
 
 interface Waiting {
@@ -101,21 +101,10 @@ export class DecodeBatcher {
   /** Binds one batched step; returns a function that encodes it. */
   #bindStep(set: BufferSet, parts: BatchParts[]): (enc: GPUCommandEncoder) => void {
     const model = this.model, gpu = model.gpu, t = model.config.text, k = model.kernels, B = parts.length;
-    const f = (floats: number, label: string) => set.storage(floats * 4, label);
     const qw = t.numHeads * t.headDim, kw = t.numKvHeads * t.headDim, c = t.hiddenSize;
-    const act: LayerActivations = {
-      x: f(B * c, "batch x"),
-      h: f(B * c, "batch h"),
-      q: f(B * qw, "batch q"),
-      k: f(B * kw, "batch k"),
-      v: f(B * kw, "batch v"),
-      attn: f(B * qw, "batch attn"),
-      gate: f(B * t.intermediateSize, "batch gate"),
-      up: f(B * t.intermediateSize, "batch up"),
-      act: f(B * t.intermediateSize, "batch act"),
-    };
-    const logits = f(B * t.vocabSize, "batch logits");
-    const tokens = f(B, "batch tokens"), positions = f(B, "batch positions");
+    const act = allocLayerActivations(set, t, { rows: B, label: "batch" });
+    const logits = set.storage(B * t.vocabSize * 4, "batch logits");
+    const tokens = set.storage(B * 4, "batch tokens"), positions = set.storage(B * 4, "batch positions");
     const embed = k.embedding.bind(set, { ids: tokens, table: model.matrix("embed"), out: act.x, rows: B });
     const layers = model.layers.map((_, l) => ({
       admitting: parts.flatMap((p, b) => p.admitLayer === l && p.admit.length > 0 ? [b] : []),

@@ -8,8 +8,8 @@
  * attn [M, H·D] (attention output), gate/up/act [M, I], logits [rows, V].
  * @module
  */
-import type { Dispatch } from "./gpu.ts";
-import type { BufferSet } from "./gpu.ts";
+import type { TextConfig } from "./config.ts";
+import type { BufferSet, Dispatch } from "./gpu.ts";
 import type { GpuBackend } from "./gpu_backend.ts";
 
 /** The activation buffers a layer reads and writes. */
@@ -23,6 +23,35 @@ export interface LayerActivations {
   gate: GPUBuffer;
   up: GPUBuffer;
   act: GPUBuffer;
+}
+
+/**
+ * Allocates layer activations for `rows` rows in `set`.
+ * @example
+ * ```ts
+ * import { allocLayerActivations } from "./gpu_layers.ts";
+ * // const act = allocLayerActivations(set, model.config.text, { rows: 8, label: "batch" });
+ * ```
+ */
+export function allocLayerActivations(
+  set: BufferSet,
+  text: TextConfig,
+  options: { rows: number; label: string },
+): LayerActivations {
+  const { rows, label } = options;
+  const f = (floats: number, name: string) => set.storage(rows * floats * 4, `${label} ${name}`);
+  const qw = text.numHeads * text.headDim, kw = text.numKvHeads * text.headDim;
+  return {
+    x: f(text.hiddenSize, "x"),
+    h: f(text.hiddenSize, "h"),
+    q: f(qw, "q"),
+    k: f(kw, "k"),
+    v: f(kw, "v"),
+    attn: f(qw, "attn"),
+    gate: f(text.intermediateSize, "gate"),
+    up: f(text.intermediateSize, "up"),
+    act: f(text.intermediateSize, "act"),
+  };
 }
 
 /**

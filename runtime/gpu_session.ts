@@ -15,7 +15,13 @@ import type { TextConfig } from "./config.ts";
 import type { LayerRows } from "./cost.ts";
 import { logSoftmaxAt } from "./cpu_ops.ts";
 import { BufferSet, type Dispatch, type ReadRange, writeBuffer } from "./gpu.ts";
-import { bindHead, bindLayerInput, bindLayerOutput } from "./gpu_layers.ts";
+import {
+  allocLayerActivations,
+  bindHead,
+  bindLayerInput,
+  bindLayerOutput,
+  type LayerActivations,
+} from "./gpu_layers.ts";
 import type { GpuBackend } from "./gpu_backend.ts";
 import { bindTextAdmission, bindTextLogits, bindVisionScores } from "./gpu_predictors.ts";
 import type { GpuImageFeatures } from "./gpu_vision.ts";
@@ -45,18 +51,9 @@ export interface BatchParts {
   tail: Dispatch[];
 }
 
-/** Activation buffers of one pass shape. */
-export interface Activations {
-  x: GPUBuffer;
+/** Activation buffers of one request: a layer's, plus pruning, ids and logits. */
+export interface Activations extends LayerActivations {
   x2: GPUBuffer;
-  h: GPUBuffer;
-  q: GPUBuffer;
-  k: GPUBuffer;
-  v: GPUBuffer;
-  attn: GPUBuffer;
-  gate: GPUBuffer;
-  up: GPUBuffer;
-  act: GPUBuffer;
   positions: GPUBuffer;
   positions2: GPUBuffer;
   keep: GPUBuffer;
@@ -107,18 +104,9 @@ export class GpuSession implements BackendSession {
     // Decode steps run one row at a time: only no-cache recomputes need room for the whole context.
     this.#maxRows = promptLen + (input.kvCache ? 0 : input.maxNewTokens) + 1;
     const m = this.#maxRows, b = this.buffers, f = (n: number, label: string) => b.storage(n * 4, label);
-    const qw = t.numHeads * t.headDim, kw = t.numKvHeads * t.headDim;
     this.#act = {
-      x: f(m * t.hiddenSize, "x"),
+      ...allocLayerActivations(b, t, { rows: m, label: "request" }),
       x2: f(m * t.hiddenSize, "x2"),
-      h: f(m * t.hiddenSize, "h"),
-      q: f(m * qw, "q"),
-      k: f(m * kw, "k"),
-      v: f(m * kw, "v"),
-      attn: f(m * qw, "attn"),
-      gate: f(m * t.intermediateSize, "gate"),
-      up: f(m * t.intermediateSize, "up"),
-      act: f(m * t.intermediateSize, "act"),
       positions: f(m, "positions"),
       positions2: f(m, "positions2"),
       keep: f(m, "keep"),
