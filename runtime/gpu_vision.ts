@@ -110,30 +110,17 @@ export async function encodeImagesGpu(model: GpuBackend, pixels: Float32Array[])
       }),
     );
     d.push(...k.add.bind(scratch, { a: e, b: model.vector("vision.pos_embed"), count: rows * vh }));
-    d.push(...k.layerNorm.bind(scratch, {
-      x: e,
-      weight: model.vector("vision.pre_norm.weight"),
-      bias: model.vector("vision.pre_norm.bias"),
-      out: x,
-      rows,
-      cols: vh,
-      eps: v.layerNormEps,
-    }));
+    const norm = (input: GPUBuffer, [weight, bias]: [GPUBuffer, GPUBuffer], out: GPUBuffer) =>
+      k.layerNorm.bind(scratch, { x: input, weight, bias, out, rows, cols: vh, eps: v.layerNormEps });
+    const linear = (
+      input: GPUBuffer,
+      [weight, bias]: [WeightTensor, GPUBuffer],
+      out: GPUBuffer,
+      accumulate = false,
+    ) => k.matmul.bind(scratch, { x: input, weight, bias, out, rows, accumulate });
+    d.push(...norm(e, [model.vector("vision.pre_norm.weight"), model.vector("vision.pre_norm.bias")], x));
     for (const L of model.visionLayers) {
-      d.push(
-        ...k.layerNorm.bind(scratch, {
-          x,
-          weight: L.ln1[0],
-          bias: L.ln1[1],
-          out: h,
-          rows,
-          cols: vh,
-          eps: v.layerNormEps,
-        }),
-      );
-      d.push(...k.matmul.bind(scratch, { x: h, weight: L.q[0], bias: L.q[1], out: q, rows }));
-      d.push(...k.matmul.bind(scratch, { x: h, weight: L.k[0], bias: L.k[1], out: kk, rows }));
-      d.push(...k.matmul.bind(scratch, { x: h, weight: L.v[0], bias: L.v[1], out: vv, rows }));
+      d.push(...norm(x, L.ln1, h), ...linear(h, L.q, q), ...linear(h, L.k, kk), ...linear(h, L.v, vv));
       d.push(...k.attention.bind(scratch, {
         q,
         keys: kk,
@@ -147,37 +134,14 @@ export async function encodeImagesGpu(model: GpuBackend, pixels: Float32Array[])
         headDim: vh / v.numHeads,
         causal: false,
       }));
-      d.push(
-        ...k.matmul.bind(scratch, { x: a, weight: L.o[0], bias: L.o[1], out: x, rows, accumulate: true }),
-      );
-      d.push(
-        ...k.layerNorm.bind(scratch, {
-          x,
-          weight: L.ln2[0],
-          bias: L.ln2[1],
-          out: h,
-          rows,
-          cols: vh,
-          eps: v.layerNormEps,
-        }),
-      );
-      d.push(...k.matmul.bind(scratch, { x: h, weight: L.fc1[0], bias: L.fc1[1], out: f, rows }));
+      d.push(...linear(a, L.o, x, true), ...norm(x, L.ln2, h), ...linear(h, L.fc1, f));
       d.push(
         ...(v.hiddenAct === "quick_gelu" ? k.quickGelu : k.gelu).bind(scratch, {
           x: f,
           count: rows * v.intermediateSize,
         }),
       );
-      d.push(
-        ...k.matmul.bind(scratch, {
-          x: f,
-          weight: L.fc2[0],
-          bias: L.fc2[1],
-          out: x,
-          rows,
-          accumulate: true,
-        }),
-      );
+      d.push(...linear(f, L.fc2, x, true));
     }
     const skip = v.selectFeature === "patch" ? 1 : 0;
     const project: Dispatch[] = [];
