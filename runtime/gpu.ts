@@ -437,7 +437,9 @@ export async function readRanges(
     gpu.device.queue.submit([encoder.finish()]);
     await gpu.mapped(staging);
     const all = staging.getMappedRange();
-    return ranges.map((r, i) => all.slice(offsets[i], offsets[i] + r.size));
+    const copies = ranges.map((r, i) => all.slice(offsets[i], offsets[i] + r.size));
+    staging.unmap();
+    return copies;
   } finally {
     staging.destroy();
   }

@@ -54,14 +54,20 @@ export function testGpu(): Promise<Gpu> {
   return createGpu({ allowF16: Deno.env.get("DYNLLAVA_NO_F16") !== "1" });
 }
 
-/** Runs `body` with a fresh test GPU and buffer set, freeing both afterwards. */
+let sharedGpu: Promise<Gpu> | null = null;
+
+/**
+ * Runs `body` with this module's test GPU (one device per test file: creating and destroying many
+ * devices in one process has crashed lavapipe at exit) and a fresh buffer set, freed afterwards.
+ */
 export async function withGpu(body: (gpu: Gpu, buffers: BufferSet) => Promise<void>): Promise<void> {
-  const gpu = await testGpu();
+  sharedGpu ??= testGpu();
+  const gpu = await sharedGpu;
   const buffers = new BufferSet(gpu);
   try {
     await body(gpu, buffers);
   } finally {
+    await gpu.sync();
     buffers.destroy();
-    gpu.destroy();
   }
 }
