@@ -9,18 +9,51 @@
  * @module
  */
 import { parseArgs } from "node:util";
-import { densePolicy, dynamicPolicy, fastvPolicy, loadModel, type Policy } from "../mod.ts";
+import {
+  densePolicy,
+  dynamicPolicy,
+  DynllavaError,
+  fastvPolicy,
+  InputError,
+  loadModel,
+  type Policy,
+} from "../mod.ts";
 
 /** Builds the policy the flags ask for. */
 function policyFrom(
   name: string,
   options: { visionKeep?: number; fastvK?: number; fastvR?: number },
 ): Policy {
+  if (options.visionKeep !== undefined && name !== "dynamic") {
+    throw new InputError(
+      "Cannot build the policy: --vision-keep applies to --policy dynamic only",
+      "--vision-keep",
+    );
+  }
+  if ((options.fastvK !== undefined || options.fastvR !== undefined) && name !== "fastv") {
+    throw new InputError(
+      "Cannot build the policy: --fastv-k and --fastv-r apply to --policy fastv only",
+      "--fastv-k",
+    );
+  }
   if (name === "dynamic") return dynamicPolicy({ visionKeep: options.visionKeep });
-  if (options.visionKeep !== undefined) throw new Error("--vision-keep applies to --policy dynamic only");
   if (name === "fastv") return fastvPolicy({ k: options.fastvK, r: options.fastvR });
   if (name === "dense") return densePolicy();
-  throw new Error(`unknown --policy ${name} (dense, dynamic or fastv)`);
+  throw new InputError(
+    `Cannot build the policy: unknown --policy ${name} (dense, dynamic or fastv)`,
+    "--policy",
+  );
+}
+
+/** Reads a numeric flag; undefined when absent. */
+function numberFlag(values: Record<string, unknown>, name: string): number | undefined {
+  const text = values[name];
+  if (text === undefined) return undefined;
+  const value = Number(text);
+  if (typeof text !== "string" || text.trim() === "" || !Number.isFinite(value)) {
+    throw new InputError(`Cannot read --${name}: ${JSON.stringify(text)} is not a number`, `--${name}`);
+  }
+  return value;
 }
 
 /** A colourful gradient used when the demo runs without --image. */
@@ -74,8 +107,23 @@ async function main(): Promise<void> {
     },
   });
   const modelPath = values.model ?? (values.demo ? new URL("../assets/demo/", import.meta.url) : undefined);
-  if (!modelPath) throw new Error("give --model DIR, or --demo");
-  const backend = values.backend === "cpu" ? "cpu" : "webgpu";
+  if (!modelPath) throw new InputError("Cannot start: give --model DIR, or --demo", "--model");
+  const backend = values.backend;
+  if (backend !== "cpu" && backend !== "webgpu") {
+    throw new InputError(`Cannot start: --backend must be webgpu or cpu, got ${backend}`, "--backend");
+  }
+  const policy = policyFrom(values.policy, {
+    visionKeep: numberFlag(values, "vision-keep"),
+    fastvK: numberFlag(values, "fastv-k"),
+    fastvR: numberFlag(values, "fastv-r"),
+  });
+  const frames = numberFlag(values, "frames")!;
+  const sampling = {
+    maxNewTokens: numberFlag(values, "max-new-tokens"),
+    temperature: numberFlag(values, "temperature"),
+    topP: numberFlag(values, "top-p"),
+    seed: numberFlag(values, "seed"),
+  };
   if (values.demo) {
     console.error("demo checkpoint: tiny model with RANDOM weights — the text is gibberish by design");
   }
@@ -89,22 +137,13 @@ async function main(): Promise<void> {
       : values.demo && !values.video && model.config.vision
       ? demoImage()
       : undefined;
-    const video = values.video
-      ? { data: await Deno.readFile(values.video), frames: Number(values.frames) }
-      : undefined;
+    const video = values.video ? { data: await Deno.readFile(values.video), frames } : undefined;
     const run = model.generate({
       prompt: values.prompt ?? "Describe the image.",
       image,
       video,
-      maxNewTokens: Number(values["max-new-tokens"]),
-      temperature: Number(values.temperature),
-      topP: Number(values["top-p"]),
-      seed: Number(values.seed),
-      policy: policyFrom(values.policy, {
-        visionKeep: values["vision-keep"] ? Number(values["vision-keep"]) : undefined,
-        fastvK: values["fastv-k"] ? Number(values["fastv-k"]) : undefined,
-        fastvR: values["fastv-r"] ? Number(values["fastv-r"]) : undefined,
-      }),
+      ...sampling,
+      policy,
       kvCache: !values["no-kv-cache"],
     });
     if (!values.json) {
@@ -140,4 +179,12 @@ async function main(): Promise<void> {
   }
 }
 
-if (import.meta.main) await main();
+if (import.meta.main) {
+  try {
+    await main();
+  } catch (err) {
+    if (!(err instanceof DynllavaError)) throw err;
+    console.error(`${err.name}: ${err.message} (${err.where})`);
+    Deno.exit(2);
+  }
+}

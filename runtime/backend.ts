@@ -26,6 +26,8 @@ export interface Sampling {
 /** Projected image features [images·N, C], held by the backend that made them. */
 export interface ImageFeatures {
   rows: number;
+  /** GPU bytes the features occupy (0 when held in CPU memory). */
+  readonly gpuBytes: number;
   dispose(): void;
 }
 
@@ -39,6 +41,8 @@ export interface SessionInput {
   maxNewTokens: number;
   /** false when the session will only `recompute` (sizes buffers for the whole context). */
   kvCache: boolean;
+  /** Stop ids: `decode` returns early after sampling one (its later steps are neither kept nor counted). */
+  stop?: number[];
 }
 
 /** Outcome of a prefill (KV mode) or of one no-cache recompute. */
@@ -57,7 +61,8 @@ export interface BackendSession {
   prefill(options: { wantLogits: boolean }): Promise<PassResult>;
   /**
    * KV mode: feeds back `steps` tokens, starting with the last sampled one; each step samples the
-   * next. Returns the sampled tokens and, per fed token, whether it entered layers ≥ admitLayer.
+   * next. Returns the sampled tokens (fewer when one is a stop id: it comes last) and, per fed
+   * token, whether it entered layers ≥ admitLayer.
    * With `forced`, the fed tokens are these instead of the sampled ones, and `logProbs` holds
    * log p(forced[i+1] | …) per step (teacher forcing).
    */

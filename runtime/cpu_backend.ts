@@ -30,6 +30,7 @@ export type CpuWeights = Map<string, Float32Array>;
 
 /** Image features held in CPU memory: [rows, C]. */
 class CpuImageFeatures implements ImageFeatures {
+  readonly gpuBytes = 0;
   constructor(readonly rows: number, readonly data: Float32Array) {}
   dispose(): void {}
 }
@@ -304,13 +305,13 @@ class CpuSession implements BackendSession {
     const t = this.#text;
     for (let s = 0; s < steps; s++) {
       const fed = options.forced ? options.forced[s] : this.#last;
-      const pos = this.input.rows.ids.length + s + this.#decoded;
+      const pos = this.input.rows.ids.length + this.#decoded;
       const embed = this.backend.w("embed");
       const rows: Rows = {
         x: embed.slice(fed * t.hiddenSize, (fed + 1) * t.hiddenSize),
         positions: [pos],
         kinds: ["output"],
-        tags: [this.#decoded + s],
+        tags: [this.#decoded],
       };
       const flags: boolean[] = [];
       const out = this.#forward(rows, this.#caches, { prune: false, admitted: flags });
@@ -324,8 +325,9 @@ class CpuSession implements BackendSession {
       }
       this.#last = this.#sample(logits);
       tokens.push(this.#last);
+      this.#decoded++;
+      if (!options.forced && this.input.stop?.includes(this.#last)) break;
     }
-    this.#decoded += steps;
     return Promise.resolve({ tokens, admitted, logProbs: options.forced ? logProbs : undefined });
   }
 

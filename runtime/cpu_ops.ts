@@ -207,9 +207,16 @@ export function swiglu(gate: Float32Array, up: Float32Array): Float32Array {
   return y;
 }
 
-/** Error function (Abramowitz–Stegun 7.1.26 refined: |error| < 1.2e-7), shared by GELU twins. */
+/**
+ * Error function from the Chebyshev-fitted erfc of Numerical Recipes (|error| < 1.2e-7); the GELU
+ * kernel evaluates the same formula.
+ * @example
+ * ```ts
+ * import { erf } from "./cpu_ops.ts";
+ * console.log(erf(0), erf(10)); // 0 1 (to 1.2e-7)
+ * ```
+ */
 export function erf(x: number): number {
-  // Numerical Recipes erfc via Chebyshev fit.
   const z = Math.abs(x);
   const t = 1 / (1 + 0.5 * z);
   const r = t * Math.exp(
@@ -245,16 +252,6 @@ export function gatherRows(table: Float32Array, cols: number, ids: ArrayLike<num
   const y = new Float32Array(ids.length * cols);
   for (let i = 0; i < ids.length; i++) y.set(table.subarray(ids[i] * cols, (ids[i] + 1) * cols), i * cols);
   return y;
-}
-
-/** log_softmax of a vector. */
-export function logSoftmax(x: Float32Array): Float32Array {
-  let max = -Infinity;
-  for (const v of x) if (v > max) max = v;
-  let sum = 0;
-  for (const v of x) sum += Math.exp(v - max);
-  const lse = max + Math.log(sum);
-  return x.map((v) => v - lse);
 }
 
 /**

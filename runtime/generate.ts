@@ -191,7 +191,7 @@ async function loop(
         bytes: kvBytes(config.text, rowsPerLayer, { bytesPerElement }),
         peakBytes: session.ledger.peakBytes,
       },
-      gpuPeakBytes: session.gpuPeakBytes(),
+      gpuPeakBytes: session.gpuPeakBytes() + (request.images?.gpuBytes ?? 0),
       rowsComputed: { prefill: rowsComputed("prefill"), decode: rowsComputed("decode") },
     },
   };

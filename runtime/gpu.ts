@@ -291,6 +291,8 @@ export async function createGpu(options: GpuOptions = {}): Promise<Gpu> {
 /** Creates GPU buffers, counts their bytes (live and peak) and destroys them together. */
 export class BufferSet {
   readonly gpu: Gpu;
+  /** A set whose counts include this one's (a request's total over its per-pass sets). */
+  readonly parent: BufferSet | null;
   #buffers = new Set<GPUBuffer>();
   liveBytes = 0;
   peakBytes = 0;
@@ -307,8 +309,16 @@ export class BufferSet {
    * gpu.destroy();
    * ```
    */
-  constructor(gpu: Gpu) {
+  constructor(gpu: Gpu, options: { parent?: BufferSet } = {}) {
     this.gpu = gpu;
+    this.parent = options.parent ?? null;
+  }
+
+  #count(bytes: number): void {
+    for (let set: BufferSet | null = this; set; set = set.parent) {
+      set.liveBytes += bytes;
+      set.peakBytes = Math.max(set.peakBytes, set.liveBytes);
+    }
   }
 
   /** A storage buffer (read/write, copyable) of at least `bytes` bytes (rounded up to 16). */
@@ -348,15 +358,14 @@ export class BufferSet {
       throw new GpuError(`Cannot create buffer ${label}: ${(err as Error).message}`, label, { cause: err });
     }
     this.#buffers.add(buffer);
-    this.liveBytes += size;
-    this.peakBytes = Math.max(this.peakBytes, this.liveBytes);
+    this.#count(size);
     return buffer;
   }
 
   /** Destroys one buffer made by this set. */
   release(buffer: GPUBuffer): void {
     if (!this.#buffers.delete(buffer)) return;
-    this.liveBytes -= buffer.size;
+    this.#count(-buffer.size);
     buffer.destroy();
   }
 
@@ -364,7 +373,7 @@ export class BufferSet {
   destroy(): void {
     for (const b of this.#buffers) b.destroy();
     this.#buffers.clear();
-    this.liveBytes = 0;
+    this.#count(-this.liveBytes);
   }
 }
 

@@ -58,12 +58,13 @@ export class DecodeBatcher {
       while (group.length > 0) {
         const steps = Math.min(...group.map((w) => w.remaining));
         const results = group.length === 1
-          ? [await group[0].session.runSteps(steps, { withLogits: false })]
+          ? [await group[0].session.runSteps(steps, { withLogits: false, stopEarly: true })]
           : await this.#together(group.map((w) => w.session), steps);
         group.forEach((w, i) => {
           w.tokens.push(...results[i].tokens);
           w.admitted.push(...results[i].admitted);
-          w.remaining -= steps;
+          // A request that sampled a stop id is finished, whatever it asked for.
+          w.remaining = results[i].tokens.length < steps ? 0 : w.remaining - steps;
         });
         for (let i = group.length - 1; i >= 0; i--) {
           if (group[i].remaining > 0) continue;
@@ -91,7 +92,7 @@ export class DecodeBatcher {
       return sessions.map((session, i) => {
         const slice = data.slice(at, at + ranges[i].length);
         at += ranges[i].length;
-        return session.endSteps(steps, slice);
+        return session.endSteps(steps, slice, { stopEarly: true });
       });
     } finally {
       set.destroy();

@@ -104,21 +104,26 @@ export class GpuSession implements BackendSession {
     // Decode steps run one row at a time: only no-cache recomputes need room for the whole context.
     this.#maxRows = promptLen + (input.kvCache ? 0 : input.maxNewTokens) + 1;
     const m = this.#maxRows, b = this.buffers, f = (n: number, label: string) => b.storage(n * 4, label);
-    this.#act = {
-      ...allocLayerActivations(b, t, { rows: m, label: "request" }),
-      x2: f(m * t.hiddenSize, "x2"),
-      positions: f(m, "positions"),
-      positions2: f(m, "positions2"),
-      keep: f(m, "keep"),
-      ids: f(m, "ids"),
-      probs: f(m, "probs"),
-      scores: f(m, "scores"),
-      textLogits: f(m * 2, "textLogits"),
-      logits: f(t.vocabSize, "logits"),
-    };
-    this.#state = b.storage((STATE_COUNTS + t.numLayers) * 4, "state");
-    this.#tokens = b.storage((input.maxNewTokens + 2) * 4, "tokens");
-    this.#flags = b.storage((input.maxNewTokens + 2) * 4, "flags");
+    try {
+      this.#act = {
+        ...allocLayerActivations(b, t, { rows: m, label: "request" }),
+        x2: f(m * t.hiddenSize, "x2"),
+        positions: f(m, "positions"),
+        positions2: f(m, "positions2"),
+        keep: f(m, "keep"),
+        ids: f(m, "ids"),
+        probs: f(m, "probs"),
+        scores: f(m, "scores"),
+        textLogits: f(m * 2, "textLogits"),
+        logits: f(t.vocabSize, "logits"),
+      };
+      this.#state = b.storage((STATE_COUNTS + t.numLayers) * 4, "state");
+      this.#tokens = b.storage((input.maxNewTokens + 2) * 4, "tokens");
+      this.#flags = b.storage((input.maxNewTokens + 2) * 4, "flags");
+    } catch (err) {
+      this.buffers.destroy(); // a buffer over the device limits: free what was made
+      throw err;
+    }
     this.#rows = new Array(t.numLayers).fill(0);
     this.#capacity = new Array(t.numLayers).fill(0);
     this.#paperRows = new Array(t.numLayers).fill(0);
@@ -216,11 +221,13 @@ export class GpuSession implements BackendSession {
     options: { step: number; wantLogits: boolean; phase: "prefill" | "decode" },
   ): Promise<PassResult & { outputKept: number[] | null; positionsPerLayer: number[][] }> {
     const gpu = this.backend.gpu, plan = this.input.plan, t = this.#text, a = this.#act;
-    const set = new BufferSet(gpu);
+    const set = new BufferSet(gpu, { parent: this.buffers });
     try {
       this.#rows.fill(0);
       this.#paperRows.fill(0);
-      this.#ensureCapacity(this.#rows.map(() => rows.kinds.length));
+      // Layers from the prune layer on only ever hold the kept rows: they are sized after the choice.
+      const pruneAt = plan.pruneLayer ?? t.numLayers;
+      this.#ensureCapacity(this.#rows.map((_, l) => l < pruneAt ? rows.kinds.length : 0));
       this.#writeState({ step: options.step, counts: this.#rows });
       writeBuffer(gpu, a.positions, 0, Uint32Array.from(rows.positions));
       let x = a.x, xAlt = a.x2, positions = a.positions, positionsAlt = a.positions2;
@@ -232,6 +239,7 @@ export class GpuSession implements BackendSession {
         if (l === plan.pruneLayer) {
           const signals = await this.#signals(set, pending, x, rows.kinds);
           const keep = plan.selectRows(rows.kinds, signals);
+          this.#ensureCapacity(this.#rows.map((_, l) => l >= pruneAt ? keep.length : 0));
           writeBuffer(gpu, a.keep, 0, Uint32Array.from(keep));
           const k = this.backend.kernels;
           pending.push(
@@ -392,7 +400,7 @@ export class GpuSession implements BackendSession {
     for (let i = 0; i < promptLen; i++) ids[i] = Math.max(0, rows.ids[i]);
     generated.forEach((id, j) => (ids[promptLen + j] = id));
     writeBuffer(gpu, a.ids, 0, ids);
-    const set = new BufferSet(gpu);
+    const set = new BufferSet(gpu, { parent: this.buffers });
     try {
       const enc = gpu.device.createCommandEncoder();
       gpu.encode(
@@ -454,7 +462,7 @@ export class GpuSession implements BackendSession {
   #decodeStep(): Dispatch[] {
     if (this.#decodeDispatches) return this.#decodeDispatches;
     this.#decodeBuffers?.destroy();
-    const set = new BufferSet(this.backend.gpu);
+    const set = new BufferSet(this.backend.gpu, { parent: this.buffers });
     this.#decodeBuffers = set;
     const k = this.backend.kernels, a = this.#act, t = this.#text, plan = this.input.plan;
     const d: Dispatch[] = [];
@@ -493,7 +501,7 @@ export class GpuSession implements BackendSession {
     const tokens: number[] = [], admitted: boolean[] = [], logProbs: number[] = [];
     for (let s = 0; s < steps; s++) {
       this.#writeState({ token: forced[s] });
-      const out = await this.runSteps(1, { withLogits: s + 1 < forced.length });
+      const out = await this.runSteps(1, { withLogits: s + 1 < forced.length, stopEarly: false });
       tokens.push(...out.tokens);
       admitted.push(...out.admitted);
       if (out.logits) logProbs.push(logSoftmaxAt(out.logits, forced[s + 1]));
@@ -502,14 +510,14 @@ export class GpuSession implements BackendSession {
   }
 
   /** Runs `steps` decode steps of this session alone, then reads the results back once. */
-  async runSteps(steps: number, options: { withLogits: boolean }): Promise<StepResults> {
+  async runSteps(steps: number, options: { withLogits: boolean; stopEarly: boolean }): Promise<StepResults> {
     const gpu = this.backend.gpu;
     const ranges = this.beginSteps(steps, options);
     const step = this.#decodeStep();
     const data = await gpu.submitAndRead((enc) => {
       for (let s = 0; s < steps; s++) gpu.encode(enc, step);
     }, ranges);
-    return this.endSteps(steps, data);
+    return this.endSteps(steps, data, options);
   }
 
   /**
@@ -530,13 +538,20 @@ export class GpuSession implements BackendSession {
   }
 
   /** After `steps` decode steps: books the rows each layer gained from the data of {@link beginSteps}. */
-  endSteps(steps: number, data: ArrayBuffer[]): StepResults {
+  endSteps(steps: number, data: ArrayBuffer[], options: { stopEarly: boolean }): StepResults {
     const t = this.#text, plan = this.input.plan;
     const [tokenBytes, flagBytes, stateBytes, logitBytes] = data;
     const tokens = [...new Uint32Array(tokenBytes)];
     const admitted = Array.from(new Uint32Array(flagBytes), (f) => plan.admission === "all" || f === 1);
     const promptLen = this.input.rows.ids.length;
+    // Steps after a stop id ran on the GPU but belong to no result: they are not counted.
+    const stopAt = options.stopEarly ? tokens.findIndex((id) => this.input.stop?.includes(id)) : -1;
+    const used = stopAt < 0 ? steps : stopAt + 1;
     for (let s = 0; s < steps; s++) {
+      if (s >= used) {
+        for (let l = 0; l < t.numLayers; l++) if (l < plan.admitLayer || admitted[s]) this.#rows[l]++;
+        continue;
+      }
       this.passes.push({
         phase: "decode",
         layers: this.#rows.map((cached, l) => ({
@@ -559,7 +574,11 @@ export class GpuSession implements BackendSession {
       throw new Error(`internal: GPU row counts ${counts} differ from the ledger ${this.#rows}`);
     }
     this.#decoded += steps;
-    return { tokens, admitted, logits: logitBytes ? new Float32Array(logitBytes) : undefined };
+    return {
+      tokens: tokens.slice(0, used),
+      admitted: admitted.slice(0, used),
+      logits: logitBytes ? new Float32Array(logitBytes) : undefined,
+    };
   }
 
   /**
@@ -571,7 +590,7 @@ export class GpuSession implements BackendSession {
   batchParts(): BatchParts {
     if (this.#batchParts) return this.#batchParts;
     this.#batchBuffers?.destroy();
-    const set = new BufferSet(this.backend.gpu);
+    const set = new BufferSet(this.backend.gpu, { parent: this.buffers });
     this.#batchBuffers = set;
     const plan = this.input.plan, a = this.#act;
     const admit = plan.admission === "predictor"

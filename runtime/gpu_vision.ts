@@ -27,6 +27,9 @@ export interface VisionLayerWeights {
 /** Image features held on the GPU: [rows, C] in `buffer`, freed with `owner`. */
 export class GpuImageFeatures implements ImageFeatures {
   constructor(readonly rows: number, readonly buffer: GPUBuffer, readonly owner: BufferSet) {}
+  get gpuBytes(): number {
+    return this.owner.liveBytes;
+  }
   dispose(): void {
     this.owner.destroy();
   }

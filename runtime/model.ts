@@ -5,7 +5,7 @@
  * @module
  */
 import { fileURLToPath } from "node:url";
-import type { Backend, ImageFeatures, LoadProgress } from "./backend.ts";
+import type { Backend, BackendSession, ImageFeatures, LoadProgress } from "./backend.ts";
 export type { LoadProgress } from "./backend.ts";
 import { type Checkpoint, openCheckpoint, readCheckpointTensor } from "./checkpoint.ts";
 import type { ModelConfig } from "./config.ts";
@@ -20,7 +20,7 @@ import { resolvePolicy } from "./policies.ts";
 import { loadPredictors } from "./predictors.ts";
 import { preprocessImage } from "./preprocess.ts";
 import { fetchCheckpoint } from "./remote.ts";
-import { buildPromptRows } from "./sequence.ts";
+import { buildPromptRows, type PromptRows } from "./sequence.ts";
 import { encodeWithImages, formatLlavaV1 } from "./template.ts";
 import { loadTokenizer, type Tokenizer } from "./tokenizer.ts";
 
@@ -154,7 +154,13 @@ export class Model {
    * ```
    */
   generateBatch(requests: GenerateRequest[]): Promise<GenerateResult[]> {
-    return this.#exclusive(() => Promise.all(requests.map((request) => this.#generate(request, () => {}))));
+    return this.#exclusive(async () => {
+      // Every request finishes before the model takes the next call, even when one fails.
+      const settled = await Promise.allSettled(requests.map((request) => this.#generate(request, () => {})));
+      const failed = settled.find((s) => s.status === "rejected");
+      if (failed) throw (failed as PromiseRejectedResult).reason;
+      return settled.map((s) => (s as PromiseFulfilledResult<GenerateResult>).value);
+    });
   }
 
   /**
@@ -171,23 +177,11 @@ export class Model {
   logits(
     request: Pick<GenerateRequest, "prompt" | "inputIds" | "image" | "video" | "policy">,
   ): Promise<Float32Array> {
-    return this.#exclusive(async () => {
-      const { rows, images, plan } = await this.#prepare(request);
-      const session = this.backend.openSession({
-        rows,
-        images,
-        plan,
-        sampling: { temperature: 0, topP: 1, seed: 0 },
-        maxNewTokens: 1,
-        kvCache: true,
-      });
-      try {
+    return this.#exclusive(() =>
+      this.#withSession(request, { maxNewTokens: 1, kvCache: true }, async (session) => {
         return (await session.prefill({ wantLogits: true })).logits!;
-      } finally {
-        session.dispose();
-        images?.dispose();
-      }
-    });
+      })
+    );
   }
 
   /**
@@ -216,37 +210,30 @@ export class Model {
           throw new InputError(`Cannot score: target id ${id} is outside the vocabulary`, `target[${i}]`);
         }
       }
-      const { rows, images, plan } = await this.#prepare(request);
-      if (rows.ids.length + target.length > this.config.text.maxPositions) {
-        throw new InputError("Cannot score: prompt + target exceed the context", "target");
-      }
-      const session = this.backend.openSession({
-        rows,
-        images,
-        plan,
-        sampling: { temperature: 0, topP: 1, seed: 0 },
-        maxNewTokens: target.length + 1,
-        kvCache: request.kvCache ?? true,
-      });
-      try {
-        if (request.kvCache ?? true) {
-          const first = await session.prefill({ wantLogits: true });
-          const lp = [logSoftmaxAt(first.logits!, target[0])];
-          if (target.length > 1) {
-            lp.push(...(await session.decode(target.length - 1, { forced: target })).logProbs!);
+      const kvCache = request.kvCache ?? true;
+      return await this.#withSession(
+        request,
+        { maxNewTokens: target.length + 1, kvCache },
+        async (session, rows) => {
+          if (rows.ids.length + target.length > this.config.text.maxPositions) {
+            throw new InputError("Cannot score: prompt + target exceed the context", "target");
+          }
+          if (kvCache) {
+            const first = await session.prefill({ wantLogits: true });
+            const lp = [logSoftmaxAt(first.logits!, target[0])];
+            if (target.length > 1) {
+              lp.push(...(await session.decode(target.length - 1, { forced: target })).logProbs!);
+            }
+            return lp;
+          }
+          const lp: number[] = [];
+          for (let i = 0; i < target.length; i++) {
+            const out = await session.recompute(target.slice(0, i), { wantLogits: true });
+            lp.push(logSoftmaxAt(out.logits!, target[i]));
           }
           return lp;
-        }
-        const lp: number[] = [];
-        for (let i = 0; i < target.length; i++) {
-          const out = await session.recompute(target.slice(0, i), { wantLogits: true });
-          lp.push(logSoftmaxAt(out.logits!, target[i]));
-        }
-        return lp;
-      } finally {
-        session.dispose();
-        images?.dispose();
-      }
+        },
+      );
     });
   }
 
@@ -255,6 +242,31 @@ export class Model {
     if (this.#disposed) return;
     this.#disposed = true;
     this.backend.dispose();
+  }
+
+  /** Prepares `request`, opens a session for it, runs `body`, and frees both whatever happens. */
+  async #withSession<T>(
+    request: Pick<GenerateRequest, "prompt" | "inputIds" | "image" | "video" | "policy">,
+    options: { maxNewTokens: number; kvCache: boolean },
+    body: (session: BackendSession, rows: PromptRows) => Promise<T>,
+  ): Promise<T> {
+    const { rows, images, plan } = await this.#prepare(request);
+    try {
+      const session = this.backend.openSession({
+        rows,
+        images,
+        plan,
+        sampling: { temperature: 0, topP: 1, seed: 0 },
+        ...options,
+      });
+      try {
+        return await body(session, rows);
+      } finally {
+        session.dispose();
+      }
+    } finally {
+      images?.dispose();
+    }
   }
 
   #exclusive<T>(run: () => Promise<T>): Promise<T> {
@@ -269,7 +281,7 @@ export class Model {
     const imageInputs = request.image === undefined
       ? []
       : Array.isArray(request.image)
-      ? request.image
+      ? [...request.image]
       : [request.image];
     if (request.video) {
       imageInputs.push(...await decodeVideoFrames(request.video.data, { frames: request.video.frames }));

@@ -257,3 +257,23 @@ Deno.test("generateBatch() of 4 mixed requests equals the 4 run alone, decoding 
     }
   }
 });
+
+Deno.test("generate() stops at a stop id inside a decode batch and counts only the tokens it returns", async () => {
+  for (const backend of ["cpu", "webgpu"] as const) {
+    const model = await open("llava-f32-dyn", backend);
+    try {
+      const base = { prompt: "Go on.", image: IMAGE, maxNewTokens: 12, policy: "dense" as const };
+      const free = await model.generate({ ...base, stop: [] });
+      const stopId = free.tokens[4];
+      const firstAt = free.tokens.indexOf(stopId);
+      const stopped = await model.generate({ ...base, stop: [stopId] });
+      assert.deepEqual(stopped.tokens, free.tokens.slice(0, firstAt + 1));
+      const short = await model.generate({ ...base, stop: [], maxNewTokens: firstAt + 1 });
+      assert.deepEqual(stopped.stats.kvCache, short.stats.kvCache, backend);
+      assert.deepEqual(stopped.stats.flops, short.stats.flops, backend);
+      assert.deepEqual(stopped.stats.rowsComputed, short.stats.rowsComputed, backend);
+    } finally {
+      model.dispose();
+    }
+  }
+});

@@ -1,7 +1,6 @@
 /**
- * One-call check and measurement for a machine with a real GPU (the lent device has no network and
- * no Deno: pack with `../shared/tools/device-pack.sh tools/device_check.ts`, carry `.device`, run
- * `bash .device/run.sh deno run -A tools/device_check.ts --out $OUT`). It:
+ * One-call check and measurement for a machine with a real GPU (it needs no network once Deno's
+ * module cache holds this script's imports). It:
  * 1. prints the adapter and whether shader-f16 is granted;
  * 2. checks WebGPU against the CPU backend on every tiny fixture (logits NMSE, greedy tokens, both
  *    KV modes) — correctness on real hardware;
@@ -112,7 +111,7 @@ async function main(): Promise<void> {
   const { values } = parseArgs({
     args: Deno.args,
     options: {
-      out: { type: "string", default: Deno.env.get("OUT") ?? "device-out" },
+      out: { type: "string", default: "device-out" },
       shape: { type: "string", default: "7b" },
       "new-tokens": { type: "string", default: "64,256" },
       "no-cache-tokens": { type: "string", default: "8,16" },
