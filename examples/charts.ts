@@ -368,9 +368,14 @@ async function main(argv: string[]): Promise<void> {
     const paths = await renderCostCharts(await readJson(values.config, "--config"), values.out);
     console.log(paths.join("\n"));
   } else if (values.rows !== undefined) {
-    const rows = await readJson(values.rows, "--rows");
+    // A bench.json ({ rows: [...] }, as examples/bench.ts writes it) or a bare array of rows.
+    const json = await readJson(values.rows, "--rows");
+    const rows = Array.isArray(json) ? json : (json as { rows?: unknown } | null)?.rows;
     if (!Array.isArray(rows)) {
-      throw new InputError("Cannot draw charts: --rows must hold a JSON array", values.rows);
+      throw new InputError(
+        "Cannot draw charts: --rows must hold bench.json or a JSON array of rows",
+        values.rows,
+      );
     }
     const paths = await renderBenchCharts(rows as BenchRow[], values.out);
     const table = join(values.out, "bench.md");

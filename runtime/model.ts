@@ -1,7 +1,8 @@
 /**
  * `loadModel()` and the {@link Model} users call: `generate()` (awaitable and async-iterable),
- * `generateBatch()`, `logits()`, `dispose()`. Turns user requests (prompt or ids, images, policy,
- * sampling) into validated loop requests and runs them one at a time on the chosen backend.
+ * `generateBatch()`, `logits()`, `logProbs()`, `planPolicy()`, `dispose()`. Turns user requests
+ * (prompt or ids, images, policy, sampling) into validated loop requests and runs one call at a time
+ * on the chosen backend (a `generateBatch` call runs its requests together).
  * @module
  */
 import { fileURLToPath } from "node:url";

@@ -47,10 +47,12 @@ export async function ensureFixture(name: string, options: { root?: string } = {
     await Deno.stat(join(dir, "config.json"));
     return dir;
   } catch { /* write it */ }
+  const spec = FIXTURES[name];
+  if (!spec) {
+    throw new RangeError(`Cannot write fixture ${name}: unknown (${Object.keys(FIXTURES).join(", ")})`);
+  }
   await Deno.mkdir(root, { recursive: true });
   const tmp = await Deno.makeTempDir({ dir: root, prefix: `.${name}-` });
-  const spec = FIXTURES[name];
-  if (!spec) throw new Error(`unknown fixture ${name}`);
   await writeFixture(tmp, { ...spec, hfHome: join(dir, "hf") });
   if (spec.tower === "hub") {
     // The hub cache path is absolute: write the tower where the final folder will be.
