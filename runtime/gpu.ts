@@ -315,10 +315,9 @@ export class BufferSet {
   }
 
   #count(bytes: number): void {
-    for (let set: BufferSet | null = this; set; set = set.parent) {
-      set.liveBytes += bytes;
-      set.peakBytes = Math.max(set.peakBytes, set.liveBytes);
-    }
+    this.liveBytes += bytes;
+    this.peakBytes = Math.max(this.peakBytes, this.liveBytes);
+    if (this.parent) this.parent.#count(bytes);
   }
 
   /** A storage buffer (read/write, copyable) of at least `bytes` bytes (rounded up to 16). */
