@@ -24,6 +24,7 @@ import type { PruneSignals, RowKind } from "./policy.ts";
 import { type TextPredictor, textPredictorLogits, type VisionPredictor, visionScores } from "./predictors.ts";
 import { sampleToken } from "./sampling.ts";
 import { KvLedger } from "./sparse_kv.ts";
+import { contextRows, fedTokensKept, keepRows, type RowMeta } from "./sequence.ts";
 
 /** Weights of the CPU backend by canonical name (f32). */
 export type CpuWeights = Map<string, Float32Array>;
@@ -36,12 +37,8 @@ class CpuImageFeatures implements ImageFeatures {
 }
 
 /** Rows flowing through the decoder in one pass. x [M, C]; the rest [M]. */
-interface Rows {
+interface Rows extends RowMeta {
   x: Float32Array;
-  positions: number[];
-  kinds: RowKind[];
-  /** Image rows: image-token index; output rows: generated-token index; text rows: -1. */
-  tags: number[];
 }
 
 /** One layer's cache: K and V rows [rows, kvHeads·D], grown by doubling. */
@@ -157,13 +154,7 @@ class CpuSession implements BackendSession {
       x.set(src, i * c);
     }
     generated.forEach((id, j) => x.set(embed.subarray(id * c, (id + 1) * c), (rows.ids.length + j) * c));
-    const promptLen = rows.ids.length;
-    return {
-      x,
-      positions: [...rows.positions, ...generated.map((_, j) => promptLen + j)],
-      kinds: [...rows.kinds, ...generated.map(() => "output" as const)],
-      tags: [...Array.from(rows.imageRow), ...generated.map((_, j) => j)],
-    };
+    return { x, ...contextRows(rows, generated.length) };
   }
 
   /** Runs all layers over `rows` with `caches`; prunes at the plan's layer when `prune`. */
@@ -188,9 +179,10 @@ class CpuSession implements BackendSession {
       if (options.prune && l === plan.pruneLayer) {
         const signals = this.#signals(rows, lastRowAttention);
         const keep = plan.selectRows(rows.kinds, signals);
-        rows = selectRows(rows, keep, t.hiddenSize);
-        visualKept = rows.tags.filter((_, i) => rows.kinds[i] === "image");
-        outputKept = rows.tags.filter((_, i) => rows.kinds[i] === "output");
+        const kept = keepRows(rows, keep);
+        rows = { x: gatherRows(rows.x, t.hiddenSize, keep), ...kept };
+        visualKept = kept.visualKept;
+        outputKept = kept.outputKept;
       }
       if (options.admitted && l === plan.admitLayer && plan.admission === "predictor") {
         admit = plan.admit(textPredictorLogits(this.backend.predictors.text!, rows.x));
@@ -337,7 +329,7 @@ class CpuSession implements BackendSession {
     this.passes.push({ phase: generated.length === 0 ? "prefill" : "decode", layers: out.layers });
     const logits = this.#lastLogits(out.rows);
     const token = this.#sample(logits);
-    const outputKept = (out.outputKept ?? generated.map((_, j) => j)).filter((j) => j < generated.length - 1);
+    const outputKept = fedTokensKept(out.outputKept, generated.length);
     return Promise.resolve({
       token,
       visualKept: out.visualKept,
@@ -353,13 +345,4 @@ class CpuSession implements BackendSession {
   dispose(): void {
     this.#caches = [];
   }
-}
-
-function selectRows(rows: Rows, keep: number[], cols: number): Rows {
-  return {
-    x: gatherRows(rows.x, cols, keep),
-    positions: keep.map((i) => rows.positions[i]),
-    kinds: keep.map((i) => rows.kinds[i]),
-    tags: keep.map((i) => rows.tags[i]),
-  };
 }

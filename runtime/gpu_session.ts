@@ -27,6 +27,7 @@ import { bindTextAdmission, bindTextLogits, bindVisionScores } from "./gpu_predi
 import type { GpuImageFeatures } from "./gpu_vision.ts";
 import type { PruneSignals, RowKind } from "./policy.ts";
 import { KvLedger } from "./sparse_kv.ts";
+import { contextRows, fedTokensKept, keepRows, type RowMeta } from "./sequence.ts";
 import { STATE_COUNTS } from "../kernels/decode_state.ts";
 
 /** Results of decode steps: tokens sampled, admission of each fed token, last logits if asked. */
@@ -217,7 +218,7 @@ export class GpuSession implements BackendSession {
    * a fresh cache): layers, pruning at the plan's layer via a readback, head, sampling at `step`.
    */
   async #pass(
-    rows: { kinds: RowKind[]; positions: number[]; tags: number[] },
+    rows: RowMeta,
     options: { step: number; wantLogits: boolean; phase: "prefill" | "decode" },
   ): Promise<PassResult & { outputKept: number[] | null; positionsPerLayer: number[][] }> {
     const gpu = this.backend.gpu, plan = this.input.plan, t = this.#text, a = this.#act;
@@ -262,13 +263,10 @@ export class GpuSession implements BackendSession {
           );
           [x, xAlt] = [xAlt, x];
           [positions, positionsAlt] = [positionsAlt, positions];
-          rows = {
-            kinds: keep.map((i) => rows.kinds[i]),
-            positions: keep.map((i) => rows.positions[i]),
-            tags: keep.map((i) => rows.tags[i]),
-          };
-          visualKept = rows.tags.filter((_, i) => rows.kinds[i] === "image");
-          outputKept = rows.tags.filter((_, i) => rows.kinds[i] === "output");
+          const kept = keepRows(rows, keep);
+          rows = kept;
+          visualKept = kept.visualKept;
+          outputKept = kept.outputKept;
         }
         const m = rows.kinds.length, paper = rows.kinds.filter((kind) => kind !== "text").length;
         layers.push({ newRows: m, cachedRows: 0, paperNewRows: paper, paperCachedRows: 0 });
@@ -392,7 +390,7 @@ export class GpuSession implements BackendSession {
   }
 
   /** Embeds prompt rows (+ generated tokens) into x. */
-  #embed(generated: number[]): { kinds: RowKind[]; positions: number[]; tags: number[] } {
+  #embed(generated: number[]): RowMeta {
     const { rows } = this.input;
     const gpu = this.backend.gpu, a = this.#act, c = this.#text.hiddenSize, k = this.backend.kernels;
     const promptLen = rows.ids.length, m = promptLen + generated.length;
@@ -421,11 +419,7 @@ export class GpuSession implements BackendSession {
     } finally {
       set.destroy();
     }
-    return {
-      kinds: [...rows.kinds, ...generated.map(() => "output" as const)],
-      positions: [...rows.positions, ...generated.map((_, j) => promptLen + j)],
-      tags: [...Array.from(rows.imageRow), ...generated.map((_, j) => j)],
-    };
+    return contextRows(rows, generated.length);
   }
 
   async prefill(options: { wantLogits: boolean }): Promise<PassResult> {
@@ -618,7 +612,7 @@ export class GpuSession implements BackendSession {
       wantLogits: options.wantLogits ?? false,
       phase: generated.length === 0 ? "prefill" : "decode",
     });
-    const outputKept = (out.outputKept ?? generated.map((_, j) => j)).filter((j) => j < generated.length - 1);
+    const outputKept = fedTokensKept(out.outputKept, generated.length);
     return { token: out.token, visualKept: out.visualKept, outputKept, logits: out.logits };
   }
 

@@ -100,3 +100,68 @@ function countMarkers(ids: ArrayLike<number>, imageTokenId?: number | null): num
   for (let i = 0; i < ids.length; i++) if (ids[i] === IMAGE_TOKEN_INDEX || ids[i] === imageTokenId) n++;
   return n;
 }
+
+/** What each row entering the decoder is, in sequence order. Shapes: [M] each. */
+export interface RowMeta {
+  kinds: RowKind[];
+  /** Original position ids. */
+  positions: number[];
+  /** Image rows: image-token index; output rows: generated-token index; text rows: -1. */
+  tags: number[];
+}
+
+/**
+ * The rows of a full context: the prompt, then `generated` tokens fed back as "output" rows at the
+ * positions after it.
+ * @example
+ * ```ts
+ * import { buildPromptRows, contextRows } from "./sequence.ts";
+ * const prompt = buildPromptRows([1, 5], { tokensPerImage: 0, images: 0, vocabSize: 32000, maxPositions: 64 });
+ * console.log(contextRows(prompt, 2)); // { kinds: ["text", "text", "output", "output"], positions: [0, 1, 2, 3], tags: [-1, -1, 0, 1] }
+ * ```
+ */
+export function contextRows(prompt: PromptRows, generated: number): RowMeta {
+  const promptLen = prompt.ids.length;
+  const outputs = Array.from({ length: generated }, (_, j) => j);
+  return {
+    kinds: [...prompt.kinds, ...outputs.map(() => "output" as const)],
+    positions: [...prompt.positions, ...outputs.map((j) => promptLen + j)],
+    tags: [...Array.from(prompt.imageRow), ...outputs],
+  };
+}
+
+/**
+ * The rows left after pruning to `keep` (row indices, ascending), with the kept image-token
+ * indices and kept output-token indices.
+ * @example
+ * ```ts
+ * import { keepRows } from "./sequence.ts";
+ * const rows = { kinds: ["text", "image", "image", "output"] as const, positions: [0, 1, 2, 3], tags: [-1, 0, 1, 0] };
+ * console.log(keepRows({ ...rows, kinds: [...rows.kinds] }, [0, 2, 3]).visualKept); // [1]
+ * ```
+ */
+export function keepRows(
+  rows: RowMeta,
+  keep: number[],
+): RowMeta & { visualKept: number[]; outputKept: number[] } {
+  const kept = {
+    kinds: keep.map((i) => rows.kinds[i]),
+    positions: keep.map((i) => rows.positions[i]),
+    tags: keep.map((i) => rows.tags[i]),
+  };
+  const tagsOf = (kind: RowKind) => kept.tags.filter((_, i) => kept.kinds[i] === kind);
+  return { ...kept, visualKept: tagsOf("image"), outputKept: tagsOf("output") };
+}
+
+/**
+ * No-cache step: the generated tokens that stayed in the context at the prune layer, except the
+ * last one fed (always kept); every fed token when nothing was pruned (`outputKept` null).
+ * @example
+ * ```ts
+ * import { fedTokensKept } from "./sequence.ts";
+ * console.log(fedTokensKept([0, 2, 3], 4), fedTokensKept(null, 3)); // [0, 2] [0, 1]
+ * ```
+ */
+export function fedTokensKept(outputKept: number[] | null, generated: number): number[] {
+  return (outputKept ?? Array.from({ length: generated }, (_, j) => j)).filter((j) => j < generated - 1);
+}
