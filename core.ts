@@ -15,12 +15,12 @@
  * ```
  * @module
  */
-export * from "./runtime/errors.ts";
-export * from "./runtime/config.ts";
-export * from "./runtime/policy.ts";
-export * from "./runtime/policies.ts";
-export * from "./runtime/predictors.ts";
-export { advanceState, KvLedger } from "./runtime/sparse_kv.ts";
-export * from "./runtime/cost.ts";
-export { sampleToken, uniformRandom } from "./runtime/sampling.ts";
-export { buildPromptRows, type PromptRows } from "./runtime/sequence.ts";
+export * from "./runtime/core/errors.ts";
+export * from "./runtime/core/config.ts";
+export * from "./runtime/core/policy.ts";
+export * from "./runtime/core/policies.ts";
+export * from "./runtime/core/predictors.ts";
+export { advanceState, KvLedger } from "./runtime/core/sparse_kv.ts";
+export * from "./runtime/core/cost.ts";
+export { sampleToken, uniformRandom } from "./runtime/core/sampling.ts";
+export { buildPromptRows, type PromptRows } from "./runtime/core/sequence.ts";

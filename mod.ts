@@ -23,17 +23,17 @@ export {
   type LoadOptions,
   type LoadProgress,
   Model,
-} from "./runtime/model.ts";
-export type { GenerateEvent, GenerateResult, GenerateStats } from "./runtime/generate.ts";
+} from "./runtime/api/model.ts";
+export type { GenerateEvent, GenerateResult, GenerateStats } from "./runtime/engine/generate.ts";
 export {
   loadTokenizer,
   type Tokenizer,
   tokenizerFromJson,
   tokenizerFromSentencePiece,
-} from "./runtime/tokenizer.ts";
-export { decodeImage, decodeVideoFrames, type RgbImage } from "./runtime/image_decode.ts";
-export { preprocessImage } from "./runtime/preprocess.ts";
-export { meteorScore, meteorScoreSync } from "./runtime/meteor.ts";
-export { loadWordNet } from "./runtime/wordnet.ts";
-export { encodeWithImages, formatLlavaV1 } from "./runtime/template.ts";
-export { openCheckpoint } from "./runtime/checkpoint.ts";
+} from "./runtime/text/tokenizer.ts";
+export { decodeImage, decodeVideoFrames, type RgbImage } from "./runtime/image/image_decode.ts";
+export { preprocessImage } from "./runtime/image/preprocess.ts";
+export { meteorScore, meteorScoreSync } from "./runtime/eval/meteor.ts";
+export { loadWordNet } from "./runtime/eval/wordnet.ts";
+export { encodeWithImages, formatLlavaV1 } from "./runtime/text/template.ts";
+export { openCheckpoint } from "./runtime/io/checkpoint.ts";

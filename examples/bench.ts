@@ -39,12 +39,12 @@
  */
 import { parseArgs } from "node:util";
 import { join } from "node:path";
-import { type CostEstimate, type CostPlan, estimateCost } from "../runtime/cost.ts";
-import { CheckpointError, DynllavaError, InputError } from "../runtime/errors.ts";
-import type { GenerateResult } from "../runtime/generate.ts";
-import type { RgbImage } from "../runtime/image_decode.ts";
-import { type ImageInput, loadModel, type Model } from "../runtime/model.ts";
-import { encodeWithImages, formatLlavaV1 } from "../runtime/template.ts";
+import { type CostEstimate, type CostPlan, estimateCost } from "../runtime/core/cost.ts";
+import { CheckpointError, DynllavaError, InputError } from "../runtime/core/errors.ts";
+import type { GenerateResult } from "../runtime/engine/generate.ts";
+import type { RgbImage } from "../runtime/image/image_decode.ts";
+import { type ImageInput, loadModel, type Model } from "../runtime/api/model.ts";
+import { encodeWithImages, formatLlavaV1 } from "../runtime/text/template.ts";
 import { ensureFixture } from "../tools/make_fixtures.ts";
 import { benchMarkdown, type BenchRow, renderBenchCharts, type Stat } from "./charts.ts";
 
@@ -293,7 +293,7 @@ function mib(bytes: number): string {
  * @example
  * ```ts
  * import { formatCostTable } from "./bench.ts";
- * import { estimateCost } from "../runtime/cost.ts";
+ * import { estimateCost } from "../runtime/core/cost.ts";
  * const config = {
  *   model_type: "llama", hidden_size: 64, intermediate_size: 128, num_attention_heads: 4, num_hidden_layers: 2,
  * };
@@ -372,7 +372,7 @@ function sum(results: GenerateResult[], pick: (result: GenerateResult) => number
  * @example
  * ```ts
  * import { promptPositions } from "./bench.ts";
- * import { loadModel } from "../runtime/model.ts";
+ * import { loadModel } from "../runtime/api/model.ts";
  * import { ensureFixture } from "../tools/make_fixtures.ts";
  * const model = await loadModel(await ensureFixture("llava-f32-dyn"), { backend: "cpu" });
  * console.log(promptPositions(model, "Describe the image.", { images: 1 }));
@@ -402,7 +402,7 @@ export interface RunBenchOptions {
  * @example
  * ```ts
  * import { gradientImage, runBench } from "./bench.ts";
- * import { loadModel } from "../runtime/model.ts";
+ * import { loadModel } from "../runtime/api/model.ts";
  * import { ensureFixture } from "../tools/make_fixtures.ts";
  * const model = await loadModel(await ensureFixture("llava-f32-dyn"), { backend: "cpu" });
  * const rows = await runBench(model, {

@@ -20,9 +20,9 @@ import { join } from "node:path";
 import * as vegaLite from "npm:vega-lite@6.5.0";
 // deno-lint-ignore no-import-prefix
 import * as vega from "npm:vega@6.4.0";
-import { type CostPlan, estimateCost } from "../runtime/cost.ts";
-import type { ModelConfig } from "../runtime/config.ts";
-import { InputError } from "../runtime/errors.ts";
+import { type CostPlan, estimateCost } from "../runtime/core/cost.ts";
+import type { ModelConfig } from "../runtime/core/config.ts";
+import { InputError } from "../runtime/core/errors.ts";
 
 /** Median, minimum and maximum of repeated measurements. */
 export interface Stat {

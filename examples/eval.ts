@@ -26,12 +26,12 @@
  */
 import { dirname, resolve } from "node:path";
 import { parseArgs } from "node:util";
-import { DynllavaError, ImageError, InputError } from "../runtime/errors.ts";
-import type { GenerateStats } from "../runtime/generate.ts";
-import { decodeImage, type RgbImage } from "../runtime/image_decode.ts";
-import { meteorScoreSync } from "../runtime/meteor.ts";
-import { loadModel, type Model } from "../runtime/model.ts";
-import { DEFAULT_WORDNET_DIR, loadWordNet } from "../runtime/wordnet.ts";
+import { DynllavaError, ImageError, InputError } from "../runtime/core/errors.ts";
+import type { GenerateStats } from "../runtime/engine/generate.ts";
+import { decodeImage, type RgbImage } from "../runtime/image/image_decode.ts";
+import { meteorScoreSync } from "../runtime/eval/meteor.ts";
+import { loadModel, type Model } from "../runtime/api/model.ts";
+import { DEFAULT_WORDNET_DIR, loadWordNet } from "../runtime/eval/wordnet.ts";
 import { writeEvalSet } from "../tools/fixtures/eval_set.ts";
 import { ensureFixture } from "../tools/make_fixtures.ts";
 

@@ -15,8 +15,8 @@
  * values are read once per block. headDim is a multiple of 4, at most 128.
  * @module
  */
-import { type BufferSet, type Dispatch, type Gpu, grid } from "../runtime/gpu.ts";
-import { GpuError } from "../runtime/errors.ts";
+import { type BufferSet, type Dispatch, type Gpu, grid } from "../runtime/device/gpu.ts";
+import { GpuError } from "../runtime/core/errors.ts";
 
 /** Arguments of {@link AttentionKernel.bind}. */
 export interface AttentionArgs {
@@ -329,7 +329,7 @@ fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg:
  * Compiles the attention pipelines.
  * @example
  * ```ts
- * import { BufferSet, createGpu } from "../runtime/gpu.ts";
+ * import { BufferSet, createGpu } from "../runtime/device/gpu.ts";
  * import { createAttention } from "./attention.ts";
  * const gpu = await createGpu();
  * const buffers = new BufferSet(gpu);

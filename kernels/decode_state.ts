@@ -7,7 +7,7 @@
  * CPU twin: `advanceState` in runtime/sparse_kv.ts.
  * @module
  */
-import type { BufferSet, Dispatch, Gpu } from "../runtime/gpu.ts";
+import type { BufferSet, Dispatch, Gpu } from "../runtime/device/gpu.ts";
 
 /** Index of layer 0's row count in the decode state. */
 export const STATE_COUNTS = 4;
@@ -46,7 +46,7 @@ fn main() {
  * Compiles the advance kernel.
  * @example
  * ```ts
- * import { createGpu, BufferSet } from "../runtime/gpu.ts";
+ * import { createGpu, BufferSet } from "../runtime/device/gpu.ts";
  * import { createAdvance } from "./decode_state.ts";
  * const gpu = await createGpu();
  * const buffers = new BufferSet(gpu);

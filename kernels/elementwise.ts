@@ -9,7 +9,7 @@
  * A written buffer must not also be bound as an input of the same call.
  * @module
  */
-import { type BufferSet, type Dispatch, type Gpu, grid } from "../runtime/gpu.ts";
+import { type BufferSet, type Dispatch, type Gpu, grid } from "../runtime/device/gpu.ts";
 
 /** Arguments of {@link createAdd}'s bind: a[count] += b[count]. */
 export interface AddArgs {
@@ -89,7 +89,7 @@ async function elementwise<Args extends { count: number }>(
  * Compiles a += b.
  * @example
  * ```ts
- * import { BufferSet, createGpu } from "../runtime/gpu.ts";
+ * import { BufferSet, createGpu } from "../runtime/device/gpu.ts";
  * import { createAdd } from "./elementwise.ts";
  * const gpu = await createGpu();
  * const buffers = new BufferSet(gpu);
@@ -111,7 +111,7 @@ export function createAdd(gpu: Gpu): Promise<ElementwiseKernel<AddArgs>> {
  * Compiles out = silu(gate) · up.
  * @example
  * ```ts
- * import { BufferSet, createGpu } from "../runtime/gpu.ts";
+ * import { BufferSet, createGpu } from "../runtime/device/gpu.ts";
  * import { createSwiglu } from "./elementwise.ts";
  * const gpu = await createGpu();
  * const buffers = new BufferSet(gpu);
@@ -152,7 +152,7 @@ fn one_plus_erf(x: f32) -> f32 {
  * Compiles x = gelu(x) in place (erf-based, as torch's default GELU).
  * @example
  * ```ts
- * import { BufferSet, createGpu } from "../runtime/gpu.ts";
+ * import { BufferSet, createGpu } from "../runtime/device/gpu.ts";
  * import { createGelu } from "./elementwise.ts";
  * const gpu = await createGpu();
  * const buffers = new BufferSet(gpu);
@@ -177,7 +177,7 @@ export function createGelu(gpu: Gpu): Promise<ElementwiseKernel<ActivationArgs>>
  * Compiles x = x · sigmoid(1.702 x) in place (CLIP's quick_gelu).
  * @example
  * ```ts
- * import { BufferSet, createGpu } from "../runtime/gpu.ts";
+ * import { BufferSet, createGpu } from "../runtime/device/gpu.ts";
  * import { createQuickGelu } from "./elementwise.ts";
  * const gpu = await createGpu();
  * const buffers = new BufferSet(gpu);
@@ -198,7 +198,7 @@ export function createQuickGelu(gpu: Gpu): Promise<ElementwiseKernel<ActivationA
  * Compiles x[M, N] += bias[N] (count = M · N, cols = N).
  * @example
  * ```ts
- * import { BufferSet, createGpu } from "../runtime/gpu.ts";
+ * import { BufferSet, createGpu } from "../runtime/device/gpu.ts";
  * import { createAddBias } from "./elementwise.ts";
  * const gpu = await createGpu();
  * const buffers = new BufferSet(gpu);

@@ -8,9 +8,14 @@
  * current token id from a GPU state buffer.
  * @module
  */
-import { type BufferSet, type Dispatch, type Gpu, grid } from "../runtime/gpu.ts";
-import { GpuError } from "../runtime/errors.ts";
-import { type WeightDtype, weightDtype, weightShader, type WeightTensor } from "../runtime/weights_gpu.ts";
+import { type BufferSet, type Dispatch, type Gpu, grid } from "../runtime/device/gpu.ts";
+import { GpuError } from "../runtime/core/errors.ts";
+import {
+  type WeightDtype,
+  weightDtype,
+  weightShader,
+  type WeightTensor,
+} from "../runtime/device/weights_gpu.ts";
 
 /** Arguments of {@link EmbeddingKernel.bind}. */
 export interface EmbeddingArgs {
@@ -74,8 +79,8 @@ fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg:
  * Compiles the embedding pipelines for this device's weight type.
  * @example
  * ```ts
- * import { BufferSet, createGpu } from "../runtime/gpu.ts";
- * import { uploadWeight } from "../runtime/weights_gpu.ts";
+ * import { BufferSet, createGpu } from "../runtime/device/gpu.ts";
+ * import { uploadWeight } from "../runtime/device/weights_gpu.ts";
  * import { createEmbedding } from "./embedding.ts";
  * const gpu = await createGpu();
  * const buffers = new BufferSet(gpu);

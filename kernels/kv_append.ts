@@ -5,7 +5,7 @@
  * advances it separately (a refused token's K/V is written at base and overwritten next step).
  * @module
  */
-import { type BufferSet, type Dispatch, type Gpu, grid } from "../runtime/gpu.ts";
+import { type BufferSet, type Dispatch, type Gpu, grid } from "../runtime/device/gpu.ts";
 
 /** Arguments of {@link KvAppendKernel.bind}. */
 export interface KvAppendArgs {
@@ -54,7 +54,7 @@ fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg:
  * Compiles the KV-append pipeline.
  * @example
  * ```ts
- * import { BufferSet, createGpu } from "../runtime/gpu.ts";
+ * import { BufferSet, createGpu } from "../runtime/device/gpu.ts";
  * import { createKvAppend } from "./kv_append.ts";
  * const gpu = await createGpu();
  * const buffers = new BufferSet(gpu);

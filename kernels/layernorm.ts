@@ -7,8 +7,8 @@
  * row (mean, then the centred variance) for accuracy, a third writes the output.
  * @module
  */
-import { type BufferSet, type Dispatch, type Gpu, grid } from "../runtime/gpu.ts";
-import { InputError } from "../runtime/errors.ts";
+import { type BufferSet, type Dispatch, type Gpu, grid } from "../runtime/device/gpu.ts";
+import { InputError } from "../runtime/core/errors.ts";
 
 /** Arguments of {@link LayerNormKernel.bind}. */
 export interface LayerNormArgs {
@@ -84,7 +84,7 @@ fn main(
  * Compiles the LayerNorm pipeline.
  * @example
  * ```ts
- * import { BufferSet, createGpu } from "../runtime/gpu.ts";
+ * import { BufferSet, createGpu } from "../runtime/device/gpu.ts";
  * import { createLayerNorm } from "./layernorm.ts";
  * const gpu = await createGpu();
  * const buffers = new BufferSet(gpu);

@@ -12,9 +12,14 @@
  * last position only). `x` and `out` must be different buffers.
  * @module
  */
-import { type BufferSet, type Dispatch, type Gpu, grid } from "../runtime/gpu.ts";
-import { GpuError } from "../runtime/errors.ts";
-import { type WeightDtype, weightDtype, weightShader, type WeightTensor } from "../runtime/weights_gpu.ts";
+import { type BufferSet, type Dispatch, type Gpu, grid } from "../runtime/device/gpu.ts";
+import { GpuError } from "../runtime/core/errors.ts";
+import {
+  type WeightDtype,
+  weightDtype,
+  weightShader,
+  type WeightTensor,
+} from "../runtime/device/weights_gpu.ts";
 
 /** Arguments of {@link MatmulKernel.bind}. */
 export interface MatmulArgs {
@@ -220,8 +225,8 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
  * Compiles the matmul pipelines for this device's weight type.
  * @example
  * ```ts
- * import { BufferSet, createGpu } from "../runtime/gpu.ts";
- * import { uploadWeight } from "../runtime/weights_gpu.ts";
+ * import { BufferSet, createGpu } from "../runtime/device/gpu.ts";
+ * import { uploadWeight } from "../runtime/device/weights_gpu.ts";
  * import { createMatmul } from "./matmul.ts";
  * const gpu = await createGpu();
  * const buffers = new BufferSet(gpu);

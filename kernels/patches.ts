@@ -7,9 +7,9 @@
  * One lane per output value, 256 per workgroup, through `grid()`.
  * @module
  */
-import { type BufferSet, type Dispatch, type Gpu, grid } from "../runtime/gpu.ts";
-import { InputError } from "../runtime/errors.ts";
-import { checkPatchGeometry, type Im2colOptions } from "../runtime/patches_cpu.ts";
+import { type BufferSet, type Dispatch, type Gpu, grid } from "../runtime/device/gpu.ts";
+import { InputError } from "../runtime/core/errors.ts";
+import { checkPatchGeometry, type Im2colOptions } from "../runtime/core/patches_cpu.ts";
 
 /** Arguments of {@link Im2colKernel.bind}. */
 export interface Im2colArgs extends Im2colOptions {
@@ -59,7 +59,7 @@ fn main(
  * Compiles the im2col pipeline.
  * @example
  * ```ts
- * import { BufferSet, createGpu } from "../runtime/gpu.ts";
+ * import { BufferSet, createGpu } from "../runtime/device/gpu.ts";
  * import { createIm2col } from "./patches.ts";
  * const gpu = await createGpu();
  * const buffers = new BufferSet(gpu);

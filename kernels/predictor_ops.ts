@@ -11,8 +11,8 @@
  *   = (logit0 > logit1 ? 1 : 0) as u32, where state[0] is the decode step; no readback needed.
  * @module
  */
-import { type BufferSet, type Dispatch, type Gpu, grid } from "../runtime/gpu.ts";
-import { InputError } from "../runtime/errors.ts";
+import { type BufferSet, type Dispatch, type Gpu, grid } from "../runtime/device/gpu.ts";
+import { InputError } from "../runtime/core/errors.ts";
 
 /** Arguments of {@link HalfGlobalConcatKernel.bind}. */
 export interface HalfGlobalConcatArgs {
@@ -155,7 +155,7 @@ function checkCount(value: number, what: string, positive = false): void {
  * Compiles the VisionPredictor's local/global channel split.
  * @example
  * ```ts
- * import { BufferSet, createGpu } from "../runtime/gpu.ts";
+ * import { BufferSet, createGpu } from "../runtime/device/gpu.ts";
  * import { createHalfGlobalConcat } from "./predictor_ops.ts";
  * const gpu = await createGpu();
  * const buffers = new BufferSet(gpu);
@@ -187,7 +187,7 @@ export async function createHalfGlobalConcat(gpu: Gpu): Promise<HalfGlobalConcat
  * Compiles the keep-score kernel score[r] = log_softmax(logits[r, :])[0].
  * @example
  * ```ts
- * import { BufferSet, createGpu } from "../runtime/gpu.ts";
+ * import { BufferSet, createGpu } from "../runtime/device/gpu.ts";
  * import { createLogSoftmax2Col0 } from "./predictor_ops.ts";
  * const gpu = await createGpu();
  * const buffers = new BufferSet(gpu);
@@ -216,7 +216,7 @@ export async function createLogSoftmax2Col0(gpu: Gpu): Promise<LogSoftmax2Col0Ke
  * Compiles the KV admission kernel flags[state[0]] = (logits[0] > logits[1] ? 1 : 0).
  * @example
  * ```ts
- * import { BufferSet, createGpu } from "../runtime/gpu.ts";
+ * import { BufferSet, createGpu } from "../runtime/device/gpu.ts";
  * import { createAdmitFlag } from "./predictor_ops.ts";
  * const gpu = await createGpu();
  * const buffers = new BufferSet(gpu);

@@ -4,7 +4,7 @@
  * squares in f32. `x` and `out` must be different buffers.
  * @module
  */
-import { type BufferSet, type Dispatch, type Gpu, grid } from "../runtime/gpu.ts";
+import { type BufferSet, type Dispatch, type Gpu, grid } from "../runtime/device/gpu.ts";
 
 /** Arguments of {@link RmsNormKernel.bind}. */
 export interface RmsNormArgs {
@@ -65,7 +65,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
  * Compiles the RMSNorm pipeline.
  * @example
  * ```ts
- * import { BufferSet, createGpu } from "../runtime/gpu.ts";
+ * import { BufferSet, createGpu } from "../runtime/device/gpu.ts";
  * import { createRmsNorm } from "./rmsnorm.ts";
  * const gpu = await createGpu();
  * const buffers = new BufferSet(gpu);

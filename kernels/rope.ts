@@ -9,7 +9,7 @@
  * decode steps re-encode the same dispatch.
  * @module
  */
-import { type BufferSet, type Dispatch, type Gpu, grid } from "../runtime/gpu.ts";
+import { type BufferSet, type Dispatch, type Gpu, grid } from "../runtime/device/gpu.ts";
 
 /** Arguments of {@link RopeKernel.bind}. */
 export interface RopeArgs {
@@ -76,7 +76,7 @@ fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg:
  * Compiles the RoPE pipeline.
  * @example
  * ```ts
- * import { BufferSet, createGpu } from "../runtime/gpu.ts";
+ * import { BufferSet, createGpu } from "../runtime/device/gpu.ts";
  * import { createRope } from "./rope.ts";
  * const gpu = await createGpu();
  * const buffers = new BufferSet(gpu);

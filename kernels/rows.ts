@@ -7,8 +7,8 @@
  * must be rows of x; an index out of range reads whatever the adapter's bounds clamping returns.
  * @module
  */
-import { type BufferSet, type Dispatch, type Gpu, grid } from "../runtime/gpu.ts";
-import { InputError } from "../runtime/errors.ts";
+import { type BufferSet, type Dispatch, type Gpu, grid } from "../runtime/device/gpu.ts";
+import { InputError } from "../runtime/core/errors.ts";
 
 /** Arguments of {@link GatherRowsKernel.bind}. */
 export interface GatherRowsArgs {
@@ -56,7 +56,7 @@ fn main(
  * Compiles the row-gather pipeline (f32 and u32 alike).
  * @example
  * ```ts
- * import { BufferSet, createGpu } from "../runtime/gpu.ts";
+ * import { BufferSet, createGpu } from "../runtime/device/gpu.ts";
  * import { createGatherRows } from "./rows.ts";
  * const gpu = await createGpu();
  * const buffers = new BufferSet(gpu);

@@ -15,9 +15,9 @@
  * index whose running sum exceeds u · (kept total). Workgroup memory: 15 · 256 f32 = 15 KiB.
  * @module
  */
-import type { BufferSet, Dispatch, Gpu } from "../runtime/gpu.ts";
-import { InputError } from "../runtime/errors.ts";
-import { BISECTION_STEPS } from "../runtime/sampling.ts";
+import type { BufferSet, Dispatch, Gpu } from "../runtime/device/gpu.ts";
+import { InputError } from "../runtime/core/errors.ts";
+import { BISECTION_STEPS } from "../runtime/core/sampling.ts";
 
 /** Arguments of {@link SamplerKernel.bind}. */
 export interface SamplerArgs {
@@ -290,7 +290,7 @@ fn main(@builtin(local_invocation_index) lane: u32) {
  * Compiles the greedy and the sampling pipelines.
  * @example
  * ```ts
- * import { BufferSet, createGpu } from "../runtime/gpu.ts";
+ * import { BufferSet, createGpu } from "../runtime/device/gpu.ts";
  * import { createSampler } from "./sample.ts";
  * const gpu = await createGpu();
  * const buffers = new BufferSet(gpu);

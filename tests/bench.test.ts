@@ -11,8 +11,8 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import type { BenchRow } from "../examples/charts.ts";
 import { gradientImage, parseBenchArgs, ratioLines, runBench } from "../examples/bench.ts";
-import { InputError } from "../runtime/errors.ts";
-import { loadModel } from "../runtime/model.ts";
+import { InputError } from "../runtime/core/errors.ts";
+import { loadModel } from "../runtime/api/model.ts";
 import { ensureFixture } from "../tools/make_fixtures.ts";
 
 const BENCH = fileURLToPath(new URL("../examples/bench.ts", import.meta.url));

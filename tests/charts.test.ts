@@ -9,7 +9,7 @@ import assert from "node:assert/strict";
 // deno-lint-ignore no-import-prefix
 import { XMLParser, XMLValidator } from "npm:fast-xml-parser@5.12.1";
 import { benchMarkdown, type BenchRow, renderBenchCharts, renderCostCharts } from "../examples/charts.ts";
-import { estimateCost } from "../runtime/cost.ts";
+import { estimateCost } from "../runtime/core/cost.ts";
 
 const config7b = JSON.parse(
   await Deno.readTextFile(new URL("./fixtures/configs/llava-v1.5-7b.json", import.meta.url)),

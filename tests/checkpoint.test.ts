@@ -3,7 +3,7 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { CheckpointError, loadModel, openCheckpoint } from "../mod.ts";
 import { writeFixture } from "../tools/fixtures/checkpoint.ts";
-import { writeSafetensors } from "../runtime/safetensors.ts";
+import { writeSafetensors } from "../runtime/io/safetensors.ts";
 
 async function fixture(): Promise<string> {
   const dir = await Deno.makeTempDir();
@@ -46,7 +46,7 @@ Deno.test("openCheckpoint() rejects unknown, missing and misshapen tensors", asy
   try {
     const path = join(dir, "model.safetensors");
     const good = await Deno.readFile(path);
-    const { openSafetensors, readTensor } = await import("../runtime/safetensors.ts");
+    const { openSafetensors, readTensor } = await import("../runtime/io/safetensors.ts");
     const file = await openSafetensors(path);
     const tensors = [];
     for (const [name, e] of file.entries) {

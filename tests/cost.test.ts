@@ -6,7 +6,7 @@
  */
 import assert from "node:assert/strict";
 import { fileURLToPath } from "node:url";
-import { type ModelConfig, parseModelConfig, parseTextConfig } from "../runtime/config.ts";
+import { type ModelConfig, parseModelConfig, parseTextConfig } from "../runtime/core/config.ts";
 import {
   estimateCost,
   kvBytes,
@@ -14,8 +14,8 @@ import {
   passFlops,
   textPredictorFlops,
   visionPredictorFlops,
-} from "../runtime/cost.ts";
-import { CheckpointError, InputError } from "../runtime/errors.ts";
+} from "../runtime/core/cost.ts";
+import { CheckpointError, InputError } from "../runtime/core/errors.ts";
 
 const CONFIGS = new URL("./fixtures/configs/", import.meta.url);
 

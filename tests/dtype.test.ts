@@ -13,7 +13,7 @@ import {
   float32ToF16,
   isDType,
   toFloat32,
-} from "../runtime/dtype.ts";
+} from "../runtime/core/dtype.ts";
 
 /** float32 bit pattern of a number (after rounding it to float32). */
 function f32Bits(value: number): number {

@@ -8,12 +8,12 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { type EvalOptions, type EvalReport, meteorWords, readEvalSet, runEval } from "../examples/eval.ts";
-import { InputError } from "../runtime/errors.ts";
-import { decodeImage } from "../runtime/image_decode.ts";
-import { meteorScoreSync } from "../runtime/meteor.ts";
-import { loadModel, type Model } from "../runtime/model.ts";
-import { encodeWithImages, formatLlavaV1 } from "../runtime/template.ts";
-import { loadWordNet } from "../runtime/wordnet.ts";
+import { InputError } from "../runtime/core/errors.ts";
+import { decodeImage } from "../runtime/image/image_decode.ts";
+import { meteorScoreSync } from "../runtime/eval/meteor.ts";
+import { loadModel, type Model } from "../runtime/api/model.ts";
+import { encodeWithImages, formatLlavaV1 } from "../runtime/text/template.ts";
+import { loadWordNet } from "../runtime/eval/wordnet.ts";
 import { writeEvalSet } from "../tools/fixtures/eval_set.ts";
 import { ensureFixture } from "../tools/make_fixtures.ts";
 

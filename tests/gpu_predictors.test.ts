@@ -6,14 +6,14 @@
  * @module
  */
 import assert from "node:assert/strict";
-import { type Gpu, writeBuffer } from "../runtime/gpu.ts";
+import { type Gpu, writeBuffer } from "../runtime/device/gpu.ts";
 import {
   bindTextAdmission,
   bindTextLogits,
   bindVisionScores,
   uploadTextPredictor,
   uploadVisionPredictor,
-} from "../runtime/gpu_predictors.ts";
+} from "../runtime/webgpu/gpu_predictors.ts";
 import {
   loadTextPredictor,
   loadVisionPredictor,
@@ -23,8 +23,8 @@ import {
   textPredictorTensors,
   visionPredictorTensors,
   visionScores,
-} from "../runtime/predictors.ts";
-import { storedWeightValues, weightDtype } from "../runtime/weights_gpu.ts";
+} from "../runtime/core/predictors.ts";
+import { storedWeightValues, weightDtype } from "../runtime/device/weights_gpu.ts";
 import { assertClose, poisoned, randomArray, readF32, withGpu } from "./kernel_util.ts";
 
 const SIZES: PredictorSizes = {

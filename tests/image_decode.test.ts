@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { ImageError, InputError } from "../runtime/errors.ts";
+import { ImageError, InputError } from "../runtime/core/errors.ts";
 import {
   checkRgbImage,
   decodeImage,
@@ -8,7 +8,7 @@ import {
   readImageHeader,
   type RgbImage,
   runFfmpeg,
-} from "../runtime/image_decode.ts";
+} from "../runtime/image/image_decode.ts";
 import {
   encodeGif,
   encodeImage,

@@ -4,7 +4,7 @@
  * @module
  */
 import assert from "node:assert/strict";
-import { BufferSet, createGpu, type Gpu, writeBuffer } from "../runtime/gpu.ts";
+import { BufferSet, createGpu, type Gpu, writeBuffer } from "../runtime/device/gpu.ts";
 
 /** NMSE = mse(actual, expected) / mse(expected, 0); fails on any NaN. */
 export function nmse(actual: Float32Array, expected: Float32Array): number {

@@ -9,10 +9,17 @@
  * @module
  */
 import assert from "node:assert/strict";
-import { BufferSet, createGpu, type Dispatch, type Gpu, MAX_GRID, writeBuffer } from "../runtime/gpu.ts";
-import * as cpu from "../runtime/cpu_ops.ts";
-import { GpuError } from "../runtime/errors.ts";
-import { storedWeightValues, uploadWeight, weightDtype } from "../runtime/weights_gpu.ts";
+import {
+  BufferSet,
+  createGpu,
+  type Dispatch,
+  type Gpu,
+  MAX_GRID,
+  writeBuffer,
+} from "../runtime/device/gpu.ts";
+import * as cpu from "../runtime/core/cpu_ops.ts";
+import { GpuError } from "../runtime/core/errors.ts";
+import { storedWeightValues, uploadWeight, weightDtype } from "../runtime/device/weights_gpu.ts";
 import { createMatmul, type MatmulKernel } from "../kernels/matmul.ts";
 import { createEmbedding, type EmbeddingKernel } from "../kernels/embedding.ts";
 import { createRmsNorm, type RmsNormKernel } from "../kernels/rmsnorm.ts";

@@ -6,11 +6,11 @@
  * @module
  */
 import assert from "node:assert/strict";
-import { BufferSet, createGpu, writeBuffer } from "../runtime/gpu.ts";
-import { InputError } from "../runtime/errors.ts";
-import { gatherRows, layerNorm, linear } from "../runtime/cpu_ops.ts";
-import { im2col } from "../runtime/patches_cpu.ts";
-import { admitFlag, halfGlobalConcat, logSoftmax2Col0 } from "../runtime/predictor_cpu_ops.ts";
+import { BufferSet, createGpu, writeBuffer } from "../runtime/device/gpu.ts";
+import { InputError } from "../runtime/core/errors.ts";
+import { gatherRows, layerNorm, linear } from "../runtime/core/cpu_ops.ts";
+import { im2col } from "../runtime/core/patches_cpu.ts";
+import { admitFlag, halfGlobalConcat, logSoftmax2Col0 } from "../runtime/core/predictor_cpu_ops.ts";
 import { createLayerNorm } from "../kernels/layernorm.ts";
 import { createGatherRows } from "../kernels/rows.ts";
 import { createIm2col } from "../kernels/patches.ts";

@@ -1,9 +1,9 @@
 import assert from "node:assert/strict";
 import { fileURLToPath } from "node:url";
-import { InputError } from "../runtime/errors.ts";
-import { meteorScore, meteorScoreSync } from "../runtime/meteor.ts";
-import { porterStem } from "../runtime/porter.ts";
-import { loadWordNet, loadWordNetSync, type WordNet } from "../runtime/wordnet.ts";
+import { InputError } from "../runtime/core/errors.ts";
+import { meteorScore, meteorScoreSync } from "../runtime/eval/meteor.ts";
+import { porterStem } from "../runtime/eval/porter.ts";
+import { loadWordNet, loadWordNetSync, type WordNet } from "../runtime/eval/wordnet.ts";
 import { lexnamesText, makeNltkData, nltkAvailable, runNltkScript } from "../tools/fixtures/nltk_data.ts";
 
 const WORDNET_DIR = "/usr/share/wordnet";

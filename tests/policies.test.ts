@@ -5,16 +5,16 @@
  * @module
  */
 import assert from "node:assert/strict";
-import { InputError, PolicyError } from "../runtime/errors.ts";
+import { InputError, PolicyError } from "../runtime/core/errors.ts";
 import {
   composePolicy,
   densePolicy,
   dynamicPolicy,
   fastvPolicy,
   resolvePolicy,
-} from "../runtime/policies.ts";
-import type { Policy, PolicyModelInfo, RowKind } from "../runtime/policy.ts";
-import { loadVisionPredictor, visionPredictorTensors, visionScores } from "../runtime/predictors.ts";
+} from "../runtime/core/policies.ts";
+import type { Policy, PolicyModelInfo, RowKind } from "../runtime/core/policy.ts";
+import { loadVisionPredictor, visionPredictorTensors, visionScores } from "../runtime/core/predictors.ts";
 
 const SPARSE_MODEL: PolicyModelInfo = {
   numLayers: 4,

@@ -5,7 +5,7 @@
  * @module
  */
 import assert from "node:assert/strict";
-import { CheckpointError, InputError } from "../runtime/errors.ts";
+import { CheckpointError, InputError } from "../runtime/core/errors.ts";
 import {
   loadTextPredictor,
   loadVisionPredictor,
@@ -18,7 +18,7 @@ import {
   visionPredictorLogits,
   visionPredictorTensors,
   visionScores,
-} from "../runtime/predictors.ts";
+} from "../runtime/core/predictors.ts";
 import { randomArray } from "./kernel_util.ts";
 
 const SPARSE = { dModel: 16, nhead: 4, dimFeedforward: 24, numLayers: 2 };

@@ -1,9 +1,9 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { ImageError, InputError } from "../runtime/errors.ts";
-import type { RgbImage } from "../runtime/image_decode.ts";
-import { CLIP_MEAN } from "../runtime/config.ts";
-import { padToSquare, preprocessImage, resizeBicubic } from "../runtime/preprocess.ts";
+import { ImageError, InputError } from "../runtime/core/errors.ts";
+import type { RgbImage } from "../runtime/image/image_decode.ts";
+import { CLIP_MEAN } from "../runtime/core/config.ts";
+import { padToSquare, preprocessImage, resizeBicubic } from "../runtime/image/preprocess.ts";
 import { encodeImage, makeTestImage, type Pattern, runPillow } from "../tools/fixtures/images.ts";
 
 const CLIP_FILL: [number, number, number] = [122, 116, 104];

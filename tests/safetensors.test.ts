@@ -8,8 +8,8 @@
  */
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { float32ToBf16, float32ToF16, toFloat32 } from "../runtime/dtype.ts";
-import { CheckpointError } from "../runtime/errors.ts";
+import { float32ToBf16, float32ToF16, toFloat32 } from "../runtime/core/dtype.ts";
+import { CheckpointError } from "../runtime/core/errors.ts";
 import {
   MAX_HEADER_BYTES,
   openSafetensors,
@@ -17,8 +17,8 @@ import {
   readTensor,
   type TensorToWrite,
   writeSafetensors,
-} from "../runtime/safetensors.ts";
-import { openTensorFiles, SHARD_INDEX_FILE } from "../runtime/shards.ts";
+} from "../runtime/io/safetensors.ts";
+import { openTensorFiles, SHARD_INDEX_FILE } from "../runtime/io/shards.ts";
 
 /** Little-endian bytes of float32 values. */
 function f32Bytes(values: number[]): Uint8Array {

@@ -5,9 +5,9 @@
  * @module
  */
 import assert from "node:assert/strict";
-import { BufferSet, writeBuffer } from "../runtime/gpu.ts";
-import { InputError } from "../runtime/errors.ts";
-import { sampleToken, uniformRandom } from "../runtime/sampling.ts";
+import { BufferSet, writeBuffer } from "../runtime/device/gpu.ts";
+import { InputError } from "../runtime/core/errors.ts";
+import { sampleToken, uniformRandom } from "../runtime/core/sampling.ts";
 import { createSampler } from "../kernels/sample.ts";
 import { randomArray, testGpu } from "./kernel_util.ts";
 

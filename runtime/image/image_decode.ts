@@ -24,7 +24,7 @@
  * without running the decoder. Videos are sized with ffprobe (headers only) before decoding.
  * @module
  */
-import { ImageError, InputError } from "./errors.ts";
+import { ImageError, InputError } from "../core/errors.ts";
 
 /** An 8-bit RGB image. */
 export interface RgbImage {

@@ -24,7 +24,7 @@
  * Metaspace; post-processor TemplateProcessing. Anything else is a TokenizerError.
  * @module
  */
-import { InputError, TokenizerError } from "./errors.ts";
+import { InputError, TokenizerError } from "../core/errors.ts";
 import type { Tokenizer } from "./tokenizer.ts";
 
 /** A token matched in the text before the model runs (`added_tokens` of tokenizer.json). */

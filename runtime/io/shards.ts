@@ -14,7 +14,7 @@
  * @module
  */
 import { join } from "node:path";
-import { CheckpointError } from "./errors.ts";
+import { CheckpointError } from "../core/errors.ts";
 import {
   findDuplicateJsonKey,
   openSafetensors,

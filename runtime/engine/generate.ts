@@ -5,12 +5,12 @@
  * @module
  */
 import type { Backend, BackendSession, ImageFeatures } from "./backend.ts";
-import type { ModelConfig } from "./config.ts";
-import { kvBytes, type PassFlops, passFlops } from "./cost.ts";
-import { InputError } from "./errors.ts";
-import type { PolicyPlan } from "./policy.ts";
-import type { PromptRows } from "./sequence.ts";
-import type { Tokenizer } from "./tokenizer.ts";
+import type { ModelConfig } from "../core/config.ts";
+import { kvBytes, type PassFlops, passFlops } from "../core/cost.ts";
+import { InputError } from "../core/errors.ts";
+import type { PolicyPlan } from "../core/policy.ts";
+import type { PromptRows } from "../core/sequence.ts";
+import type { Tokenizer } from "../text/tokenizer.ts";
 
 /** One streamed token. */
 export interface GenerateEvent {

@@ -23,7 +23,7 @@
  * (through {@link loadWordNet}, cached per directory).
  * @module
  */
-import { InputError } from "./errors.ts";
+import { InputError } from "../core/errors.ts";
 import { porterStem } from "./porter.ts";
 import { DEFAULT_WORDNET_DIR, loadWordNet, type WordNet } from "./wordnet.ts";
 

@@ -5,9 +5,9 @@
  * final norm → lm_head on the last row → sample.
  * @module
  */
-import type { Backend, BackendSession, ImageFeatures, PassResult, SessionInput } from "./backend.ts";
-import type { ModelConfig, TextConfig } from "./config.ts";
-import type { LayerRows } from "./cost.ts";
+import type { Backend, BackendSession, ImageFeatures, PassResult, SessionInput } from "../engine/backend.ts";
+import type { ModelConfig, TextConfig } from "../core/config.ts";
+import type { LayerRows } from "../core/cost.ts";
 import {
   addInPlace,
   attention,
@@ -18,13 +18,18 @@ import {
   rmsNorm,
   rope,
   swiglu,
-} from "./cpu_ops.ts";
+} from "../core/cpu_ops.ts";
 import { encodeImageCpu } from "./cpu_vision.ts";
-import type { PruneSignals, RowKind } from "./policy.ts";
-import { type TextPredictor, textPredictorLogits, type VisionPredictor, visionScores } from "./predictors.ts";
-import { sampleToken } from "./sampling.ts";
-import { KvLedger } from "./sparse_kv.ts";
-import { contextRows, fedTokensKept, keepRows, type RowMeta } from "./sequence.ts";
+import type { PruneSignals, RowKind } from "../core/policy.ts";
+import {
+  type TextPredictor,
+  textPredictorLogits,
+  type VisionPredictor,
+  visionScores,
+} from "../core/predictors.ts";
+import { sampleToken } from "../core/sampling.ts";
+import { KvLedger } from "../core/sparse_kv.ts";
+import { contextRows, fedTokensKept, keepRows, type RowMeta } from "../core/sequence.ts";
 
 /** Weights of the CPU backend by canonical name (f32). */
 export type CpuWeights = Map<string, Float32Array>;

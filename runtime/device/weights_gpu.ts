@@ -15,8 +15,8 @@
  * @module
  */
 import type { BufferSet, Gpu } from "./gpu.ts";
-import { GpuError } from "./errors.ts";
-import { f16ToFloat32, float32ToF16 } from "./dtype.ts";
+import { GpuError } from "../core/errors.ts";
+import { f16ToFloat32, float32ToF16 } from "../core/dtype.ts";
 
 /** Element type of a weight on the GPU. */
 export type WeightDtype = "f16" | "f32";

@@ -8,8 +8,8 @@
  * attn [M, H·D] (attention output), gate/up/act [M, I], logits [rows, V].
  * @module
  */
-import type { TextConfig } from "./config.ts";
-import type { BufferSet, Dispatch } from "./gpu.ts";
+import type { TextConfig } from "../core/config.ts";
+import type { BufferSet, Dispatch } from "../device/gpu.ts";
 import type { GpuBackend } from "./gpu_backend.ts";
 
 /** The activation buffers a layer reads and writes. */

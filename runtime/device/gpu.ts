@@ -12,7 +12,7 @@
  *   many times: per-step values live in GPU buffers, so a decode step re-encodes prebuilt dispatches.
  * @module
  */
-import { GpuError } from "./errors.ts";
+import { GpuError } from "../core/errors.ts";
 
 /** A compute pipeline bound to its buffers, ready to be encoded into a pass. */
 export interface Dispatch {

@@ -6,11 +6,11 @@
  * (CLS dropped) → projector (Linear, GELU, Linear) → features [images·N, C].
  * @module
  */
-import type { ImageFeatures } from "./backend.ts";
-import type { ModelConfig } from "./config.ts";
-import { BufferSet, type Dispatch, writeBuffer } from "./gpu.ts";
+import type { ImageFeatures } from "../engine/backend.ts";
+import type { ModelConfig } from "../core/config.ts";
+import { BufferSet, type Dispatch, writeBuffer } from "../device/gpu.ts";
 import type { GpuBackend } from "./gpu_backend.ts";
-import type { WeightTensor } from "./weights_gpu.ts";
+import type { WeightTensor } from "../device/weights_gpu.ts";
 
 /** One encoder layer's weights: LayerNorm (weight, bias) pairs and Linear (weight, bias) pairs. */
 export interface VisionLayerWeights {

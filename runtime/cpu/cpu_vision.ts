@@ -5,9 +5,9 @@
  * `layersToRun` encoder layers → select (drop CLS) [N, V] → projector → [N, C].
  * @module
  */
-import type { ModelConfig, VisionConfig } from "./config.ts";
-import { addInPlace, attention, gelu, layerNorm, linear, quickGelu } from "./cpu_ops.ts";
-import { im2col } from "./patches_cpu.ts";
+import type { ModelConfig, VisionConfig } from "../core/config.ts";
+import { addInPlace, attention, gelu, layerNorm, linear, quickGelu } from "../core/cpu_ops.ts";
+import { im2col } from "../core/patches_cpu.ts";
 
 /** Canonical-name lookup of f32 weights. */
 export type WeightGetter = (name: string) => Float32Array;

@@ -4,7 +4,7 @@
  * piece gets the tokenizer's leading-space handling), BOS kept once, and -200 marks each image.
  * @module
  */
-import { IMAGE_TOKEN_INDEX } from "./config.ts";
+import { IMAGE_TOKEN_INDEX } from "../core/config.ts";
 import type { Tokenizer } from "./tokenizer.ts";
 
 /** The llava_v1 system prompt. */

@@ -18,7 +18,7 @@
  * @module
  */
 import { resolve } from "node:path";
-import { InputError } from "./errors.ts";
+import { InputError } from "../core/errors.ts";
 
 /** A WordNet part of speech: noun, verb, adjective, adjective satellite, adverb. */
 export type WordNetPos = "n" | "v" | "a" | "s" | "r";

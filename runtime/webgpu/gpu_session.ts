@@ -10,11 +10,11 @@
  * state u32 [4 + layers] (kernels/decode_state.ts), tokens u32 [maxNew + 2], flags u32 [maxNew + 2].
  * @module
  */
-import type { BackendSession, PassResult, SessionInput } from "./backend.ts";
-import type { TextConfig } from "./config.ts";
-import type { LayerRows } from "./cost.ts";
-import { logSoftmaxAt } from "./cpu_ops.ts";
-import { BufferSet, type Dispatch, type ReadRange, writeBuffer } from "./gpu.ts";
+import type { BackendSession, PassResult, SessionInput } from "../engine/backend.ts";
+import type { TextConfig } from "../core/config.ts";
+import type { LayerRows } from "../core/cost.ts";
+import { logSoftmaxAt } from "../core/cpu_ops.ts";
+import { BufferSet, type Dispatch, type ReadRange, writeBuffer } from "../device/gpu.ts";
 import {
   allocLayerActivations,
   bindHead,
@@ -25,10 +25,10 @@ import {
 import type { GpuBackend } from "./gpu_backend.ts";
 import { bindTextAdmission, bindTextLogits, bindVisionScores } from "./gpu_predictors.ts";
 import type { GpuImageFeatures } from "./gpu_vision.ts";
-import type { PruneSignals, RowKind } from "./policy.ts";
-import { KvLedger } from "./sparse_kv.ts";
-import { contextRows, fedTokensKept, keepRows, type RowMeta } from "./sequence.ts";
-import { STATE_COUNTS } from "../kernels/decode_state.ts";
+import type { PruneSignals, RowKind } from "../core/policy.ts";
+import { KvLedger } from "../core/sparse_kv.ts";
+import { contextRows, fedTokensKept, keepRows, type RowMeta } from "../core/sequence.ts";
+import { STATE_COUNTS } from "../../kernels/decode_state.ts";
 
 /** Results of decode steps: tokens sampled, admission of each fed token, last logits if asked. */
 export interface StepResults {

@@ -6,24 +6,24 @@
  * @module
  */
 import { fileURLToPath } from "node:url";
-import type { Backend, BackendSession, ImageFeatures, LoadProgress } from "./backend.ts";
-export type { LoadProgress } from "./backend.ts";
-import { type Checkpoint, openCheckpoint, readCheckpointTensor } from "./checkpoint.ts";
-import type { ModelConfig } from "./config.ts";
-import { createCpuBackend } from "./cpu_backend.ts";
-import { logSoftmaxAt } from "./cpu_ops.ts";
-import { InputError } from "./errors.ts";
-import { type GenerateEvent, type GenerateResult, runGeneration } from "./generate.ts";
-import { createGpuBackend } from "./gpu_backend.ts";
-import { decodeVideoFrames, type RgbImage } from "./image_decode.ts";
-import type { Policy, PolicyModelInfo, PolicyPlan } from "./policy.ts";
-import { resolvePolicy } from "./policies.ts";
-import { loadPredictors } from "./predictors.ts";
-import { preprocessImage } from "./preprocess.ts";
-import { fetchCheckpoint } from "./remote.ts";
-import { buildPromptRows, type PromptRows } from "./sequence.ts";
-import { encodeWithImages, formatLlavaV1 } from "./template.ts";
-import { loadTokenizer, type Tokenizer } from "./tokenizer.ts";
+import type { Backend, BackendSession, ImageFeatures, LoadProgress } from "../engine/backend.ts";
+export type { LoadProgress } from "../engine/backend.ts";
+import { type Checkpoint, openCheckpoint, readCheckpointTensor } from "../io/checkpoint.ts";
+import type { ModelConfig } from "../core/config.ts";
+import { createCpuBackend } from "../cpu/cpu_backend.ts";
+import { logSoftmaxAt } from "../core/cpu_ops.ts";
+import { InputError } from "../core/errors.ts";
+import { type GenerateEvent, type GenerateResult, runGeneration } from "../engine/generate.ts";
+import { createGpuBackend } from "../webgpu/gpu_backend.ts";
+import { decodeVideoFrames, type RgbImage } from "../image/image_decode.ts";
+import type { Policy, PolicyModelInfo, PolicyPlan } from "../core/policy.ts";
+import { resolvePolicy } from "../core/policies.ts";
+import { loadPredictors } from "../core/predictors.ts";
+import { preprocessImage } from "../image/preprocess.ts";
+import { fetchCheckpoint } from "../io/remote.ts";
+import { buildPromptRows, type PromptRows } from "../core/sequence.ts";
+import { encodeWithImages, formatLlavaV1 } from "../text/template.ts";
+import { loadTokenizer, type Tokenizer } from "../text/tokenizer.ts";
 
 /** Options of {@link loadModel}. */
 export interface LoadOptions {
@@ -131,8 +131,8 @@ export class Model {
    * Generates text. Await the returned run for the result, or iterate it to stream tokens.
    * @example
    * ```ts
-   * import { loadModel } from "../mod.ts";
-   * const model = await loadModel(new URL("../assets/demo/", import.meta.url), { backend: "cpu" });
+   * import { loadModel } from "../../mod.ts";
+   * const model = await loadModel(new URL("../../assets/demo/", import.meta.url), { backend: "cpu" });
    * const result = await model.generate({ prompt: "Hello", maxNewTokens: 4 });
    * console.log(result.tokens.length <= 4);
    * model.dispose();
@@ -147,8 +147,8 @@ export class Model {
    * sequence keeps its own KV cache, ragged), and results equal running them one by one.
    * @example
    * ```ts
-   * import { loadModel } from "../mod.ts";
-   * const model = await loadModel(new URL("../assets/demo/", import.meta.url), { backend: "cpu" });
+   * import { loadModel } from "../../mod.ts";
+   * const model = await loadModel(new URL("../../assets/demo/", import.meta.url), { backend: "cpu" });
    * const results = await model.generateBatch([{ prompt: "Hi", maxNewTokens: 2 }, { prompt: "Yo", maxNewTokens: 2 }]);
    * console.log(results.length); // 2
    * model.dispose();
@@ -168,8 +168,8 @@ export class Model {
    * Logits of the last position (Float32Array of the vocabulary size), with the policy applied.
    * @example
    * ```ts
-   * import { loadModel } from "../mod.ts";
-   * const model = await loadModel(new URL("../assets/demo/", import.meta.url), { backend: "cpu" });
+   * import { loadModel } from "../../mod.ts";
+   * const model = await loadModel(new URL("../../assets/demo/", import.meta.url), { backend: "cpu" });
    * const logits = await model.logits({ inputIds: [1, 15043] });
    * console.log(logits.length); // 32000
    * model.dispose();
@@ -191,8 +191,8 @@ export class Model {
    * pruning without). Perplexity = exp(-mean).
    * @example
    * ```ts
-   * import { loadModel } from "../mod.ts";
-   * const model = await loadModel(new URL("../assets/demo/", import.meta.url), { backend: "cpu" });
+   * import { loadModel } from "../../mod.ts";
+   * const model = await loadModel(new URL("../../assets/demo/", import.meta.url), { backend: "cpu" });
    * const lp = await model.logProbs({ prompt: "Say hi", target: [6324, 29991] });
    * console.log(lp.length); // 2
    * model.dispose();
@@ -358,8 +358,8 @@ async function localDir(path: string | URL): Promise<string> {
  * `file:` URL, or an `http(s):` URL whose files are downloaded once into a local cache.
  * @example
  * ```ts
- * import { loadModel } from "../mod.ts";
- * const model = await loadModel(new URL("../assets/demo/", import.meta.url), { backend: "cpu" });
+ * import { loadModel } from "../../mod.ts";
+ * const model = await loadModel(new URL("../../assets/demo/", import.meta.url), { backend: "cpu" });
  * console.log(model.config.layout); // "llava_llama"
  * model.dispose();
  * ```

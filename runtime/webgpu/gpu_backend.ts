@@ -5,10 +5,16 @@
  * (runtime/gpu_vision.ts).
  * @module
  */
-import type { Backend, BackendSession, ImageFeatures, LoadProgress, SessionInput } from "./backend.ts";
-import { type Checkpoint, readCheckpointTensor } from "./checkpoint.ts";
-import type { ModelConfig } from "./config.ts";
-import { BufferSet, createGpu, type Gpu } from "./gpu.ts";
+import type {
+  Backend,
+  BackendSession,
+  ImageFeatures,
+  LoadProgress,
+  SessionInput,
+} from "../engine/backend.ts";
+import { type Checkpoint, readCheckpointTensor } from "../io/checkpoint.ts";
+import type { ModelConfig } from "../core/config.ts";
+import { BufferSet, createGpu, type Gpu } from "../device/gpu.ts";
 import { createKernels, type Kernels } from "./gpu_kernels.ts";
 import {
   type GpuTextPredictor,
@@ -19,8 +25,8 @@ import {
 import { GpuSession } from "./gpu_session.ts";
 import { DecodeBatcher } from "./gpu_batch.ts";
 import { encodeImagesGpu, type VisionLayerWeights, visionLayerWeights } from "./gpu_vision.ts";
-import { loadPredictors } from "./predictors.ts";
-import { uploadWeight, type WeightTensor } from "./weights_gpu.ts";
+import { loadPredictors } from "../core/predictors.ts";
+import { uploadWeight, type WeightTensor } from "../device/weights_gpu.ts";
 
 /** One decoder layer's weights. */
 export interface LayerWeights {
@@ -45,7 +51,7 @@ export interface GpuWeights {
  * Opens WebGPU and uploads a checkpoint tensor by tensor (each read, converted, uploaded, dropped).
  * @example
  * ```ts
- * import { openCheckpoint } from "./checkpoint.ts";
+ * import { openCheckpoint } from "../io/checkpoint.ts";
  * import { createGpuBackend } from "./gpu_backend.ts";
  * const backend = await createGpuBackend(await openCheckpoint("tests/fixtures/out/llama-f32"), { weightDtype: "auto" });
  * backend.dispose();

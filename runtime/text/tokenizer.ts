@@ -17,7 +17,7 @@
  * @module
  */
 import { join } from "node:path";
-import { TokenizerError } from "./errors.ts";
+import { TokenizerError } from "../core/errors.ts";
 import { parseTokenizerJson } from "./tokenizer_json.ts";
 import { parseSentencePieceModel } from "./sentencepiece.ts";
 
@@ -93,7 +93,7 @@ export function tokenizerFromJson(text: string, where: string): Tokenizer {
  * @example
  * ```ts
  * import { tokenizerFromSentencePiece } from "./tokenizer.ts";
- * import { TokenizerError } from "./errors.ts";
+ * import { TokenizerError } from "../core/errors.ts";
  * const truncated = new Uint8Array([0x0a, 0xff]);
  * try {
  *   tokenizerFromSentencePiece(truncated, "tokenizer.model");

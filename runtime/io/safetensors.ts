@@ -11,8 +11,8 @@
  * file path and whose message names the tensor.
  * @module
  */
-import { type DType, dtypeBytes, isDType } from "./dtype.ts";
-import { CheckpointError } from "./errors.ts";
+import { type DType, dtypeBytes, isDType } from "../core/dtype.ts";
+import { CheckpointError } from "../core/errors.ts";
 
 /** Largest accepted JSON header, in bytes (as the reference parser). */
 export const MAX_HEADER_BYTES = 100_000_000;

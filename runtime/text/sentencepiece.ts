@@ -24,7 +24,7 @@
  * Decoding: "▁" → space, byte pieces → UTF-8, one leading space dropped (with the dummy prefix).
  * @module
  */
-import { TokenizerError } from "./errors.ts";
+import { TokenizerError } from "../core/errors.ts";
 import type { Tokenizer } from "./tokenizer.ts";
 import { type AddedToken, assembleTokenizer, decoderFromConfig, mergeSymbols } from "./tokenizer_json.ts";
 

@@ -2,12 +2,12 @@
  * Checkpoints by URL: downloads the files a checkpoint needs (config.json, the tokenizer, the
  * safetensors file or index and shards, and a vision tower stored beside it) into a local cache,
  * once, and returns the local directory. Lets a script imported by `https://` URL load assets that
- * sit next to it (`new URL("../assets/demo/", import.meta.url)`).
+ * sit next to it (`new URL("../../assets/demo/", import.meta.url)`).
  * Cache: `$DYNLLAVA_CACHE`, else `$XDG_CACHE_HOME/dynllava`, else `~/.cache/dynllava`.
  * @module
  */
 import { join } from "node:path";
-import { CheckpointError } from "./errors.ts";
+import { CheckpointError } from "../core/errors.ts";
 
 /** The cache directory of downloaded checkpoints. */
 function cacheRoot(): string {

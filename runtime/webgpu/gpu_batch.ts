@@ -13,7 +13,7 @@
  * A session alone runs its own single-row step (GpuSession.runSteps).
  * @module
  */
-import { BufferSet, type Dispatch } from "./gpu.ts";
+import { BufferSet, type Dispatch } from "../device/gpu.ts";
 import type { GpuBackend } from "./gpu_backend.ts";
 import { allocLayerActivations, bindHead, bindLayerInput, bindLayerOutput } from "./gpu_layers.ts";
 import type { BatchParts, GpuSession, StepResults } from "./gpu_session.ts";

@@ -4,10 +4,10 @@
  * runs forward passes, calling the policy plan at its prune layer. GPU-free types only.
  * @module
  */
-import type { LayerRows } from "./cost.ts";
-import type { PolicyPlan } from "./policy.ts";
-import type { PromptRows } from "./sequence.ts";
-import type { KvLedger } from "./sparse_kv.ts";
+import type { LayerRows } from "../core/cost.ts";
+import type { PolicyPlan } from "../core/policy.ts";
+import type { PromptRows } from "../core/sequence.ts";
+import type { KvLedger } from "../core/sparse_kv.ts";
 
 /** Loading progress: bytes of tensors loaded so far out of the total. */
 export interface LoadProgress {

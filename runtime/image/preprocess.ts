@@ -16,8 +16,8 @@
  * `(x − mean) / std` in float32.
  * @module
  */
-import { CLIP_MEAN, CLIP_STD } from "./config.ts";
-import { InputError } from "./errors.ts";
+import { CLIP_MEAN, CLIP_STD } from "../core/config.ts";
+import { InputError } from "../core/errors.ts";
 import { checkRgbImage, decodeImage, type RgbImage } from "./image_decode.ts";
 
 /** Options of {@link preprocessImage}. */

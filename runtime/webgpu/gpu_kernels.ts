@@ -2,31 +2,31 @@
  * Compiles every kernel the GPU backend uses, once per device, into one {@link Kernels} record.
  * @module
  */
-import { createAdvance } from "../kernels/decode_state.ts";
-import { createAttention } from "../kernels/attention.ts";
+import { createAdvance } from "../../kernels/decode_state.ts";
+import { createAttention } from "../../kernels/attention.ts";
 import {
   createAdd,
   createAddBias,
   createGelu,
   createQuickGelu,
   createSwiglu,
-} from "../kernels/elementwise.ts";
-import { createEmbedding } from "../kernels/embedding.ts";
-import { createKvAppend } from "../kernels/kv_append.ts";
-import { createLayerNorm } from "../kernels/layernorm.ts";
-import { createMatmul } from "../kernels/matmul.ts";
-import { createIm2col } from "../kernels/patches.ts";
-import { createRmsNorm } from "../kernels/rmsnorm.ts";
-import { createRope } from "../kernels/rope.ts";
-import { createGatherRows } from "../kernels/rows.ts";
-import { createSampler } from "../kernels/sample.ts";
-import type { Gpu } from "./gpu.ts";
+} from "../../kernels/elementwise.ts";
+import { createEmbedding } from "../../kernels/embedding.ts";
+import { createKvAppend } from "../../kernels/kv_append.ts";
+import { createLayerNorm } from "../../kernels/layernorm.ts";
+import { createMatmul } from "../../kernels/matmul.ts";
+import { createIm2col } from "../../kernels/patches.ts";
+import { createRmsNorm } from "../../kernels/rmsnorm.ts";
+import { createRope } from "../../kernels/rope.ts";
+import { createGatherRows } from "../../kernels/rows.ts";
+import { createSampler } from "../../kernels/sample.ts";
+import type { Gpu } from "../device/gpu.ts";
 
 /**
  * Compiles all kernels (compiles are queued one at a time by the Gpu).
  * @example
  * ```ts
- * import { createGpu } from "./gpu.ts";
+ * import { createGpu } from "../device/gpu.ts";
  * import { createKernels } from "./gpu_kernels.ts";
  * const gpu = await createGpu();
  * const kernels = await createKernels(gpu);

@@ -15,9 +15,9 @@
  * @module
  */
 import { join, resolve } from "node:path";
-import { type ModelConfig, parseModelConfig } from "./config.ts";
-import { toFloat32 } from "./dtype.ts";
-import { CheckpointError } from "./errors.ts";
+import { type ModelConfig, parseModelConfig } from "../core/config.ts";
+import { toFloat32 } from "../core/dtype.ts";
+import { CheckpointError } from "../core/errors.ts";
 import { readTensor } from "./safetensors.ts";
 import { openTensorFiles, type TensorFiles, type TensorLocation } from "./shards.ts";
 

@@ -14,11 +14,11 @@
  * dispatches that can be encoded any number of times.
  * @module
  */
-import { type AttentionKernel, createAttention } from "../kernels/attention.ts";
-import { createGelu, type ElementwiseKernel } from "../kernels/elementwise.ts";
-import type { ActivationArgs } from "../kernels/elementwise.ts";
-import { createLayerNorm, type LayerNormKernel } from "../kernels/layernorm.ts";
-import { createMatmul, type MatmulKernel } from "../kernels/matmul.ts";
+import { type AttentionKernel, createAttention } from "../../kernels/attention.ts";
+import { createGelu, type ElementwiseKernel } from "../../kernels/elementwise.ts";
+import type { ActivationArgs } from "../../kernels/elementwise.ts";
+import { createLayerNorm, type LayerNormKernel } from "../../kernels/layernorm.ts";
+import { createMatmul, type MatmulKernel } from "../../kernels/matmul.ts";
 import {
   type AdmitFlagKernel,
   createAdmitFlag,
@@ -26,8 +26,8 @@ import {
   createLogSoftmax2Col0,
   type HalfGlobalConcatKernel,
   type LogSoftmax2Col0Kernel,
-} from "../kernels/predictor_ops.ts";
-import type { BufferSet, Dispatch, Gpu } from "./gpu.ts";
+} from "../../kernels/predictor_ops.ts";
+import type { BufferSet, Dispatch, Gpu } from "../device/gpu.ts";
 import {
   type LinearWeights,
   type NormWeights,
@@ -36,8 +36,8 @@ import {
   type TextPredictor,
   VISION_PREDICTOR_PREFIX,
   type VisionPredictor,
-} from "./predictors.ts";
-import { uploadWeight, type WeightTensor } from "./weights_gpu.ts";
+} from "../core/predictors.ts";
+import { uploadWeight, type WeightTensor } from "../device/weights_gpu.ts";
 
 /** A Linear on the GPU: W [out, in] and its optional bias [out]. */
 export interface GpuLinear {
@@ -164,9 +164,9 @@ function rowSlice(layer: LinearWeights, from: number, count: number): LinearWeig
  *
  * @example
  * ```ts
- * import { BufferSet, createGpu } from "./gpu.ts";
+ * import { BufferSet, createGpu } from "../device/gpu.ts";
  * import { bindVisionScores, uploadVisionPredictor } from "./gpu_predictors.ts";
- * import { loadVisionPredictor, visionPredictorTensors } from "./predictors.ts";
+ * import { loadVisionPredictor, visionPredictorTensors } from "../core/predictors.ts";
  * const sparse = { dModel: 8, nhead: 2, dimFeedforward: 16, numLayers: 1 };
  * const sizes = new Map(visionPredictorTensors(4, sparse).map((t) => [t.name, t.shape.reduce((a, b) => a * b)]));
  * const cpu = loadVisionPredictor((name) => new Float32Array(sizes.get(name)!).fill(0.1), { hidden: 4, sparse });
@@ -223,9 +223,9 @@ export async function uploadVisionPredictor(
  *
  * @example
  * ```ts
- * import { BufferSet, createGpu } from "./gpu.ts";
+ * import { BufferSet, createGpu } from "../device/gpu.ts";
  * import { bindTextLogits, uploadTextPredictor } from "./gpu_predictors.ts";
- * import { loadTextPredictor, textPredictorTensors } from "./predictors.ts";
+ * import { loadTextPredictor, textPredictorTensors } from "../core/predictors.ts";
  * const sparse = { dModel: 8, nhead: 2, dimFeedforward: 16, numLayers: 1 };
  * const sizes = new Map(textPredictorTensors(4, sparse).map((t) => [t.name, t.shape.reduce((a, b) => a * b)]));
  * const cpu = loadTextPredictor((name) => new Float32Array(sizes.get(name)!).fill(0.1), { hidden: 4, sparse });
@@ -331,9 +331,9 @@ function bindBlock(
  *
  * @example
  * ```ts
- * import { BufferSet, createGpu } from "./gpu.ts";
+ * import { BufferSet, createGpu } from "../device/gpu.ts";
  * import { bindVisionScores, uploadVisionPredictor } from "./gpu_predictors.ts";
- * import { loadVisionPredictor, visionPredictorTensors, visionScores } from "./predictors.ts";
+ * import { loadVisionPredictor, visionPredictorTensors, visionScores } from "../core/predictors.ts";
  * const sparse = { dModel: 8, nhead: 2, dimFeedforward: 16, numLayers: 2 };
  * const sizes = new Map(visionPredictorTensors(4, sparse).map((t) => [t.name, t.shape.reduce((a, b) => a * b)]));
  * const cpu = loadVisionPredictor((name) => new Float32Array(sizes.get(name)!).map((_, i) => Math.sin(i)), { hidden: 4, sparse });
@@ -384,9 +384,9 @@ export function bindVisionScores(
  *
  * @example
  * ```ts
- * import { BufferSet, createGpu } from "./gpu.ts";
+ * import { BufferSet, createGpu } from "../device/gpu.ts";
  * import { bindTextLogits, uploadTextPredictor } from "./gpu_predictors.ts";
- * import { loadTextPredictor, textPredictorTensors } from "./predictors.ts";
+ * import { loadTextPredictor, textPredictorTensors } from "../core/predictors.ts";
  * const sparse = { dModel: 8, nhead: 2, dimFeedforward: 16, numLayers: 1 };
  * const sizes = new Map(textPredictorTensors(4, sparse).map((t) => [t.name, t.shape.reduce((a, b) => a * b)]));
  * const cpu = loadTextPredictor((name) => new Float32Array(sizes.get(name)!).fill(0.1), { hidden: 4, sparse });
@@ -423,9 +423,9 @@ export function bindTextLogits(p: GpuTextPredictor, buffers: BufferSet, args: Te
  *
  * @example
  * ```ts
- * import { BufferSet, createGpu } from "./gpu.ts";
+ * import { BufferSet, createGpu } from "../device/gpu.ts";
  * import { bindTextAdmission, uploadTextPredictor } from "./gpu_predictors.ts";
- * import { loadTextPredictor, textPredictorTensors } from "./predictors.ts";
+ * import { loadTextPredictor, textPredictorTensors } from "../core/predictors.ts";
  * const sparse = { dModel: 8, nhead: 2, dimFeedforward: 16, numLayers: 1 };
  * const sizes = new Map(textPredictorTensors(4, sparse).map((t) => [t.name, t.shape.reduce((a, b) => a * b)]));
  * const cpu = loadTextPredictor((name) => new Float32Array(sizes.get(name)!).fill(0.1), { hidden: 4, sparse });
