@@ -16,6 +16,9 @@
  */
 export * from "./core.ts";
 export {
+  type ChatContentPart,
+  type ChatMessage,
+  type ChatRequest,
   type GenerateRequest,
   GenerateRun,
   type ImageInput,
@@ -24,7 +27,13 @@ export {
   type LoadProgress,
   Model,
 } from "./runtime/api/model.ts";
-export type { GenerateEvent, GenerateResult, GenerateStats } from "./runtime/engine/generate.ts";
+export type {
+  FinishReason,
+  GenerateEvent,
+  GenerateResult,
+  GenerateStats,
+  Usage,
+} from "./runtime/engine/generate.ts";
 export {
   loadTokenizer,
   type Tokenizer,
@@ -35,5 +44,10 @@ export { decodeImage, decodeVideoFrames, type RgbImage } from "./runtime/image/i
 export { preprocessImage } from "./runtime/image/preprocess.ts";
 export { meteorScore, meteorScoreSync } from "./runtime/eval/meteor.ts";
 export { loadWordNet } from "./runtime/eval/wordnet.ts";
-export { encodeWithImages, formatLlavaV1 } from "./runtime/text/template.ts";
+export {
+  type ChatTurn,
+  encodeWithImages,
+  formatLlavaV1,
+  formatLlavaV1Chat,
+} from "./runtime/text/template.ts";
 export { openCheckpoint } from "./runtime/io/checkpoint.ts";

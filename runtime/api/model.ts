@@ -1,8 +1,9 @@
 /**
  * `loadModel()` and the {@link Model} users call: `generate()` (awaitable and async-iterable),
- * `generateBatch()`, `logits()`, `logProbs()`, `planPolicy()`, `dispose()`. Turns user requests
- * (prompt or ids, images, policy, sampling) into validated loop requests and runs one call at a time
- * on the chosen backend (a `generateBatch` call runs its requests together).
+ * `chat()`, `generateBatch()`, `streamBatch()`, `logits()`, `logProbs()`, `planPolicy()`,
+ * `dispose()`. Turns user requests (prompt, ids or chat messages, images, policy, sampling) into
+ * validated loop requests and runs one call at a time on the chosen backend (a batch call runs its
+ * requests together, their decode steps shared).
  * @module
  */
 import { fileURLToPath } from "node:url";
@@ -13,7 +14,12 @@ import type { ModelConfig } from "../core/config.ts";
 import { createCpuBackend } from "../cpu/cpu_backend.ts";
 import { logSoftmaxAt } from "../core/cpu_ops.ts";
 import { InputError } from "../core/errors.ts";
-import { type GenerateEvent, type GenerateResult, runGeneration } from "../engine/generate.ts";
+import {
+  type GenerateEvent,
+  type GenerateResult,
+  type LoopRequest,
+  runGeneration,
+} from "../engine/generate.ts";
 import { createGpuBackend } from "../webgpu/gpu_backend.ts";
 import { decodeVideoFrames, type RgbImage } from "../image/image_decode.ts";
 import type { Policy, PolicyModelInfo, PolicyPlan } from "../core/policy.ts";
@@ -22,7 +28,7 @@ import { loadPredictors } from "../core/predictors.ts";
 import { preprocessImage } from "../image/preprocess.ts";
 import { fetchCheckpoint } from "../io/remote.ts";
 import { buildPromptRows, type PromptRows } from "../core/sequence.ts";
-import { encodeWithImages, formatLlavaV1 } from "../text/template.ts";
+import { encodeWithImages, formatLlavaV1, formatLlavaV1Chat } from "../text/template.ts";
 import { loadTokenizer, type Tokenizer } from "../text/tokenizer.ts";
 
 /** Options of {@link loadModel}. */
@@ -55,12 +61,33 @@ export interface GenerateRequest {
   temperature?: number;
   topP?: number;
   seed?: number;
-  /** Stop ids; default [`</s>`]; [] never stops early. */
-  stop?: number[];
+  /** Stop ids and stop strings; default [`</s>`]; [] never stops early. */
+  stop?: (number | string)[];
   signal?: AbortSignal;
+  /** "throw" (default): an abort rejects; "finish": resolves with what was generated, finishReason "abort". */
+  onAbort?: "throw" | "finish";
+  /** Default: {@link Model.defaultPolicy}. */
   policy?: "dense" | "dynamic" | "fastv" | Policy;
   /** false = the paper's no-cache decoding (recompute the context every step). Default true. */
   kvCache?: boolean;
+}
+
+/** A part of a chat message: text, or an image (encoded bytes or decoded RGB). */
+export type ChatContentPart = { type: "text"; text: string } | { type: "image"; image: ImageInput };
+
+/** A chat message. A leading system message replaces the template's system prompt. */
+export interface ChatMessage {
+  role: "system" | "user" | "assistant";
+  content: string | ChatContentPart[];
+}
+
+/**
+ * A chat request: the conversation, formatted with the checkpoint's chat template (llava_v1 for
+ * LLaVA-1.5 checkpoints of either layout); `stop` adds ids and strings to `</s>`. An abort ends it
+ * with finishReason "abort" unless `onAbort` is "throw".
+ */
+export interface ChatRequest extends Omit<GenerateRequest, "prompt" | "inputIds" | "image" | "video"> {
+  messages: ChatMessage[];
 }
 
 /** A running `generate()`: await it for the result, or iterate it for streamed tokens. */
@@ -122,8 +149,18 @@ export class Model {
     this.#policyInfo = policyInfo;
   }
 
+  /** The policy a request without one runs: "dynamic" when the checkpoint has its predictors, else "dense". */
+  get defaultPolicy(): "dynamic" | "dense" {
+    try {
+      resolvePolicy("dynamic").plan(this.#policyInfo);
+      return "dynamic";
+    } catch {
+      return "dense";
+    }
+  }
+
   /** Plans a policy for this model (throws PolicyError when it cannot run here). */
-  planPolicy(policy: GenerateRequest["policy"] = "dense"): PolicyPlan {
+  planPolicy(policy: GenerateRequest["policy"] = this.defaultPolicy): PolicyPlan {
     return resolvePolicy(policy).plan(this.#policyInfo);
   }
 
@@ -143,6 +180,115 @@ export class Model {
   }
 
   /**
+   * Answers a conversation: the messages are formatted with the chat template, images go where
+   * their parts are, and the run streams like `generate()`. The result's `text` is the reply,
+   * `finishReason` says why it ended and `usage` counts the tokens.
+   * @example
+   * ```ts
+   * import assert from "node:assert/strict";
+   * import { loadModel } from "../../mod.ts";
+   * const model = await loadModel(new URL("../../assets/demo/", import.meta.url), { backend: "cpu" });
+   * const reply = await model.chat({ messages: [{ role: "user", content: "Hi" }], maxNewTokens: 3, stop: ["zzz"] });
+   * assert.ok(["stop", "length"].includes(reply.finishReason));
+   * assert.equal(reply.usage.completionTokens, reply.tokens.length);
+   * model.dispose();
+   * ```
+   */
+  chat(request: ChatRequest): GenerateRun {
+    return this.generate(this.chatRequest(request));
+  }
+
+  /**
+   * The generate request a chat request runs: prompt ids from the chat template (`<image>` markers
+   * where the image parts are), the images in order, `</s>` plus the request's stops.
+   * @example
+   * ```ts
+   * import assert from "node:assert/strict";
+   * import { loadModel } from "../../mod.ts";
+   * const model = await loadModel(new URL("../../assets/demo/", import.meta.url), { backend: "cpu" });
+   * const request = model.chatRequest({ messages: [{ role: "user", content: "Hi" }], stop: ["."] });
+   * assert.deepEqual(request.stop, [2, "."]);
+   * model.dispose();
+   * ```
+   */
+  chatRequest(request: ChatRequest): GenerateRequest {
+    const { messages, stop, ...rest } = request;
+    if (!Array.isArray(messages) || messages.length === 0) {
+      throw new InputError("Cannot chat: messages must be a non-empty array", "messages");
+    }
+    const images: ImageInput[] = [];
+    const turns = messages.map((message, i) => {
+      if (!["system", "user", "assistant"].includes(message?.role)) {
+        throw new InputError(
+          `Cannot chat: unknown role ${JSON.stringify(message?.role)}`,
+          `messages[${i}].role`,
+        );
+      }
+      if (typeof message.content === "string") return { role: message.role, text: message.content };
+      if (!Array.isArray(message.content)) {
+        throw new InputError(
+          "Cannot chat: content must be a string or an array of parts",
+          `messages[${i}].content`,
+        );
+      }
+      const pieces = message.content.map((part, j) => {
+        if (part?.type === "text" && typeof part.text === "string") return part.text;
+        if (part?.type === "image" && part.image !== undefined) {
+          images.push(part.image);
+          return "<image>";
+        }
+        throw new InputError(
+          'Cannot chat: a part must be { type: "text", text } or { type: "image", image }',
+          `messages[${i}].content[${j}]`,
+        );
+      });
+      return { role: message.role, text: pieces.join("\n") };
+    });
+    const text = formatLlavaV1Chat(turns);
+    if (images.length > 0 && !this.config.vision) {
+      throw new InputError("Cannot use images: this checkpoint has no vision tower", "messages");
+    }
+    return {
+      ...rest,
+      onAbort: rest.onAbort ?? "finish",
+      inputIds: encodeWithImages(this.tokenizer, text),
+      image: images.length > 0 ? images : undefined,
+      stop: [this.tokenizer.eosId, ...(stop ?? [])],
+    };
+  }
+
+  /**
+   * Runs several requests together and streams each: their decode steps share GPU submissions and
+   * readbacks, every run resolves (or fails) on its own, and the model takes its next call once
+   * all are done. Results equal running them one by one.
+   * @example
+   * ```ts
+   * import assert from "node:assert/strict";
+   * import { loadModel } from "../../mod.ts";
+   * const model = await loadModel(new URL("../../assets/demo/", import.meta.url), { backend: "cpu" });
+   * const runs = model.streamBatch([{ prompt: "Hi", maxNewTokens: 2 }, { inputIds: [1, 99999] }]);
+   * assert.equal((await runs[0]).tokens.length <= 2, true);
+   * await assert.rejects(async () => await runs[1]);
+   * model.dispose();
+   * ```
+   */
+  streamBatch(requests: GenerateRequest[]): GenerateRun[] {
+    const starts = requests.map(() => Promise.withResolvers<void>());
+    const runs = requests.map((request, i) =>
+      new GenerateRun(async (emit) => {
+        await starts[i].promise;
+        return await this.#generate(request, emit);
+      })
+    );
+    // Every run finishes before the model takes the next call, even when one fails.
+    this.#exclusive(() => {
+      starts.forEach((start) => start.resolve());
+      return Promise.allSettled(runs.map((run) => run.result));
+    }).catch((err) => runs.forEach((_, i) => starts[i].reject(err)));
+    return runs;
+  }
+
+  /**
    * Runs several requests together: their decode steps share GPU submissions and readbacks (each
    * sequence keeps its own KV cache, ragged), and results equal running them one by one.
    * @example
@@ -155,9 +301,8 @@ export class Model {
    * ```
    */
   generateBatch(requests: GenerateRequest[]): Promise<GenerateResult[]> {
-    return this.#exclusive(async () => {
-      // Every request finishes before the model takes the next call, even when one fails.
-      const settled = await Promise.allSettled(requests.map((request) => this.#generate(request, () => {})));
+    const runs = this.streamBatch(requests);
+    return Promise.allSettled(runs.map((run) => run.result)).then((settled) => {
       const failed = settled.find((s) => s.status === "rejected");
       if (failed) throw (failed as PromiseRejectedResult).reason;
       return settled.map((s) => (s as PromiseFulfilledResult<GenerateResult>).value);
@@ -325,17 +470,23 @@ export class Model {
   async #generate(request: GenerateRequest, emit: (event: GenerateEvent) => void): Promise<GenerateResult> {
     const { rows, images, plan } = await this.#prepare(request);
     try {
-      return await runGeneration(this.backend, this.tokenizer, this.config, {
+      const stop = request.stop ?? [this.tokenizer.eosId];
+      if (!Array.isArray(stop)) throw new InputError("Cannot generate: stop must be an array", "stop");
+      const loopRequest: LoopRequest = {
         rows,
         images,
         plan,
         sampling: { temperature: request.temperature ?? 0, topP: request.topP ?? 1, seed: request.seed ?? 0 },
         maxNewTokens: request.maxNewTokens ?? 256,
-        stop: request.stop ?? [this.tokenizer.eosId],
+        stop: stop.filter((s): s is number => typeof s === "number"),
+        stopStrings: stop.filter((s): s is string => typeof s !== "number"),
         kvCache: request.kvCache ?? true,
         signal: request.signal,
-        decodeBatch: 16,
-      }, emit);
+        onAbort: request.onAbort,
+        // One step per call on the CPU, so the loop yields (to I/O, timers, aborts) after each token.
+        decodeBatch: this.backend.kind === "cpu" ? 1 : 16,
+      };
+      return await runGeneration(this.backend, this.tokenizer, this.config, loopRequest, emit);
     } finally {
       images?.dispose();
     }
