@@ -7,8 +7,7 @@
  * @module
  */
 import { fileURLToPath } from "node:url";
-import type { Backend, BackendSession, ImageFeatures, LoadProgress } from "../engine/backend.ts";
-export type { LoadProgress } from "../engine/backend.ts";
+import type { Backend, BackendSession, ImageFeatures } from "../engine/backend.ts";
 import { type Checkpoint, openCheckpoint, readCheckpointTensor } from "../io/checkpoint.ts";
 import type { ModelConfig } from "../core/config.ts";
 import { createCpuBackend } from "../cpu/cpu_backend.ts";
@@ -30,6 +29,17 @@ import { fetchCheckpoint } from "../io/remote.ts";
 import { buildPromptRows, type PromptRows } from "../core/sequence.ts";
 import { encodeWithImages, formatLlavaV1, formatLlavaV1Chat } from "../text/template.ts";
 import { loadTokenizer, type Tokenizer } from "../text/tokenizer.ts";
+
+/**
+ * Loading progress, per phase: "download" (files of an http(s) checkpoint, `item` = the file;
+ * bytes of that file) then "weights" (tensors read or uploaded, `item` = the tensor; bytes of all).
+ */
+export interface LoadProgress {
+  phase: "download" | "weights";
+  loadedBytes: number;
+  totalBytes: number;
+  item: string;
+}
 
 /** Options of {@link loadModel}. */
 export interface LoadOptions {
@@ -494,10 +504,14 @@ export class Model {
 }
 
 /** A local directory for a path, a file: URL, or an http(s) URL (downloaded once into a cache). */
-async function localDir(path: string | URL): Promise<string> {
+async function localDir(path: string | URL, onProgress?: (progress: LoadProgress) => void): Promise<string> {
   const text = String(path);
   if (/^file:/.test(text)) return fileURLToPath(text);
-  if (/^https?:/.test(text)) return await fetchCheckpoint(new URL(text));
+  if (/^https?:/.test(text)) {
+    return await fetchCheckpoint(new URL(text), {
+      onProgress: onProgress && ((p) => onProgress({ phase: "download", ...p })),
+    });
+  }
   if (/^[a-z][a-z0-9+.-]*:\/\//i.test(text)) {
     throw new InputError(`Cannot load ${text}: only paths, file: and http(s): URLs are supported`, text);
   }
@@ -516,7 +530,7 @@ async function localDir(path: string | URL): Promise<string> {
  * ```
  */
 export async function loadModel(path: string | URL, options: LoadOptions = {}): Promise<Model> {
-  const dir = await localDir(path);
+  const dir = await localDir(path, options.onProgress);
   const checkpoint = await openCheckpoint(dir);
   const tokenizer = await loadTokenizer(checkpoint.tokenizerPath);
   const config = checkpoint.config;
@@ -531,7 +545,14 @@ export async function loadModel(path: string | URL, options: LoadOptions = {}): 
   const backend = options.backend === "cpu"
     ? await loadCpu(checkpoint, options)
     : await createGpuBackend(checkpoint, {
-      onProgress: options.onProgress,
+      onProgress: options.onProgress &&
+        ((p) =>
+          options.onProgress!({
+            phase: "weights",
+            loadedBytes: p.loadedBytes,
+            totalBytes: p.totalBytes,
+            item: p.tensor,
+          })),
       weightDtype: options.weightDtype ?? "auto",
     });
   return new Model(config, tokenizer, backend, policyInfo);
@@ -545,7 +566,7 @@ async function loadCpu(checkpoint: Checkpoint, options: LoadOptions): Promise<Ba
   for (const [name, t] of checkpoint.tensors) {
     weights.set(name, await readCheckpointTensor(checkpoint, name));
     loaded += t.location.entry.byteLength;
-    options.onProgress?.({ loadedBytes: loaded, totalBytes: total, tensor: t.sourceName });
+    options.onProgress?.({ phase: "weights", loadedBytes: loaded, totalBytes: total, item: t.sourceName });
   }
   const predictors = loadPredictors(checkpoint.config, (name) => weights.get(name));
   return createCpuBackend(checkpoint.config, weights, predictors);
