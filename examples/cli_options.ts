@@ -5,7 +5,7 @@
  * draws a progress bar on stderr.
  * @module
  */
-import { parseArgs } from "node:util";
+import { parseArgs, type ParseArgsOptionsConfig } from "node:util";
 import { DynllavaError, GpuError, InputError, type LoadProgress } from "../mod.ts";
 
 /** One flag. `value` names its argument in the help (string flags). */
@@ -89,7 +89,13 @@ export function parseFlags(command: CommandSpec, args: string[]): Flags {
     ]),
   );
   try {
-    return parseArgs({ args, options, strict: true, allowPositionals: false }).values as Flags;
+    return parseArgs({
+      args,
+      options: options as ParseArgsOptionsConfig,
+      strict: true,
+      allowPositionals: false,
+    })
+      .values as Flags;
   } catch (err) {
     const message = (err as Error).message;
     const unknown = /Unknown option '([^']+)'/.exec(message);
