@@ -79,19 +79,19 @@ export type Flags = Record<string, string | boolean | string[] | undefined>;
  * ```
  */
 export function parseFlags(command: CommandSpec, args: string[]): Flags {
-  const options = Object.fromEntries(
-    Object.entries({ ...command.options, ...COMMON }).map(([name, spec]) => [
-      name,
-      Object.fromEntries(
-        Object.entries({ type: spec.type, short: spec.short, multiple: spec.multiple, default: spec.default })
-          .filter(([, value]) => value !== undefined),
-      ),
-    ]),
-  );
+  const options: ParseArgsOptionsConfig = {};
+  for (const [name, spec] of Object.entries({ ...command.options, ...COMMON })) {
+    // parseArgs refuses keys whose value is undefined.
+    const descriptor: ParseArgsOptionsConfig[string] = { type: spec.type };
+    if (spec.short) descriptor.short = spec.short;
+    if (spec.multiple) descriptor.multiple = true;
+    if (spec.default !== undefined) descriptor.default = spec.default as string;
+    options[name] = descriptor;
+  }
   try {
     return parseArgs({
       args,
-      options: options as ParseArgsOptionsConfig,
+      options,
       strict: true,
       allowPositionals: false,
     })
