@@ -224,9 +224,10 @@ export function progressBar(
     const line = `${p.phase.padEnd(8)} [${"#".repeat(filled)}${" ".repeat(width - filled)}] ${
       mib(p.loadedBytes)
     }/${mib(p.totalBytes)} MiB`;
-    if (line === last) return;
+    const done = p.loadedBytes >= p.totalBytes;
+    if (line === last && !done) return;
     last = line;
-    write(`\r${line}${p.loadedBytes >= p.totalBytes ? "\n" : ""}`);
+    write(`\r${line}${done ? "\n" : ""}`);
   };
 }
 
