@@ -243,7 +243,7 @@ export function progressBar(
 export async function runCommand(
   command: CommandSpec,
   args: string[],
-  main: (flags: Flags) => Promise<void>,
+  main: (flags: Flags, args: string[]) => Promise<void>,
 ): Promise<void> {
   const debug = args.includes("--debug");
   try {
@@ -252,7 +252,7 @@ export async function runCommand(
       console.log(helpText(command));
       return;
     }
-    await main(flags);
+    await main(flags, args);
   } catch (err) {
     const known = err instanceof DynllavaError;
     const where = known && !err.message.includes(err.where) ? ` (${err.where})` : "";
