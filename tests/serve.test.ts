@@ -218,64 +218,121 @@ function recordBatches(model: Model): GenerateRun[][] {
   return batches;
 }
 
-Deno.test("on the CPU a stream arrives while decoding, /health answers meanwhile, and a disconnect stops it within a step", async () => {
-  const model = await loadModel(DEMO, { backend: "cpu" });
-  const batches = recordBatches(model);
-  const server = createChatServer({ modelName: "m" });
-  server.ready(model);
-  const http = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen() {} }, server.handler);
-  try {
-    const url = `http://127.0.0.1:${http.addr.port}`;
-    const client = new AbortController();
-    const response = await fetch(`${url}/v1/chat/completions`, {
-      method: "POST",
-      body: JSON.stringify({
-        model: "m",
-        messages: [{ role: "user", content: "Count." }],
-        max_tokens: 1500,
-        stream: true,
-        policy: "dense",
-      }),
-      signal: client.signal,
-    });
-    assert.equal(response.headers.get("content-type"), "text/event-stream");
-    const reader = response.body!.pipeThrough(new TextDecoderStream()).getReader();
-    let received = "";
-    while ((received.match(/^data: /gm) ?? []).length < 3) received += (await reader.read()).value;
-    const health = await fetch(`${url}/health`);
-    assert.equal(health.status, 200, "health answers while the stream decodes");
-    await health.body?.cancel();
-    client.abort();
-    const result = await batches[0][0];
-    assert.equal(result.finishReason, "abort");
-    assert.ok(result.tokens.length < 1500, `${result.tokens.length} tokens decoded`);
-    assert.equal(result.stats.newTokens, result.tokens.length);
-  } finally {
-    await http.shutdown();
-    model.dispose();
-  }
-});
+for (const backend of ["cpu", "webgpu"] as const) {
+  Deno.test(`on ${backend} a stream arrives while decoding, /health answers meanwhile, and a disconnect stops it within a step`, async () => {
+    const model = await loadModel(DEMO, { backend });
+    const batches = recordBatches(model);
+    const server = createChatServer({ modelName: "m" });
+    server.ready(model);
+    const http = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen() {} }, server.handler);
+    try {
+      const url = `http://127.0.0.1:${http.addr.port}`;
+      const client = new AbortController();
+      const response = await fetch(`${url}/v1/chat/completions`, {
+        method: "POST",
+        body: JSON.stringify({
+          model: "m",
+          messages: [{ role: "user", content: "Count." }],
+          max_tokens: 1500,
+          stream: true,
+          policy: "dense",
+        }),
+        signal: client.signal,
+      });
+      assert.equal(response.headers.get("content-type"), "text/event-stream");
+      const reader = response.body!.pipeThrough(new TextDecoderStream()).getReader();
+      let received = "";
+      while ((received.match(/^data: /gm) ?? []).length < 3) received += (await reader.read()).value;
+      const health = await fetch(`${url}/health`);
+      assert.equal(health.status, 200, "health answers while the stream decodes");
+      await health.body?.cancel();
+      client.abort();
+      const result = await batches[0][0];
+      assert.equal(result.finishReason, "abort");
+      assert.ok(result.tokens.length < 1500, `${result.tokens.length} tokens decoded`);
+      assert.equal(result.stats.newTokens, result.tokens.length);
+    } finally {
+      await http.shutdown();
+      model.dispose();
+    }
+  });
+}
 
-Deno.test("concurrent requests run as one batch and each gets the text it gets alone", async () => {
+for (const backend of ["cpu", "webgpu"] as const) {
+  Deno.test(`concurrent requests on ${backend} run as one batch (shared GPU steps) and each gets its text alone`, async () => {
+    const model = await loadModel(DEMO, { backend });
+    const batches = recordBatches(model);
+    const server = createChatServer({ modelName: "m" });
+    server.ready(model);
+    try {
+      const texts = ["One", "Two", "Three"];
+      const alone: string[] = [];
+      for (const text of texts) {
+        alone.push((await model.chat({ messages: [{ role: "user", content: text }], maxNewTokens: 8 })).text);
+      }
+      const stepsBefore = model.backend.batchedSteps;
+      const responses = await Promise.all(
+        texts.map((text, i) =>
+          server.handler(
+            post({ model: "m", messages: [{ role: "user", content: text }], max_tokens: 8, stream: i === 1 }),
+          )
+        ),
+      );
+      const answers: string[] = [];
+      for (const [i, response] of responses.entries()) {
+        if (i !== 1) answers.push((await response.json()).choices[0].message.content);
+        else {
+          const events = [...(await response.text()).matchAll(/^data: (.*)$/gm)].map((m) => m[1]);
+          assert.equal(events.at(-1), "[DONE]");
+          answers.push(
+            events.slice(0, -1).map((e) => JSON.parse(e).choices[0]?.delta.content ?? "").join(""),
+          );
+        }
+      }
+      assert.deepEqual(answers, alone);
+      assert.deepEqual(batches.map((b) => b.length), [3]);
+      if (backend === "webgpu") {
+        assert.ok(model.backend.batchedSteps > stepsBefore, "decode steps were shared");
+      }
+    } finally {
+      model.dispose();
+    }
+  });
+}
+
+Deno.test("image_url parts fetch http(s) URLs like data: URIs, and a failing URL is a 400 naming the part", async () => {
+  const images = Deno.serve(
+    { hostname: "127.0.0.1", port: 0, onListen() {} },
+    (request) =>
+      new URL(request.url).pathname === "/cat.png"
+        ? new Response(new Uint8Array(PNG))
+        : new Response("gone", { status: 404 }),
+  );
   const model = await loadModel(DEMO, { backend: "cpu" });
-  const batches = recordBatches(model);
-  const server = createChatServer({ modelName: "m" });
-  server.ready(model);
   try {
-    const body = (text: string) => ({
-      model: "m",
-      messages: [{ role: "user", content: text }],
-      max_tokens: 6,
-    });
-    const alone = await Promise.all(
-      ["One", "Two"].map((t) => model.chat({ messages: [{ role: "user", content: t }], maxNewTokens: 6 })),
-    );
-    const before = batches.length;
-    const responses = await Promise.all(["One", "Two", "Three"].map((t) => server.handler(post(body(t)))));
-    const texts = await Promise.all(responses.map(async (r) => (await r.json()).choices[0].message.content));
-    assert.deepEqual(texts.slice(0, 2), alone.map((r) => r.text));
-    assert.deepEqual(batches.slice(before).map((b) => b.length), [3]);
+    const server = createChatServer({ modelName: "m" });
+    server.ready(model);
+    const ask = (url: string) =>
+      server.handler(post({
+        model: "m",
+        messages: [{
+          role: "user",
+          content: [{ type: "image_url", image_url: { url } }, { type: "text", text: "Hi" }],
+        }],
+        max_tokens: 4,
+      }));
+    const base = `http://127.0.0.1:${images.addr.port}`;
+    const byUrl = await (await ask(`${base}/cat.png`)).json();
+    const byData = await (await ask(DATA_URI)).json();
+    assert.equal(byUrl.choices[0].message.content, byData.choices[0].message.content);
+    assert.equal(byUrl.dynllava.visual_tokens, 36);
+    const missing = await ask(`${base}/none.png`);
+    assert.equal(missing.status, 400);
+    const error = (await missing.json()).error;
+    assert.equal(error.param, "messages[0].content[0].image_url");
+    assert.match(error.message, /HTTP 404/);
   } finally {
     model.dispose();
+    await images.shutdown();
   }
 });
