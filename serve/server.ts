@@ -5,8 +5,9 @@
  * listen while the model loads). Bearer API key, CORS for one origin, a body-size limit, OpenAI's
  * error shape with the right status before any stream starts, 405 for a wrong method.
  *
- * Requests waiting together run as one batch (`model.streamBatch`: their decode steps are shared);
- * a client that disconnects aborts its request, which stops within one decode step.
+ * Every request joins the model's running batch (`model.streamBatch`: decode steps shared), up to
+ * `maxBatch` at a time; a client that disconnects aborts its request, which stops within one
+ * decode step.
  * @module
  */
 import type { GenerateRequest, GenerateResult, GenerateRun, Model } from "../mod.ts";
@@ -30,7 +31,7 @@ export interface ServerOptions {
   cors?: string;
   /** Largest request body, and largest image fetched from a URL (default 32 MiB). */
   maxBodyBytes?: number;
-  /** Most requests decoded together (default 8). */
+  /** Most requests decoded together; later ones wait (default 8). */
   maxBatch?: number;
   /** Reads http(s) image URLs (default: `fetch` with the body limit and a 30 s timeout). */
   fetchImage?: ImageFetcher;
@@ -87,37 +88,40 @@ function urlFetcher(limit: number): ImageFetcher {
   };
 }
 
-/** Requests that arrive while the model is busy wait, then run together as one batch. */
+/**
+ * Starts each request in the model's running batch (`streamBatch` joins it, so its decode steps
+ * are shared), with at most `maxBatch` running; the others wait their turn in arrival order.
+ */
 class BatchQueue {
   readonly #model: Model;
   readonly #maxBatch: number;
   #waiting: { request: GenerateRequest; start: (started: { run: GenerateRun }) => void }[] = [];
-  #busy = false;
+  #running = 0;
 
   constructor(model: Model, maxBatch: number) {
     this.#model = model;
     this.#maxBatch = maxBatch;
   }
 
-  /** Resolves with the request's run once its batch starts (wrapped: a run is itself awaitable). */
+  /** Resolves with the request's run once it starts (wrapped: a run is itself awaitable). */
   submit(request: GenerateRequest): Promise<{ run: GenerateRun }> {
     return new Promise((start) => {
       this.#waiting.push({ request, start });
-      // A later turn: requests arriving together join the same batch.
-      if (!this.#busy) setTimeout(() => this.#launch(), 0);
+      this.#startWaiting();
     });
   }
 
-  #launch(): void {
-    if (this.#busy || this.#waiting.length === 0) return;
-    this.#busy = true;
-    const batch = this.#waiting.splice(0, this.#maxBatch);
-    const runs = this.#model.streamBatch(batch.map((w) => w.request));
-    batch.forEach((w, i) => w.start({ run: runs[i] }));
-    Promise.allSettled(runs.map((run) => run.result)).then(() => {
-      this.#busy = false;
-      this.#launch();
-    });
+  #startWaiting(): void {
+    while (this.#running < this.#maxBatch && this.#waiting.length > 0) {
+      const { request, start } = this.#waiting.shift()!;
+      const [run] = this.#model.streamBatch([request]);
+      this.#running++;
+      run.result.catch(() => {}).finally(() => {
+        this.#running--;
+        this.#startWaiting();
+      });
+      start({ run });
+    }
   }
 }
 

@@ -259,7 +259,7 @@ for (const backend of ["cpu", "webgpu"] as const) {
 }
 
 for (const backend of ["cpu", "webgpu"] as const) {
-  Deno.test(`concurrent requests on ${backend} run as one batch (shared GPU steps) and each gets its text alone`, async () => {
+  Deno.test(`concurrent requests on ${backend} decode together (shared GPU steps), a late one joins, each gets its text alone`, async () => {
     const model = await loadModel(DEMO, { backend });
     const batches = recordBatches(model);
     const server = createChatServer({ modelName: "m" });
@@ -290,10 +290,33 @@ for (const backend of ["cpu", "webgpu"] as const) {
         }
       }
       assert.deepEqual(answers, alone);
-      assert.deepEqual(batches.map((b) => b.length), [3]);
+      assert.deepEqual(batches.map((b) => b.length), [1, 1, 1]);
       if (backend === "webgpu") {
         assert.ok(model.backend.batchedSteps > stepsBefore, "decode steps were shared");
       }
+
+      // A request arriving while a long one streams joins the running batch and finishes first (on
+      // WebGPU it decodes interleaved with it: the GPU shares steps of calls that arrive together).
+      const longTurn = [{ role: "user" as const, content: "Long" }];
+      const longAlone = await model.chat({ messages: longTurn, maxNewTokens: 100 });
+      const shortAlone = await model.chat({
+        messages: [{ role: "user", content: "Short" }],
+        maxNewTokens: 8,
+      });
+      const streaming = await server.handler(
+        post({ model: "m", messages: longTurn, max_tokens: 100, stream: true }),
+      );
+      const reader = streaming.body!.pipeThrough(new TextDecoderStream()).getReader();
+      let received = (await reader.read()).value!;
+      const short = await server.handler(
+        post({ model: "m", messages: [{ role: "user", content: "Short" }], max_tokens: 8 }),
+      );
+      assert.equal((await short.json()).choices[0].message.content, shortAlone.text);
+      assert.ok(!received.includes("[DONE]"), "the short request did not wait for the long one");
+      for (let part = await reader.read(); !part.done; part = await reader.read()) received += part.value;
+      const streamed = [...received.matchAll(/^data: (\{.*\})$/gm)]
+        .map((m) => JSON.parse(m[1]).choices[0]?.delta.content ?? "").join("");
+      assert.equal(streamed, longAlone.text);
     } finally {
       model.dispose();
     }

@@ -149,6 +149,7 @@ export class Model {
   readonly backend: Backend;
   readonly #policyInfo: PolicyModelInfo;
   #queue: Promise<unknown> = Promise.resolve();
+  #batchGroup: { add(request: GenerateRequest): GenerateRun } | null = null;
   #disposed = false;
 
   /** Use {@link loadModel}. */
@@ -269,33 +270,58 @@ export class Model {
 
   /**
    * Runs several requests together and streams each: their decode steps share GPU submissions and
-   * readbacks, every run resolves (or fails) on its own, and the model takes its next call once
-   * all are done. Results equal running them one by one.
+   * readbacks, and every run resolves (or fails) on its own. Requests given to `streamBatch` while
+   * an earlier batch runs join it (they start at once and decode with it); the model takes its next
+   * other call once every member is done. Results equal running them one by one.
    * @example
    * ```ts
    * import assert from "node:assert/strict";
    * import { loadModel } from "../../mod.ts";
    * const model = await loadModel(new URL("../../assets/demo/", import.meta.url), { backend: "cpu" });
    * const runs = model.streamBatch([{ prompt: "Hi", maxNewTokens: 2 }, { inputIds: [1, 99999] }]);
+   * const [joined] = model.streamBatch([{ prompt: "Yo", maxNewTokens: 2 }]); // joins the running batch
    * assert.equal((await runs[0]).tokens.length <= 2, true);
    * await assert.rejects(async () => await runs[1]);
+   * assert.equal((await joined).tokens.length <= 2, true);
    * model.dispose();
    * ```
    */
   streamBatch(requests: GenerateRequest[]): GenerateRun[] {
-    const starts = requests.map(() => Promise.withResolvers<void>());
-    const runs = requests.map((request, i) =>
-      new GenerateRun(async (emit) => {
-        await starts[i].promise;
-        return await this.#generate(request, emit);
-      })
-    );
-    // Every run finishes before the model takes the next call, even when one fails.
-    this.#exclusive(() => {
-      starts.forEach((start) => start.resolve());
-      return Promise.allSettled(runs.map((run) => run.result));
-    }).catch((err) => runs.forEach((_, i) => starts[i].reject(err)));
-    return runs;
+    const group = this.#batchGroup ?? this.#openBatchGroup();
+    return requests.map((request) => group.add(request));
+  }
+
+  /** A batch group: one exclusive turn of the model that lasts while any member runs. */
+  #openBatchGroup(): { add(request: GenerateRequest): GenerateRun } {
+    const turn = Promise.withResolvers<void>();
+    const running = new Set<Promise<unknown>>();
+    const group = {
+      add: (request: GenerateRequest) => {
+        const run = new GenerateRun(async (emit) => {
+          await turn.promise;
+          if (this.#disposed) throw new InputError("Cannot run: the model was disposed", "model");
+          return await this.#generate(request, emit);
+        });
+        const settled = run.result.then(() => {}, () => {});
+        running.add(settled);
+        settled.then(() => running.delete(settled));
+        return run;
+      },
+    };
+    this.#batchGroup = group;
+    const close = () => {
+      if (this.#batchGroup === group) this.#batchGroup = null;
+    };
+    this.#exclusive(async () => {
+      turn.resolve();
+      // Members may join until the last one is done; no await between that check and closing.
+      while (running.size > 0) await Promise.all([...running]);
+      close();
+    }).catch((err) => {
+      close();
+      turn.reject(err);
+    });
+    return group;
   }
 
   /**
