@@ -210,7 +210,7 @@ export function describeBackend(choice: BackendChoice): string {
  * ```ts
  * import { progressBar } from "./cli_options.ts";
  * const onProgress = progressBar({ write: () => {} });
- * onProgress({ phase: "weights", loadedBytes: 5, totalBytes: 10, tensor: "w" });
+ * onProgress({ phase: "weights", loadedBytes: 5, totalBytes: 10, item: "w" });
  * ```
  */
 export function progressBar(

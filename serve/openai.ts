@@ -252,8 +252,14 @@ function usageOf(result: GenerateResult) {
  * Our extension field: the policy and KV mode that ran, and what Dynamic-LLaVA saved.
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
+ * import { loadModel } from "../mod.ts";
  * import { dynllavaFields } from "./openai.ts";
- * // dynllavaFields(result, meta) → { policy: "dynamic", kv_cache: true, visual_kept: 115, ... }
+ * const model = await loadModel(new URL("../assets/demo/", import.meta.url), { backend: "cpu" });
+ * const result = await model.generate({ prompt: "Hi", image: { width: 4, height: 4, data: new Uint8Array(48) }, maxNewTokens: 2 });
+ * const fields = dynllavaFields(result, { id: "c", created: 0, model: "m", policy: "dynamic", kvCache: true });
+ * assert.deepEqual([fields.visual_tokens, fields.visual_kept], [36, 7]);
+ * model.dispose();
  * ```
  */
 export function dynllavaFields(result: GenerateResult, meta: CompletionMeta) {
@@ -285,8 +291,15 @@ function finishReasonOf(result: GenerateResult): "stop" | "length" {
  * The `chat.completion` object of a finished request.
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
+ * import { loadModel } from "../mod.ts";
  * import { completionObject } from "./openai.ts";
- * // completionObject(result, meta).choices[0].message.content === result.text
+ * const model = await loadModel(new URL("../assets/demo/", import.meta.url), { backend: "cpu" });
+ * const result = await model.chat({ messages: [{ role: "user", content: "Hi" }], maxNewTokens: 2 });
+ * const object = completionObject(result, { id: "c", created: 0, model: "m", policy: "dynamic", kvCache: true });
+ * assert.equal(object.choices[0].message.content, result.text);
+ * assert.equal(object.usage.completion_tokens, 2);
+ * model.dispose();
  * ```
  */
 export function completionObject(result: GenerateResult, meta: CompletionMeta) {
