@@ -25,8 +25,15 @@
  * @module
  */
 import { TokenizerError } from "../core/errors.ts";
-import type { Tokenizer } from "./tokenizer.ts";
-import { type AddedToken, assembleTokenizer, decoderFromConfig, mergeSymbols } from "./tokenizer_json.ts";
+import {
+  type AddedToken,
+  assembleTokenizer,
+  decoderChain,
+  type DecoderStep,
+  decoderSteps,
+  mergeSymbols,
+  type Tokenizer,
+} from "./bpe.ts";
 
 /** SentencePiece.Type values of the ModelProto. */
 const PieceType = { normal: 1, unknown: 2, control: 3, userDefined: 4, unused: 5, byte: 6 } as const;
@@ -114,10 +121,10 @@ export function parseSentencePieceModel(bytes: Uint8Array, where: string): Token
     return text.replaceAll(" ", escape);
   };
 
-  const decodeSteps: unknown[] = [];
-  if (proto.escapeWhitespaces) decodeSteps.push({ type: "Replace", pattern: { String: "▁" }, content: " " });
-  decodeSteps.push({ type: "ByteFallback" }, { type: "Fuse" });
-  if (proto.addDummyPrefix) decodeSteps.push({ type: "Strip", content: " ", start: 1, stop: 0 });
+  const decodeSteps: DecoderStep[] = [];
+  if (proto.escapeWhitespaces) decodeSteps.push(decoderSteps.replace("▁", " "));
+  decodeSteps.push(decoderSteps.byteFallback, decoderSteps.fuse);
+  if (proto.addDummyPrefix) decodeSteps.push(decoderSteps.strip(" ", 1, 0));
 
   return assembleTokenizer({
     where,
@@ -126,7 +133,7 @@ export function parseSentencePieceModel(bytes: Uint8Array, where: string): Token
     preTokenize: null,
     tokenizeWord: bpeTokenizer(proto, mergeable, vocab),
     vocab,
-    decodeTokens: decoderFromConfig({ type: "Sequence", decoders: decodeSteps }, where),
+    decodeTokens: decoderChain(decodeSteps),
     prefixIds: [proto.bosId],
     suffixIds: [],
     bosId: proto.bosId,

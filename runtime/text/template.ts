@@ -5,7 +5,7 @@
  * @module
  */
 import { IMAGE_TOKEN_INDEX } from "../core/config.ts";
-import type { Tokenizer } from "./tokenizer.ts";
+import type { Tokenizer } from "./bpe.ts";
 
 /** The llava_v1 system prompt. */
 export const LLAVA_V1_SYSTEM =

@@ -20,32 +20,9 @@ import { join } from "node:path";
 import { TokenizerError } from "../core/errors.ts";
 import { parseTokenizerJson } from "./tokenizer_json.ts";
 import { parseSentencePieceModel } from "./sentencepiece.ts";
+import type { Tokenizer } from "./bpe.ts";
 
-/** Text ↔ token ids for one checkpoint. */
-export interface Tokenizer {
-  /** Number of ids: the highest id plus one (model vocabulary and added tokens). */
-  readonly vocabSize: number;
-  /** Beginning-of-sequence id (`<s>`, 1 for LLaMA). */
-  readonly bosId: number;
-  /** End-of-sequence id (`</s>`, 2 for LLaMA): generation stops on it. */
-  readonly eosId: number;
-  /** Unknown-token id (`<unk>`, 0 for LLaMA), or -1 when the tokenizer has none. */
-  readonly unkId: number;
-  /**
-   * Token ids of `text`. With `addSpecialTokens` (default true) the tokens the checkpoint adds
-   * around a sequence are added: BOS first for LLaMA.
-   */
-  encode(text: string, options?: { addSpecialTokens?: boolean }): number[];
-  /**
-   * Text of `ids`. Special tokens are written out (`<s>`) unless `skipSpecialTokens` is set.
-   * Throws InputError for an id outside the vocabulary.
-   */
-  decode(ids: ArrayLike<number>, options?: { skipSpecialTokens?: boolean }): string;
-  /** Id of a token string (`"▁Hello"`, `"<0x0A>"`, `"</s>"`), or undefined. */
-  tokenToId(token: string): number | undefined;
-  /** Token string of an id, or undefined. */
-  idToToken(id: number): string | undefined;
-}
+export type { Tokenizer } from "./bpe.ts";
 
 /**
  * Builds a tokenizer from the text of a Hugging Face `tokenizer.json`. Pure: reads no files.
