@@ -79,11 +79,15 @@ export interface CostPlan {
    * "Describe this image in detail." (35 tokens before the image, BOS included, 13 after).
    */
   promptTokens?: number;
-  /** Images in the prompt (default 1; 0 for a text-only model). */
+  /**
+   * Images in the prompt (default 1 when the config has a vision tower or `imageTokens` is given,
+   * else 0). Images whose token count is unknown, or `imageTokens` with 0 images, are an InputError.
+   */
   images?: number;
   /**
    * Tokens per image (default: the vision config's tokensPerImage; for a raw llava_llama config,
-   * (size/patch)² read from a tower id such as "openai/clip-vit-large-patch14-336").
+   * (size/patch)² read from a tower id such as "openai/clip-vit-large-patch14-336"). Giving it
+   * implies one image unless `images` says otherwise.
    */
   imageTokens?: number;
   /** Generated tokens (default 0: prefill only). */
@@ -443,11 +447,34 @@ function layerIndex(value: number, numLayers: number, lowest: number, where: str
   return value;
 }
 
+/**
+ * Images and tokens per image. Giving `imageTokens` means the request has images (one by default),
+ * even for a config without a vision tower; images without a token count are refused, as is a
+ * token count with `images: 0`, so a plan never silently drops its images.
+ */
+function resolveImages(config: ModelConfig, plan: CostPlan): { images: number; imageTokens: number } {
+  const hasImages = config.vision !== null || plan.imageTokens !== undefined;
+  const images = count(plan.images, hasImages ? 1 : 0, "plan.images");
+  const imageTokens = count(plan.imageTokens, config.vision?.tokensPerImage ?? 0, "plan.imageTokens");
+  if (images > 0 && imageTokens === 0) {
+    throw new InputError(
+      `Cannot estimate cost: plan.images is ${images} but the tokens per image are unknown (the config has no vision tower); give plan.imageTokens`,
+      "plan.imageTokens",
+    );
+  }
+  if (images === 0 && plan.imageTokens !== undefined && imageTokens > 0) {
+    throw new InputError(
+      `Cannot estimate cost: plan.imageTokens is ${imageTokens} but plan.images is 0; give plan.images ≥ 1 or drop plan.imageTokens`,
+      "plan.images",
+    );
+  }
+  return { images, imageTokens };
+}
+
 /** Fills the plan's defaults from the model config and checks every value. */
 function resolvePlan(config: ModelConfig, plan: CostPlan): ResolvedCostPlan {
   const numLayers = config.text.numLayers;
-  const images = count(plan.images, config.vision === null ? 0 : 1, "plan.images");
-  const imageTokens = count(plan.imageTokens, config.vision?.tokensPerImage ?? 0, "plan.imageTokens");
+  const { images, imageTokens } = resolveImages(config, plan);
   const common = {
     promptTokens: count(plan.promptTokens, DEFAULT_PROMPT_TOKENS, "plan.promptTokens"),
     images,
