@@ -25,5 +25,5 @@ export * from "./runtime/core/policies.ts";
 export * from "./runtime/core/predictors.ts";
 export { advanceState, KvLedger } from "./runtime/core/sparse_kv.ts";
 export * from "./runtime/core/cost.ts";
-export { sampleToken, uniformRandom } from "./runtime/core/sampling.ts";
+export { type SampleOptions, sampleToken, uniformRandom } from "./runtime/core/sampling.ts";
 export { buildPromptRows, type PromptRows } from "./runtime/core/sequence.ts";

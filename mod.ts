@@ -31,9 +31,24 @@ export {
   tokenizerFromJson,
   tokenizerFromSentencePiece,
 } from "./runtime/text/tokenizer.ts";
-export { decodeImage, decodeVideoFrames, type RgbImage } from "./runtime/image/image_decode.ts";
-export { preprocessImage } from "./runtime/image/preprocess.ts";
-export { meteorScore, meteorScoreSync } from "./runtime/eval/meteor.ts";
-export { loadWordNet } from "./runtime/eval/wordnet.ts";
+export {
+  decodeImage,
+  type DecodeImageOptions,
+  decodeVideoFrames,
+  type DecodeVideoOptions,
+  type RgbImage,
+} from "./runtime/image/image_decode.ts";
+export { preprocessImage, type PreprocessOptions } from "./runtime/image/preprocess.ts";
+export {
+  type MeteorOptions,
+  meteorScore,
+  meteorScoreSync,
+  type MeteorSyncOptions,
+  type MeteorWeights,
+} from "./runtime/eval/meteor.ts";
+export { loadWordNet, type Synset, type WordNet, type WordNetPos } from "./runtime/eval/wordnet.ts";
 export { encodeWithImages, formatLlavaV1 } from "./runtime/text/template.ts";
-export { openCheckpoint } from "./runtime/io/checkpoint.ts";
+export { type Checkpoint, type CheckpointTensor, openCheckpoint } from "./runtime/io/checkpoint.ts";
+export type { TensorLocation } from "./runtime/io/shards.ts";
+export type { SafetensorsFile, TensorEntry } from "./runtime/io/safetensors.ts";
+export type { DType } from "./runtime/core/dtype.ts";

@@ -62,7 +62,7 @@ export function createHandler(model: Model): (request: Request) => Promise<Respo
     if (request.method === "GET" && url.pathname === "/health") {
       return json({
         layout: model.config.layout,
-        backend: model.backend.kind,
+        backend: model.backendKind,
         vocabSize: model.config.text.vocabSize,
         visualTokens: model.config.vision?.tokensPerImage ?? 0,
       });

@@ -72,6 +72,7 @@ export interface PredictorDims {
 
 /** What to estimate: a policy and the sizes of one request. */
 export interface CostPlan {
+  /** The policy: dense (no pruning), FastV, or Dynamic-LLaVA. */
   policy: "dense" | "fastv" | "dynamic";
   /**
    * Text tokens of the prompt, BOS included, image tokens excluded. Default
@@ -98,6 +99,7 @@ export interface CostPlan {
   batch?: number;
   /** FastV: prune at layer `k` (default 2), dropping the fraction `r` (default 0.5) of image tokens. */
   fastv?: { k?: number; r?: number };
+  /** Dynamic-LLaVA's rates (defaults from the config's `sparse_config`). */
   dynamic?: {
     /** Image tokens kept per image (overrides `visionKeepRate`). */
     visionKeep?: number;
@@ -117,13 +119,19 @@ export interface CostPlan {
 
 /** The plan with every default filled in, as {@link estimateCost} used it. */
 export interface ResolvedCostPlan {
+  /** The policy estimated. */
   policy: "dense" | "fastv" | "dynamic";
+  /** Text tokens of the prompt, BOS included. */
   promptTokens: number;
+  /** Images in the prompt. */
   images: number;
   /** Tokens per image before pruning. */
   imageTokens: number;
+  /** Generated tokens. */
   newTokens: number;
+  /** Decode with a KV cache. */
   kvCache: boolean;
+  /** Sequences decoded together. */
   batch: number;
   /** First layer that sees the pruned image (FastV's K, Dynamic-LLaVA's l; numLayers for dense). */
   pruneLayer: number;
@@ -131,6 +139,7 @@ export interface ResolvedCostPlan {
   visualKept: number;
   /** Fraction of output tokens kept at layers ≥ pruneLayer (1 unless dynamic). */
   textKeepRate: number;
+  /** Bytes per cached K/V element. */
   bytesPerElement: number;
 }
 
@@ -146,11 +155,14 @@ export interface PhaseFlops extends PassFlops {
 
 /** Result of {@link estimateCost}. Row counts are per sequence; FLOPs and bytes cover the batch. */
 export interface CostEstimate {
+  /** The plan with its defaults filled in. */
   plan: ResolvedCostPlan;
+  /** The prefill pass. */
   prefill: PhaseFlops & {
     /** Rows each decoder layer computes at prefill. */
     rowsPerLayer: number[];
   };
+  /** The decode steps after the prefill. */
   decode: PhaseFlops & {
     /** Decode steps: newTokens - 1 (the prefill yields the first token). */
     steps: number;
@@ -159,6 +171,7 @@ export interface CostEstimate {
     /** Query rows computed by all decoder layers over all decode steps (× batch). */
     tokensComputed: number;
   };
+  /** The KV cache. */
   kv: {
     /** Rows each layer's KV cache holds at the end (all 0 without a KV cache). */
     rowsPerLayer: number[];
@@ -170,6 +183,7 @@ export interface CostEstimate {
      */
     peakBytes: number;
   };
+  /** Prefill and decode together. */
   total: PhaseFlops;
 }
 

@@ -13,6 +13,7 @@ export type RowKind = "text" | "image" | "output";
 
 /** Model facts a policy needs to plan. */
 export interface PolicyModelInfo {
+  /** Decoder layers. */
   numLayers: number;
   /** Dynamic-LLaVA sparse_config, or null when the checkpoint has none. */
   sparse: {

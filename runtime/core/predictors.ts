@@ -34,7 +34,9 @@ export const PREDICTOR_LAYER_NORM_EPS = 1e-5;
 
 /** One expected tensor: name relative to the predictor prefix, torch shape. */
 export interface TensorSpec {
+  /** Tensor name after the predictor prefix (`down_mlp.1.weight`). */
   name: string;
+  /** Torch shape, outermost first. */
   shape: number[];
 }
 
@@ -51,25 +53,33 @@ export interface PredictorSizes {
 
 /** A torch Linear: weight [out, in], bias [out] or null. */
 export interface LinearWeights {
+  /** [outSize, inSize], row-major. */
   weight: Float32Array;
+  /** [outSize], or null for a Linear without bias. */
   bias: Float32Array | null;
+  /** Input width. */
   inSize: number;
+  /** Output width. */
   outSize: number;
 }
 
 /** A LayerNorm's affine parameters, [size] each. */
 export interface NormWeights {
+  /** Scale γ. */
   weight: Float32Array;
+  /** Shift β. */
   bias: Float32Array;
 }
 
 /** One timm-style transformer block of the vision predictor (width d, MLP width f). */
 export interface PredictorBlock {
+  /** LayerNorm(d) before attention. */
   norm1: NormWeights;
   /** [3d, d], no bias; output row layout [3, heads, headDim]. */
   qkv: LinearWeights;
   /** [d, d] + bias [d]. */
   proj: LinearWeights;
+  /** LayerNorm(d) before the MLP. */
   norm2: NormWeights;
   /** [f, d] + [f]. */
   fc1: LinearWeights;
@@ -79,13 +89,17 @@ export interface PredictorBlock {
 
 /** The vision predictor's weights and sizes. */
 export interface VisionPredictor {
+  /** The LLM hidden size C. */
   hidden: number;
+  /** The predictor width d. */
   dModel: number;
+  /** Attention heads of the blocks. */
   heads: number;
   /** LayerNorm(C) of `down_mlp.0`. */
   downNorm: NormWeights;
   /** Linear(C, d) of `down_mlp.1`. */
   down: LinearWeights;
+  /** The transformer blocks, in order. */
   blocks: PredictorBlock[];
   /** Linear(d, d/2), Linear(d/2, d/4), Linear(d/4, 2), GELU between. */
   outputMlp: [LinearWeights, LinearWeights, LinearWeights];
@@ -93,7 +107,9 @@ export interface VisionPredictor {
 
 /** The output text predictor's weights and sizes. */
 export interface TextPredictor {
+  /** The LLM hidden size C. */
   hidden: number;
+  /** The predictor width d. */
   dModel: number;
   /** LayerNorm(C) of `output_mlp.0`. */
   norm: NormWeights;

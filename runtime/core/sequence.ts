@@ -12,6 +12,7 @@ import type { RowKind } from "./policy.ts";
 export interface PromptRows {
   /** Token id per row; -1 on image rows. */
   ids: Int32Array;
+  /** Kind of each row: prompt text or image. */
   kinds: RowKind[];
   /** Original position id per row (0..L-1). */
   positions: Uint32Array;

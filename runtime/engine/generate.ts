@@ -14,24 +14,35 @@ import type { Tokenizer } from "../text/tokenizer.ts";
 
 /** One streamed token. */
 export interface GenerateEvent {
+  /** The generated token id. */
   token: number;
   /** Text this token added to the decoded output (may be "" while a UTF-8 sequence is incomplete). */
   text: string;
 }
 
-/** Stats of one request (DESIGN §2). */
+/** Stats of one request. */
 export interface GenerateStats {
+  /** Decoder input rows of the prompt: text tokens plus every image's tokens. */
   promptTokens: number;
+  /** Image tokens in the prompt (images × tokens per image). */
   visualTokens: number;
+  /** Image tokens kept at the prune layer, or null when nothing was pruned. */
   visualKeptCount: number | null;
+  /** Tokens generated. */
   newTokens: number;
   /** KV mode: generated tokens admitted to layers ≥ the sparse layer; no-cache: kept in context. */
   admittedCount: number;
+  /** Wall time of the prefill (the first token), in milliseconds. */
   prefillMs: number;
+  /** Wall time of the tokens after the first, in milliseconds. */
   decodeMs: number;
+  /** Decode speed: tokens after the first per second of decodeMs (0 with fewer than 2 tokens). */
   tokensPerSecond: number;
+  /** FLOPs of the passes actually run, prefill and decode. */
   flops: { prefill: PassFlops; decode: PassFlops };
+  /** The KV cache at the end: rows each layer holds, their bytes, and the most bytes held at once. */
   kvCache: { rowsPerLayer: number[]; bytes: number; peakBytes: number };
+  /** Most GPU bytes the request's buffers and image features held at once (0 on the CPU). */
   gpuPeakBytes: number;
   /** Rows computed summed over layers and passes (prefill, decode). */
   rowsComputed: { prefill: number; decode: number };
@@ -39,10 +50,15 @@ export interface GenerateStats {
 
 /** The awaited result of `generate()`. */
 export interface GenerateResult {
+  /** Generated token ids, the stop id included when one ended the run. */
   tokens: number[];
+  /** The generated tokens decoded, special tokens skipped. */
   text: string;
+  /** Indices of the image tokens kept at the prune layer (ascending), or null when nothing was pruned. */
   visualKept: number[] | null;
+  /** Per generated token fed back (all but the last): admitted to the KV cache at layers ≥ the sparse layer (KV mode), or kept in the context (no-cache mode). */
   admitted: boolean[];
+  /** Counts, timings, FLOPs and memory of the run. */
   stats: GenerateStats;
 }
 

@@ -28,7 +28,9 @@ import { ImageError, InputError } from "../core/errors.ts";
 
 /** An 8-bit RGB image. */
 export interface RgbImage {
+  /** Width in pixels. */
   width: number;
+  /** Height in pixels. */
   height: number;
   /** [height, width, 3] RGB, row-major, no padding. */
   data: Uint8Array;

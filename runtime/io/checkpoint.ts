@@ -27,13 +27,17 @@ export interface CheckpointTensor {
   name: string;
   /** Name in the file. */
   sourceName: string;
+  /** Torch shape, outermost first. */
   shape: number[];
+  /** The file and header entry holding the tensor's data. */
   location: TensorLocation;
 }
 
 /** An opened checkpoint: config, tokenizer location and the tensors to load (data still on disk). */
 export interface Checkpoint {
+  /** The checkpoint directory. */
   dir: string;
+  /** The architecture read from config.json (and the tower's config, when separate). */
   config: ModelConfig;
   /** Canonical name → tensor. */
   tensors: Map<string, CheckpointTensor>;

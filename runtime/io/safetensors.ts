@@ -19,7 +19,9 @@ export const MAX_HEADER_BYTES = 100_000_000;
 
 /** One tensor of a safetensors file. */
 export interface TensorEntry {
+  /** Tensor name as written in the header. */
   name: string;
+  /** Element type. */
   dtype: DType;
   /** Dimensions, outermost first; `[]` for a scalar. */
   shape: number[];
@@ -31,9 +33,11 @@ export interface TensorEntry {
 
 /** A validated safetensors header; the data stays on disk. */
 export interface SafetensorsFile {
+  /** The file's path. */
   path: string;
   /** Tensors in header order. */
   entries: Map<string, TensorEntry>;
+  /** The header's `__metadata__` strings ({} when absent). */
   metadata: Record<string, string>;
 }
 

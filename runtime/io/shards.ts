@@ -27,7 +27,9 @@ export const SHARD_INDEX_FILE = "model.safetensors.index.json";
 
 /** Where one tensor lives. */
 export interface TensorLocation {
+  /** The safetensors file holding the tensor. */
   file: SafetensorsFile;
+  /** The tensor's header entry in that file. */
   entry: TensorEntry;
 }
 
