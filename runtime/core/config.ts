@@ -186,11 +186,13 @@ function firstId(v: unknown, fallback: number): number {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { parseTextConfig } from "./config.ts";
  * const text = parseTextConfig({
  *   hidden_size: 64, intermediate_size: 128, num_attention_heads: 4, num_hidden_layers: 2, vocab_size: 32000,
  * }, "config.json");
- * console.log(text.headDim); // 16
+ * assert.equal(text.headDim, 16);
+ * assert.equal(text.numKvHeads, 4); // no num_key_value_heads: one KV head per query head
  * ```
  */
 export function parseTextConfig(raw: unknown, where: string): TextConfig {
@@ -244,12 +246,14 @@ export function parseTextConfig(raw: unknown, where: string): TextConfig {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { parseVisionConfig } from "./config.ts";
  * const v = parseVisionConfig({
  *   hidden_size: 32, intermediate_size: 64, num_attention_heads: 2, num_hidden_layers: 3,
  *   image_size: 28, patch_size: 14,
  * }, { selectLayer: -2, selectFeature: "patch" }, "tower/config.json");
- * console.log(v.tokensPerImage, v.layersToRun); // 4 2
+ * assert.equal(v.tokensPerImage, 4); // (28 / 14)² patches, CLS dropped
+ * assert.equal(v.layersToRun, 2); // hidden_states[-2] is the output of layer 2 of 3
  * ```
  */
 export function parseVisionConfig(
@@ -319,8 +323,11 @@ export function parseVisionConfig(
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { parseSparseConfig } from "./config.ts";
- * console.log(parseSparseConfig({ vision_keep_rate: 0.2 }, "config.json").sparseLayer); // 2
+ * const sparse = parseSparseConfig({ vision_keep_rate: 0.2 }, "config.json");
+ * assert.equal(sparse.sparseLayer, 2); // the default
+ * assert.equal(sparse.visionKeepRate, 0.2);
  * ```
  */
 export function parseSparseConfig(raw: unknown, where: string): SparseConfig {
@@ -359,12 +366,15 @@ export function parseSparseConfig(raw: unknown, where: string): SparseConfig {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { parseModelConfig } from "./config.ts";
  * const cfg = parseModelConfig({
  *   model_type: "llama", hidden_size: 64, intermediate_size: 128, num_attention_heads: 4,
  *   num_hidden_layers: 2, vocab_size: 32000,
  * }, "config.json");
- * console.log(cfg.layout, cfg.vision); // "llama" null
+ * assert.equal(cfg.layout, "llama");
+ * assert.equal(cfg.vision, null);
+ * assert.equal(cfg.text.numLayers, 2);
  * ```
  */
 export function parseModelConfig(raw: unknown, where: string, towerRaw?: unknown): ModelConfig {

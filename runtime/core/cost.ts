@@ -193,9 +193,10 @@ export interface CostEstimate {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { paperLayerFlops } from "./cost.ts";
  * const perLayer = paperLayerFlops(576, 4096);
- * console.log((32 * perLayer / 1e12).toFixed(1)); // "10.1"
+ * assert.equal((32 * perLayer / 1e12).toFixed(1), "10.1"); // LLaVA-1.5-7B prefill, image tokens only
  * ```
  */
 export function paperLayerFlops(n: number, hidden: number, options: { contextRows?: number } = {}): number {
@@ -212,12 +213,14 @@ export function paperLayerFlops(n: number, hidden: number, options: { contextRow
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { decoderLayerFlops } from "./cost.ts";
  * import { parseTextConfig } from "./config.ts";
  * const text = parseTextConfig({
  *   hidden_size: 8, intermediate_size: 16, num_attention_heads: 2, num_hidden_layers: 1,
  * }, "config.json");
- * console.log(decoderLayerFlops(text, 1, { cachedRows: 3 }) > 0); // true
+ * const withCache = decoderLayerFlops(text, 1, { cachedRows: 3 });
+ * assert.ok(withCache > decoderLayerFlops(text, 1, { cachedRows: 0 })); // attending to 3 more rows costs more
  * ```
  */
 export function decoderLayerFlops(
@@ -242,12 +245,13 @@ export function decoderLayerFlops(
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { logitsFlops } from "./cost.ts";
  * import { parseTextConfig } from "./config.ts";
  * const text = parseTextConfig({
  *   hidden_size: 8, intermediate_size: 16, num_attention_heads: 2, num_hidden_layers: 1, vocab_size: 10,
  * }, "config.json");
- * console.log(logitsFlops(text, 1)); // 4·8 + 2·8·10 = 192
+ * assert.equal(logitsFlops(text, 1), 4 * 8 + 2 * 8 * 10); // final RMSNorm + lm_head = 192
  * ```
  */
 export function logitsFlops(text: TextConfig, rows: number): number {
@@ -260,6 +264,7 @@ export function logitsFlops(text: TextConfig, rows: number): number {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { passFlops } from "./cost.ts";
  * import { parseTextConfig } from "./config.ts";
  * const text = parseTextConfig({
@@ -267,7 +272,7 @@ export function logitsFlops(text: TextConfig, rows: number): number {
  * }, "config.json");
  * const rows = { newRows: 5, cachedRows: 0, paperNewRows: 4, paperCachedRows: 0 };
  * const cost = passFlops(text, [rows, { ...rows, newRows: 3, paperNewRows: 2 }]);
- * console.log(cost.flopsPaper); // (32·4·64 + 4·16·8) + (32·2·64 + 4·4·8) = 12928
+ * assert.equal(cost.flopsPaper, (32 * 4 * 64 + 4 * 16 * 8) + (32 * 2 * 64 + 4 * 4 * 8)); // 12928
  * ```
  */
 export function passFlops(
@@ -298,12 +303,13 @@ export function passFlops(
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { kvBytes } from "./cost.ts";
  * import { parseTextConfig } from "./config.ts";
  * const text = parseTextConfig({
  *   hidden_size: 8, intermediate_size: 16, num_attention_heads: 2, num_hidden_layers: 2,
  * }, "config.json");
- * console.log(kvBytes(text, [10, 4])); // 14 · 2 · 2 · 4 · 2 = 448
+ * assert.equal(kvBytes(text, [10, 4]), 14 * 2 * 2 * 4 * 2); // rows · (K, V) · kv heads · head dim · f16 = 448
  * ```
  */
 export function kvBytes(
@@ -327,12 +333,13 @@ export function kvBytes(
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { predictorDims } from "./cost.ts";
  * import { parseModelConfig } from "./config.ts";
  * const config = parseModelConfig({
  *   model_type: "llama", hidden_size: 64, intermediate_size: 128, num_attention_heads: 4, num_hidden_layers: 2,
  * }, "config.json");
- * console.log(predictorDims(config).dModel); // 512
+ * assert.equal(predictorDims(config).dModel, 512); // the default sparse_config
  * ```
  */
 export function predictorDims(config: ModelConfig): PredictorDims {
@@ -355,9 +362,10 @@ function outputMlpFlops(dModel: number): number {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { visionPredictorFlops } from "./cost.ts";
  * const dims = { hiddenSize: 4096, dModel: 512, dimFeedforward: 2048, numLayers: 2 };
- * console.log((visionPredictorFlops(576, dims) / 1e9).toFixed(1)); // "11.2"
+ * assert.equal((visionPredictorFlops(576, dims) / 1e9).toFixed(1), "11.2");
  * ```
  */
 export function visionPredictorFlops(tokens: number, dims: PredictorDims): number {
@@ -377,9 +385,10 @@ export function visionPredictorFlops(tokens: number, dims: PredictorDims): numbe
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { textPredictorFlops } from "./cost.ts";
  * const dims = { hiddenSize: 4096, dModel: 512, dimFeedforward: 2048, numLayers: 2 };
- * console.log(textPredictorFlops(1, dims)); // 7·4096 + 2·(4096·512 + 512·256 + 256·128 + 128·2) = 4551168
+ * assert.equal(textPredictorFlops(1, dims), 7 * 4096 + 2 * (4096 * 512 + 512 * 256 + 256 * 128 + 128 * 2)); // 4551168
  * ```
  */
 export function textPredictorFlops(tokens: number, dims: PredictorDims): number {
@@ -625,6 +634,7 @@ function phase(flops: PassFlops, predictorFlops: number, batch: number): PhaseFl
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { estimateCost } from "./cost.ts";
  * const config = {
  *   model_type: "llava_llama", hidden_size: 4096, intermediate_size: 11008, num_attention_heads: 32,
@@ -633,7 +643,9 @@ function phase(flops: PassFlops, predictorFlops: number, batch: number): PhaseFl
  * };
  * const dense = estimateCost(config, { policy: "dense" });
  * const dynamic = estimateCost(config, { policy: "dynamic", dynamic: { visionKeep: 115 } });
- * console.log(dense.prefill.tflopsPaper.toFixed(1), dynamic.prefill.tflopsPaper.toFixed(1)); // "10.1" "2.5"
+ * assert.equal(dense.prefill.tflopsPaper.toFixed(1), "10.1"); // the paper's Table 1
+ * assert.equal(dynamic.prefill.tflopsPaper.toFixed(1), "2.5");
+ * assert.deepEqual(dynamic.prefill.rowsPerLayer.slice(1, 3), [48 + 576, 48 + 115]); // pruned at layer 2
  * ```
  */
 export function estimateCost(config: ModelConfig | unknown, plan: CostPlan): CostEstimate {

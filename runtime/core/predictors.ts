@@ -136,9 +136,10 @@ function normSpecs(name: string, size: number): TensorSpec[] {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { visionPredictorTensors } from "./predictors.ts";
  * const specs = visionPredictorTensors(64, { dModel: 16, nhead: 2, dimFeedforward: 32, numLayers: 1 });
- * console.log(specs[2]); // { name: "down_mlp.1.weight", shape: [16, 64] }
+ * assert.deepEqual(specs[2], { name: "down_mlp.1.weight", shape: [16, 64] });
  * ```
  */
 export function visionPredictorTensors(hidden: number, sparse: PredictorSizes["sparse"]): TensorSpec[] {
@@ -169,9 +170,11 @@ export function visionPredictorTensors(hidden: number, sparse: PredictorSizes["s
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { textPredictorTensors } from "./predictors.ts";
  * const specs = textPredictorTensors(64, { dModel: 16, nhead: 2, dimFeedforward: 32, numLayers: 1 });
- * console.log(specs.length, specs.at(-1)); // 10 { name: "output_mlp.7.bias", shape: [2] }
+ * assert.equal(specs.length, 10);
+ * assert.deepEqual(specs.at(-1), { name: "output_mlp.7.bias", shape: [2] });
  * ```
  */
 export function textPredictorTensors(hidden: number, sparse: PredictorSizes["sparse"]): TensorSpec[] {
@@ -226,11 +229,12 @@ function takeNorm(tensors: Map<string, LoadedTensor>, name: string): NormWeights
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { loadVisionPredictor, visionPredictorTensors, visionScores } from "./predictors.ts";
  * const sparse = { dModel: 8, nhead: 2, dimFeedforward: 16, numLayers: 1 };
  * const sizes = new Map(visionPredictorTensors(4, sparse).map((t) => [t.name, t.shape.reduce((a, b) => a * b)]));
  * const p = loadVisionPredictor((name) => new Float32Array(sizes.get(name)!).fill(0.1), { hidden: 4, sparse });
- * console.log(visionScores(p, new Float32Array(3 * 4).fill(1)).length); // 3
+ * assert.equal(visionScores(p, new Float32Array(3 * 4).fill(1)).length, 3); // one score per image token
  * ```
  */
 export function loadVisionPredictor(get: TensorLookup, sizes: PredictorSizes): VisionPredictor {
@@ -270,11 +274,14 @@ export function loadVisionPredictor(get: TensorLookup, sizes: PredictorSizes): V
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { loadTextPredictor, textPredictorLogits, textPredictorTensors } from "./predictors.ts";
  * const sparse = { dModel: 8, nhead: 2, dimFeedforward: 16, numLayers: 1 };
  * const sizes = new Map(textPredictorTensors(4, sparse).map((t) => [t.name, t.shape.reduce((a, b) => a * b)]));
  * const p = loadTextPredictor((name) => new Float32Array(sizes.get(name)!).fill(0.1), { hidden: 4, sparse });
- * console.log(textPredictorLogits(p, new Float32Array(4).fill(1)).length); // 2
+ * const logits = textPredictorLogits(p, new Float32Array(4).fill(1));
+ * assert.equal(logits.length, 2); // [keep, drop] logits of one token
+ * assert.ok(logits.every(Number.isFinite));
  * ```
  */
 export function loadTextPredictor(get: TensorLookup, sizes: PredictorSizes): TextPredictor {
@@ -348,11 +355,14 @@ function rowCount(x: Float32Array, cols: number): number {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { loadVisionPredictor, visionPredictorLogits, visionPredictorTensors } from "./predictors.ts";
  * const sparse = { dModel: 8, nhead: 2, dimFeedforward: 16, numLayers: 2 };
  * const sizes = new Map(visionPredictorTensors(4, sparse).map((t) => [t.name, t.shape.reduce((a, b) => a * b)]));
  * const p = loadVisionPredictor((name) => new Float32Array(sizes.get(name)!).fill(0.05), { hidden: 4, sparse });
- * console.log(visionPredictorLogits(p, new Float32Array([1, 2, 3, 4])).length); // 2
+ * const logits = visionPredictorLogits(p, new Float32Array([1, 2, 3, 4]));
+ * assert.equal(logits.length, 2);
+ * assert.ok(logits.every(Number.isFinite));
  * ```
  */
 export function visionPredictorLogits(p: VisionPredictor, x: Float32Array): Float32Array {
@@ -375,12 +385,14 @@ export function visionPredictorLogits(p: VisionPredictor, x: Float32Array): Floa
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { loadVisionPredictor, visionPredictorTensors, visionScores } from "./predictors.ts";
  * const sparse = { dModel: 8, nhead: 2, dimFeedforward: 16, numLayers: 1 };
  * const sizes = new Map(visionPredictorTensors(4, sparse).map((t) => [t.name, t.shape.reduce((a, b) => a * b)]));
  * const p = loadVisionPredictor((name) => new Float32Array(sizes.get(name)!).fill(0.1), { hidden: 4, sparse });
  * const scores = visionScores(p, new Float32Array(2 * 4).fill(1));
- * console.log(scores.every((s) => s <= 0)); // true (log-probabilities)
+ * assert.equal(scores.length, 2);
+ * assert.ok(scores.every((s) => s <= 0)); // log-probabilities
  * ```
  */
 export function visionScores(p: VisionPredictor, x: Float32Array): Float32Array {
@@ -392,11 +404,12 @@ export function visionScores(p: VisionPredictor, x: Float32Array): Float32Array 
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { loadTextPredictor, textPredictorLogits, textPredictorTensors } from "./predictors.ts";
  * const sparse = { dModel: 8, nhead: 2, dimFeedforward: 16, numLayers: 1 };
  * const sizes = new Map(textPredictorTensors(4, sparse).map((t) => [t.name, t.shape.reduce((a, b) => a * b)]));
  * const p = loadTextPredictor((name) => new Float32Array(sizes.get(name)!).fill(0.1), { hidden: 4, sparse });
- * console.log(textPredictorLogits(p, new Float32Array(3 * 4)).length); // 6
+ * assert.equal(textPredictorLogits(p, new Float32Array(3 * 4)).length, 6); // 3 tokens × 2 logits
  * ```
  */
 export function textPredictorLogits(p: TextPredictor, x: Float32Array): Float32Array {
@@ -415,11 +428,12 @@ export function textPredictorLogits(p: TextPredictor, x: Float32Array): Float32A
  * `output_text_score_predictor.*`) when the checkpoint has them and a sparse_config; null otherwise.
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { loadPredictors } from "./predictors.ts";
  * import { parseModelConfig } from "./config.ts";
  * const config = parseModelConfig({ model_type: "llama", hidden_size: 8, intermediate_size: 8,
  *   num_attention_heads: 2, num_hidden_layers: 1 }, "config.json");
- * console.log(loadPredictors(config, () => undefined)); // { vision: null, text: null }
+ * assert.deepEqual(loadPredictors(config, () => undefined), { vision: null, text: null });
  * ```
  */
 export function loadPredictors(

@@ -70,10 +70,11 @@ export class KvLedger {
  * state: [0] step, [1] token, [2] position, [3] seed, [4 + l] rows of layer l.
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { advanceState } from "./sparse_kv.ts";
  * const state = new Uint32Array([0, 7, 10, 0, 5, 5]);
  * advanceState(state, new Uint32Array([0]), { layers: 2, admitLayer: 1, admitAll: false });
- * console.log([...state]); // [1, 7, 11, 0, 6, 5]
+ * assert.deepEqual([...state], [1, 7, 11, 0, 6, 5]);
  * ```
  */
 export function advanceState(
