@@ -90,6 +90,7 @@ export interface TokenizerStages {
  * @param stages the parsed parts of a tokenizer file
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { assembleTokenizer } from "./bpe.ts";
  * const vocab = new Map([["<s>", 0], ["</s>", 1], ["a", 2], ["b", 3]]);
  * const tokenizer = assembleTokenizer({
@@ -99,7 +100,8 @@ export interface TokenizerStages {
  *   decodeTokens: (tokens) => tokens.join(""),
  *   prefixIds: [0], suffixIds: [], bosId: 0, eosId: 1, unkId: -1,
  * });
- * console.log(tokenizer.encode("ab")); // [0, 2, 3]
+ * assert.deepEqual(tokenizer.encode("ab"), [0, 2, 3]); // BOS, a, b
+ * assert.equal(tokenizer.decode([2, 3]), "ab");
  * ```
  */
 export function assembleTokenizer(stages: TokenizerStages): Tokenizer {
@@ -115,6 +117,7 @@ export function assembleTokenizer(stages: TokenizerStages): Tokenizer {
  * @param table the merge rules
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { mergeSymbols } from "./bpe.ts";
  * // ids: a=0 b=1 c=2 ab=3 abc=4; rule 0: (a, b) → ab, rule 1: (ab, c) → abc
  * const rules = [[0, 1, 3], [3, 2, 4]];
@@ -123,7 +126,7 @@ export function assembleTokenizer(stages: TokenizerStages): Tokenizer {
  *   rank: (rule: number) => rule,
  *   result: (rule: number) => rules[rule][2],
  * };
- * console.log(mergeSymbols([0, 1, 2, 0], table)); // [4, 0]
+ * assert.deepEqual(mergeSymbols([0, 1, 2, 0], table), [4, 0]); // abca → abc, a
  * ```
  */
 export function mergeSymbols(ids: ArrayLike<number>, table: MergeTable): number[] {

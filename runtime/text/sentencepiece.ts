@@ -67,6 +67,7 @@ interface ModelProto {
  * @param where the file's name or URL, used in error messages
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { parseSentencePieceModel } from "./sentencepiece.ts";
  * // ModelProto with pieces <unk>, <s>, </s>, ▁, h, i, ▁h, ▁hi; trainer_spec model_type BPE
  * const piece = (text: string, score: number, type: number) => {
@@ -81,8 +82,8 @@ interface ModelProto {
  *   0x1a, 2, 0x20, 0, // normalizer_spec { remove_extra_whitespaces: false }
  * ]);
  * const tokenizer = parseSentencePieceModel(bytes, "tokenizer.model");
- * console.log(tokenizer.encode("hi")); // [1, 7]
- * console.log(tokenizer.decode([1, 7], { skipSpecialTokens: true })); // "hi"
+ * assert.deepEqual(tokenizer.encode("hi"), [1, 7]); // <s>, ▁hi
+ * assert.equal(tokenizer.decode([1, 7], { skipSpecialTokens: true }), "hi");
  * ```
  */
 export function parseSentencePieceModel(bytes: Uint8Array, where: string): Tokenizer {

@@ -31,6 +31,7 @@ export type { Tokenizer } from "./bpe.ts";
  * @param where the file's name or URL, used in error messages
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { tokenizerFromJson } from "./tokenizer.ts";
  * const json = JSON.stringify({
  *   added_tokens: [
@@ -55,7 +56,8 @@ export type { Tokenizer } from "./bpe.ts";
  *   },
  * });
  * const tokenizer = tokenizerFromJson(json, "tokenizer.json");
- * console.log(tokenizer.encode("hi")); // [1, 7]
+ * assert.deepEqual(tokenizer.encode("hi"), [1, 7]); // <s>, ▁hi
+ * assert.equal(tokenizer.decode([1, 7], { skipSpecialTokens: true }), "hi");
  * ```
  */
 export function tokenizerFromJson(text: string, where: string): Tokenizer {
@@ -69,14 +71,14 @@ export function tokenizerFromJson(text: string, where: string): Tokenizer {
  * @param where the file's name or URL, used in error messages
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { tokenizerFromSentencePiece } from "./tokenizer.ts";
  * import { TokenizerError } from "../core/errors.ts";
  * const truncated = new Uint8Array([0x0a, 0xff]);
- * try {
- *   tokenizerFromSentencePiece(truncated, "tokenizer.model");
- * } catch (err) {
- *   console.log(err instanceof TokenizerError, (err as TokenizerError).where); // true "tokenizer.model"
- * }
+ * assert.throws(
+ *   () => tokenizerFromSentencePiece(truncated, "tokenizer.model"),
+ *   (err) => err instanceof TokenizerError && err.where === "tokenizer.model",
+ * );
  * ```
  */
 export function tokenizerFromSentencePiece(bytes: Uint8Array, where: string): Tokenizer {
@@ -90,6 +92,7 @@ export function tokenizerFromSentencePiece(bytes: Uint8Array, where: string): To
  * @param path checkpoint directory, `tokenizer.json` or `tokenizer.model`
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { loadTokenizer } from "./tokenizer.ts";
  * const checkpoint = await Deno.makeTempDir();
  * await Deno.writeTextFile(`${checkpoint}/tokenizer.json`, JSON.stringify({
@@ -97,7 +100,7 @@ export function tokenizerFromSentencePiece(bytes: Uint8Array, where: string): To
  *   model: { type: "BPE", vocab: { "<s>": 1, "</s>": 2, a: 3, b: 4, ab: 5 }, merges: ["a b"] },
  * }));
  * const tokenizer = await loadTokenizer(checkpoint);
- * console.log(tokenizer.encode("abab")); // [1, 5, 5]
+ * assert.deepEqual(tokenizer.encode("abab"), [1, 5, 5]);
  * await Deno.remove(checkpoint, { recursive: true });
  * ```
  */

@@ -46,6 +46,7 @@ const MAX_TOKEN_ID = 1 << 24;
  * @param where the file's name or URL, used in error messages
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { parseTokenizerJson } from "./tokenizer_json.ts";
  * const tokenizer = parseTokenizerJson(JSON.stringify({
  *   added_tokens: [{ id: 1, content: "<s>", special: true }, { id: 2, content: "</s>", special: true }],
@@ -53,8 +54,8 @@ const MAX_TOKEN_ID = 1 << 24;
  *   decoder: { type: "Metaspace", replacement: "▁", prepend_scheme: "first", split: false },
  *   model: { type: "BPE", vocab: { "<s>": 1, "</s>": 2, "▁": 3, "a": 4, "▁a": 5 }, merges: [["▁", "a"]] },
  * }), "tokenizer.json");
- * console.log(tokenizer.encode("a a")); // [1, 5, 5]
- * console.log(tokenizer.decode([1, 5, 5], { skipSpecialTokens: true })); // "a a"
+ * assert.deepEqual(tokenizer.encode("a a"), [1, 5, 5]);
+ * assert.equal(tokenizer.decode([1, 5, 5], { skipSpecialTokens: true }), "a a");
  * ```
  */
 export function parseTokenizerJson(text: string, where: string): Tokenizer {
@@ -103,12 +104,13 @@ export function parseTokenizerJson(text: string, where: string): Tokenizer {
  * @param where the file, for error messages
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { decoderFromConfig } from "./tokenizer_json.ts";
  * const decode = decoderFromConfig({ type: "Sequence", decoders: [
  *   { type: "Replace", pattern: { String: "▁" }, content: " " },
  *   { type: "ByteFallback" }, { type: "Fuse" }, { type: "Strip", content: " ", start: 1, stop: 0 },
  * ] }, "tokenizer.json");
- * console.log(decode(["▁Hello", "<0x21>", "<0x0A>"])); // "Hello!\n"
+ * assert.equal(decode(["▁Hello", "<0x21>", "<0x0A>"]), "Hello!\n");
  * ```
  */
 export function decoderFromConfig(config: unknown, where: string): (tokens: string[]) => string {
