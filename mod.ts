@@ -5,11 +5,15 @@
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { loadModel } from "./mod.ts";
  * const model = await loadModel(new URL("./assets/demo/", import.meta.url), { backend: "cpu" });
  * const result = await model.generate({ prompt: "Describe the image.", maxNewTokens: 8, policy: "dynamic",
  *   image: { width: 2, height: 2, data: new Uint8Array(12).fill(200) } });
- * console.log(result.visualKept, result.stats.kvCache.rowsPerLayer);
+ * // Dynamic-LLaVA keeps 20% of the image's tokens (sparse_config.vision_keep_rate) from layer 2 on:
+ * const { visualTokens, kvCache } = result.stats;
+ * assert.equal(result.visualKept?.length, Math.floor(visualTokens * 0.2));
+ * assert.ok(kvCache.rowsPerLayer[2] < kvCache.rowsPerLayer[1]);
  * model.dispose();
  * ```
  * @module

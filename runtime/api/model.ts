@@ -142,10 +142,16 @@ export class Model {
    * Generates text. Await the returned run for the result, or iterate it to stream tokens.
    * @example
    * ```ts
+   * import assert from "node:assert/strict";
    * import { loadModel } from "../../mod.ts";
    * const model = await loadModel(new URL("../../assets/demo/", import.meta.url), { backend: "cpu" });
    * const result = await model.generate({ prompt: "Hello", maxNewTokens: 4 });
-   * console.log(result.tokens.length <= 4);
+   * assert.ok(result.tokens.length >= 1 && result.tokens.length <= 4);
+   * assert.equal(result.text, model.tokenizer.decode(result.tokens, { skipSpecialTokens: true }));
+   * // Iterating a run streams the same tokens (greedy decoding is deterministic):
+   * const streamed: number[] = [];
+   * for await (const event of model.generate({ prompt: "Hello", maxNewTokens: 4 })) streamed.push(event.token);
+   * assert.deepEqual(streamed, result.tokens);
    * model.dispose();
    * ```
    */
@@ -158,10 +164,12 @@ export class Model {
    * sequence keeps its own KV cache, ragged), and results equal running them one by one.
    * @example
    * ```ts
+   * import assert from "node:assert/strict";
    * import { loadModel } from "../../mod.ts";
    * const model = await loadModel(new URL("../../assets/demo/", import.meta.url), { backend: "cpu" });
    * const results = await model.generateBatch([{ prompt: "Hi", maxNewTokens: 2 }, { prompt: "Yo", maxNewTokens: 2 }]);
-   * console.log(results.length); // 2
+   * assert.equal(results.length, 2);
+   * assert.deepEqual(results[1].tokens, (await model.generate({ prompt: "Yo", maxNewTokens: 2 })).tokens);
    * model.dispose();
    * ```
    */
@@ -179,10 +187,12 @@ export class Model {
    * Logits of the last position (Float32Array of the vocabulary size), with the policy applied.
    * @example
    * ```ts
+   * import assert from "node:assert/strict";
    * import { loadModel } from "../../mod.ts";
    * const model = await loadModel(new URL("../../assets/demo/", import.meta.url), { backend: "cpu" });
    * const logits = await model.logits({ inputIds: [1, 15043] });
-   * console.log(logits.length); // 32000
+   * assert.equal(logits.length, model.config.text.vocabSize); // 32000
+   * assert.ok(logits.every(Number.isFinite));
    * model.dispose();
    * ```
    */
@@ -202,10 +212,15 @@ export class Model {
    * pruning without). Perplexity = exp(-mean).
    * @example
    * ```ts
+   * import assert from "node:assert/strict";
    * import { loadModel } from "../../mod.ts";
+   * import { logSoftmaxAt } from "../core/cpu_ops.ts";
    * const model = await loadModel(new URL("../../assets/demo/", import.meta.url), { backend: "cpu" });
    * const lp = await model.logProbs({ prompt: "Say hi", target: [6324, 29991] });
-   * console.log(lp.length); // 2
+   * assert.equal(lp.length, 2);
+   * // The first is the log-softmax of the prompt's next-token logits at target[0]:
+   * const logits = await model.logits({ prompt: "Say hi" });
+   * assert.ok(Math.abs(lp[0] - logSoftmaxAt(logits, 6324)) < 1e-4);
    * model.dispose();
    * ```
    */
@@ -384,9 +399,12 @@ async function localDir(path: string | URL): Promise<string> {
  * `file:` URL, or an `http(s):` URL whose files are downloaded once into a local cache.
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { loadModel } from "../../mod.ts";
  * const model = await loadModel(new URL("../../assets/demo/", import.meta.url), { backend: "cpu" });
- * console.log(model.config.layout); // "llava_llama"
+ * assert.equal(model.config.layout, "llava_llama");
+ * assert.equal(model.backendKind, "cpu");
+ * assert.equal(model.config.sparse?.sparseLayer, 2); // from the sparse_config of assets/demo/config.json
  * model.dispose();
  * ```
  */
