@@ -84,8 +84,37 @@ function checkAbort(signal?: AbortSignal): void {
  * Runs one request on `backend`, calling `emit` for every generated token.
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { runGeneration } from "./generate.ts";
- * // const result = await runGeneration(backend, tokenizer, config, request, (ev) => console.log(ev.text));
+ * import { createCpuBackend } from "../cpu/cpu_backend.ts";
+ * import { openCheckpoint, readCheckpointTensor } from "../io/checkpoint.ts";
+ * import { loadTokenizer } from "../text/tokenizer.ts";
+ * import { buildPromptRows } from "../core/sequence.ts";
+ * import { densePolicy } from "../core/policies.ts";
+ * const checkpoint = await openCheckpoint("tests/fixtures/out/llama-f32");
+ * const { config } = checkpoint, { numLayers, vocabSize, maxPositions } = config.text;
+ * const weights = new Map<string, Float32Array>();
+ * for (const name of checkpoint.tensors.keys()) weights.set(name, await readCheckpointTensor(checkpoint, name));
+ * const backend = createCpuBackend(config, weights, { vision: null, text: null });
+ * const tokenizer = await loadTokenizer(checkpoint.tokenizerPath);
+ * const request = {
+ *   rows: buildPromptRows(tokenizer.encode("Hello"), { tokensPerImage: 0, images: 0, vocabSize, maxPositions }),
+ *   images: null,
+ *   plan: densePolicy().plan({ numLayers, sparse: null, hasVisionPredictor: false, hasTextPredictor: false }),
+ *   sampling: { temperature: 0, topP: 1, seed: 0 },
+ *   maxNewTokens: 5,
+ *   stop: [],
+ *   kvCache: true,
+ *   decodeBatch: 4,
+ * };
+ * const streamed: number[] = [];
+ * const result = await runGeneration(backend, tokenizer, config, request, (event) => streamed.push(event.token));
+ * assert.equal(result.tokens.length, 5); // no stop ids: exactly maxNewTokens
+ * assert.deepEqual(streamed, result.tokens);
+ * assert.deepEqual(result.stats.kvCache.rowsPerLayer, new Array(numLayers).fill(request.rows.ids.length + 4));
+ * const again = await runGeneration(backend, tokenizer, config, { ...request, kvCache: false }, () => {});
+ * assert.deepEqual(again.tokens, result.tokens); // with or without a KV cache, the same greedy tokens
+ * backend.dispose();
  * ```
  */
 export async function runGeneration(
