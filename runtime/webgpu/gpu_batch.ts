@@ -34,6 +34,8 @@ export class DecodeBatcher {
   batchedSteps = 0;
 
   /**
+   * A batcher for `model`'s sessions (each backend holds one).
+   *
    * @example
    * ```ts
    * import assert from "node:assert/strict";
@@ -62,9 +64,10 @@ export class DecodeBatcher {
    * const [a, b] = await Promise.all([open([1, 5, 9]), open([1, 7])]);
    * const together = await Promise.all([batcher.decode(a, 4), batcher.decode(b, 4)]); // asked at once: batched
    * assert.equal(batcher.batchedSteps, 4);
-   * const alone = await batcher.decode(await open([1, 7]), 4); // the second prompt on its own
+   * const c = await open([1, 7]);
+   * const alone = await batcher.decode(c, 4); // the second prompt on its own
    * assert.deepEqual(together[1].tokens, alone.tokens);
-   * for (const session of [a, b]) session.dispose();
+   * for (const session of [a, b, c]) session.dispose();
    * model.dispose();
    * ```
    */
