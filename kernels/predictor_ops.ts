@@ -1,5 +1,5 @@
 /**
- * The Dynamic-LLaVA predictor pieces that are neither LayerNorm, Linear nor GELU (DESIGN §1), all
+ * The Dynamic-LLaVA predictor pieces that are neither LayerNorm, Linear nor GELU, all
  * f32; CPU twins in runtime/predictor_cpu_ops.ts.
  *
  * - {@link createHalfGlobalConcat}: VisionPredictor channel split, x [N, d] → y [N, d] with

@@ -1,5 +1,5 @@
 /**
- * The sparsification policies (DESIGN §1 rules 1–6), implementing the contract of `policy.ts`:
+ * The sparsification policies, implementing the contract of `policy.ts`:
  * dense, Dynamic-LLaVA (predictor-driven), FastV (attention-ranked image pruning), a composition
  * of two policies, and name resolution. Pure TypeScript and GPU-free: every decision is a pure
  * function of the row kinds and the signals the backend computed, so both backends share it.

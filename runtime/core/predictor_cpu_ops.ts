@@ -1,6 +1,6 @@
 /**
  * CPU twins of kernels/predictor_ops.ts: the Dynamic-LLaVA predictor pieces that are neither
- * LayerNorm, Linear nor GELU (DESIGN §1). GPU-free; the pure-TS predictors can use them directly.
+ * LayerNorm, Linear nor GELU. GPU-free; the pure-TS predictors can use them directly.
  *
  * - {@link halfGlobalConcat}: the VisionPredictor's local/global channel split.
  * - {@link logSoftmax2Col0}: the keep score log_softmax(row)[0] of two-way logits.

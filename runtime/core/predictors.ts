@@ -1,5 +1,5 @@
 /**
- * Dynamic-LLaVA's two score predictors on the CPU (DESIGN §1): their tensor lists, loading with
+ * Dynamic-LLaVA's two score predictors on the CPU: their tensor lists, loading with
  * shape validation, and forward passes. Pure TypeScript, GPU-free; the GPU runtime uploads the
  * same {@link VisionPredictor}/{@link TextPredictor} objects.
  *

@@ -1,7 +1,7 @@
 /**
  * Turns prompt ids (with image markers) into decoder input rows: the token id, kind and original
  * position of every row, with each image expanded to its N visual tokens. Positions count the image
- * as N rows, and they never change afterwards, whatever is pruned (DESIGN §1). GPU-free.
+ * as N rows, and they never change afterwards, whatever is pruned. GPU-free.
  * @module
  */
 import { IMAGE_TOKEN_INDEX } from "./config.ts";
