@@ -194,7 +194,7 @@ export function createChatServer(options: ServerOptions): ChatServer {
         status: "ok",
         model: options.modelName,
         layout: model.config.layout,
-        backend: model.backend.kind,
+        backend: model.backendKind,
         default_policy: model.defaultPolicy,
         vocab_size: model.config.text.vocabSize,
         visual_tokens: model.config.vision?.tokensPerImage ?? 0,

@@ -270,7 +270,7 @@ for (const backend of ["cpu", "webgpu"] as const) {
       for (const text of texts) {
         alone.push((await model.chat({ messages: [{ role: "user", content: text }], maxNewTokens: 8 })).text);
       }
-      const stepsBefore = model.backend.batchedSteps;
+      const stepsBefore = model.batchedSteps;
       const responses = await Promise.all(
         texts.map((text, i) =>
           server.handler(
@@ -292,7 +292,7 @@ for (const backend of ["cpu", "webgpu"] as const) {
       assert.deepEqual(answers, alone);
       assert.deepEqual(batches.map((b) => b.length), [1, 1, 1]);
       if (backend === "webgpu") {
-        assert.ok(model.backend.batchedSteps > stepsBefore, "decode steps were shared");
+        assert.ok(model.batchedSteps > stepsBefore, "decode steps were shared");
       }
 
       // A request arriving while a long one streams joins the running batch and finishes first (on
