@@ -95,8 +95,8 @@ export interface LoopRequest {
   maxNewTokens: number;
   /** Stop ids. */
   stop: number[];
-  /** Stop strings: the text ends before the first one that appears (it is not streamed either). */
-  stopStrings: string[];
+  /** Stop strings: the text ends before the first one that appears (it is not streamed either). Default none. */
+  stopStrings?: string[];
   kvCache: boolean;
   signal?: AbortSignal;
   /** "throw" (default): an abort rejects with the signal's reason; "finish": returns what was generated. */
@@ -201,7 +201,7 @@ export async function runGeneration(
     throw new InputError(`Cannot generate: maxNewTokens must be a non-negative integer`, "maxNewTokens");
   }
   const promptLen = request.rows.ids.length;
-  if (request.stopStrings.some((stop) => typeof stop !== "string" || stop === "")) {
+  if ((request.stopStrings ?? []).some((stop) => typeof stop !== "string" || stop === "")) {
     throw new InputError("Cannot generate: a stop string must be a non-empty string", "stop");
   }
   if (promptLen + request.maxNewTokens > config.text.maxPositions) {
@@ -232,20 +232,21 @@ async function loop(
   let shown = 0;
   let visualKept: number[] | null = null;
   let finishReason: FinishReason | null = request.maxNewTokens === 0 ? "length" : null;
-  const longestStop = Math.max(0, ...request.stopStrings.map((stop) => stop.length));
+  const stopStrings = request.stopStrings ?? [];
+  const longestStop = Math.max(0, ...stopStrings.map((stop) => stop.length));
   /** Records a sampled token, streams the text that is safe to show, and says whether to stop. */
   const push = (token: number): FinishReason | null => {
     tokens.push(token);
     const full = tokenizer.decode(tokens, { skipSpecialTokens: true });
     if (!full.endsWith("\uFFFD")) text = full;
-    const stopAt = findStopString(text, request.stopStrings, Math.max(0, shown - longestStop));
+    const stopAt = findStopString(text, stopStrings, Math.max(0, shown - longestStop));
     let reason: FinishReason | null = null;
     if (stopAt >= 0) {
       text = text.slice(0, stopAt);
       reason = "stop";
     } else if (request.stop.includes(token)) reason = "stop";
     else if (tokens.length >= request.maxNewTokens) reason = "length";
-    const visible = reason ? text.length : text.length - heldBackLength(text, request.stopStrings);
+    const visible = reason ? text.length : text.length - heldBackLength(text, stopStrings);
     emit({ token, text: text.slice(shown, Math.max(shown, visible)) });
     shown = Math.max(shown, visible);
     return reason;
