@@ -50,8 +50,8 @@ export interface ElementwiseKernel<Args> {
 
 const THREADS = 256;
 
-/** `cols` is read by add_bias only. */
-const PARAMS = defineUniforms("elementwise", { count: "u32", cols: "u32" });
+/** Parameters of every elementwise kernel; `cols` is read by add_bias only. */
+const FIELDS = { count: "u32", cols: "u32" } as const;
 
 /**
  * WGSL of one elementwise op: `bindings` declared from binding 1 (read-only ones first, the
@@ -60,7 +60,7 @@ const PARAMS = defineUniforms("elementwise", { count: "u32", cols: "u32" });
 function source(bindings: string[], body: string, helpers = ""): string {
   const declared = bindings.map((b, n) => `@group(0) @binding(${n + 1}) var<storage, ${b};`).join("\n");
   return `${wgslPrelude({ workgroupSize: THREADS })}
-${PARAMS.wgsl}
+${defineUniforms("elementwise", FIELDS).wgsl}
 ${declared}
 ${helpers}
 @compute @workgroup_size(WORKGROUP_SIZE)
@@ -82,7 +82,7 @@ async function elementwise<Args extends { count: number }>(
   colsOf: (args: Args) => number = () => 0,
 ): Promise<ElementwiseKernel<Args>> {
   const pipeline = await gpu.pipeline(label, code);
-  const layout = { ...PARAMS, kernel: label };
+  const layout = defineUniforms(label, FIELDS);
   return {
     bind(buffers: BufferSet, args: Args): Dispatch[] {
       const params = buffers.uniform(

@@ -653,3 +653,45 @@ gpuTest(
     }
   },
 );
+
+// ---- caller mistakes -------------------------------------------------------------------------
+
+gpuTest("bind() rejects caller mistakes with InputError naming the kernel", (gpu, k, buffers) => {
+  const small = buffers.storage(16, "small");
+  const weight = uploadWeight(buffers, randomArray(8 * 8, 330), { rows: 8, cols: 8, label: "w" });
+  const otherDtype = { ...weight, dtype: gpu.f16 ? "f32" as const : "f16" as const };
+  const mistakes: [string, () => unknown][] = [
+    ["matmul", () => k.matmul.bind(buffers, { x: small, weight, out: small, rows: 1 })],
+    ["matmul", () => k.matmul.bind(buffers, { x: small, weight: otherDtype, out: small, rows: 1 })],
+    ["embedding", () => k.embedding.bind(buffers, { ids: small, table: weight, out: small, rows: 2 })],
+    [
+      "rmsnorm",
+      () => k.rmsNorm.bind(buffers, { x: small, weight: small, out: small, rows: -1, cols: 4, eps: 0 }),
+    ],
+    [
+      "rmsnorm",
+      () => k.rmsNorm.bind(buffers, { x: small, weight: small, out: small, rows: 1, cols: 4, eps: NaN }),
+    ],
+    [
+      "rope",
+      () => k.rope.bind(buffers, { x: small, positions: small, rows: 1.5, heads: 1, headDim: 4, theta: 1e4 }),
+    ],
+    [
+      "kv_append",
+      () =>
+        k.kvAppend.bind(buffers, {
+          src: small,
+          cache: small,
+          counts: small,
+          countIndex: -1,
+          rows: 1,
+          cols: 4,
+        }),
+    ],
+    ["add", () => k.add.bind(buffers, { a: small, b: small, count: -4 })],
+  ];
+  for (const [kernel, bind] of mistakes) {
+    assert.throws(bind, (err: unknown) => err instanceof InputError && err.where.startsWith(kernel), kernel);
+  }
+  return Promise.resolve();
+});
