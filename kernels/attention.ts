@@ -8,8 +8,8 @@
  * beforehand), counts[countIndex] when not (vision); clamped to the capacity. The row count is
  * read on the GPU, so a decode step re-encodes the same dispatches.
  *
- * Two attention pipelines, each written out whole: {@link DECODE_WGSL} (rows < 8: a workgroup
- * serves one query row of one head) and {@link PREFILL_WGSL} (a workgroup serves 8 query rows of
+ * Two attention pipelines, each written out whole: `DECODE_WGSL` (rows < 8: a workgroup
+ * serves one query row of one head) and `PREFILL_WGSL` (a workgroup serves 8 query rows of
  * one head). Either way its 64 lanes walk the visible keys in tiles of 64: lane j scores key j,
  * every lane keeps the online softmax (running max and sum), and lane t accumulates output dims t
  * and t + 64. headDim is a multiple of 4, at most 128. Two more pipelines give one query row's

@@ -85,7 +85,10 @@ export async function createIm2col(gpu: Gpu): Promise<Im2colKernel> {
           "im2col",
         );
       }
-      const params = buffers.uniform(packUniforms(PARAMS, { size, patchSize: patch, channels, total }), "im2col params");
+      const params = buffers.uniform(
+        packUniforms(PARAMS, { size, patchSize: patch, channels, total }),
+        "im2col params",
+      );
       return [gpu.dispatch(pipeline, [params, image, out], grid(Math.ceil(total / LANES)))];
     },
   };
