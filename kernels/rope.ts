@@ -80,6 +80,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
  * Compiles the RoPE pipeline.
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { BufferSet, createGpu } from "../runtime/device/gpu.ts";
  * import { createRope } from "./rope.ts";
  * const gpu = await createGpu();
@@ -88,7 +89,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
  * const x = buffers.upload(new Float32Array([1, 0]), "x");
  * const positions = buffers.upload(new Uint32Array([0]), "positions");
  * gpu.submit(rope.bind(buffers, { x, positions, rows: 1, heads: 1, headDim: 2, theta: 10000 }));
- * console.log(new Float32Array(await gpu.read(x, 0, 8))); // [1, 0]
+ * assert.deepEqual(new Float32Array(await gpu.read(x, 0, 8)), new Float32Array([1, 0]));
  * buffers.destroy();
  * gpu.destroy();
  * ```
