@@ -32,7 +32,15 @@ export interface WeightTextureChunk {
   rows: number;
 }
 
-/** Texels one 8-wide K slice of one row takes: 1 for f16, 2 for f32. */
+/**
+ * Texels one 8-wide K slice of one row takes: 1 for f16, 2 for f32.
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { texelsPerSlice } from "./weights_texture.ts";
+ * assert.deepEqual([texelsPerSlice("f16"), texelsPerSlice("f32")], [1, 2]); // 16-byte texels
+ * ```
+ */
 export function texelsPerSlice(dtype: "f16" | "f32"): number {
   return dtype === "f16" ? 1 : 2;
 }
