@@ -61,7 +61,10 @@ export async function createGpuBackend(
   checkpoint: Checkpoint,
   options: { onProgress?: (p: LoadProgress) => void; weightDtype: "auto" | "f16" | "f32" },
 ): Promise<Backend> {
-  const sixteenBit = [...checkpoint.tensors.values()].some((t) => t.location.entry.dtype !== "F32");
+  // Quantized blocks dequantize to values f16 cannot hold exactly: those stay f32.
+  const types = [...checkpoint.tensors.values()].map((t) => t.storedType);
+  const sixteenBit = types.some((type) => type === "F16" || type === "BF16") &&
+    types.every((type) => type === "F16" || type === "BF16" || type === "F32");
   const allowF16 = options.weightDtype === "f16" || (options.weightDtype === "auto" && sixteenBit);
   const gpu = await createGpu({ allowF16 });
   const buffers = new BufferSet(gpu);
@@ -69,7 +72,7 @@ export async function createGpuBackend(
     const kernels = await createKernels(gpu);
     const weights: GpuWeights = { matrices: new Map(), vectors: new Map() };
     const predictorTensors = new Map<string, Float32Array>();
-    const total = [...checkpoint.tensors.values()].reduce((n, t) => n + t.location.entry.byteLength, 0);
+    const total = [...checkpoint.tensors.values()].reduce((n, t) => n + t.byteLength, 0);
     let loaded = 0;
     for (const [name, t] of checkpoint.tensors) {
       const values = await readCheckpointTensor(checkpoint, name);
@@ -80,7 +83,7 @@ export async function createGpuBackend(
       } else {
         weights.vectors.set(name, buffers.upload(values, name));
       }
-      loaded += t.location.entry.byteLength;
+      loaded += t.byteLength;
       options.onProgress?.({ loadedBytes: loaded, totalBytes: total, tensor: t.sourceName });
     }
     const cpuPredictors = loadPredictors(checkpoint.config, (n) => predictorTensors.get(n));
