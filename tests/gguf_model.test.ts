@@ -147,6 +147,28 @@ Deno.test("loadModel() of Q8_0 and Q4_0 GGUF files stays close to F16 (logits NM
   }
 });
 
+Deno.test("loadModel() of a Q8_0 GGUF: WebGPU equals the CPU backend (logits and greedy tokens)", async () => {
+  const dir = await converted("llava-f32-dyn", "q8_0");
+  try {
+    const cpu = await loadModel(dir, { backend: "cpu" });
+    const gpu = await loadModel(dir, { backend: "webgpu" });
+    try {
+      const request = { prompt: "What is in the picture?", image: IMAGE, policy: "dynamic" as const };
+      const e = nmse(await gpu.logits(request), await cpu.logits(request));
+      assert.ok(e < 1e-8, `logits NMSE ${e}`);
+      const r = { ...request, maxNewTokens: 6, stop: [] };
+      const [a, b] = [await cpu.generate(r), await gpu.generate(r)];
+      assert.deepEqual(b.tokens, a.tokens);
+      assert.deepEqual(b.visualKept, a.visualKept);
+    } finally {
+      cpu.dispose();
+      gpu.dispose();
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
 Deno.test("loadModel() of bad GGUF folders names the problem", async () => {
   const dir = await converted("llama-f32", "q8_0");
   try {
