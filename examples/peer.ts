@@ -3,7 +3,8 @@
  * with `convertToGguf`, decodes greedily with dynllava (CPU backend, or WebGPU) and with llama.cpp
  * through the npm package `node-llama-cpp` (its prebuilt CPU binaries, run by Node), and prints per
  * type: the first step where the tokens part, dynllava's margin there (its top logit minus the
- * logit of llama.cpp's token: small means a near-tie), and dynllava's logits NMSE against F16.
+ * logit of llama.cpp's token: small means a near-tie), llama.cpp's next-token logits against
+ * dynllava's on the same file (NMSE) and dynllava's against the F16 file's.
  *
  * llama.cpp does not compute the exact product with Q8_0/Q4_0 weights: it rounds the activations to
  * 8-bit blocks (Q8_0) before each matrix product, so its tokens leave the exact ones at the first
@@ -11,6 +12,7 @@
  *
  *   npm install --prefix DIR node-llama-cpp@3.22.1      (once; Node ≥ 20)
  *   deno run -A examples/peer.ts --node-modules DIR/node_modules [--model DIR] [--tokens N] [--backend cpu|webgpu]
+ *     [--types q8_0,q4_0,q4_k_m]
  * @module
  */
 import { parseArgs } from "node:util";
@@ -31,13 +33,21 @@ const [path, idsJson, count] = process.argv.slice(2);
 const llama = await getLlama({ gpu: false, build: "never", logLevel: "error" });
 const model = await llama.loadModel({ modelPath: path });
 const context = await model.createContext({ contextSize: 512, threads: 1 });
-const out = [];
-for await (const token of context.getSequence().evaluate(JSON.parse(idsJson), { temperature: 0 })) {
-  out.push(token);
-  if (out.length >= Number(count)) break;
+const ids = JSON.parse(idsJson);
+const tokens = [];
+for await (const token of context.getSequence().evaluate(ids, { temperature: 0 })) {
+  tokens.push(token);
+  if (tokens.length >= Number(count)) break;
 }
-console.log(JSON.stringify(out));
 await context.dispose();
+const probe = await model.createContext({ contextSize: 512, threads: 1 });
+const items = [...ids.slice(0, -1), [ids[ids.length - 1], { generateNext: { logits: true } }]];
+const result = await probe.getSequence().controlledEvaluate(items);
+const map = result[result.length - 1].next.logits;
+const logits = new Array(map.size);
+for (const [token, value] of map) logits[token] = value;
+console.log(JSON.stringify({ tokens, logits }));
+await probe.dispose();
 await model.dispose();
 `;
 
@@ -54,15 +64,17 @@ export interface PeerRow {
   logitStd: number;
   /** dynllava's next-token logits NMSE against the F16 file's, at the prompt. */
   nmseVsF16: number;
+  /** llama.cpp's next-token logits NMSE against dynllava's on the same file, at the prompt. */
+  nmseLlamaCpp: number;
 }
 
-/** llama.cpp's greedy tokens, run by Node with `node-llama-cpp` from `nodeModules`. */
-async function llamaCppTokens(
+/** llama.cpp's greedy tokens and its next-token logits at the prompt, run by Node with `node-llama-cpp`. */
+async function runLlamaCpp(
   path: string,
   ids: number[],
-  count: number,
-  nodeModules: string,
-): Promise<number[]> {
+  options: { count: number; nodeModules: string },
+): Promise<{ tokens: number[]; logits: number[] }> {
+  const { count, nodeModules } = options;
   // A script file beside node_modules (node-llama-cpp's binary check re-runs Node, which `-e` breaks).
   const script = join(dirname(nodeModules), `.dynllava-peer-${Deno.pid}.mjs`);
   await Deno.writeTextFile(script, LLAMA_CPP_SCRIPT);
@@ -96,7 +108,14 @@ function nmse(actual: Float32Array, expected: Float32Array): number {
  * ```
  */
 export async function comparePeers(
-  options: { nodeModules: string; model?: string; tokens?: number; backend?: "cpu" | "webgpu" },
+  options: {
+    nodeModules: string;
+    model?: string;
+    tokens?: number;
+    backend?: "cpu" | "webgpu";
+    /** Types compared after F16 (default Q8_0 and Q4_0; `q4_k_m` needs rows that are multiples of 256). */
+    types?: GgufConvertType[];
+  },
 ): Promise<PeerRow[]> {
   const source = options.model ?? await ensureFixture("llama-f16-gqa");
   const count = options.tokens ?? 32;
@@ -106,7 +125,7 @@ export async function comparePeers(
   try {
     const rows: PeerRow[] = [];
     let f16Logits: Float32Array | undefined;
-    for (const type of ["f16", "q8_0", "q4_0"] as GgufConvertType[]) {
+    for (const type of ["f16", ...(options.types ?? ["q8_0", "q4_0"])] as GgufConvertType[]) {
       const path = join(dir, type, `model-${type}.gguf`);
       await Deno.mkdir(dirname(path));
       await convertToGguf(checkpoint, path, { type, vocab });
@@ -115,7 +134,8 @@ export async function comparePeers(
         const ids = model.tokenizer.encode("Hello, how are you? Tell me about the weather today.");
         const ours =
           (await model.generate({ inputIds: ids, maxNewTokens: count, stop: [], policy: "dense" })).tokens;
-        const llamaCpp = await llamaCppTokens(path, ids, count, options.nodeModules);
+        const peer = await runLlamaCpp(path, ids, { count, nodeModules: options.nodeModules });
+        const llamaCpp = peer.tokens;
         const firstDifference = ours.findIndex((t, i) => t !== llamaCpp[i]);
         let marginThere = NaN, logitStd = NaN;
         if (firstDifference >= 0) {
@@ -137,6 +157,7 @@ export async function comparePeers(
           marginThere,
           logitStd,
           nmseVsF16: nmse(logits, f16Logits),
+          nmseLlamaCpp: nmse(Float32Array.from(peer.logits), logits),
         });
       } finally {
         model.dispose();
@@ -156,6 +177,7 @@ if (import.meta.main) {
       model: { type: "string" },
       tokens: { type: "string", default: "32" },
       backend: { type: "string", default: "cpu" },
+      types: { type: "string", default: "q8_0,q4_0" },
     },
   });
   if (!values["node-modules"]) {
@@ -169,12 +191,13 @@ if (import.meta.main) {
     model: values.model,
     tokens: Number(values.tokens),
     backend: values.backend as "cpu" | "webgpu",
+    types: values.types.split(",") as GgufConvertType[],
   });
   console.log(
-    "| type | tokens equal | first difference | dynllava margin there (logit std) | logits NMSE vs F16 |",
+    "| type | tokens equal | first difference | margin there (logit std) | llama.cpp vs ours | ours vs F16 |",
   );
   console.log(
-    "| ---- | ------------ | ---------------- | --------------------------------- | ------------------ |",
+    "| ---- | ------------ | ---------------- | ------------------------ | ----------------- | ----------- |",
   );
   for (const r of rows) {
     const equal = r.firstDifference === -1 ? r.ours.length : r.firstDifference;
@@ -182,8 +205,7 @@ if (import.meta.main) {
     const margin = Number.isNaN(r.marginThere)
       ? "–"
       : `${r.marginThere.toExponential(2)} (${r.logitStd.toExponential(2)})`;
-    console.log(
-      `| ${r.type} | ${equal}/${r.ours.length} | ${where} | ${margin} | ${r.nmseVsF16.toExponential(2)} |`,
-    );
+    const errors = `${r.nmseLlamaCpp.toExponential(2)} | ${r.nmseVsF16.toExponential(2)}`;
+    console.log(`| ${r.type} | ${equal}/${r.ours.length} | ${where} | ${margin} | ${errors} |`);
   }
 }
