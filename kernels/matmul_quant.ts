@@ -9,12 +9,15 @@
  * Storage ({@link uploadQuantWeight}): W's rows of block bytes, split by rows into chunks that fit the
  * binding limit, each chunk one storage buffer read as `array<u32>` (bytes addressed inside words).
  * One workgroup of 64 threads per (row of x, output column): threads stride over K, decode their
- * elements, and reduce. Block layouts: see runtime/core/ggml_quants.ts.
+ * elements, and reduce. Block layouts: see runtime/core/ggml_quants.ts. {@link createLinear} routes
+ * each matmul to this kernel or to kernels/matmul.ts by the weight's kind.
  * @module
  */
 import { type BufferSet, type Dispatch, type Gpu, grid } from "../runtime/device/gpu.ts";
 import { GpuError } from "../runtime/core/errors.ts";
 import { ggmlBlock, ggmlBytes, type GgmlType } from "../runtime/core/ggml_quants.ts";
+import type { WeightTensor } from "../runtime/device/weights_gpu.ts";
+import { createMatmul, type MatmulArgs } from "./matmul.ts";
 
 /** The block types this kernel dequantizes. */
 export type QuantType = Extract<GgmlType, "Q8_0" | "Q4_0" | "Q4_K" | "Q6_K">;
@@ -277,4 +280,54 @@ function checkSize(buffer: GPUBuffer, floats: number, name: string): void {
       `matmul_quant.${name}`,
     );
   }
+}
+
+/** A weight matrix on the GPU: float storage (weights_gpu.ts) or GGML blocks ({@link QuantWeight}). */
+export type GpuMatrix = WeightTensor | QuantWeight;
+
+/** Arguments of {@link LinearKernel.bind}: {@link MatmulArgs} with either kind of weight. */
+export type LinearArgs = Omit<MatmulArgs, "weight"> & { weight: GpuMatrix };
+
+/** One matmul entry point for both weight kinds. */
+export interface LinearKernel {
+  /** Dispatches computing `args` with the float or the quantized kernel, by the weight's kind. */
+  bind(buffers: BufferSet, args: LinearArgs): Dispatch[];
+}
+
+/**
+ * Compiles the float and the quantized matmul and routes each bind by the weight's kind.
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { BufferSet, createGpu } from "../runtime/device/gpu.ts";
+ * import { quantize } from "../runtime/core/ggml_quants.ts";
+ * import { uploadWeight } from "../runtime/device/weights_gpu.ts";
+ * import { createLinear, uploadQuantWeight } from "./matmul_quant.ts";
+ * const gpu = await createGpu();
+ * const buffers = new BufferSet(gpu);
+ * const linear = await createLinear(gpu);
+ * const ones = new Float32Array(32).fill(1);
+ * const x = buffers.upload(ones, "x");
+ * const out = buffers.storage(4, "out");
+ * for (const weight of [
+ *   uploadWeight(buffers, ones, { rows: 1, cols: 32, label: "float" }),
+ *   uploadQuantWeight(buffers, quantize("Q4_0", ones), { rows: 1, cols: 32, type: "Q4_0", label: "q4" }),
+ * ]) {
+ *   gpu.submit(linear.bind(buffers, { x, weight, out, rows: 1 }));
+ *   assert.deepEqual([...new Float32Array(await gpu.read(out, 0, 4))], [32]);
+ * }
+ * buffers.destroy();
+ * gpu.destroy();
+ * ```
+ */
+export async function createLinear(gpu: Gpu): Promise<LinearKernel> {
+  const [float, quant] = await Promise.all([createMatmul(gpu), createQuantMatmul(gpu)]);
+  return {
+    bind(buffers: BufferSet, args: LinearArgs): Dispatch[] {
+      const weight = args.weight;
+      return "type" in weight
+        ? quant.bind(buffers, { ...args, weight })
+        : float.bind(buffers, { ...args, weight });
+    },
+  };
 }

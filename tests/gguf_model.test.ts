@@ -18,6 +18,7 @@ import {
 } from "../runtime/io/gguf_convert.ts";
 import { openGgufCheckpoint } from "../runtime/io/gguf_checkpoint.ts";
 import { tokenizerFromPieces } from "../runtime/text/sentencepiece.ts";
+import type { GpuBackend } from "../runtime/webgpu/gpu_backend.ts";
 import { loadTokenizer } from "../runtime/text/tokenizer.ts";
 import { ensureFixture, FIXTURES } from "../tools/make_fixtures.ts";
 import { nmse } from "./kernel_util.ts";
@@ -147,7 +148,7 @@ Deno.test("loadModel() of Q8_0 and Q4_0 GGUF files stays close to F16 (logits NM
   }
 });
 
-Deno.test("loadModel() of a Q8_0 GGUF: WebGPU equals the CPU backend (logits and greedy tokens)", async () => {
+Deno.test("loadModel() of a Q8_0 GGUF: WebGPU, on the blocks as stored, equals the CPU backend", async () => {
   const dir = await converted("llava-f32-dyn", "q8_0");
   try {
     const cpu = await loadModel(dir, { backend: "cpu" });
@@ -156,6 +157,10 @@ Deno.test("loadModel() of a Q8_0 GGUF: WebGPU equals the CPU backend (logits and
       const request = { prompt: "What is in the picture?", image: IMAGE, policy: "dynamic" as const };
       const e = nmse(await gpu.logits(request), await cpu.logits(request));
       assert.ok(e < 1e-8, `logits NMSE ${e}`);
+      // Decoder matrices and lm_head stay in their Q8_0 blocks on the GPU (the embedding table: f32).
+      const stored = (gpu.backend as GpuBackend).weights.quantized;
+      assert.equal(stored.size, 4 * 7 + 1); // 4 layers of 7 matrices, lm_head
+      assert.ok([...stored.values()].every((w) => "type" in w && w.type === "Q8_0"));
       const r = { ...request, maxNewTokens: 6, stop: [] };
       const [a, b] = [await cpu.generate(r), await gpu.generate(r)];
       assert.deepEqual(b.tokens, a.tokens);

@@ -37,6 +37,8 @@ export interface CheckpointTensor {
   path: string;
   /** Reads it as f32 values in checkpoint order (converted, dequantized, rows un-permuted). */
   read(): Promise<Float32Array>;
+  /** GGUF tensors: reads its raw block bytes, rows in checkpoint order (un-permuted). */
+  readBlocks?(): Promise<Uint8Array>;
 }
 
 /** A vocabulary stored in the checkpoint's own files (GGUF metadata), SentencePiece style. */

@@ -21,7 +21,13 @@ import {
   expectedShapes,
 } from "./checkpoint.ts";
 import { type GgufFile, ggufValue, openGguf, readGgufTensor } from "./gguf.ts";
-import { GGUF_ARCHITECTURES, ggufTensorName, permutedHeads, unpermuteRows } from "./gguf_llava.ts";
+import {
+  GGUF_ARCHITECTURES,
+  ggufTensorName,
+  permutedHeads,
+  permuteRows,
+  unpermuteRows,
+} from "./gguf_llava.ts";
 
 type Kind = keyof typeof GGUF_ARCHITECTURES;
 
@@ -269,6 +275,12 @@ function addTensors(
         const elements = shape.reduce((a, b) => a * b, 1);
         const values = dequantize(info.type, await readGgufTensor(file, info.name), elements);
         return heads > 0 ? unpermuteRows(values, { heads, cols: info.dims[0] }) : values;
+      },
+      readBlocks: async () => {
+        const bytes = await readGgufTensor(file, info.name);
+        return heads > 0
+          ? permuteRows(bytes, { heads, rowBytes: bytes.length / shape[0], inverse: true })
+          : bytes;
       },
     });
   }

@@ -14,7 +14,7 @@ import {
 import { createEmbedding } from "../../kernels/embedding.ts";
 import { createKvAppend } from "../../kernels/kv_append.ts";
 import { createLayerNorm } from "../../kernels/layernorm.ts";
-import { createMatmul } from "../../kernels/matmul.ts";
+import { createLinear } from "../../kernels/matmul_quant.ts";
 import { createIm2col } from "../../kernels/patches.ts";
 import { createRmsNorm } from "../../kernels/rmsnorm.ts";
 import { createRope } from "../../kernels/rope.ts";
@@ -36,7 +36,7 @@ import type { Gpu } from "../device/gpu.ts";
  */
 export function createKernels(gpu: Gpu) {
   return awaitAll({
-    matmul: createMatmul(gpu),
+    matmul: createLinear(gpu),
     embedding: createEmbedding(gpu),
     rmsNorm: createRmsNorm(gpu),
     layerNorm: createLayerNorm(gpu),
