@@ -17,6 +17,7 @@ import {
   ggufVocabFromTokenizerJson,
 } from "../runtime/io/gguf_convert.ts";
 import { openGgufCheckpoint } from "../runtime/io/gguf_checkpoint.ts";
+import { weightBytes } from "../runtime/core/weight_bytes.ts";
 import { tokenizerFromPieces } from "../runtime/text/sentencepiece.ts";
 import type { GpuBackend } from "../runtime/webgpu/gpu_backend.ts";
 import { loadTokenizer } from "../runtime/text/tokenizer.ts";
@@ -142,6 +143,12 @@ Deno.test("loadModel() of Q8_0 and Q4_0 GGUF files stays close to F16 (logits NM
       const checkpoint = await openGgufCheckpoint(dirs[1]);
       assert.equal(checkpoint.tensors.get("layers.0.wq")?.storedType, "Q8_0");
       assert.equal(checkpoint.tensors.get("norm")?.storedType, "F32");
+      // The cost model's weight bytes are the bytes the converter wrote.
+      for (const [dir, type] of [[dirs[0], "f16"], [dirs[1], "q8_0"], [dirs[2], "q4_0"]] as const) {
+        const opened = await openGgufCheckpoint(dir);
+        const stored = [...opened.tensors.values()].reduce((sum, t) => sum + t.byteLength, 0);
+        assert.equal(stored, weightBytes(opened.config, type).text, type);
+      }
     });
   } finally {
     for (const dir of dirs) await Deno.remove(dir, { recursive: true });

@@ -8,24 +8,21 @@
  * Files, for `out = DIR/NAME.gguf`: `DIR/NAME.gguf` (text), `DIR/mmproj-NAME.gguf` (when the
  * checkpoint has a vision tower), `DIR/predictors-NAME.gguf` (when it has predictors).
  *
- * Weight types of the text model's matrices (vectors are always F32):
- * - `f16`: F16. `q8_0`, `q4_0`: that type for every matrix (as llama.cpp's `--pure`).
- * - `q4_k_m`: Q4_K, with Q6_K for `output.weight` and for `attn_v` / `ffn_down` of the layers
- *   llama.cpp gives more bits (the first and last eighth, and every third between).
- * A matrix whose rows are not a whole number of blocks falls back to Q8_0 (32-element blocks),
- * then F16.
+ * Weight types of the text model's matrices: `textMatrixType` (runtime/core/weight_bytes.ts);
+ * vectors are always F32.
  * @module
  */
 import { basename, dirname, join } from "node:path";
 import type { ModelConfig } from "../core/config.ts";
 import { CheckpointError } from "../core/errors.ts";
-import { ggmlBlock, type GgmlType, quantize } from "../core/ggml_quants.ts";
+import { type GgmlType, quantize } from "../core/ggml_quants.ts";
+import { textMatrixType, type WeightType } from "../core/weight_bytes.ts";
 import type { Checkpoint } from "./checkpoint.ts";
 import { GGUF_ARCHITECTURES, ggufFileOf, ggufTensorName, permutedHeads, permuteRows } from "./gguf_llava.ts";
 import { type GgufKeyValue, type GgufTensorHeader, writeGgufFile } from "./gguf_write.ts";
 
 /** Weight type of a conversion. */
-export type GgufConvertType = "f16" | "q8_0" | "q4_0" | "q4_k_m";
+export type GgufConvertType = WeightType;
 
 /** `general.file_type` values (llama.cpp's `llama_ftype`). */
 const FILE_TYPES: Record<GgufConvertType, number> = { f16: 1, q4_0: 2, q8_0: 7, q4_k_m: 15 };
@@ -93,26 +90,6 @@ export function ggufVocabFromTokenizerJson(text: string, where: string): GgufVoc
   });
   const idOf = (piece: string, fallback: number) => model.vocab![piece] ?? fallback;
   return { tokens, scores, types, unkId: idOf("<unk>", 0), bosId: idOf("<s>", 1), eosId: idOf("</s>", 2) };
-}
-
-/** The GGML type a text-model matrix gets under `type`, from its canonical name and row length. */
-export function textMatrixType(
-  canonical: string,
-  options: { type: GgufConvertType; rowLength: number; numLayers: number },
-): GgmlType {
-  const { type, rowLength, numLayers } = options;
-  let wanted: GgmlType = ({ f16: "F16", q8_0: "Q8_0", q4_0: "Q4_0", q4_k_m: "Q4_K" } as const)[type];
-  if (type === "q4_k_m") {
-    const layer = Number(canonical.match(/^layers\.(\d+)\.(wv|w_down)$/)?.[1] ?? -1);
-    const eighth = Math.floor(numLayers / 8);
-    const moreBits = layer >= 0 &&
-      (layer < eighth || layer >= Math.floor((7 * numLayers) / 8) || (layer - eighth) % 3 === 2);
-    if (canonical === "lm_head" || moreBits) wanted = "Q6_K";
-  }
-  for (const candidate of [wanted, "Q8_0", "F16"] as GgmlType[]) {
-    if (rowLength % ggmlBlock(candidate).elements === 0) return candidate;
-  }
-  return "F16";
 }
 
 /** Options of {@link convertToGguf}. */
