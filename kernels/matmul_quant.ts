@@ -222,12 +222,12 @@ export interface QuantMatmulKernel {
  * const gpu = await createGpu();
  * const buffers = new BufferSet(gpu);
  * const matmul = await createQuantMatmul(gpu);
- * const w = new Float32Array(2 * 32).fill(1); // two rows of 32 ones: exact in Q8_0
+ * const w = new Float32Array(2 * 32).fill(127); // d = 127 / 127 = 1, q = 127: exact in Q8_0
  * const weight = uploadQuantWeight(buffers, quantize("Q8_0", w), { rows: 2, cols: 32, type: "Q8_0", label: "w" });
  * const x = buffers.upload(new Float32Array(32).fill(0.5), "x");
  * const out = buffers.storage(2 * 4, "out");
  * gpu.submit(matmul.bind(buffers, { x, weight, out, rows: 1 }));
- * assert.deepEqual([...new Float32Array(await gpu.read(out, 0, 8))], [16, 16]);
+ * assert.deepEqual([...new Float32Array(await gpu.read(out, 0, 8))], [2032, 2032]);
  * buffers.destroy();
  * gpu.destroy();
  * ```

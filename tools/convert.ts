@@ -24,7 +24,7 @@ const TYPES: GgufConvertType[] = ["f16", "q8_0", "q4_0", "q4_k_m"];
  * ```ts
  * import assert from "node:assert/strict";
  * import { convertCommand } from "./convert.ts";
- * await assert.rejects(convertCommand(["--model", "x"]), /--out is required/);
+ * await assert.rejects(convertCommand(["--model", "x"]), /--out FILE.gguf is required/);
  * ```
  */
 export async function convertCommand(args: string[]): Promise<string[]> {
