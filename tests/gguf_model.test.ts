@@ -19,7 +19,7 @@ import {
 import { openGgufCheckpoint } from "../runtime/io/gguf_checkpoint.ts";
 import { weightBytes } from "../runtime/core/weight_bytes.ts";
 import { tokenizerFromPieces } from "../runtime/text/sentencepiece.ts";
-import type { GpuBackend } from "../runtime/webgpu/gpu_backend.ts";
+import { createGpuBackend, type GpuBackend } from "../runtime/webgpu/gpu_backend.ts";
 import { loadTokenizer } from "../runtime/text/tokenizer.ts";
 import { ensureFixture, FIXTURES } from "../tools/make_fixtures.ts";
 import { nmse } from "./kernel_util.ts";
@@ -164,10 +164,6 @@ Deno.test("loadModel() of a Q8_0 GGUF: WebGPU, on the blocks as stored, equals t
       const request = { prompt: "What is in the picture?", image: IMAGE, policy: "dynamic" as const };
       const e = nmse(await gpu.logits(request), await cpu.logits(request));
       assert.ok(e < 1e-8, `logits NMSE ${e}`);
-      // Decoder matrices and lm_head stay in their Q8_0 blocks on the GPU (the embedding table: f32).
-      const stored = (gpu.backend as GpuBackend).weights.quantized;
-      assert.equal(stored.size, 4 * 7 + 1); // 4 layers of 7 matrices, lm_head
-      assert.ok([...stored.values()].every((w) => "type" in w && w.type === "Q8_0"));
       const r = { ...request, maxNewTokens: 6, stop: [] };
       const [a, b] = [await cpu.generate(r), await gpu.generate(r)];
       assert.deepEqual(b.tokens, a.tokens);
@@ -175,6 +171,17 @@ Deno.test("loadModel() of a Q8_0 GGUF: WebGPU, on the blocks as stored, equals t
     } finally {
       cpu.dispose();
       gpu.dispose();
+    }
+    // Decoder matrices and lm_head stay in their Q8_0 blocks on the GPU (the embedding table: f32).
+    const backend = await createGpuBackend(await openGgufCheckpoint(dir), {
+      weightDtype: "auto",
+    }) as GpuBackend;
+    try {
+      const stored = backend.weights.quantized;
+      assert.equal(stored.size, 4 * 7 + 1); // 4 layers of 7 matrices, lm_head
+      assert.ok([...stored.values()].every((w) => "type" in w && w.type === "Q8_0"));
+    } finally {
+      backend.dispose();
     }
   } finally {
     await Deno.remove(dir, { recursive: true });
