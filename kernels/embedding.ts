@@ -110,7 +110,9 @@ export async function createEmbedding(gpu: Gpu): Promise<EmbeddingKernel> {
       const { table, rows } = args;
       if (table.dtype !== dtype || table.textures) {
         throw new InputError(
-          `Cannot bind embedding: table is ${table.dtype}${table.textures ? " in textures" : ""}, kernel reads ${dtype} buffers`,
+          `Cannot bind embedding: table is ${table.dtype}${
+            table.textures ? " in textures" : ""
+          }, kernel reads ${dtype} buffers`,
           "embedding",
         );
       }

@@ -16,7 +16,7 @@ import {
 import { createEmbedding } from "../../kernels/embedding.ts";
 import { createKvAppend } from "../../kernels/kv_append.ts";
 import { createLayerNorm } from "../../kernels/layernorm.ts";
-import { createMatmul } from "../../kernels/matmul.ts";
+import { createLinear } from "../../kernels/matmul_quant.ts";
 import { createMatvecTexture } from "../../kernels/matvec_texture.ts";
 import { createIm2col } from "../../kernels/patches.ts";
 import {
@@ -35,7 +35,7 @@ export const KERNELS = {
   // decoder
   embedding: createEmbedding,
   rmsNorm: createRmsNorm,
-  matmul: createMatmul,
+  matmul: createLinear,
   matvecTexture: createMatvecTexture,
   rope: createRope,
   kvAppend: createKvAppend,
