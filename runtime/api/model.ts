@@ -12,11 +12,18 @@ import { type Checkpoint, openCheckpoint, readCheckpointTensor } from "../io/che
 import type { ModelConfig } from "../core/config.ts";
 import { createCpuBackend } from "../cpu/cpu_backend.ts";
 import { logSoftmaxAt } from "../core/cpu_ops.ts";
-import { InputError } from "../core/errors.ts";
+import { CheckpointError, InputError } from "../core/errors.ts";
 import { type GenerateEvent, type GenerateResult, runGeneration } from "../engine/generate.ts";
+import {
+  type GenerateRequest,
+  type ImageInput,
+  type RequestLimits,
+  validateRequest,
+} from "../engine/request.ts";
+export type { GenerateRequest, ImageInput } from "../engine/request.ts";
 import { createGpuBackend } from "../webgpu/gpu_backend.ts";
-import { decodeVideoFrames, type RgbImage } from "../image/image_decode.ts";
-import type { Policy, PolicyModelInfo, PolicyPlan } from "../core/policy.ts";
+import { decodeVideoFrames, DEFAULT_MAX_PIXELS } from "../image/image_decode.ts";
+import { checkedPlan, type PolicyModelInfo, type PolicyPlan } from "../core/policy.ts";
 import { resolvePolicy } from "../core/policies.ts";
 import { loadPredictors } from "../core/predictors.ts";
 import { preprocessImage } from "../image/preprocess.ts";
@@ -35,32 +42,26 @@ export interface LoadOptions {
    * f16 where the device has shader-f16; "f16" or "f32" force it.
    */
   weightDtype?: "auto" | "f16" | "f32";
+  /**
+   * Scan every weight for NaN and ±Inf while loading (reads each tensor once more; off by default).
+   * A non-finite weight is a CheckpointError naming the tensor and its file.
+   */
+  checkTensors?: boolean;
+  /**
+   * Refuse images and video frames with more pixels than this, before decoding (default
+   * 16,777,216 = 4096²). Counts a GIF's logical screen, not only its first frame.
+   */
+  maxImagePixels?: number;
 }
 
-/** An image: encoded bytes (PNG, JPEG, WebP, GIF, BMP) or decoded RGB. */
-export type ImageInput = Uint8Array | RgbImage;
-
-/** A generation request (DESIGN §2). */
-export interface GenerateRequest {
-  /** User prompt, formatted with the llava_v1 template (`<image>` first when images are given). */
-  prompt?: string;
-  /** Raw ids instead of `prompt`; -200 marks each image. */
-  inputIds?: number[];
-  /** One image or several (one per marker). */
-  image?: ImageInput | ImageInput[];
-  /** A video: `frames` evenly spaced frames, each one image. */
-  video?: { data: Uint8Array; frames: number };
-  maxNewTokens?: number;
-  /** ≤ 0 = greedy (default 0). */
-  temperature?: number;
-  topP?: number;
-  seed?: number;
-  /** Stop ids; default [`</s>`]; [] never stops early. */
-  stop?: number[];
-  signal?: AbortSignal;
-  policy?: "dense" | "dynamic" | "fastv" | Policy;
-  /** false = the paper's no-cache decoding (recompute the context every step). Default true. */
-  kvCache?: boolean;
+/** Options of {@link Model.generateBatch}. */
+export interface BatchOptions {
+  /**
+   * true: never reject; return each request's outcome (`{ status: "fulfilled", value }` or
+   * `{ status: "rejected", reason }`), the bad ones refused before any work. false (default):
+   * reject with the first failure (a request refused by validation stops the batch before any work).
+   */
+  settle?: boolean;
 }
 
 /** A running `generate()`: await it for the result, or iterate it for streamed tokens. */
@@ -110,21 +111,46 @@ export class Model {
   readonly config: ModelConfig;
   readonly tokenizer: Tokenizer;
   readonly backend: Backend;
+  /** What a request may ask of this model (checked by {@link validateRequest} before any work). */
+  readonly limits: Readonly<RequestLimits>;
   readonly #policyInfo: PolicyModelInfo;
+  readonly #maxImagePixels: number;
   #queue: Promise<unknown> = Promise.resolve();
   #disposed = false;
 
   /** Use {@link loadModel}. */
-  constructor(config: ModelConfig, tokenizer: Tokenizer, backend: Backend, policyInfo: PolicyModelInfo) {
+  constructor(
+    config: ModelConfig,
+    tokenizer: Tokenizer,
+    backend: Backend,
+    policyInfo: PolicyModelInfo,
+    options: { maxImagePixels?: number } = {},
+  ) {
     this.config = config;
     this.tokenizer = tokenizer;
     this.backend = backend;
     this.#policyInfo = policyInfo;
+    this.#maxImagePixels = options.maxImagePixels ?? DEFAULT_MAX_PIXELS;
+    this.limits = {
+      vocabSize: config.text.vocabSize,
+      maxPositions: config.text.maxPositions,
+      tokensPerImage: config.vision?.tokensPerImage ?? 0,
+      hasVision: config.vision !== null,
+      maxPromptChars: config.text.maxPositions * longestTokenChars(tokenizer),
+    };
   }
 
-  /** Plans a policy for this model (throws PolicyError when it cannot run here). */
+  /**
+   * Plans a policy for this model (throws PolicyError when it cannot run here). A user policy's
+   * plan is checked, and so is every row selection it makes (indices in range, ascending, text
+   * rows and the last row kept).
+   */
   planPolicy(policy: GenerateRequest["policy"] = "dense"): PolicyPlan {
-    return resolvePolicy(policy).plan(this.#policyInfo);
+    const resolved = resolvePolicy(policy);
+    return checkedPlan(resolved.plan(this.#policyInfo), {
+      numLayers: this.config.text.numLayers,
+      name: resolved.name,
+    });
   }
 
   /**
@@ -139,7 +165,13 @@ export class Model {
    * ```
    */
   generate(request: GenerateRequest): GenerateRun {
-    return new GenerateRun((emit) => this.#exclusive(() => this.#generate(request, emit)));
+    let checked: GenerateRequest;
+    try {
+      checked = validateRequest(request, "", { limits: this.limits });
+    } catch (err) {
+      return new GenerateRun(() => Promise.reject(err));
+    }
+    return new GenerateRun((emit) => this.#exclusive(() => this.#generate(checked, emit)));
   }
 
   /**
@@ -154,10 +186,34 @@ export class Model {
    * model.dispose();
    * ```
    */
-  generateBatch(requests: GenerateRequest[]): Promise<GenerateResult[]> {
+  generateBatch(requests: GenerateRequest[], options?: { settle?: false }): Promise<GenerateResult[]>;
+  /** With `settle: true`: each request's outcome, in order; never rejects for one bad request. */
+  generateBatch(
+    requests: GenerateRequest[],
+    options: { settle: true },
+  ): Promise<PromiseSettledResult<GenerateResult>[]>;
+  generateBatch(
+    requests: GenerateRequest[],
+    options: BatchOptions = {},
+  ): Promise<GenerateResult[] | PromiseSettledResult<GenerateResult>[]> {
     return this.#exclusive(async () => {
+      if (!Array.isArray(requests)) {
+        throw new InputError("Cannot generate: requests must be an array", "requests");
+      }
+      // Every request is validated before any of them runs.
+      const checked = requests.map((request, i) => {
+        try {
+          return { request: validateRequest(request, `requests[${i}]`, { limits: this.limits }) };
+        } catch (err) {
+          if (!options.settle) throw err;
+          return { error: err };
+        }
+      });
       // Every request finishes before the model takes the next call, even when one fails.
-      const settled = await Promise.allSettled(requests.map((request) => this.#generate(request, () => {})));
+      const settled = await Promise.allSettled(
+        checked.map((c) => (c.request ? this.#generate(c.request, () => {}) : Promise.reject(c.error))),
+      );
+      if (options.settle) return settled;
       const failed = settled.find((s) => s.status === "rejected");
       if (failed) throw (failed as PromiseRejectedResult).reason;
       return settled.map((s) => (s as PromiseFulfilledResult<GenerateResult>).value);
@@ -179,7 +235,10 @@ export class Model {
     request: Pick<GenerateRequest, "prompt" | "inputIds" | "image" | "video" | "policy">,
   ): Promise<Float32Array> {
     return this.#exclusive(() =>
-      this.#withSession(request, { maxNewTokens: 1, kvCache: true }, async (session) => {
+      this.#withSession(validateRequest(request, "", { limits: this.limits }), {
+        maxNewTokens: 1,
+        kvCache: true,
+      }, async (session) => {
         return (await session.prefill({ wantLogits: true })).logits!;
       })
     );
@@ -204,16 +263,21 @@ export class Model {
     },
   ): Promise<number[]> {
     return this.#exclusive(async () => {
-      const target = request.target;
+      const { target } = request;
+      if (!Array.isArray(target)) {
+        throw new InputError("Cannot score: target must be an array of ids", "target");
+      }
+      const { target: _target, ...rest } = request;
+      const checked = validateRequest(rest, "", { limits: this.limits });
       if (target.length === 0) throw new InputError("Cannot score: target is empty", "target");
       for (const [i, id] of target.entries()) {
         if (!Number.isInteger(id) || id < 0 || id >= this.config.text.vocabSize) {
           throw new InputError(`Cannot score: target id ${id} is outside the vocabulary`, `target[${i}]`);
         }
       }
-      const kvCache = request.kvCache ?? true;
+      const kvCache = checked.kvCache ?? true;
       return await this.#withSession(
-        request,
+        checked,
         { maxNewTokens: target.length + 1, kvCache },
         async (session, rows) => {
           if (rows.ids.length + target.length > this.config.text.maxPositions) {
@@ -279,13 +343,17 @@ export class Model {
 
   async #prepare(request: Pick<GenerateRequest, "prompt" | "inputIds" | "image" | "video" | "policy">) {
     const plan = this.planPolicy(request.policy);
-    const imageInputs = request.image === undefined
+    const imageInputs: ImageInput[] = request.image === undefined
       ? []
       : Array.isArray(request.image)
       ? [...request.image]
       : [request.image];
     if (request.video) {
-      imageInputs.push(...await decodeVideoFrames(request.video.data, { frames: request.video.frames }));
+      const frames = await decodeVideoFrames(request.video.data, {
+        frames: request.video.frames,
+        maxPixels: this.#maxImagePixels,
+      });
+      for (const frame of frames) imageInputs.push(frame);
     }
     if (imageInputs.length > 0 && !this.config.vision) {
       throw new InputError("Cannot use images: this checkpoint has no vision tower", "image");
@@ -314,7 +382,12 @@ export class Model {
       const pixels: Float32Array[] = [];
       for (const input of imageInputs) {
         pixels.push(
-          await preprocessImage(input, { imageSize: v.imageSize, mean: v.imageMean, std: v.imageStd }),
+          await preprocessImage(input, {
+            imageSize: v.imageSize,
+            mean: v.imageMean,
+            std: v.imageStd,
+            maxPixels: this.#maxImagePixels,
+          }),
         );
       }
       images = await this.backend.encodeImages(pixels);
@@ -365,10 +438,13 @@ async function localDir(path: string | URL): Promise<string> {
  * ```
  */
 export async function loadModel(path: string | URL, options: LoadOptions = {}): Promise<Model> {
+  checkLoadOptions(options);
   const dir = await localDir(path);
   const checkpoint = await openCheckpoint(dir);
   const tokenizer = await loadTokenizer(checkpoint.tokenizerPath);
   const config = checkpoint.config;
+  checkVocabularies(tokenizer, config, checkpoint.dir);
+  if (options.checkTensors) await checkFiniteTensors(checkpoint);
   const policyInfo: PolicyModelInfo = {
     numLayers: config.text.numLayers,
     sparse: config.sparse,
@@ -383,7 +459,68 @@ export async function loadModel(path: string | URL, options: LoadOptions = {}): 
       onProgress: options.onProgress,
       weightDtype: options.weightDtype ?? "auto",
     });
-  return new Model(config, tokenizer, backend, policyInfo);
+  return new Model(config, tokenizer, backend, policyInfo, { maxImagePixels: options.maxImagePixels });
+}
+
+function checkLoadOptions(options: LoadOptions): void {
+  const backend = options.backend ?? "webgpu";
+  if (backend !== "webgpu" && backend !== "cpu") {
+    throw new InputError(
+      `Cannot load: backend must be "webgpu" or "cpu", got ${JSON.stringify(backend)}`,
+      "backend",
+    );
+  }
+  const pixels = options.maxImagePixels;
+  if (pixels !== undefined && !(Number.isSafeInteger(pixels) && pixels > 0)) {
+    throw new InputError(
+      `Cannot load: maxImagePixels must be a positive integer, got ${pixels}`,
+      "maxImagePixels",
+    );
+  }
+}
+
+/**
+ * The tokenizer must not make ids the model cannot embed, and must cover the model's vocabulary up
+ * to the padding real checkpoints add (vocab_size rounded up to a multiple of 128 at most).
+ */
+function checkVocabularies(tokenizer: Tokenizer, config: ModelConfig, dir: string): void {
+  const model = config.text.vocabSize, ids = tokenizer.vocabSize;
+  if (ids > model) {
+    throw new CheckpointError(
+      `Cannot load checkpoint: the tokenizer has ${ids} ids, more than the model's vocab_size ${model}`,
+      dir,
+    );
+  }
+  if (model > Math.ceil(ids / 128) * 128) {
+    throw new CheckpointError(
+      `Cannot load checkpoint: the tokenizer has ${ids} ids, far fewer than the model's vocab_size ${model}`,
+      dir,
+    );
+  }
+}
+
+/** Reads every tensor once and refuses the checkpoint at the first NaN or ±Inf. */
+async function checkFiniteTensors(checkpoint: Checkpoint): Promise<void> {
+  for (const [name, t] of checkpoint.tensors) {
+    const values = await readCheckpointTensor(checkpoint, name);
+    for (let i = 0; i < values.length; i++) {
+      if (!Number.isFinite(values[i])) {
+        throw new CheckpointError(
+          `Cannot load checkpoint: tensor "${t.sourceName}" holds ${values[i]} at index ${i}`,
+          t.location.file.path,
+        );
+      }
+    }
+  }
+}
+
+/** Characters of the longest token string: no token covers more of a prompt than this. */
+function longestTokenChars(tokenizer: Tokenizer): number {
+  let longest = 1;
+  for (let id = 0; id < tokenizer.vocabSize; id++) {
+    longest = Math.max(longest, tokenizer.idToToken(id)?.length ?? 0);
+  }
+  return longest;
 }
 
 /** Reads every tensor as f32 into memory and builds the CPU backend. */

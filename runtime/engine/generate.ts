@@ -112,7 +112,10 @@ async function loop(
   let done = request.maxNewTokens === 0;
   const push = (token: number): boolean => {
     tokens.push(token);
-    const full = tokenizer.decode(tokens, { skipSpecialTokens: true });
+    // Ids of a padded vocabulary beyond the tokenizer's have no text (as in Hugging Face's decode).
+    const full = tokenizer.decode(tokens.filter((id) => id < tokenizer.vocabSize), {
+      skipSpecialTokens: true,
+    });
     const delta = full.endsWith("\uFFFD") ? "" : full.slice(text.length);
     if (!full.endsWith("\uFFFD")) text = full;
     emit({ token, text: delta });
