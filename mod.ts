@@ -16,6 +16,7 @@
  */
 export * from "./core.ts";
 export {
+  type BatchOptions,
   type GenerateRequest,
   GenerateRun,
   type ImageInput,
@@ -37,3 +38,4 @@ export { meteorScore, meteorScoreSync } from "./runtime/eval/meteor.ts";
 export { loadWordNet } from "./runtime/eval/wordnet.ts";
 export { encodeWithImages, formatLlavaV1 } from "./runtime/text/template.ts";
 export { openCheckpoint } from "./runtime/io/checkpoint.ts";
+export { type RequestLimits, type ValidateOptions, validateRequest } from "./runtime/engine/request.ts";

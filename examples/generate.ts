@@ -17,6 +17,7 @@ import {
   InputError,
   loadModel,
   type Policy,
+  validateRequest,
 } from "../mod.ts";
 
 /** Builds the policy the flags ask for. */
@@ -124,6 +125,8 @@ async function main(): Promise<void> {
     topP: numberFlag(values, "top-p"),
     seed: numberFlag(values, "seed"),
   };
+  // The same checks as generate(), before the model is loaded (a bad flag fails at once).
+  validateRequest({ prompt: values.prompt ?? "", ...sampling }, "flags");
   if (values.demo) {
     console.error("demo checkpoint: tiny model with RANDOM weights — the text is gibberish by design");
   }

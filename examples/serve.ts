@@ -7,13 +7,21 @@
  * - `POST /generate` with JSON `{ prompt | inputIds, image?: base64 | base64[], maxNewTokens?, temperature?,
  *   topP?, seed?, stop?, policy?: "dense" | "dynamic" | "fastv", kvCache?, stream? }` → the result as JSON,
  *   or with `stream: true` server-sent events: one `token` event per token (`{ token, text }`), then a
- *   `result` event. Bad requests answer 400 with `{ error, where }`.
+ *   `result` event. Bad requests (every field is checked as `generate()` checks it, bodies over 64 MiB
+ *   are refused unread) answer 400 with `{ error, where }`.
  * Requests are served one at a time by the model's own queue.
  * @module
  */
 import { parseArgs } from "node:util";
 import { Buffer } from "node:buffer";
-import { DynllavaError, type GenerateRequest, InputError, loadModel, type Model } from "../mod.ts";
+import {
+  DynllavaError,
+  type GenerateRequest,
+  InputError,
+  loadModel,
+  type Model,
+  validateRequest,
+} from "../mod.ts";
 
 /** Body of `POST /generate`. */
 export interface GenerateBody extends Omit<GenerateRequest, "image" | "video" | "signal" | "policy"> {
@@ -22,9 +30,16 @@ export interface GenerateBody extends Omit<GenerateRequest, "image" | "video" | 
   stream?: boolean;
 }
 
-function toRequest(body: GenerateBody, signal: AbortSignal): GenerateRequest {
-  if (typeof body !== "object" || body === null) {
+/** Largest request body accepted, in bytes (base64 images included). */
+const MAX_BODY_BYTES = 64 * 1024 * 1024;
+
+/** Checks the body like `generate()` does (one validator for every entry point) and decodes images. */
+function toRequest(body: GenerateBody, model: Model, signal: AbortSignal): GenerateRequest {
+  if (typeof body !== "object" || body === null || Array.isArray(body)) {
     throw new InputError("Cannot serve: the body is not a JSON object", "body");
+  }
+  if (body.stream !== undefined && typeof body.stream !== "boolean") {
+    throw new InputError("Cannot serve: stream must be true or false", "stream");
   }
   const images = body.image === undefined ? [] : Array.isArray(body.image) ? body.image : [body.image];
   const decoded = images.map((text, i) => {
@@ -34,7 +49,29 @@ function toRequest(body: GenerateBody, signal: AbortSignal): GenerateRequest {
     return new Uint8Array(Buffer.from(text, "base64"));
   });
   const { stream: _stream, image: _image, ...rest } = body;
-  return { ...rest, image: decoded.length > 0 ? decoded : undefined, signal };
+  const raw = { ...rest, image: decoded.length > 0 ? decoded : undefined, signal };
+  if (raw.image === undefined) delete raw.image;
+  return validateRequest(raw, "", { limits: model.limits });
+}
+
+/** Reads the body as JSON, refusing more than {@link MAX_BODY_BYTES} without reading it all. */
+async function readBody(request: Request): Promise<GenerateBody> {
+  const declared = Number(request.headers.get("content-length") ?? 0);
+  const tooLarge = () =>
+    new InputError(`Cannot serve: the body is larger than ${MAX_BODY_BYTES} bytes`, "body");
+  if (declared > MAX_BODY_BYTES) throw tooLarge();
+  const chunks: Uint8Array[] = [];
+  let size = 0;
+  for await (const chunk of request.body ?? []) {
+    size += chunk.length;
+    if (size > MAX_BODY_BYTES) throw tooLarge();
+    chunks.push(chunk);
+  }
+  try {
+    return JSON.parse(new TextDecoder().decode(await new Blob(chunks as BlobPart[]).arrayBuffer()));
+  } catch {
+    throw new InputError("Cannot serve: the body is not valid JSON", "body");
+  }
 }
 
 function json(value: unknown, status = 200): Response {
@@ -69,13 +106,8 @@ export function createHandler(model: Model): (request: Request) => Promise<Respo
     }
     if (request.method !== "POST" || url.pathname !== "/generate") return json({ error: "not found" }, 404);
     try {
-      let body: GenerateBody;
-      try {
-        body = await request.json();
-      } catch {
-        throw new InputError("Cannot serve: the body is not valid JSON", "body");
-      }
-      const run = model.generate(toRequest(body, request.signal));
+      const body = await readBody(request);
+      const run = model.generate(toRequest(body, model, request.signal));
       if (!body.stream) return json(await run);
       const encoder = new TextEncoder();
       const events = new ReadableStream<Uint8Array>({

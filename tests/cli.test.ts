@@ -79,3 +79,10 @@ Deno.test("tools/device_check.ts --shape tiny writes the bench and check reports
     await Deno.remove(out, { recursive: true });
   }
 });
+
+Deno.test("generate.ts refuses a bad flag value with the request validator, before loading the model", async () => {
+  const { code, stderr } = await generate("--demo", "--backend", "cpu", "--top-p", "3");
+  assert.equal(code, 2);
+  assert.match(stderr, /InputError: Cannot generate: topP must be in \(0, 1\], got 3 \(flags.topP\)/);
+  assert.doesNotMatch(stderr, /RANDOM weights/);
+});

@@ -40,10 +40,18 @@ Deno.test("loadModel() refuses config values no real model has, naming the key",
     ["llama-f32", (c) => (c.rms_norm_eps = -1), /"rms_norm_eps" must be above 0, got -1/],
     ["llama-f32", (c) => (c.rms_norm_eps = 0), /"rms_norm_eps" must be above 0/],
     ["llama-f32", (c) => (c.rope_theta = 0), /"rope_theta" must be above 0/],
-    ["llama-f32", (c) => (c.max_position_embeddings = 1e15), /"max_position_embeddings" .* larger than any real/],
+    [
+      "llama-f32",
+      (c) => (c.max_position_embeddings = 1e15),
+      /"max_position_embeddings" .* larger than any real/,
+    ],
     ["llama-f32", (c) => (c.hidden_size = 2 ** 30), /"hidden_size" .* larger than any real/],
     ["llama-f32", (c) => (c.eos_token_id = 99999), /eos_token_id 99999 is outside the vocabulary/],
-    ["llava-f32-dyn", (c) => ((c.sparse_config as Record<string, unknown>).sparse_layer = -1), /sparse_layer -1/],
+    [
+      "llava-f32-dyn",
+      (c) => ((c.sparse_config as Record<string, unknown>).sparse_layer = -1),
+      /sparse_layer -1/,
+    ],
     ["llava-f32-dyn", (c) => ((c.sparse_config as Record<string, unknown>).sparse_layer = 4), /not below/],
   ];
   for (const [name, edit, pattern] of cases) {
@@ -87,7 +95,9 @@ Deno.test("loadModel() refuses a tokenizer far smaller than vocab_size", async (
       added_tokens: [{ id: 1, content: "<s>", special: true }, { id: 2, content: "</s>", special: true }],
       model: {
         type: "BPE",
-        vocab: Object.fromEntries(Array.from({ length: 300 }, (_, i) => [i < 3 ? ["<unk>", "<s>", "</s>"][i] : `t${i}`, i])),
+        vocab: Object.fromEntries(
+          Array.from({ length: 300 }, (_, i) => [i < 3 ? ["<unk>", "<s>", "</s>"][i] : `t${i}`, i]),
+        ),
         merges: [],
       },
     }),

@@ -104,7 +104,10 @@ Deno.test("a hostile shard index reads nothing outside the checkpoint's folder a
     );
   }
   assert.equal(s.server.hits.get("/secret.txt"), undefined);
-  assert.ok([...s.server.hits.keys()].every((path) => path.startsWith("/ckpt/")), [...s.server.hits.keys()].join());
+  assert.ok(
+    [...s.server.hits.keys()].every((path) => path.startsWith("/ckpt/")),
+    [...s.server.hits.keys()].join(),
+  );
   for (const file of await cachedFiles(s.cache)) {
     assert.ok(!(await Deno.readTextFile(file).catch(() => "")).includes("SECRET"), file);
   }
@@ -114,17 +117,23 @@ Deno.test("a hostile shard index reads nothing outside the checkpoint's folder a
 Deno.test("a web page or a truncated body is never cached: the next load with a good server works", async () => {
   await using s = await setup();
   const breakages: [string, Override][] = [
-    ["web page for config.json", (path) =>
-      path === "/ckpt/config.json"
-        ? new Response("<html>login</html>", { headers: { "content-type": "text/html" } })
-        : null],
+    [
+      "web page for config.json",
+      (path) =>
+        path === "/ckpt/config.json"
+          ? new Response("<html>login</html>", { headers: { "content-type": "text/html" } })
+          : null,
+    ],
     ["invalid JSON config", (path) => (path === "/ckpt/config.json" ? new Response("{ not json") : null)],
-    ["truncated shard without Content-Length", (path, file) =>
-      path === SHARD
-        ? new Response(new Blob([file!.subarray(0, file!.length - 10)]).stream(), {
-          headers: { "content-type": "application/octet-stream" },
-        })
-        : null],
+    [
+      "truncated shard without Content-Length",
+      (path, file) =>
+        path === SHARD
+          ? new Response(new Blob([file!.subarray(0, file!.length - 10)]).stream(), {
+            headers: { "content-type": "application/octet-stream" },
+          })
+          : null,
+    ],
     ["HTTP 500", (path) => (path === SHARD ? new Response("oops", { status: 500 }) : null)],
   ];
   for (const [what, breakage] of breakages) {
@@ -148,7 +157,10 @@ Deno.test("sha256 sums from a .sha256 file, an ETag or the index are checked", a
   const shardName = SHARD.slice("/ckpt/".length);
   const cases: [Override, boolean][] = [
     [(path) => (path === `${SHARD}.sha256` ? new Response(`${wrong}  ${shardName}\n`) : null), false],
-    [(path, file) => (path === SHARD ? new Response(file, { headers: { etag: `"${wrong}"` } }) : null), false],
+    [
+      (path, file) => (path === SHARD ? new Response(file, { headers: { etag: `"${wrong}"` } }) : null),
+      false,
+    ],
     [(path) => (path === INDEX ? Response.json({ ...index, sha256: { [shardName]: wrong } }) : null), false],
     [(path) => (path === `${SHARD}.sha256` ? new Response(`${good}  ${shardName}\n`) : null), true],
   ];

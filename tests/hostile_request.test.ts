@@ -103,7 +103,10 @@ Deno.test("generate() refuses a 1,000,000-character and a 50 MB prompt before to
       InputError,
     );
     // Many image markers in a text-only model's prompt: typed, not a stack overflow.
-    await assert.rejects(model.generate({ prompt: "<image>".repeat(4000), maxNewTokens: 1 }).result, InputError);
+    await assert.rejects(
+      model.generate({ prompt: "<image>".repeat(4000), maxNewTokens: 1 }).result,
+      InputError,
+    );
     assert.equal(sessions(), 0);
   } finally {
     model.dispose();
@@ -128,7 +131,9 @@ Deno.test("generateBatch() refuses a bad request before any work, or with settle
     const alone = await model.generate(good("Three"));
     assert.deepEqual((settled[2] as PromiseFulfilledResult<{ tokens: number[] }>).value.tokens, alone.tokens);
     // A failure during the run (an image for a text-only model) is settled too.
-    const late = await model.generateBatch([good("A"), { prompt: "B", image: new Uint8Array(3) }], { settle: true });
+    const late = await model.generateBatch([good("A"), { prompt: "B", image: new Uint8Array(3) }], {
+      settle: true,
+    });
     assert.deepEqual(late.map((s) => s.status), ["fulfilled", "rejected"]);
   } finally {
     model.dispose();
@@ -164,7 +169,11 @@ Deno.test("a policy whose selectRows returns [999, -1] or drops a text row is re
       );
     }
     await assert.rejects(
-      model.generate({ prompt: "Hi", maxNewTokens: 1, policy: policy((k) => k.map((_, i) => i), { pruneLayer: 99 }) })
+      model.generate({
+        prompt: "Hi",
+        maxNewTokens: 1,
+        policy: policy((k) => k.map((_, i) => i), { pruneLayer: 99 }),
+      })
         .result,
       (err) => err instanceof PolicyError && /pruneLayer 99/.test(err.message),
     );

@@ -37,11 +37,42 @@ Deno.test("createHandler() serves JSON and streamed results equal to generate(),
     const bad = await handler(post({ inputIds: [1, 99999] }));
     assert.equal(bad.status, 400);
     assert.deepEqual(await bad.json(), {
-      error: "Cannot build prompt: id 99999 at index 1 is outside the vocabulary (0..31999)",
+      error: "Cannot generate: token id 99999 is not an integer in 0..31999",
       where: "inputIds[1]",
     });
     assert.equal((await handler(post("{nope"))).status, 400);
     assert.equal((await handler(new Request("http://localhost/other"))).status, 404);
+  } finally {
+    model.dispose();
+  }
+});
+
+Deno.test("createHandler() answers 400 naming the field for mistyped fields, and refuses oversized bodies unread", async () => {
+  const model = await loadModel(new URL("../assets/demo/", import.meta.url), { backend: "cpu" });
+  try {
+    const handler = createHandler(model);
+    const cases: [unknown, string][] = [
+      [{ prompt: "Hi", temperature: "hot" }, "temperature"],
+      [{ prompt: "Hi", seed: "abc" }, "seed"],
+      [{ prompt: "Hi", kvCache: "no" }, "kvCache"],
+      [{ prompt: "Hi", stop: ["</s>"] }, "stop[0]"],
+      [{ prompt: "Hi", stream: "yes" }, "stream"],
+      [{ prompt: "a".repeat(2_000_000) }, "prompt"],
+      [[1, 2], "body"],
+    ];
+    for (const [body, where] of cases) {
+      const response = await handler(post(body));
+      assert.equal(response.status, 400, where);
+      assert.equal((await response.json()).where, where);
+    }
+    const huge = new Request("http://localhost/generate", {
+      method: "POST",
+      headers: { "content-length": String(65 * 1024 * 1024) },
+      body: new ReadableStream({ start: (c) => c.close() }),
+    });
+    const refused = await handler(huge);
+    assert.equal(refused.status, 400);
+    assert.match((await refused.json()).error, /larger than 67108864 bytes/);
   } finally {
     model.dispose();
   }
