@@ -183,6 +183,12 @@ export class Model {
    * const model = await loadModel(new URL("../../assets/demo/", import.meta.url), { backend: "cpu" });
    * const results = await model.generateBatch([{ prompt: "Hi", maxNewTokens: 2 }, { prompt: "Yo", maxNewTokens: 2 }]);
    * console.log(results.length); // 2
+   * // settle: each request's outcome; the bad one is refused before any work, the others run.
+   * const settled = await model.generateBatch(
+   *   [{ prompt: "Hi", maxNewTokens: 2 }, { prompt: "Yo", temperature: "hot" as unknown as number }],
+   *   { settle: true },
+   * );
+   * console.log(settled.map((s) => s.status)); // ["fulfilled", "rejected"]
    * model.dispose();
    * ```
    */
@@ -435,6 +441,8 @@ async function localDir(path: string | URL): Promise<string> {
  * const model = await loadModel(new URL("../../assets/demo/", import.meta.url), { backend: "cpu" });
  * console.log(model.config.layout); // "llava_llama"
  * model.dispose();
+ * // checkTensors: every weight scanned for NaN/Inf while loading.
+ * (await loadModel(new URL("../../assets/demo/", import.meta.url), { backend: "cpu", checkTensors: true })).dispose();
  * ```
  */
 export async function loadModel(path: string | URL, options: LoadOptions = {}): Promise<Model> {
