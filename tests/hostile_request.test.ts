@@ -189,3 +189,32 @@ Deno.test("a policy whose selectRows returns [999, -1] or drops a text row is re
     model.dispose();
   }
 });
+
+Deno.test("a policy selecting rows out of range is the same PolicyError on WebGPU as on the CPU", async () => {
+  const dir = await ensureFixture("llava-f32-dyn");
+  const image = { width: 8, height: 8, data: new Uint8Array(192).fill(90) };
+  const messages: string[] = [];
+  for (const backend of ["cpu", "webgpu"] as const) {
+    const model = await loadModel(dir, { backend });
+    const policy: Policy = {
+      name: "hostile",
+      plan: () => ({
+        pruneLayer: 1,
+        needs: { visionScores: false, textLogits: false, lastRowAttention: false },
+        selectRows: () => [999, -1],
+        admission: "all",
+        admitLayer: model.config.text.numLayers,
+        admit: () => true,
+      }),
+    };
+    try {
+      await assert.rejects(
+        model.generate({ prompt: "Hi", image, maxNewTokens: 2, policy }).result,
+        (err) => err instanceof PolicyError && messages.push(err.message) > 0,
+      );
+    } finally {
+      model.dispose();
+    }
+  }
+  assert.equal(messages[0], messages[1]);
+});
