@@ -293,7 +293,9 @@ export class Model {
             const first = await session.prefill({ wantLogits: true });
             const lp = [logSoftmaxAt(first.logits!, target[0])];
             if (target.length > 1) {
-              lp.push(...(await session.decode(target.length - 1, { forced: target })).logProbs!);
+              for (const value of (await session.decode(target.length - 1, { forced: target })).logProbs!) {
+                lp.push(value);
+              }
             }
             return lp;
           }

@@ -238,7 +238,14 @@ function etagSha256(response: Response): string | undefined {
 
 /** The sha256 in `<file>.sha256` beside it (first word, as `sha256sum` writes), if served. */
 async function sidecarSha256(url: URL): Promise<string | undefined> {
-  const response = await fetchOrNull(new URL(`${url.href}.sha256`));
+  let response: Response | null;
+  try {
+    response = await fetchOrNull(new URL(`${url.href}.sha256`));
+  } catch (err) {
+    // A host answering every path with a web page (a single-page-app fallback) has no sidecar.
+    if (err instanceof CheckpointError && /web page/.test(err.message)) return undefined;
+    throw err;
+  }
   if (!response) return undefined;
   const text = (await response.text()).slice(0, 4096).trim().split(/\s+/)[0].toLowerCase();
   if (!/^[0-9a-f]{64}$/.test(text)) {
