@@ -349,6 +349,7 @@ export class Model {
     return next;
   }
 
+  /** Turns a validated request into prompt rows, image features and a plan. */
   async #prepare(request: Pick<GenerateRequest, "prompt" | "inputIds" | "image" | "video" | "policy">) {
     const plan = this.planPolicy(request.policy);
     const imageInputs: ImageInput[] = request.image === undefined
@@ -363,20 +364,9 @@ export class Model {
       });
       for (const frame of frames) imageInputs.push(frame);
     }
-    if (imageInputs.length > 0 && !this.config.vision) {
-      throw new InputError("Cannot use images: this checkpoint has no vision tower", "image");
-    }
-    let ids: number[];
-    if (request.inputIds) {
-      if (request.prompt !== undefined) {
-        throw new InputError("Cannot generate: give prompt or inputIds, not both", "prompt");
-      }
-      ids = request.inputIds;
-    } else if (typeof request.prompt === "string") {
-      ids = encodeWithImages(this.tokenizer, formatLlavaV1(request.prompt, { images: imageInputs.length }));
-    } else {
-      throw new InputError("Cannot generate: prompt or inputIds is required", "prompt");
-    }
+    // The request was checked by validateRequest: prompt xor inputIds, images only with a tower.
+    const ids = request.inputIds ??
+      encodeWithImages(this.tokenizer, formatLlavaV1(request.prompt!, { images: imageInputs.length }));
     const rows = buildPromptRows(ids, {
       tokensPerImage: this.config.vision?.tokensPerImage ?? 0,
       images: imageInputs.length,
