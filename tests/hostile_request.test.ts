@@ -8,16 +8,16 @@ import { InputError, loadModel, type Model, type Policy, PolicyError, type Polic
 import { validateRequest } from "../runtime/engine/request.ts";
 import { ensureFixture } from "../tools/make_fixtures.ts";
 
-/** Loads `name` on the CPU and counts the sessions its backend opens. */
-async function openCounting(name: string): Promise<{ model: Model; sessions: () => number }> {
+/** Loads `name` on the CPU and counts its tokenizer's encode calls (the first work a prompt gets). */
+async function openCounting(name: string): Promise<{ model: Model; encodes: () => number }> {
   const model = await loadModel(await ensureFixture(name), { backend: "cpu" });
-  let opened = 0;
-  const open = model.backend.openSession.bind(model.backend);
-  model.backend.openSession = (request) => {
-    opened++;
-    return open(request);
+  let calls = 0;
+  const encode = model.tokenizer.encode.bind(model.tokenizer);
+  model.tokenizer.encode = (text, options) => {
+    calls++;
+    return encode(text, options);
   };
-  return { model, sessions: () => opened };
+  return { model, encodes: () => calls };
 }
 
 const BAD_FIELDS: [Record<string, unknown>, string][] = [
@@ -65,8 +65,8 @@ Deno.test("validateRequest() names each bad field, with and without a prefix", (
   });
 });
 
-Deno.test("generate() refuses every bad field with InputError before opening a session", async () => {
-  const { model, sessions } = await openCounting("llava-f32-dyn");
+Deno.test("generate() refuses every bad field with InputError before any work", async () => {
+  const { model, encodes } = await openCounting("llava-f32-dyn");
   try {
     for (const [fields, where] of BAD_FIELDS) {
       await assert.rejects(
@@ -75,17 +75,17 @@ Deno.test("generate() refuses every bad field with InputError before opening a s
         JSON.stringify(Object.keys(fields)),
       );
     }
-    assert.equal(sessions(), 0);
+    assert.equal(encodes(), 0);
     const ok = await model.generate({ prompt: "Hi", maxNewTokens: 2, stop: [] });
     assert.equal(ok.tokens.length, 2);
-    assert.equal(sessions(), 1);
+    assert.equal(encodes(), 1);
   } finally {
     model.dispose();
   }
 });
 
 Deno.test("generate() refuses a 1,000,000-character and a 50 MB prompt before tokenizing, by the context", async () => {
-  const { model, sessions } = await openCounting("llama-f32");
+  const { model, encodes } = await openCounting("llama-f32");
   try {
     const maxChars = model.limits.maxPromptChars!;
     assert.ok(maxChars >= model.config.text.maxPositions && maxChars < 1_000_000, `${maxChars}`);
@@ -97,6 +97,7 @@ Deno.test("generate() refuses a 1,000,000-character and a 50 MB prompt before to
           err.message.includes(`the prompt has ${length} characters`),
       );
     }
+    assert.equal(encodes(), 0, "not tokenized");
     // Under the character budget but over the token budget: refused after tokenizing, still typed.
     await assert.rejects(
       model.generate({ prompt: "🦊".repeat(Math.floor(maxChars / 2) - 100), maxNewTokens: 1 }).result,
@@ -107,14 +108,13 @@ Deno.test("generate() refuses a 1,000,000-character and a 50 MB prompt before to
       model.generate({ prompt: "<image>".repeat(4000), maxNewTokens: 1 }).result,
       InputError,
     );
-    assert.equal(sessions(), 0);
   } finally {
     model.dispose();
   }
 });
 
 Deno.test("generateBatch() refuses a bad request before any work, or with settle returns each outcome", async () => {
-  const { model, sessions } = await openCounting("llama-f32");
+  const { model, encodes } = await openCounting("llama-f32");
   try {
     const good = (prompt: string) => ({ prompt, maxNewTokens: 3, stop: [] });
     const requests = [good("One"), { prompt: "Two", temperature: "hot" } as never, good("Three")];
@@ -122,10 +122,10 @@ Deno.test("generateBatch() refuses a bad request before any work, or with settle
       model.generateBatch(requests),
       (err) => err instanceof InputError && err.where === "requests[1].temperature",
     );
-    assert.equal(sessions(), 0, "nothing ran");
+    assert.equal(encodes(), 0, "nothing ran");
     const settled = await model.generateBatch(requests, { settle: true });
     assert.deepEqual(settled.map((s) => s.status), ["fulfilled", "rejected", "fulfilled"]);
-    assert.equal(sessions(), 2, "the bad request opened no session");
+    assert.equal(encodes(), 2, "the bad request was not even tokenized");
     const reason = (settled[1] as PromiseRejectedResult).reason;
     assert.ok(reason instanceof InputError && reason.where === "requests[1].temperature");
     const alone = await model.generate(good("Three"));
@@ -141,7 +141,7 @@ Deno.test("generateBatch() refuses a bad request before any work, or with settle
 });
 
 Deno.test("a policy whose selectRows returns [999, -1] or drops a text row is refused with PolicyError", async () => {
-  const { model } = await openCounting("llava-f32-dyn");
+  const model = await loadModel(await ensureFixture("llava-f32-dyn"), { backend: "cpu" });
   const numLayers = model.config.text.numLayers;
   const policy = (selectRows: PolicyPlan["selectRows"], extra: Partial<PolicyPlan> = {}): Policy => ({
     name: "hostile",

@@ -98,9 +98,10 @@ const INTERESTING_U32 = [0, 1, 0x7fffffff, 0x80000000, 0xffffffff, 0xffff, 0x100
  * Applies 1–4 random byte-level mutations to a copy of `bytes`.
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { mutateBytes, Random } from "./fuzz.ts";
- * const out = mutateBytes(new Uint8Array(32), new Random(1));
- * console.log(out instanceof Uint8Array);
+ * const seed = new Uint8Array(32);
+ * assert.deepEqual(mutateBytes(seed, new Random(1)), mutateBytes(seed, new Random(1))); // seeded
  * ```
  */
 export function mutateBytes(bytes: Uint8Array, random: Random): Uint8Array {
@@ -188,8 +189,11 @@ function hostileValue(random: Random): unknown {
  * hostile one, a key dropped or added.
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { mutateJson, Random } from "./fuzz.ts";
- * console.log(typeof mutateJson({ a: 1, b: { c: [1, 2] } }, new Random(3)));
+ * const seed = { a: 1, b: { c: [1, 2] } };
+ * assert.notDeepEqual(mutateJson(seed, new Random(3)), seed);
+ * assert.deepEqual(seed, { a: 1, b: { c: [1, 2] } }); // the seed is not modified
  * ```
  */
 export function mutateJson(value: unknown, random: Random): unknown {
@@ -395,9 +399,10 @@ async function makeHarness(family: FuzzFamily): Promise<Harness> {
  * Runs `options.iterations` seeded cases of one family and reports what escaped.
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { fuzzFamily } from "./fuzz.ts";
  * const report = await fuzzFamily("safetensors", { iterations: 20, seed: 1 });
- * console.log(report.findings.length); // 0
+ * assert.deepEqual(report.findings, []);
  * ```
  */
 export async function fuzzFamily(family: FuzzFamily, options: FuzzOptions): Promise<FuzzReport> {
@@ -464,9 +469,10 @@ export interface BombMeasure {
  * Builds each known bomb and measures its refusal.
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { measureBombs } from "./fuzz.ts";
  * const rows = await measureBombs();
- * console.log(rows.every((r) => r.outcome.startsWith("ImageError") || r.outcome.startsWith("InputError")));
+ * assert.ok(rows.every((r) => /^(ImageError|InputError)/.test(r.outcome)));
  * ```
  */
 export async function measureBombs(): Promise<BombMeasure[]> {

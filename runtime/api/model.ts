@@ -36,6 +36,7 @@ import { loadTokenizer, type Tokenizer } from "../text/tokenizer.ts";
 export interface LoadOptions {
   /** "webgpu" (default) or "cpu". */
   backend?: "webgpu" | "cpu";
+  /** Called as tensors load, with the bytes loaded so far. */
   onProgress?: (progress: LoadProgress) => void;
   /**
    * GPU weight storage: "auto" (default) keeps F32 checkpoints in f32 and stores F16/BF16 ones as
@@ -69,6 +70,7 @@ export class GenerateRun implements PromiseLike<GenerateResult>, AsyncIterable<G
   #events: GenerateEvent[] = [];
   #wake: (() => void) | null = null;
   #finished = false;
+  /** The run's result, resolved when generation ends. */
   readonly result: Promise<GenerateResult>;
 
   /** Starts `start`, which calls `emit` per token. */
@@ -83,6 +85,7 @@ export class GenerateRun implements PromiseLike<GenerateResult>, AsyncIterable<G
     this.result.catch(() => {});
   }
 
+  /** Awaiting the run awaits {@link GenerateRun.result}. */
   then<A = GenerateResult, B = never>(
     onFulfilled?: ((value: GenerateResult) => A | PromiseLike<A>) | null,
     onRejected?: ((reason: unknown) => B | PromiseLike<B>) | null,
@@ -90,6 +93,7 @@ export class GenerateRun implements PromiseLike<GenerateResult>, AsyncIterable<G
     return this.result.then(onFulfilled, onRejected);
   }
 
+  /** Streams one event per generated token, in order; rethrows the run's failure at the end. */
   async *[Symbol.asyncIterator](): AsyncIterator<GenerateEvent> {
     while (true) {
       if (this.#events.length > 0) {
@@ -108,9 +112,11 @@ export class GenerateRun implements PromiseLike<GenerateResult>, AsyncIterable<G
 
 /** A loaded model. Create with {@link loadModel}. */
 export class Model {
+  /** The checkpoint's architecture. */
   readonly config: ModelConfig;
+  /** The checkpoint's tokenizer. */
   readonly tokenizer: Tokenizer;
-  readonly backend: Backend;
+  readonly #backend: Backend;
   /** What a request may ask of this model (checked by {@link validateRequest} before any work). */
   readonly limits: Readonly<RequestLimits>;
   readonly #policyInfo: PolicyModelInfo;
@@ -128,7 +134,7 @@ export class Model {
   ) {
     this.config = config;
     this.tokenizer = tokenizer;
-    this.backend = backend;
+    this.#backend = backend;
     this.#policyInfo = policyInfo;
     this.#maxImagePixels = options.maxImagePixels ?? DEFAULT_MAX_PIXELS;
     this.limits = {
@@ -157,10 +163,16 @@ export class Model {
    * Generates text. Await the returned run for the result, or iterate it to stream tokens.
    * @example
    * ```ts
+   * import assert from "node:assert/strict";
    * import { loadModel } from "../../mod.ts";
    * const model = await loadModel(new URL("../../assets/demo/", import.meta.url), { backend: "cpu" });
    * const result = await model.generate({ prompt: "Hello", maxNewTokens: 4 });
-   * console.log(result.tokens.length <= 4);
+   * assert.ok(result.tokens.length >= 1 && result.tokens.length <= 4);
+   * assert.equal(result.text, model.tokenizer.decode(result.tokens, { skipSpecialTokens: true }));
+   * // Iterating a run streams the same tokens (greedy decoding is deterministic):
+   * const streamed: number[] = [];
+   * for await (const event of model.generate({ prompt: "Hello", maxNewTokens: 4 })) streamed.push(event.token);
+   * assert.deepEqual(streamed, result.tokens);
    * model.dispose();
    * ```
    */
@@ -179,16 +191,18 @@ export class Model {
    * sequence keeps its own KV cache, ragged), and results equal running them one by one.
    * @example
    * ```ts
+   * import assert from "node:assert/strict";
    * import { loadModel } from "../../mod.ts";
    * const model = await loadModel(new URL("../../assets/demo/", import.meta.url), { backend: "cpu" });
    * const results = await model.generateBatch([{ prompt: "Hi", maxNewTokens: 2 }, { prompt: "Yo", maxNewTokens: 2 }]);
-   * console.log(results.length); // 2
+   * assert.equal(results.length, 2);
+   * assert.deepEqual(results[1].tokens, (await model.generate({ prompt: "Yo", maxNewTokens: 2 })).tokens);
    * // settle: each request's outcome; the bad one is refused before any work, the others run.
    * const settled = await model.generateBatch(
    *   [{ prompt: "Hi", maxNewTokens: 2 }, { prompt: "Yo", temperature: "hot" as unknown as number }],
    *   { settle: true },
    * );
-   * console.log(settled.map((s) => s.status)); // ["fulfilled", "rejected"]
+   * assert.deepEqual(settled.map((s) => s.status), ["fulfilled", "rejected"]);
    * model.dispose();
    * ```
    */
@@ -230,10 +244,12 @@ export class Model {
    * Logits of the last position (Float32Array of the vocabulary size), with the policy applied.
    * @example
    * ```ts
+   * import assert from "node:assert/strict";
    * import { loadModel } from "../../mod.ts";
    * const model = await loadModel(new URL("../../assets/demo/", import.meta.url), { backend: "cpu" });
    * const logits = await model.logits({ inputIds: [1, 15043] });
-   * console.log(logits.length); // 32000
+   * assert.equal(logits.length, model.config.text.vocabSize); // 32000
+   * assert.ok(logits.every(Number.isFinite));
    * model.dispose();
    * ```
    */
@@ -256,10 +272,15 @@ export class Model {
    * pruning without). Perplexity = exp(-mean).
    * @example
    * ```ts
+   * import assert from "node:assert/strict";
    * import { loadModel } from "../../mod.ts";
+   * import { logSoftmaxAt } from "../core/cpu_ops.ts";
    * const model = await loadModel(new URL("../../assets/demo/", import.meta.url), { backend: "cpu" });
    * const lp = await model.logProbs({ prompt: "Say hi", target: [6324, 29991] });
-   * console.log(lp.length); // 2
+   * assert.equal(lp.length, 2);
+   * // The first is the log-softmax of the prompt's next-token logits at target[0]:
+   * const logits = await model.logits({ prompt: "Say hi" });
+   * assert.ok(Math.abs(lp[0] - logSoftmaxAt(logits, 6324)) < 1e-4);
    * model.dispose();
    * ```
    */
@@ -310,11 +331,26 @@ export class Model {
     });
   }
 
+  /** The backend the model runs on. */
+  get backendKind(): "cpu" | "webgpu" {
+    return this.#backend.kind;
+  }
+
+  /** GPU readbacks (buffer maps) the backend has made so far; always 0 on the CPU backend. */
+  get readbacks(): number {
+    return this.#backend.readbacks;
+  }
+
+  /** Decode steps the backend has run for several requests at once so far; 0 on the CPU backend. */
+  get batchedSteps(): number {
+    return this.#backend.batchedSteps;
+  }
+
   /** Frees the weights and the device. */
   dispose(): void {
     if (this.#disposed) return;
     this.#disposed = true;
-    this.backend.dispose();
+    this.#backend.dispose();
   }
 
   /** Prepares `request`, opens a session for it, runs `body`, and frees both whatever happens. */
@@ -325,7 +361,7 @@ export class Model {
   ): Promise<T> {
     const { rows, images, plan } = await this.#prepare(request);
     try {
-      const session = this.backend.openSession({
+      const session = this.#backend.openSession({
         rows,
         images,
         plan,
@@ -388,7 +424,7 @@ export class Model {
           }),
         );
       }
-      images = await this.backend.encodeImages(pixels);
+      images = await this.#backend.encodeImages(pixels);
     }
     return { rows, images, plan };
   }
@@ -396,7 +432,7 @@ export class Model {
   async #generate(request: GenerateRequest, emit: (event: GenerateEvent) => void): Promise<GenerateResult> {
     const { rows, images, plan } = await this.#prepare(request);
     try {
-      return await runGeneration(this.backend, this.tokenizer, this.config, {
+      return await runGeneration(this.#backend, this.tokenizer, this.config, {
         rows,
         images,
         plan,
@@ -429,9 +465,12 @@ async function localDir(path: string | URL): Promise<string> {
  * `file:` URL, or an `http(s):` URL whose files are downloaded once into a local cache.
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { loadModel } from "../../mod.ts";
  * const model = await loadModel(new URL("../../assets/demo/", import.meta.url), { backend: "cpu" });
- * console.log(model.config.layout); // "llava_llama"
+ * assert.equal(model.config.layout, "llava_llama");
+ * assert.equal(model.backendKind, "cpu");
+ * assert.equal(model.config.sparse?.sparseLayer, 2); // from the sparse_config of assets/demo/config.json
  * model.dispose();
  * // checkTensors: every weight scanned for NaN/Inf while loading.
  * (await loadModel(new URL("../../assets/demo/", import.meta.url), { backend: "cpu", checkTensors: true })).dispose();

@@ -30,17 +30,19 @@ export interface GenerateRequest {
   image?: ImageInput | ImageInput[];
   /** A video: `frames` evenly spaced frames, each one image. */
   video?: { data: Uint8Array; frames: number };
-  /** Tokens to generate at most (default 256), 0..context. */
+  /** Most tokens to generate (default 256), 0..context. */
   maxNewTokens?: number;
-  /** 0 = greedy (default 0); a finite number ≥ 0 (values below 0 are treated as 0). */
+  /** 0 = greedy (default 0); a finite number (values ≤ 0 are greedy). */
   temperature?: number;
-  /** Nucleus sampling mass in (0, 1] (default 1). */
+  /** Nucleus sampling: sample among the most likely tokens whose probabilities sum to topP, in (0, 1] (default 1). */
   topP?: number;
-  /** Sampling seed, a safe integer (default 0). */
+  /** Seed of the sampler's random numbers, a safe integer (default 0): the same seed gives the same tokens. */
   seed?: number;
   /** Stop token ids; default [`</s>`]; [] never stops early. Ids, not strings. */
   stop?: number[];
+  /** Aborts the run; it then rejects with the signal's reason. */
   signal?: AbortSignal;
+  /** Sparsification: "dense" (default), "dynamic" (Dynamic-LLaVA), "fastv", or a custom {@link Policy}. */
   policy?: "dense" | "dynamic" | "fastv" | Policy;
   /** false = the paper's no-cache decoding (recompute the context every step). Default true. */
   kvCache?: boolean;
