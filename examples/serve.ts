@@ -1,154 +1,112 @@
 /**
- * An HTTP server around one loaded model (`Deno.serve`):
- *
- *   deno run -A examples/serve.ts --model DIR | --demo [--port 8000] [--backend webgpu|cpu]
- *
- * - `GET /health` → `{ layout, backend, vocabSize, visualTokens }`.
- * - `POST /generate` with JSON `{ prompt | inputIds, image?: base64 | base64[], maxNewTokens?, temperature?,
- *   topP?, seed?, stop?, policy?: "dense" | "dynamic" | "fastv", kvCache?, stream? }` → the result as JSON,
- *   or with `stream: true` server-sent events: one `token` event per token (`{ token, text }`), then a
- *   `result` event. Bad requests (every field is checked as `generate()` checks it, bodies over 64 MiB
- *   are refused unread) answer 400 with `{ error, where }`.
- * Requests are served one at a time by the model's own queue.
+ * An OpenAI-compatible server for one checkpoint (`deno task serve --help`): listens at once,
+ * answers `/health` with 503 while the model loads, then serves `POST /v1/chat/completions`
+ * (JSON or streamed) and `GET /v1/models` — see serve/server.ts.
  * @module
  */
-import { parseArgs } from "node:util";
-import { Buffer } from "node:buffer";
+import { basename } from "node:path";
+import { fileURLToPath } from "node:url";
+import { loadModel } from "../mod.ts";
+import { createChatServer } from "../serve/server.ts";
 import {
-  DynllavaError,
-  type GenerateRequest,
-  InputError,
-  loadModel,
-  type Model,
-  validateRequest,
-} from "../mod.ts";
+  chooseBackend,
+  type CommandSpec,
+  describeBackend,
+  type Flags,
+  numberFlag,
+  progressBar,
+  runCommand,
+} from "./cli_options.ts";
+import { InputError } from "../mod.ts";
 
-/** Body of `POST /generate`. */
-export interface GenerateBody extends Omit<GenerateRequest, "image" | "video" | "signal" | "policy"> {
-  image?: string | string[];
-  policy?: "dense" | "dynamic" | "fastv";
-  stream?: boolean;
-}
+/** The command line of the server. */
+export const SERVE_COMMAND: CommandSpec = {
+  usage: "deno task serve (--model DIR|URL | --demo) [options]",
+  summary:
+    "Serves a checkpoint over an OpenAI-compatible HTTP API: POST /v1/chat/completions (text and image_url parts,\n" +
+    "streaming), GET /v1/models, GET /health. Extra request fields: policy (dense|dynamic|fastv), kv_cache.",
+  options: {
+    model: { type: "string", value: "DIR|URL", description: "checkpoint directory, file: or http(s): URL" },
+    demo: { type: "boolean", description: "serve the bundled demo checkpoint (random weights)" },
+    "model-name": {
+      type: "string",
+      value: "NAME",
+      description: "model id in the API (default: the folder name)",
+    },
+    host: { type: "string", value: "HOST", default: "127.0.0.1", description: "address to listen on" },
+    port: {
+      type: "string",
+      value: "PORT",
+      default: "8000",
+      description: "port to listen on (0: any free port)",
+    },
+    backend: {
+      type: "string",
+      value: "webgpu|cpu",
+      description: "compute backend (default: webgpu when an adapter exists, else cpu)",
+    },
+    "api-key": { type: "string", value: "KEY", description: "require `Authorization: Bearer KEY` on /v1/*" },
+    cors: {
+      type: "string",
+      value: "ORIGIN",
+      description: 'allow browser calls from ORIGIN ("*" for any); off by default',
+    },
+    "max-body-mib": {
+      type: "string",
+      value: "MIB",
+      default: "32",
+      description: "largest request body or fetched image",
+    },
+    "max-batch": { type: "string", value: "N", default: "8", description: "most requests decoded together" },
+  },
+  examples: [
+    "deno task serve --demo --backend cpu",
+    "deno task serve --model ./llava-v1.5-7b --port 8080 --api-key secret",
+  ],
+};
 
-/** Largest request body accepted, in bytes (base64 images included). */
-const MAX_BODY_BYTES = 64 * 1024 * 1024;
-
-/** Checks the body like `generate()` does (one validator for every entry point) and decodes images. */
-function toRequest(body: GenerateBody, model: Model, signal: AbortSignal): GenerateRequest {
-  if (typeof body !== "object" || body === null || Array.isArray(body)) {
-    throw new InputError("Cannot serve: the body is not a JSON object", "body");
-  }
-  if (body.stream !== undefined && typeof body.stream !== "boolean") {
-    throw new InputError("Cannot serve: stream must be true or false", "stream");
-  }
-  const images = body.image === undefined ? [] : Array.isArray(body.image) ? body.image : [body.image];
-  const decoded = images.map((text, i) => {
-    if (typeof text !== "string") {
-      throw new InputError("Cannot serve: an image must be a base64 string", `image[${i}]`);
-    }
-    return new Uint8Array(Buffer.from(text, "base64"));
+async function main(flags: Flags): Promise<void> {
+  const modelPath = typeof flags.model === "string"
+    ? flags.model
+    : flags.demo
+    ? new URL("../assets/demo/", import.meta.url)
+    : undefined;
+  if (!modelPath) throw new InputError("Cannot start: give --model DIR, or --demo", "--model");
+  const port = numberFlag(flags, "port", { integer: true, min: 0, max: 65535 })!;
+  const maxBodyBytes = numberFlag(flags, "max-body-mib", { min: 0.001 })! * 2 ** 20;
+  const maxBatch = numberFlag(flags, "max-batch", { integer: true, min: 1 })!;
+  const modelName = (flags["model-name"] as string | undefined) ??
+    (flags.demo ? "dynllava-demo" : basename(String(modelPath).replace(/\/+$/, "")) || "model");
+  const choice = await chooseBackend(flags.backend as string | undefined);
+  const server = createChatServer({
+    modelName,
+    apiKey: flags["api-key"] as string | undefined,
+    cors: flags.cors as string | undefined,
+    maxBodyBytes,
+    maxBatch,
   });
-  const { stream: _stream, image: _image, ...rest } = body;
-  const raw = { ...rest, image: decoded.length > 0 ? decoded : undefined, signal };
-  if (raw.image === undefined) delete raw.image;
-  return validateRequest(raw, "", { limits: model.limits });
-}
-
-/** Reads the body as JSON, refusing more than {@link MAX_BODY_BYTES} without reading it all. */
-async function readBody(request: Request): Promise<GenerateBody> {
-  const declared = Number(request.headers.get("content-length") ?? 0);
-  const tooLarge = () =>
-    new InputError(`Cannot serve: the body is larger than ${MAX_BODY_BYTES} bytes`, "body");
-  if (declared > MAX_BODY_BYTES) throw tooLarge();
-  const chunks: Uint8Array[] = [];
-  let size = 0;
-  for await (const chunk of request.body ?? []) {
-    size += chunk.length;
-    if (size > MAX_BODY_BYTES) throw tooLarge();
-    chunks.push(chunk);
+  const http = Deno.serve({
+    hostname: flags.host as string,
+    port,
+    onListen: ({ hostname, port }) =>
+      console.error(`listening on http://${hostname}:${port} (model ${modelName})`),
+  }, server.handler);
+  console.error(describeBackend(choice));
+  if (flags.demo) {
+    console.error("demo checkpoint: tiny model with RANDOM weights — the text is gibberish by design");
   }
   try {
-    return JSON.parse(new TextDecoder().decode(await new Blob(chunks as BlobPart[]).arrayBuffer()));
-  } catch {
-    throw new InputError("Cannot serve: the body is not valid JSON", "body");
+    const model = await loadModel(modelPath instanceof URL ? fileURLToPath(modelPath) : modelPath, {
+      backend: choice.backend,
+      onProgress: progressBar(),
+    });
+    server.ready(model);
+    console.error(`ready: ${modelName}, default policy ${model.defaultPolicy}`);
+  } catch (err) {
+    await http.shutdown();
+    throw err;
   }
+  await http.finished;
 }
 
-function json(value: unknown, status = 200): Response {
-  return new Response(JSON.stringify(value), { status, headers: { "content-type": "application/json" } });
-}
-
-/**
- * The request handler for `model` (usable with `Deno.serve` or called directly in tests).
- * @example
- * ```ts
- * import assert from "node:assert/strict";
- * import { createHandler } from "./serve.ts";
- * import { loadModel } from "../mod.ts";
- * const model = await loadModel(new URL("../assets/demo/", import.meta.url), { backend: "cpu" });
- * const handler = createHandler(model);
- * const response = await handler(new Request("http://x/generate", {
- *   method: "POST", body: JSON.stringify({ prompt: "Hi", maxNewTokens: 2 }),
- * }));
- * assert.equal(response.status, 200);
- * const body = await response.json();
- * assert.ok(body.tokens.length >= 1 && body.tokens.length <= 2);
- * model.dispose();
- * ```
- */
-export function createHandler(model: Model): (request: Request) => Promise<Response> {
-  return async (request) => {
-    const url = new URL(request.url);
-    if (request.method === "GET" && url.pathname === "/health") {
-      return json({
-        layout: model.config.layout,
-        backend: model.backendKind,
-        vocabSize: model.config.text.vocabSize,
-        visualTokens: model.config.vision?.tokensPerImage ?? 0,
-      });
-    }
-    if (request.method !== "POST" || url.pathname !== "/generate") return json({ error: "not found" }, 404);
-    try {
-      const body = await readBody(request);
-      const run = model.generate(toRequest(body, model, request.signal));
-      if (!body.stream) return json(await run);
-      const encoder = new TextEncoder();
-      const events = new ReadableStream<Uint8Array>({
-        async start(controller) {
-          const send = (event: string, data: unknown) =>
-            controller.enqueue(encoder.encode(`event: ${event}\ndata: ${JSON.stringify(data)}\n\n`));
-          try {
-            for await (const ev of run) send("token", ev);
-            send("result", await run);
-          } catch (err) {
-            send("error", { error: (err as Error).message });
-          }
-          controller.close();
-        },
-      });
-      return new Response(events, { headers: { "content-type": "text/event-stream" } });
-    } catch (err) {
-      if (err instanceof DynllavaError) return json({ error: err.message, where: err.where }, 400);
-      throw err;
-    }
-  };
-}
-
-if (import.meta.main) {
-  const { values } = parseArgs({
-    args: Deno.args,
-    options: {
-      model: { type: "string" },
-      demo: { type: "boolean", default: false },
-      port: { type: "string", default: "8000" },
-      backend: { type: "string", default: "webgpu" },
-    },
-  });
-  const path = values.model ?? (values.demo ? new URL("../assets/demo/", import.meta.url) : undefined);
-  if (!path) throw new InputError("Cannot start: give --model DIR, or --demo", "--model");
-  if (values.backend !== "cpu" && values.backend !== "webgpu") {
-    throw new InputError(`Cannot start: --backend must be webgpu or cpu, got ${values.backend}`, "--backend");
-  }
-  const model = await loadModel(path, { backend: values.backend });
-  Deno.serve({ port: Number(values.port) }, createHandler(model));
-}
+if (import.meta.main) await runCommand(SERVE_COMMAND, Deno.args, main);

@@ -38,11 +38,19 @@ export interface GenerateRequest {
   topP?: number;
   /** Seed of the sampler's random numbers, a safe integer (default 0): the same seed gives the same tokens. */
   seed?: number;
-  /** Stop token ids; default [`</s>`]; [] never stops early. Ids, not strings. */
-  stop?: number[];
-  /** Aborts the run; it then rejects with the signal's reason. */
+  /**
+   * Stop ids and stop strings (the text ends before the string); default [`</s>`]; [] never stops
+   * early. A special token's text (`"</s>"`) never appears in the text: give its id.
+   */
+  stop?: (number | string)[];
+  /** Aborts the run within one decode step; see `onAbort`. */
   signal?: AbortSignal;
-  /** Sparsification: "dense" (default), "dynamic" (Dynamic-LLaVA), "fastv", or a custom {@link Policy}. */
+  /** "throw" (default): an abort rejects with the signal's reason; "finish": resolves with what was generated, finishReason "abort". */
+  onAbort?: "throw" | "finish";
+  /**
+   * Sparsification: "dense", "dynamic" (Dynamic-LLaVA), "fastv", or a custom {@link Policy}.
+   * Default: the model's `defaultPolicy` (dynamic when the checkpoint has predictors, else dense).
+   */
   policy?: "dense" | "dynamic" | "fastv" | Policy;
   /** false = the paper's no-cache decoding (recompute the context every step). Default true. */
   kvCache?: boolean;
@@ -60,6 +68,8 @@ export interface RequestLimits {
   hasVision?: boolean;
   /** The most prompt characters the context can hold; longer prompts are refused before tokenizing. */
   maxPromptChars?: number;
+  /** Texts of special tokens (`<s>`, `</s>`): never in decoded text, so refused as stop strings. */
+  specialTexts?: readonly string[];
 }
 
 /** Options of {@link validateRequest}. */
@@ -81,6 +91,7 @@ const KNOWN_KEYS = new Set([
   "seed",
   "stop",
   "signal",
+  "onAbort",
   "policy",
   "kvCache",
 ]);
@@ -142,7 +153,16 @@ export function validateRequest(raw: unknown, where: string, options: ValidateOp
   if (r.seed !== undefined) {
     out.seed = integerIn(r.seed, Number.MIN_SAFE_INTEGER, Number.MAX_SAFE_INTEGER, at("seed"));
   }
-  if (r.stop !== undefined) out.stop = idList(r.stop, at("stop"), limits.vocabSize, false);
+  if (r.stop !== undefined) out.stop = stopList(r.stop, at("stop"), limits);
+  if (r.onAbort !== undefined) {
+    if (r.onAbort !== "throw" && r.onAbort !== "finish") {
+      throw new InputError(
+        `Cannot generate: onAbort must be "throw" or "finish", got ${show(r.onAbort)}`,
+        at("onAbort"),
+      );
+    }
+    out.onAbort = r.onAbort;
+  }
   if (r.signal !== undefined) {
     if (!(r.signal instanceof AbortSignal)) {
       throw new InputError("Cannot generate: signal must be an AbortSignal", at("signal"));
@@ -266,6 +286,29 @@ function checkPolicy(policy: unknown, where: string): GenerateRequest["policy"] 
   );
 }
 
+/** Stop ids (inside the vocabulary) and stop strings (non-empty, not a special token's text). */
+function stopList(value: unknown, where: string, limits: RequestLimits): (number | string)[] {
+  if (!Array.isArray(value)) {
+    throw new InputError(
+      `Cannot generate: stop must be an array of ids and strings, got ${show(value)}`,
+      where,
+    );
+  }
+  return value.map((item, i) => {
+    if (typeof item !== "string") return tokenId(item, `${where}[${i}]`, limits.vocabSize);
+    if (item.length === 0) throw new InputError("Cannot generate: a stop string is empty", `${where}[${i}]`);
+    if (limits.specialTexts?.includes(item)) {
+      throw new InputError(
+        `Cannot generate: stop string ${
+          JSON.stringify(item)
+        } is a special token, never in the text; give its id`,
+        `${where}[${i}]`,
+      );
+    }
+    return item;
+  });
+}
+
 /** An array of token ids (inputIds may also hold the image marker -200). */
 function idList(
   value: unknown,
@@ -280,25 +323,26 @@ function idList(
     throw new InputError(`Cannot generate: ${value.length} ids, more than ${MAX_REQUEST_IDS}`, where);
   }
   for (let i = 0; i < value.length; i++) {
-    const id = value[i];
-    if (imageMarkers && id === IMAGE_TOKEN_INDEX) continue;
-    if (typeof id === "string") {
-      throw new InputError(
-        `Cannot generate: ${
-          JSON.stringify(id)
-        } is a string; token ids are numbers (tokenizer.tokenToId gives them)`,
-        `${where}[${i}]`,
-      );
-    }
-    if (
-      typeof id !== "number" || !Number.isInteger(id) || id < 0 ||
-      (vocabSize !== undefined && id >= vocabSize)
-    ) {
-      const range = vocabSize === undefined ? "a non-negative integer" : `an integer in 0..${vocabSize - 1}`;
-      throw new InputError(`Cannot generate: token id ${show(id)} is not ${range}`, `${where}[${i}]`);
-    }
+    if (!(imageMarkers && value[i] === IMAGE_TOKEN_INDEX)) tokenId(value[i], `${where}[${i}]`, vocabSize);
   }
   return [...value];
+}
+
+/** One token id: an integer in 0..vocabSize − 1. */
+function tokenId(id: unknown, where: string, vocabSize: number | undefined): number {
+  if (typeof id === "string") {
+    throw new InputError(
+      `Cannot generate: ${show(id)} is a string; token ids are numbers (tokenizer.tokenToId gives them)`,
+      where,
+    );
+  }
+  if (
+    typeof id !== "number" || !Number.isInteger(id) || id < 0 || (vocabSize !== undefined && id >= vocabSize)
+  ) {
+    const range = vocabSize === undefined ? "a non-negative integer" : `an integer in 0..${vocabSize - 1}`;
+    throw new InputError(`Cannot generate: token id ${show(id)} is not ${range}`, where);
+  }
+  return id;
 }
 
 function integerIn(value: unknown, min: number, max: number, where: string): number {

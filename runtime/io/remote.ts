@@ -35,6 +35,18 @@ const MAX_BYTES = {
   weights: 2 ** 46,
 };
 
+/** Bytes of one file downloaded so far (totalBytes 0 when the server does not say). */
+export interface DownloadProgress {
+  /** The file's name inside the checkpoint. */
+  item: string;
+  /** Bytes received so far. */
+  loadedBytes: number;
+  /** The file's size as the server announced it (at least loadedBytes). */
+  totalBytes: number;
+}
+
+type OnDownload = ((progress: DownloadProgress) => void) | undefined;
+
 /** What a recorded cache entry holds. */
 interface CacheRecord {
   size: number;
@@ -98,7 +110,7 @@ function download(
   base: URL,
   name: string,
   dir: string,
-  options: { kind: keyof typeof MAX_BYTES; sha256?: string },
+  options: { kind: keyof typeof MAX_BYTES; sha256?: string; onProgress?: OnDownload },
 ): Promise<boolean> {
   const target = join(dir, name);
   const running = inFlight.get(target);
@@ -112,7 +124,7 @@ async function downloadOnce(
   base: URL,
   name: string,
   target: string,
-  options: { kind: keyof typeof MAX_BYTES; sha256?: string },
+  options: { kind: keyof typeof MAX_BYTES; sha256?: string; onProgress?: OnDownload },
 ): Promise<boolean> {
   const url = safeFileUrl(base, name, { folders: 1 });
   if (await cachedIsValid(target, options.sha256)) return true;
@@ -122,7 +134,13 @@ async function downloadOnce(
   await Deno.mkdir(dirname(target), { recursive: true });
   const partial = `${target}.partial-${crypto.randomUUID()}`;
   try {
-    const sha256 = await writeChecked(response, partial, { url, max: MAX_BYTES[options.kind] });
+    const sha256 = await writeChecked(response, partial, {
+      url,
+      max: MAX_BYTES[options.kind],
+      report: options.onProgress &&
+        ((loadedBytes: number, totalBytes: number) =>
+          options.onProgress!({ item: name, loadedBytes, totalBytes })),
+    });
     if (expected !== undefined && sha256 !== expected) {
       throw new CheckpointError(
         `Cannot download checkpoint file: sha256 ${sha256} differs from the expected ${expected}`,
@@ -176,7 +194,7 @@ async function fetchOrNull(url: URL): Promise<Response | null> {
 async function writeChecked(
   response: Response,
   path: string,
-  options: { url: URL; max: number },
+  options: { url: URL; max: number; report?: (loadedBytes: number, totalBytes: number) => void },
 ): Promise<string> {
   const declared = response.headers.get("content-length");
   const length = declared === null ? null : Number(declared);
@@ -199,6 +217,7 @@ async function writeChecked(
         }
         hash.update(chunk);
         for (let at = 0; at < chunk.length;) at += await file.write(chunk.subarray(at));
+        options.report?.(written, Math.max(length ?? 0, written));
       }
     }
   } finally {
@@ -341,9 +360,14 @@ function indexSha256(index: Record<string, unknown>, file: string): string | und
 }
 
 /** Downloads the weights of one folder: the index and its shards, or model.safetensors. */
-async function downloadWeights(base: URL, prefix: string, dir: string): Promise<void> {
+async function downloadWeights(
+  base: URL,
+  prefix: string,
+  dir: string,
+  onProgress: OnDownload,
+): Promise<void> {
   const index = `${prefix}model.safetensors.index.json`;
-  if (await download(base, index, dir, { kind: "json" })) {
+  if (await download(base, index, dir, { kind: "json", onProgress })) {
     const indexUrl = safeFileUrl(base, index, { folders: 1 });
     const json = await readJson(join(dir, index), indexUrl);
     const map = json["weight_map"];
@@ -357,7 +381,13 @@ async function downloadWeights(base: URL, prefix: string, dir: string): Promise<
       // A shard is a plain file name in the index's folder (checked before anything is fetched).
       safeFileUrl(base, shard);
       const name = decodeURIComponent(shard as string);
-      if (!(await download(base, prefix + name, dir, { kind: "weights", sha256: indexSha256(json, name) }))) {
+      if (
+        !(await download(base, prefix + name, dir, {
+          kind: "weights",
+          sha256: indexSha256(json, name),
+          onProgress,
+        }))
+      ) {
         throw new CheckpointError(
           `Cannot download shard: ${name} not found`,
           safeFileUrl(base, prefix + name, { folders: 1 }).href,
@@ -366,7 +396,7 @@ async function downloadWeights(base: URL, prefix: string, dir: string): Promise<
     }
     return;
   }
-  if (!(await download(base, `${prefix}model.safetensors`, dir, { kind: "weights" }))) {
+  if (!(await download(base, `${prefix}model.safetensors`, dir, { kind: "weights", onProgress }))) {
     throw new CheckpointError(
       "Cannot download checkpoint: no model.safetensors or index",
       new URL(prefix, base).href,
@@ -398,7 +428,11 @@ async function downloadWeights(base: URL, prefix: string, dir: string): Promise<
  * await Deno.remove(cache, { recursive: true });
  * ```
  */
-export async function fetchCheckpoint(url: URL): Promise<string> {
+export async function fetchCheckpoint(
+  url: URL,
+  options: { onProgress?: (progress: DownloadProgress) => void } = {},
+): Promise<string> {
+  const onProgress = options.onProgress;
   if (url.protocol !== "http:" && url.protocol !== "https:") {
     throw new CheckpointError(`Cannot download checkpoint: only http(s) URLs, got ${url.protocol}`, url.href);
   }
@@ -411,18 +445,18 @@ export async function fetchCheckpoint(url: URL): Promise<string> {
   );
   const dir = join(cacheRoot(), key);
   await Deno.mkdir(dir, { recursive: true });
-  if (!(await download(base, "config.json", dir, { kind: "json" }))) {
+  if (!(await download(base, "config.json", dir, { kind: "json", onProgress }))) {
     throw new CheckpointError(
       "Cannot download checkpoint: config.json not found",
       new URL("config.json", base).href,
     );
   }
-  const hasTokenizer = await download(base, "tokenizer.json", dir, { kind: "tokenizer" }) ||
-    await download(base, "tokenizer.model", dir, { kind: "tokenizer" });
+  const hasTokenizer = await download(base, "tokenizer.json", dir, { kind: "tokenizer", onProgress }) ||
+    await download(base, "tokenizer.model", dir, { kind: "tokenizer", onProgress });
   if (!hasTokenizer) {
     throw new CheckpointError("Cannot download checkpoint: no tokenizer.json or tokenizer.model", base.href);
   }
-  await downloadWeights(base, "", dir);
+  await downloadWeights(base, "", dir, onProgress);
   const config = await readJson(join(dir, "config.json"), new URL("config.json", base));
   const tower = config["mm_vision_tower"];
   // A tower stored beside the checkpoint (a relative path) travels with it; hub ids resolve in the HF cache.
@@ -432,8 +466,8 @@ export async function fetchCheckpoint(url: URL): Promise<string> {
     const folder = tower.replace(/^\.\//, "").replace(/\/$/, "");
     safeFileUrl(base, folder);
     const prefix = `${folder}/`;
-    if (await download(base, `${prefix}config.json`, dir, { kind: "json" })) {
-      await downloadWeights(base, prefix, dir);
+    if (await download(base, `${prefix}config.json`, dir, { kind: "json", onProgress })) {
+      await downloadWeights(base, prefix, dir, onProgress);
     }
   }
   return dir;
