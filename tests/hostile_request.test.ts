@@ -27,6 +27,7 @@ const BAD_FIELDS: [Record<string, unknown>, string][] = [
   [{ seed: 1.5 }, "seed"],
   [{ kvCache: "no" }, "kvCache"],
   [{ stop: ["</s>"] }, "stop[0]"],
+  [{ stop: [""] }, "stop[0]"],
   [{ stop: 2 }, "stop"],
   [{ stop: {} }, "stop"],
   [{ stop: [32000] }, "stop[0]"],
@@ -40,6 +41,7 @@ const BAD_FIELDS: [Record<string, unknown>, string][] = [
   [{ image: [new Uint8Array(1), 7] }, "image[1]"],
   [{ policy: "sparse" }, "policy"],
   [{ signal: "stop" }, "signal"],
+  [{ onAbort: "later" }, "onAbort"],
   [{ max_tokens: 4 }, "max_tokens"],
 ];
 
@@ -47,7 +49,10 @@ Deno.test("validateRequest() names each bad field, with and without a prefix", (
   for (const [fields, where] of BAD_FIELDS) {
     for (const prefix of ["", "requests[3]"]) {
       assert.throws(
-        () => validateRequest({ prompt: "Hi", ...fields }, prefix, { limits: { vocabSize: 32000 } }),
+        () =>
+          validateRequest({ prompt: "Hi", ...fields }, prefix, {
+            limits: { vocabSize: 32000, specialTexts: ["<s>", "</s>"] },
+          }),
         (err) => err instanceof InputError && err.where === (prefix ? `${prefix}.${where}` : where),
         JSON.stringify(Object.keys(fields)),
       );
@@ -59,6 +64,13 @@ Deno.test("validateRequest() names each bad field, with and without a prefix", (
   assert.throws(() => validateRequest({ inputIds: [1, "2"] }, ""), InputError);
   assert.throws(() => validateRequest({ inputIds: [1, -5] }, ""), InputError);
   assert.deepEqual(validateRequest({ inputIds: [1, -200, 5] }, ""), { inputIds: [1, -200, 5] });
+  assert.deepEqual(
+    validateRequest({ prompt: "Hi", stop: [2, "###"] }, "", { limits: { vocabSize: 32000 } }),
+    {
+      prompt: "Hi",
+      stop: [2, "###"],
+    },
+  );
   assert.deepEqual(validateRequest({ prompt: "Hi", stream: true }, "", { extraKeys: ["stream"] }), {
     prompt: "Hi",
     stream: true,

@@ -339,10 +339,11 @@ export class Model {
    */
   streamBatch(requests: GenerateRequest[]): GenerateRun[] {
     const group = this.#batchGroup ?? this.#openBatchGroup();
-    return requests.map((request, i) => {
+    return requests.map((request) => {
       let checked: GenerateRequest;
       try {
-        checked = validateRequest(request, `requests[${i}]`, { limits: this.limits });
+        // Each run fails alone, so its error names the field as generate() does.
+        checked = validateRequest(request, "", { limits: this.limits });
       } catch (err) {
         return new GenerateRun(() => Promise.reject(err));
       }
