@@ -768,7 +768,7 @@ async function checkFiniteTensors(checkpoint: Checkpoint): Promise<void> {
       if (!Number.isFinite(values[i])) {
         throw new CheckpointError(
           `Cannot load checkpoint: tensor "${t.sourceName}" holds ${values[i]} at index ${i}`,
-          t.location.file.path,
+          t.path,
         );
       }
     }
