@@ -20,6 +20,7 @@
  */
 export * from "./core.ts";
 export {
+  type BatchOptions,
   type ChatContentPart,
   type ChatMessage,
   type ChatRequest,
@@ -70,3 +71,4 @@ export { type Checkpoint, type CheckpointTensor, openCheckpoint } from "./runtim
 export type { TensorLocation } from "./runtime/io/shards.ts";
 export type { SafetensorsFile, TensorEntry } from "./runtime/io/safetensors.ts";
 export type { DType } from "./runtime/core/dtype.ts";
+export { type RequestLimits, type ValidateOptions, validateRequest } from "./runtime/engine/request.ts";

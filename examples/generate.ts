@@ -12,6 +12,7 @@ import {
   InputError,
   loadModel,
   type Policy,
+  validateRequest,
 } from "../mod.ts";
 import {
   chooseBackend,
@@ -151,6 +152,8 @@ async function main(values: Flags): Promise<void> {
     topP: numberFlag(values, "top-p", { min: 0, max: 1 }),
     seed: numberFlag(values, "seed", { integer: true }),
   };
+  // The same checks as generate(), before the model is loaded (a bad flag fails at once).
+  validateRequest({ prompt: values.prompt ?? "", ...sampling }, "flags");
   if (values.demo) {
     console.error("demo checkpoint: tiny model with RANDOM weights — the text is gibberish by design");
   }

@@ -152,3 +152,10 @@ Deno.test("without a WebGPU adapter the scripts fall back to the CPU with a noti
   const found = await script("generate", ["--demo", "--max-new-tokens", "1"]);
   assert.match(found.stderr, /backend: webgpu on .+ \((software|hardware)\)/);
 });
+
+Deno.test("generate.ts refuses a bad flag value with the request validator, before loading the model", async () => {
+  const { code, stderr } = await generate("--demo", "--backend", "cpu", "--top-p", "0");
+  assert.equal(code, 2);
+  assert.match(stderr, /Cannot generate: topP must be in \(0, 1\], got 0/);
+  assert.doesNotMatch(stderr, /RANDOM weights/);
+});

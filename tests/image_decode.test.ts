@@ -404,7 +404,7 @@ Deno.test("decodeImage() refuses bad input with a specific ImageError and keeps 
     ],
     [corruptJpeg, "Cannot decode image: truncated or corrupt data"],
     [new Uint8Array([0xff, 0xd8, 0xff, 0xda, 0, 2]), "no frame header (SOF) before its data"],
-    [pngWithHeader(20000, 20000), "too large (20000×20000 = 400000000 pixels, limit 67108864)"],
+    [pngWithHeader(20000, 20000), "too large (20000×20000 = 400000000 pixels, limit 16777216)"],
     [pngWithHeader(0, 5), "Cannot decode image: zero size (0×5)"],
     [noisePng, "too large (120×90 = 10800 pixels, limit 10000)", { maxPixels: 10000 }],
     [animatedWebp, "animated WebP is not supported"],

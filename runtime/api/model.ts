@@ -13,16 +13,23 @@ import { isGgufCheckpoint, openGgufCheckpoint } from "../io/gguf_checkpoint.ts";
 import type { ModelConfig } from "../core/config.ts";
 import { createCpuBackend } from "../cpu/cpu_backend.ts";
 import { logSoftmaxAt } from "../core/cpu_ops.ts";
-import { InputError } from "../core/errors.ts";
+import { CheckpointError, InputError } from "../core/errors.ts";
 import {
   type GenerateEvent,
   type GenerateResult,
   type LoopRequest,
   runGeneration,
 } from "../engine/generate.ts";
+import {
+  type GenerateRequest,
+  type ImageInput,
+  type RequestLimits,
+  validateRequest,
+} from "../engine/request.ts";
+export type { GenerateRequest, ImageInput } from "../engine/request.ts";
 import { createGpuBackend } from "../webgpu/gpu_backend.ts";
-import { decodeVideoFrames, type RgbImage } from "../image/image_decode.ts";
-import type { Policy, PolicyModelInfo, PolicyPlan } from "../core/policy.ts";
+import { decodeVideoFrames, DEFAULT_MAX_PIXELS } from "../image/image_decode.ts";
+import { checkedPlan, type PolicyModelInfo, type PolicyPlan } from "../core/policy.ts";
 import { resolvePolicy } from "../core/policies.ts";
 import { loadPredictors } from "../core/predictors.ts";
 import { preprocessImage } from "../image/preprocess.ts";
@@ -64,42 +71,26 @@ export interface LoadOptions {
    * or "texture" force it. Results do not depend on it.
    */
   weightStorage?: "auto" | "buffer" | "texture";
+  /**
+   * Scan every weight for NaN and ±Inf while loading (reads each tensor once more; off by default).
+   * A non-finite weight is a CheckpointError naming the tensor and its file.
+   */
+  checkTensors?: boolean;
+  /**
+   * Refuse images and video frames with more pixels than this, before decoding (default
+   * 16,777,216 = 4096²). Counts a GIF's logical screen, not only its first frame.
+   */
+  maxImagePixels?: number;
 }
 
-/** An image: encoded bytes (PNG, JPEG, WebP, GIF, BMP) or decoded RGB. */
-export type ImageInput = Uint8Array | RgbImage;
-
-/** A generation request. */
-export interface GenerateRequest {
-  /** User prompt, formatted with the llava_v1 template (`<image>` first when images are given). */
-  prompt?: string;
-  /** Raw ids instead of `prompt`; -200 marks each image. */
-  inputIds?: number[];
-  /** One image or several (one per marker). */
-  image?: ImageInput | ImageInput[];
-  /** A video: `frames` evenly spaced frames, each one image. */
-  video?: { data: Uint8Array; frames: number };
-  /** Most tokens to generate (default 256). */
-  maxNewTokens?: number;
-  /** ≤ 0 = greedy (default 0). */
-  temperature?: number;
-  /** Nucleus sampling: sample among the most likely tokens whose probabilities sum to topP (default 1). */
-  topP?: number;
-  /** Seed of the sampler's random numbers (default 0): the same seed gives the same tokens. */
-  seed?: number;
-  /** Stop ids and stop strings (the text ends before the string); default [`</s>`]; [] never stops early. */
-  stop?: (number | string)[];
-  /** Aborts the run within one decode step; see `onAbort`. */
-  signal?: AbortSignal;
-  /** "throw" (default): an abort rejects with the signal's reason; "finish": resolves with what was generated, finishReason "abort". */
-  onAbort?: "throw" | "finish";
+/** Options of {@link Model.generateBatch}. */
+export interface BatchOptions {
   /**
-   * Sparsification: "dense", "dynamic" (Dynamic-LLaVA), "fastv", or a custom {@link Policy}.
-   * Default: {@link Model.defaultPolicy} (dynamic when the checkpoint has predictors, else dense).
+   * true: never reject; return each request's outcome (`{ status: "fulfilled", value }` or
+   * `{ status: "rejected", reason }`), the bad ones refused before any work. false (default):
+   * reject with the first failure (a request refused by validation stops the batch before any work).
    */
-  policy?: "dense" | "dynamic" | "fastv" | Policy;
-  /** false = the paper's no-cache decoding (recompute the context every step). Default true. */
-  kvCache?: boolean;
+  settle?: boolean;
 }
 
 /** A part of a chat message: text, or an image (encoded bytes or decoded RGB). */
@@ -175,17 +166,37 @@ export class Model {
   /** The checkpoint's tokenizer. */
   readonly tokenizer: Tokenizer;
   readonly #backend: Backend;
+  /** What a request may ask of this model (checked by {@link validateRequest} before any work). */
+  readonly limits: Readonly<RequestLimits>;
   readonly #policyInfo: PolicyModelInfo;
+  readonly #maxImagePixels: number;
   #queue: Promise<unknown> = Promise.resolve();
   #batchGroup: { add(request: GenerateRequest): GenerateRun } | null = null;
   #disposed = false;
 
   /** Use {@link loadModel}. */
-  constructor(config: ModelConfig, tokenizer: Tokenizer, backend: Backend, policyInfo: PolicyModelInfo) {
+  constructor(
+    config: ModelConfig,
+    tokenizer: Tokenizer,
+    backend: Backend,
+    policyInfo: PolicyModelInfo,
+    options: { maxImagePixels?: number } = {},
+  ) {
     this.config = config;
     this.tokenizer = tokenizer;
     this.#backend = backend;
     this.#policyInfo = policyInfo;
+    this.#maxImagePixels = options.maxImagePixels ?? DEFAULT_MAX_PIXELS;
+    this.limits = {
+      vocabSize: config.text.vocabSize,
+      maxPositions: config.text.maxPositions,
+      tokensPerImage: config.vision?.tokensPerImage ?? 0,
+      hasVision: config.vision !== null,
+      maxPromptChars: config.text.maxPositions * longestTokenChars(tokenizer),
+      specialTexts: [tokenizer.bosId, tokenizer.eosId, tokenizer.unkId]
+        .map((id) => (id >= 0 ? tokenizer.idToToken(id) : undefined))
+        .filter((text): text is string => text !== undefined),
+    };
   }
 
   /** The policy a request without one runs: "dynamic" when the checkpoint has its predictors, else "dense". */
@@ -198,9 +209,17 @@ export class Model {
     }
   }
 
-  /** Plans a policy for this model (throws PolicyError when it cannot run here). */
+  /**
+   * Plans a policy for this model (throws PolicyError when it cannot run here). A user policy's
+   * plan is checked, and so is every row selection it makes (indices in range, ascending, text
+   * rows and the last row kept).
+   */
   planPolicy(policy: GenerateRequest["policy"] = this.defaultPolicy): PolicyPlan {
-    return resolvePolicy(policy).plan(this.#policyInfo);
+    const resolved = resolvePolicy(policy);
+    return checkedPlan(resolved.plan(this.#policyInfo), {
+      numLayers: this.config.text.numLayers,
+      name: resolved.name,
+    });
   }
 
   /**
@@ -221,7 +240,13 @@ export class Model {
    * ```
    */
   generate(request: GenerateRequest): GenerateRun {
-    return new GenerateRun((emit) => this.#exclusive(() => this.#generate(request, emit)));
+    let checked: GenerateRequest;
+    try {
+      checked = validateRequest(request, "", { limits: this.limits });
+    } catch (err) {
+      return new GenerateRun(() => Promise.reject(err));
+    }
+    return new GenerateRun((emit) => this.#exclusive(() => this.#generate(checked, emit)));
   }
 
   /**
@@ -322,7 +347,16 @@ export class Model {
    */
   streamBatch(requests: GenerateRequest[]): GenerateRun[] {
     const group = this.#batchGroup ?? this.#openBatchGroup();
-    return requests.map((request) => group.add(request));
+    return requests.map((request) => {
+      let checked: GenerateRequest;
+      try {
+        // Each run fails alone, so its error names the field as generate() does.
+        checked = validateRequest(request, "", { limits: this.limits });
+      } catch (err) {
+        return new GenerateRun(() => Promise.reject(err));
+      }
+      return group.add(checked);
+    });
   }
 
   /** A batch group: one exclusive turn of the model that lasts while any member runs. */
@@ -369,12 +403,44 @@ export class Model {
    * const results = await model.generateBatch([{ prompt: "Hi", maxNewTokens: 2 }, { prompt: "Yo", maxNewTokens: 2 }]);
    * assert.equal(results.length, 2);
    * assert.deepEqual(results[1].tokens, (await model.generate({ prompt: "Yo", maxNewTokens: 2 })).tokens);
+   * // settle: each request's outcome; the bad one is refused before any work, the others run.
+   * const settled = await model.generateBatch(
+   *   [{ prompt: "Hi", maxNewTokens: 2 }, { prompt: "Yo", temperature: "hot" as unknown as number }],
+   *   { settle: true },
+   * );
+   * assert.deepEqual(settled.map((s) => s.status), ["fulfilled", "rejected"]);
    * model.dispose();
    * ```
    */
-  generateBatch(requests: GenerateRequest[]): Promise<GenerateResult[]> {
-    const runs = this.streamBatch(requests);
-    return Promise.allSettled(runs.map((run) => run.result)).then((settled) => {
+  generateBatch(requests: GenerateRequest[], options?: { settle?: false }): Promise<GenerateResult[]>;
+  /** With `settle: true`: each request's outcome, in order; never rejects for one bad request. */
+  generateBatch(
+    requests: GenerateRequest[],
+    options: { settle: true },
+  ): Promise<PromiseSettledResult<GenerateResult>[]>;
+  generateBatch(
+    requests: GenerateRequest[],
+    options: BatchOptions = {},
+  ): Promise<GenerateResult[] | PromiseSettledResult<GenerateResult>[]> {
+    if (!Array.isArray(requests)) {
+      return Promise.reject(new InputError("Cannot generate: requests must be an array", "requests"));
+    }
+    // Every request is validated before any of them runs; without settle, one bad request stops all.
+    const checked: ({ request: GenerateRequest } | { error: unknown })[] = [];
+    for (const [i, request] of requests.entries()) {
+      try {
+        checked.push({ request: validateRequest(request, `requests[${i}]`, { limits: this.limits }) });
+      } catch (err) {
+        if (!options.settle) return Promise.reject(err);
+        checked.push({ error: err });
+      }
+    }
+    const valid = checked.flatMap((c) => ("request" in c ? [c.request] : []));
+    const runs = valid.length > 0 ? this.streamBatch(valid) : [];
+    let next = 0;
+    const outcomes = checked.map((c) => ("request" in c ? runs[next++].result : Promise.reject(c.error)));
+    return Promise.allSettled(outcomes).then((settled) => {
+      if (options.settle) return settled;
       const failed = settled.find((s) => s.status === "rejected");
       if (failed) throw (failed as PromiseRejectedResult).reason;
       return settled.map((s) => (s as PromiseFulfilledResult<GenerateResult>).value);
@@ -398,7 +464,10 @@ export class Model {
     request: Pick<GenerateRequest, "prompt" | "inputIds" | "image" | "video" | "policy">,
   ): Promise<Float32Array> {
     return this.#exclusive(() =>
-      this.#withSession(request, { maxNewTokens: 1, kvCache: true }, async (session) => {
+      this.#withSession(validateRequest(request, "", { limits: this.limits }), {
+        maxNewTokens: 1,
+        kvCache: true,
+      }, async (session) => {
         return (await session.prefill({ wantLogits: true })).logits!;
       })
     );
@@ -428,16 +497,21 @@ export class Model {
     },
   ): Promise<number[]> {
     return this.#exclusive(async () => {
-      const target = request.target;
+      const { target } = request;
+      if (!Array.isArray(target)) {
+        throw new InputError("Cannot score: target must be an array of ids", "target");
+      }
+      const { target: _target, ...rest } = request;
+      const checked = validateRequest(rest, "", { limits: this.limits });
       if (target.length === 0) throw new InputError("Cannot score: target is empty", "target");
       for (const [i, id] of target.entries()) {
         if (!Number.isInteger(id) || id < 0 || id >= this.config.text.vocabSize) {
           throw new InputError(`Cannot score: target id ${id} is outside the vocabulary`, `target[${i}]`);
         }
       }
-      const kvCache = request.kvCache ?? true;
+      const kvCache = checked.kvCache ?? true;
       return await this.#withSession(
-        request,
+        checked,
         { maxNewTokens: target.length + 1, kvCache },
         async (session, rows) => {
           if (rows.ids.length + target.length > this.config.text.maxPositions) {
@@ -447,7 +521,9 @@ export class Model {
             const first = await session.prefill({ wantLogits: true });
             const lp = [logSoftmaxAt(first.logits!, target[0])];
             if (target.length > 1) {
-              lp.push(...(await session.decode(target.length - 1, { forced: target })).logProbs!);
+              for (const value of (await session.decode(target.length - 1, { forced: target })).logProbs!) {
+                lp.push(value);
+              }
             }
             return lp;
           }
@@ -516,30 +592,24 @@ export class Model {
     return next;
   }
 
+  /** Turns a validated request into prompt rows, image features and a plan. */
   async #prepare(request: Pick<GenerateRequest, "prompt" | "inputIds" | "image" | "video" | "policy">) {
     const plan = this.planPolicy(request.policy);
-    const imageInputs = request.image === undefined
+    const imageInputs: ImageInput[] = request.image === undefined
       ? []
       : Array.isArray(request.image)
       ? [...request.image]
       : [request.image];
     if (request.video) {
-      imageInputs.push(...await decodeVideoFrames(request.video.data, { frames: request.video.frames }));
+      const frames = await decodeVideoFrames(request.video.data, {
+        frames: request.video.frames,
+        maxPixels: this.#maxImagePixels,
+      });
+      for (const frame of frames) imageInputs.push(frame);
     }
-    if (imageInputs.length > 0 && !this.config.vision) {
-      throw new InputError("Cannot use images: this checkpoint has no vision tower", "image");
-    }
-    let ids: number[];
-    if (request.inputIds) {
-      if (request.prompt !== undefined) {
-        throw new InputError("Cannot generate: give prompt or inputIds, not both", "prompt");
-      }
-      ids = request.inputIds;
-    } else if (typeof request.prompt === "string") {
-      ids = encodeWithImages(this.tokenizer, formatLlavaV1(request.prompt, { images: imageInputs.length }));
-    } else {
-      throw new InputError("Cannot generate: prompt or inputIds is required", "prompt");
-    }
+    // The request was checked by validateRequest: prompt xor inputIds, images only with a tower.
+    const ids = request.inputIds ??
+      encodeWithImages(this.tokenizer, formatLlavaV1(request.prompt!, { images: imageInputs.length }));
     const rows = buildPromptRows(ids, {
       tokensPerImage: this.config.vision?.tokensPerImage ?? 0,
       images: imageInputs.length,
@@ -553,7 +623,12 @@ export class Model {
       const pixels: Float32Array[] = [];
       for (const input of imageInputs) {
         pixels.push(
-          await preprocessImage(input, { imageSize: v.imageSize, mean: v.imageMean, std: v.imageStd }),
+          await preprocessImage(input, {
+            imageSize: v.imageSize,
+            mean: v.imageMean,
+            std: v.imageStd,
+            maxPixels: this.#maxImagePixels,
+          }),
         );
       }
       images = await this.#backend.encodeImages(pixels);
@@ -616,15 +691,20 @@ async function localDir(path: string | URL, onProgress?: (progress: LoadProgress
  * assert.equal(model.backendKind, "cpu");
  * assert.equal(model.config.sparse?.sparseLayer, 2); // from the sparse_config of assets/demo/config.json
  * model.dispose();
+ * // checkTensors: every weight scanned for NaN/Inf while loading.
+ * (await loadModel(new URL("../../assets/demo/", import.meta.url), { backend: "cpu", checkTensors: true })).dispose();
  * ```
  */
 export async function loadModel(path: string | URL, options: LoadOptions = {}): Promise<Model> {
+  checkLoadOptions(options);
   const dir = await localDir(path, options.onProgress);
   const checkpoint = await isGgufCheckpoint(dir) ? await openGgufCheckpoint(dir) : await openCheckpoint(dir);
   const tokenizer = checkpoint.vocab
     ? tokenizerFromPieces(checkpoint.vocab, checkpoint.tokenizerPath)
     : await loadTokenizer(checkpoint.tokenizerPath);
   const config = checkpoint.config;
+  checkVocabularies(tokenizer, config, checkpoint.dir);
+  if (options.checkTensors) await checkFiniteTensors(checkpoint);
   const policyInfo: PolicyModelInfo = {
     numLayers: config.text.numLayers,
     sparse: config.sparse,
@@ -647,7 +727,68 @@ export async function loadModel(path: string | URL, options: LoadOptions = {}): 
       weightDtype: options.weightDtype ?? "auto",
       weightStorage: options.weightStorage ?? "auto",
     });
-  return new Model(config, tokenizer, backend, policyInfo);
+  return new Model(config, tokenizer, backend, policyInfo, { maxImagePixels: options.maxImagePixels });
+}
+
+function checkLoadOptions(options: LoadOptions): void {
+  const backend = options.backend ?? "webgpu";
+  if (backend !== "webgpu" && backend !== "cpu") {
+    throw new InputError(
+      `Cannot load: backend must be "webgpu" or "cpu", got ${JSON.stringify(backend)}`,
+      "backend",
+    );
+  }
+  const pixels = options.maxImagePixels;
+  if (pixels !== undefined && !(Number.isSafeInteger(pixels) && pixels > 0)) {
+    throw new InputError(
+      `Cannot load: maxImagePixels must be a positive integer, got ${pixels}`,
+      "maxImagePixels",
+    );
+  }
+}
+
+/**
+ * The tokenizer must not make ids the model cannot embed, and must cover the model's vocabulary up
+ * to the padding real checkpoints add (vocab_size rounded up to a multiple of 128 at most).
+ */
+function checkVocabularies(tokenizer: Tokenizer, config: ModelConfig, dir: string): void {
+  const model = config.text.vocabSize, ids = tokenizer.vocabSize;
+  if (ids > model) {
+    throw new CheckpointError(
+      `Cannot load checkpoint: the tokenizer has ${ids} ids, more than the model's vocab_size ${model}`,
+      dir,
+    );
+  }
+  if (model > Math.ceil(ids / 128) * 128) {
+    throw new CheckpointError(
+      `Cannot load checkpoint: the tokenizer has ${ids} ids, far fewer than the model's vocab_size ${model}`,
+      dir,
+    );
+  }
+}
+
+/** Reads every tensor once and refuses the checkpoint at the first NaN or ±Inf. */
+async function checkFiniteTensors(checkpoint: Checkpoint): Promise<void> {
+  for (const [name, t] of checkpoint.tensors) {
+    const values = await readCheckpointTensor(checkpoint, name);
+    for (let i = 0; i < values.length; i++) {
+      if (!Number.isFinite(values[i])) {
+        throw new CheckpointError(
+          `Cannot load checkpoint: tensor "${t.sourceName}" holds ${values[i]} at index ${i}`,
+          t.path,
+        );
+      }
+    }
+  }
+}
+
+/** Characters of the longest token string: no token covers more of a prompt than this. */
+function longestTokenChars(tokenizer: Tokenizer): number {
+  let longest = 1;
+  for (let id = 0; id < tokenizer.vocabSize; id++) {
+    longest = Math.max(longest, tokenizer.idToToken(id)?.length ?? 0);
+  }
+  return longest;
 }
 
 /** Reads every tensor as f32 into memory and builds the CPU backend. */

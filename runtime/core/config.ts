@@ -154,6 +154,37 @@ function positiveInt(o: Json, key: string, where: string, fallback?: number): nu
   return v;
 }
 
+/** A positive integer no larger than `max` (a bound no real model comes near). */
+function sizeInt(o: Json, key: string, where: string, max: number, fallback?: number): number {
+  const v = positiveInt(o, key, where, fallback);
+  if (v > max) {
+    throw new CheckpointError(
+      `Cannot read config: "${key}" ${v} is larger than any real model's (${max})`,
+      where,
+    );
+  }
+  return v;
+}
+
+/** A finite number > 0. */
+function positiveNum(o: Json, key: string, where: string, fallback?: number): number {
+  const v = num(o, key, where, fallback);
+  if (!(v > 0)) throw new CheckpointError(`Cannot read config: "${key}" must be above 0, got ${v}`, where);
+  return v;
+}
+
+/** Upper bounds on sizes: far above every released model, low enough to keep arithmetic exact. */
+const LIMITS = {
+  hidden: 1 << 16,
+  intermediate: 1 << 18,
+  layers: 1024,
+  heads: 1024,
+  vocab: 1 << 22,
+  /** Positions stay exact in f32 on the GPU. */
+  positions: 1 << 24,
+  imageSize: 4096,
+};
+
 function num(o: Json, key: string, where: string, fallback?: number): number {
   const v = o[key] ?? fallback;
   if (typeof v !== "number" || !Number.isFinite(v)) {
@@ -197,9 +228,9 @@ function firstId(v: unknown, fallback: number): number {
  */
 export function parseTextConfig(raw: unknown, where: string): TextConfig {
   if (!isObject(raw)) throw new CheckpointError("Cannot read config: expected a JSON object", where);
-  const hiddenSize = positiveInt(raw, "hidden_size", where);
-  const numHeads = positiveInt(raw, "num_attention_heads", where);
-  const numKvHeads = positiveInt(raw, "num_key_value_heads", where, numHeads);
+  const hiddenSize = sizeInt(raw, "hidden_size", where, LIMITS.hidden);
+  const numHeads = sizeInt(raw, "num_attention_heads", where, LIMITS.heads);
+  const numKvHeads = sizeInt(raw, "num_key_value_heads", where, LIMITS.heads, numHeads);
   const headDim = positiveInt(raw, "head_dim", where, Math.floor(hiddenSize / numHeads));
   if (headDim * numHeads !== hiddenSize) {
     throw new CheckpointError(
@@ -226,15 +257,15 @@ export function parseTextConfig(raw: unknown, where: string): TextConfig {
   }
   return {
     hiddenSize,
-    intermediateSize: positiveInt(raw, "intermediate_size", where),
-    numLayers: positiveInt(raw, "num_hidden_layers", where),
+    intermediateSize: sizeInt(raw, "intermediate_size", where, LIMITS.intermediate),
+    numLayers: sizeInt(raw, "num_hidden_layers", where, LIMITS.layers),
     numHeads,
     numKvHeads,
     headDim,
-    vocabSize: positiveInt(raw, "vocab_size", where, 32000),
-    rmsNormEps: num(raw, "rms_norm_eps", where, 1e-6),
-    ropeTheta: num(raw, "rope_theta", where, 10000),
-    maxPositions: positiveInt(raw, "max_position_embeddings", where, 4096),
+    vocabSize: sizeInt(raw, "vocab_size", where, LIMITS.vocab, 32000),
+    rmsNormEps: positiveNum(raw, "rms_norm_eps", where, 1e-6),
+    ropeTheta: positiveNum(raw, "rope_theta", where, 10000),
+    maxPositions: sizeInt(raw, "max_position_embeddings", where, LIMITS.positions, 4096),
     bosTokenId: firstId(raw["bos_token_id"], 1),
     eosTokenId: firstId(raw["eos_token_id"], 2),
     tieWordEmbeddings: bool(raw, "tie_word_embeddings", where, false),
@@ -263,23 +294,23 @@ export function parseVisionConfig(
 ): VisionConfig {
   if (isObject(raw) && isObject(raw["vision_config"])) raw = raw["vision_config"];
   if (!isObject(raw)) throw new CheckpointError("Cannot read vision config: expected a JSON object", where);
-  const imageSize = positiveInt(raw, "image_size", where, 224);
-  const patchSize = positiveInt(raw, "patch_size", where, 32);
+  const imageSize = sizeInt(raw, "image_size", where, LIMITS.imageSize, 224);
+  const patchSize = sizeInt(raw, "patch_size", where, LIMITS.imageSize, 32);
   if (imageSize % patchSize !== 0) {
     throw new CheckpointError(
       `Cannot read vision config: image_size ${imageSize} is not a multiple of patch_size ${patchSize}`,
       where,
     );
   }
-  const hiddenSize = positiveInt(raw, "hidden_size", where, 768);
-  const numHeads = positiveInt(raw, "num_attention_heads", where, 12);
+  const hiddenSize = sizeInt(raw, "hidden_size", where, LIMITS.hidden, 768);
+  const numHeads = sizeInt(raw, "num_attention_heads", where, LIMITS.heads, 12);
   if (hiddenSize % numHeads !== 0) {
     throw new CheckpointError(
       "Cannot read vision config: hidden_size is not a multiple of num_attention_heads",
       where,
     );
   }
-  const numLayers = positiveInt(raw, "num_hidden_layers", where, 12);
+  const numLayers = sizeInt(raw, "num_hidden_layers", where, LIMITS.layers, 12);
   const act = raw["hidden_act"] ?? "quick_gelu";
   if (act !== "quick_gelu" && act !== "gelu") {
     throw new CheckpointError(`Cannot read vision config: hidden_act "${act}" is not supported`, where);
@@ -301,13 +332,13 @@ export function parseVisionConfig(
   const grid = imageSize / patchSize;
   return {
     hiddenSize,
-    intermediateSize: positiveInt(raw, "intermediate_size", where, 3072),
+    intermediateSize: sizeInt(raw, "intermediate_size", where, LIMITS.intermediate, 3072),
     numLayers,
     numHeads,
     imageSize,
     patchSize,
-    numChannels: positiveInt(raw, "num_channels", where, 3),
-    layerNormEps: num(raw, "layer_norm_eps", where, 1e-5),
+    numChannels: sizeInt(raw, "num_channels", where, 4, 3),
+    layerNormEps: positiveNum(raw, "layer_norm_eps", where, 1e-5),
     hiddenAct: act,
     selectLayer: select.selectLayer,
     selectFeature: select.selectFeature,
@@ -339,8 +370,19 @@ export function parseSparseConfig(raw: unknown, where: string): SparseConfig {
       where,
     );
   }
-  const dModel = positiveInt(raw, "d_model", where, 512);
-  const nhead = positiveInt(raw, "nhead", where, 8);
+  const outputTextKeepRate = num(raw, "output_text_keep_rate", where, 0.5);
+  if (outputTextKeepRate < 0 || outputTextKeepRate > 1) {
+    throw new CheckpointError(
+      `Cannot read sparse_config: output_text_keep_rate ${outputTextKeepRate} is outside [0, 1]`,
+      where,
+    );
+  }
+  const sparseLayer = int(raw, "sparse_layer", where, 2);
+  if (sparseLayer < 0) {
+    throw new CheckpointError(`Cannot read sparse_config: sparse_layer ${sparseLayer} is negative`, where);
+  }
+  const dModel = sizeInt(raw, "d_model", where, LIMITS.hidden, 512);
+  const nhead = sizeInt(raw, "nhead", where, LIMITS.heads, 8);
   if (dModel % nhead !== 0 || dModel % 4 !== 0) {
     throw new CheckpointError(
       `Cannot read sparse_config: d_model ${dModel} must divide by nhead and 4`,
@@ -348,15 +390,15 @@ export function parseSparseConfig(raw: unknown, where: string): SparseConfig {
     );
   }
   return {
-    sparseLayer: int(raw, "sparse_layer", where, 2),
+    sparseLayer,
     visionKeepRate,
-    outputTextKeepRate: num(raw, "output_text_keep_rate", where, 0.5),
+    outputTextKeepRate,
     useVisionPredictor: bool(raw, "use_vision_predictor", where, true),
     useOutputTextPredictor: bool(raw, "use_output_text_predictor", where, true),
     dModel,
     nhead,
-    dimFeedforward: positiveInt(raw, "dim_feedforward", where, 2048),
-    numLayers: positiveInt(raw, "num_layers", where, 2),
+    dimFeedforward: sizeInt(raw, "dim_feedforward", where, LIMITS.intermediate, 2048),
+    numLayers: sizeInt(raw, "num_layers", where, LIMITS.layers, 2),
   };
 }
 
@@ -378,6 +420,28 @@ export function parseSparseConfig(raw: unknown, where: string): SparseConfig {
  * ```
  */
 export function parseModelConfig(raw: unknown, where: string, towerRaw?: unknown): ModelConfig {
+  const config = parseLayout(raw, where, towerRaw);
+  const sparse = config.sparse;
+  if (sparse && sparse.sparseLayer >= config.text.numLayers) {
+    throw new CheckpointError(
+      `Cannot read sparse_config: sparse_layer ${sparse.sparseLayer} is not below num_hidden_layers ${config.text.numLayers}`,
+      where,
+    );
+  }
+  for (
+    const [key, id] of [["bos_token_id", config.text.bosTokenId], [
+      "eos_token_id",
+      config.text.eosTokenId,
+    ]] as const
+  ) {
+    if (!Number.isInteger(id) || id < 0 || id >= config.text.vocabSize) {
+      throw new CheckpointError(`Cannot read config: ${key} ${id} is outside the vocabulary`, where);
+    }
+  }
+  return config;
+}
+
+function parseLayout(raw: unknown, where: string, towerRaw?: unknown): ModelConfig {
   if (!isObject(raw)) throw new CheckpointError("Cannot read config: expected a JSON object", where);
   const type = raw["model_type"];
   const sparse = raw["sparse_config"] == null ? null : parseSparseConfig(raw["sparse_config"], where);
@@ -403,6 +467,10 @@ export function parseModelConfig(raw: unknown, where: string, towerRaw?: unknown
   }
   if (type === "llava_llama" || ((type === "llama" || type === "llava") && raw["mm_vision_tower"] != null)) {
     const text = parseTextConfig(raw, where);
+    if (raw["mm_vision_tower"] == null) {
+      // LLaVA builds no tower (nor projector) without mm_vision_tower: a text-only model.
+      return { layout: "llava_llama", text, vision: null, projector: null, sparse, imageTokenId: null };
+    }
     if (towerRaw === undefined) {
       throw new CheckpointError("Cannot read config: the vision tower's config was not provided", where);
     }

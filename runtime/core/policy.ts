@@ -7,6 +7,7 @@
  * never pruned), "image" (visual token), "output" (a generated token fed back in no-cache mode).
  * @module
  */
+import { PolicyError } from "./errors.ts";
 
 /** What one decoder input row holds. */
 export type RowKind = "text" | "image" | "output";
@@ -73,4 +74,69 @@ export interface Policy {
   readonly name: string;
   /** Checks the model can run this policy (throws PolicyError) and returns its plan. */
   plan(model: PolicyModelInfo): PolicyPlan;
+}
+
+/**
+ * Wraps a plan so that a policy's mistakes become {@link PolicyError}s instead of wrong results:
+ * `pruneLayer` and `admitLayer` must be layers of the model, `admission` "all" or "predictor", and
+ * every `selectRows` answer must be ascending, unique, in range, and keep every text row and the
+ * last row. Both backends run the checked plan, so they refuse the same policies.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { checkedPlan, type PolicyPlan } from "./policy.ts";
+ * import { PolicyError } from "./errors.ts";
+ * const plan: PolicyPlan = {
+ *   pruneLayer: 1, needs: { visionScores: false, textLogits: false, lastRowAttention: false },
+ *   selectRows: () => [999, -1], admission: "all", admitLayer: 2, admit: () => true,
+ * };
+ * const checked = checkedPlan(plan, { numLayers: 2, name: "mine" });
+ * assert.throws(() => checked.selectRows(["text", "image", "text"], {}), PolicyError);
+ * ```
+ */
+export function checkedPlan(plan: PolicyPlan, model: { numLayers: number; name: string }): PolicyPlan {
+  const where = `policy ${model.name}`;
+  const fail = (why: string) => new PolicyError(`Cannot run the ${model.name} policy: ${why}`, where);
+  if (typeof plan !== "object" || plan === null) throw fail("plan() returned no plan");
+  const { pruneLayer, admitLayer, admission } = plan;
+  if (
+    pruneLayer !== null && !(Number.isInteger(pruneLayer) && pruneLayer >= 0 && pruneLayer < model.numLayers)
+  ) {
+    throw fail(`pruneLayer ${pruneLayer} is not a layer of this ${model.numLayers}-layer model`);
+  }
+  if (!(Number.isInteger(admitLayer) && admitLayer >= 0 && admitLayer <= model.numLayers)) {
+    throw fail(`admitLayer ${admitLayer} is outside 0..${model.numLayers}`);
+  }
+  if (admission !== "all" && admission !== "predictor") {
+    throw fail(`admission ${JSON.stringify(admission)} is unknown`);
+  }
+  if (typeof plan.selectRows !== "function" || typeof plan.admit !== "function") {
+    throw fail("the plan lacks selectRows or admit");
+  }
+  return {
+    ...plan,
+    selectRows(kinds, signals) {
+      const rows = plan.selectRows(kinds, signals);
+      if (!Array.isArray(rows)) throw fail("selectRows did not return an array");
+      let next = 0;
+      for (const row of rows) {
+        if (!Number.isInteger(row) || row < next || row >= kinds.length) {
+          throw fail(
+            `selectRows returned row ${row}; rows must be ascending, unique, in 0..${kinds.length - 1}`,
+          );
+        }
+        for (let skipped = next; skipped < row; skipped++) {
+          if (kinds[skipped] === "text") throw fail(`selectRows dropped text row ${skipped}`);
+        }
+        next = row + 1;
+      }
+      for (let skipped = next; skipped < kinds.length; skipped++) {
+        if (kinds[skipped] === "text" || skipped === kinds.length - 1) {
+          throw fail(`selectRows dropped ${kinds[skipped] === "text" ? "text " : "the last "}row ${skipped}`);
+        }
+      }
+      return rows;
+    },
+  };
 }

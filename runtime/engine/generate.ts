@@ -237,7 +237,10 @@ async function loop(
   /** Records a sampled token, streams the text that is safe to show, and says whether to stop. */
   const push = (token: number): FinishReason | null => {
     tokens.push(token);
-    const full = tokenizer.decode(tokens, { skipSpecialTokens: true });
+    // Ids of a padded vocabulary beyond the tokenizer's have no text (as in Hugging Face's decode).
+    const full = tokenizer.decode(tokens.filter((id) => id < tokenizer.vocabSize), {
+      skipSpecialTokens: true,
+    });
     if (!full.endsWith("\uFFFD")) text = full;
     const stopAt = findStopString(text, stopStrings, Math.max(0, shown - longestStop));
     let reason: FinishReason | null = null;

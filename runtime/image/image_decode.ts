@@ -50,7 +50,7 @@ export interface ImageHeader {
 
 /** Options of {@link decodeImage}. */
 export interface DecodeImageOptions {
-  /** Refuse images with more pixels than this (default 64 Mi = 67,108,864). */
+  /** Refuse images with more pixels than this (default {@link DEFAULT_MAX_PIXELS} = 4096²). */
   maxPixels?: number;
 }
 
@@ -58,7 +58,7 @@ export interface DecodeImageOptions {
 export interface DecodeVideoOptions {
   /** How many frames to return, evenly spaced over the video. */
   frames: number;
-  /** Refuse videos whose frames have more pixels than this (default 64 Mi = 67,108,864). */
+  /** Refuse videos whose frames have more pixels than this (default {@link DEFAULT_MAX_PIXELS} = 4096²). */
   maxPixels?: number;
 }
 
@@ -82,7 +82,14 @@ export interface FfmpegRun {
   outputs: Map<string, Uint8Array>;
 }
 
-const DEFAULT_MAX_PIXELS = 64 * 1024 * 1024;
+/**
+ * Default pixel limit of decoded images and video frames: 4096² = 16,777,216 (a 12-megapixel
+ * photo fits). Decoding costs about 30 bytes per pixel at peak, so this bounds one decode near 500 MB.
+ */
+export const DEFAULT_MAX_PIXELS = 4096 * 4096;
+
+/** Most JPEG marker segments accepted (real files have tens; a bomb has hundreds of thousands). */
+const MAX_JPEG_SEGMENTS = 4096;
 
 // ---------------------------------------------------------------------------------------------
 // Public API
@@ -305,12 +312,14 @@ function readPngHeader(bytes: Uint8Array): ImageHeader {
 
 function readJpegHeader(bytes: Uint8Array): ImageHeader {
   let at = 2;
+  let segments = 0;
   while (true) {
     need(bytes, at + 2, "JPEG");
     if (bytes[at] !== 0xff) throw corrupt(`JPEG has no marker at byte ${at}`);
     while (at < bytes.length && bytes[at] === 0xff) at++; // fill bytes
     need(bytes, at + 1, "JPEG");
     const marker = bytes[at++];
+    countJpegSegment(++segments);
     const standalone = marker === 0x01 || marker === 0xd8 || (marker >= 0xd0 && marker <= 0xd7);
     if (standalone) continue;
     if (marker === 0xd9 || marker === 0xda) throw corrupt("JPEG has no frame header (SOF) before its data");
@@ -322,9 +331,44 @@ function readJpegHeader(bytes: Uint8Array): ImageHeader {
     if (isFrameHeader) {
       // length u16 | precision u8 | height u16 | width u16 | components u8
       need(bytes, at + 8, "JPEG");
+      countRemainingJpegSegments(bytes, at + length, segments);
       return { format: "jpeg", width: u16be(bytes, at + 5), height: u16be(bytes, at + 3) };
     }
     at += length;
+  }
+}
+
+function countJpegSegment(segments: number): void {
+  if (segments > MAX_JPEG_SEGMENTS) {
+    throw new ImageError(
+      `Cannot decode image: JPEG has more than ${MAX_JPEG_SEGMENTS} marker segments (a decompression bomb)`,
+      "image",
+    );
+  }
+}
+
+/**
+ * Walks the JPEG's segments after the frame header, skipping entropy-coded data, and refuses files
+ * with too many (ffmpeg spends seconds and hundreds of MB on hundreds of thousands of empty ones).
+ * Damage here is left to the decoder to report.
+ */
+function countRemainingJpegSegments(bytes: Uint8Array, at: number, segments: number): void {
+  while (at + 1 < bytes.length) {
+    if (bytes[at] !== 0xff) return;
+    while (at < bytes.length && bytes[at] === 0xff) at++;
+    if (at + 2 >= bytes.length) return;
+    const marker = bytes[at++];
+    countJpegSegment(++segments);
+    if (marker === 0xd9) return;
+    if (marker === 0x01 || (marker >= 0xd0 && marker <= 0xd7)) continue;
+    at += u16be(bytes, at);
+    if (marker !== 0xda) continue;
+    // Entropy-coded data runs to the next marker that is not a stuffed 0x00 nor a restart marker.
+    while (at + 1 < bytes.length) {
+      const next = bytes[at + 1];
+      if (bytes[at] === 0xff && next !== 0x00 && next !== 0xff && !(next >= 0xd0 && next <= 0xd7)) break;
+      at++;
+    }
   }
 }
 
@@ -380,6 +424,7 @@ function readGifHeader(bytes: Uint8Array): ImageHeader {
     } else if (introducer === 0x2c) {
       // image descriptor: 0x2c left top width height (u16le each) flags, then a local palette
       need(bytes, at + 10, "GIF");
+      checkGifFrame(bytes, at, header);
       const flags = bytes[at + 9];
       const palette = flags & 0x80 ? { at: at + 10, size: 2 << (flags & 7) } : globalPalette;
       if (transparentIndex >= 0 && palette !== null && transparentIndex < palette.size) {
@@ -391,6 +436,17 @@ function readGifHeader(bytes: Uint8Array): ImageHeader {
     } else {
       throw corrupt(`GIF has no image (block 0x${introducer.toString(16)} at byte ${at})`);
     }
+  }
+}
+
+/** A GIF frame must lie inside the logical screen (the decoder allocates the screen, not the frame). */
+function checkGifFrame(bytes: Uint8Array, at: number, header: ImageHeader): void {
+  const left = u16le(bytes, at + 1), top = u16le(bytes, at + 3);
+  const width = u16le(bytes, at + 5), height = u16le(bytes, at + 7);
+  if (width === 0 || height === 0 || left + width > header.width || top + height > header.height) {
+    throw corrupt(
+      `GIF frame ${width}×${height} at (${left}, ${top}) does not lie inside the ${header.width}×${header.height} screen`,
+    );
   }
 }
 

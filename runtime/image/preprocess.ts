@@ -28,6 +28,8 @@ export interface PreprocessOptions {
   mean?: readonly [number, number, number];
   /** Per-channel standard deviation; default {@link CLIP_STD}. */
   std?: readonly [number, number, number];
+  /** Encoded input only: refuse images with more pixels than this before decoding (decodeImage's default). */
+  maxPixels?: number;
 }
 
 /**
@@ -60,7 +62,7 @@ export async function preprocessImage(
   checkChannels(mean, "mean");
   checkChannels(std, "std");
   let image: RgbImage;
-  if (input instanceof Uint8Array) image = await decodeImage(input);
+  if (input instanceof Uint8Array) image = await decodeImage(input, { maxPixels: options.maxPixels });
   else {
     checkRgbImage(input, "image");
     image = input;

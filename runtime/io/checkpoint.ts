@@ -77,11 +77,24 @@ const IGNORED = [
   /^(logit_scale|text_projection\.weight|visual_projection\.weight)$/,
 ];
 
+/** Largest config.json read (real ones are a few KiB). */
+const MAX_CONFIG_BYTES = 16 * 1024 * 1024;
+
 async function readJson(path: string): Promise<unknown> {
   let text: string;
   try {
+    // A FIFO or device named config.json would block the read forever: only regular files are read.
+    const info = await Deno.stat(path);
+    if (!info.isFile) throw new CheckpointError("Cannot load checkpoint: not a regular file", path);
+    if (info.size > MAX_CONFIG_BYTES) {
+      throw new CheckpointError(
+        `Cannot load checkpoint: ${info.size} bytes, more than ${MAX_CONFIG_BYTES}`,
+        path,
+      );
+    }
     text = await Deno.readTextFile(path);
   } catch (err) {
+    if (err instanceof CheckpointError) throw err;
     if (err instanceof Deno.errors.NotFound) {
       throw new CheckpointError("Cannot load checkpoint: file not found", path);
     }

@@ -93,7 +93,7 @@ export function encodeWithImages(tokenizer: Tokenizer, text: string): number[] {
   pieces.forEach((piece, i) => {
     if (i > 0) ids.push(IMAGE_TOKEN_INDEX);
     const skip = (i > 0 || ids.length > 0) && piece[0] === tokenizer.bosId ? 1 : 0;
-    ids.push(...piece.slice(skip));
+    for (let j = skip; j < piece.length; j++) ids.push(piece[j]);
   });
   return ids;
 }

@@ -59,6 +59,9 @@ const MAX_TOKEN_ID = 1 << 24;
  * ```
  */
 export function parseTokenizerJson(text: string, where: string): Tokenizer {
+  if (text.length > MAX_TOKENIZER_JSON_CHARS) {
+    throw fail(`it has ${text.length} characters, more than ${MAX_TOKENIZER_JSON_CHARS}`, where);
+  }
   let root: unknown;
   try {
     root = JSON.parse(text);
@@ -314,13 +317,17 @@ function parseNormalizer(
   config: unknown,
   where: string,
   field = "normalizer",
+  depth = 0,
 ): ((s: string) => string) | null {
   if (config === null) return null;
   if (!isObject(config)) throw fail(`${field} is not an object`, where);
+  checkDepth(depth, field, where);
   switch (config.type) {
     case "Sequence": {
       if (!Array.isArray(config.normalizers)) throw fail(`${field}.normalizers is not an array`, where);
-      const steps = config.normalizers.map((c, i) => parseNormalizer(c, where, `${field}.normalizers[${i}]`));
+      const steps = config.normalizers.map((c, i) =>
+        parseNormalizer(c, where, `${field}.normalizers[${i}]`, depth + 1)
+      );
       return (text) => steps.reduce((s, step) => (step ? step(s) : s), text);
     }
     case "Prepend": {
@@ -415,12 +422,15 @@ function parsePostProcessor(config: unknown, where: string): Template {
 // ---------------------------------------------------------------------------------------------
 // Decoder chain: the config of each step, mapped to the steps of bpe.ts
 
-function parseDecoderStep(config: unknown, field: string, where: string): DecoderStep {
+function parseDecoderStep(config: unknown, field: string, where: string, depth = 0): DecoderStep {
   if (!isObject(config)) throw fail(`${field} is not an object`, where);
+  checkDepth(depth, field, where);
   switch (config.type) {
     case "Sequence": {
       if (!Array.isArray(config.decoders)) throw fail(`${field}.decoders is not an array`, where);
-      const steps = config.decoders.map((c, i) => parseDecoderStep(c, `${field}.decoders[${i}]`, where));
+      const steps = config.decoders.map((c, i) =>
+        parseDecoderStep(c, `${field}.decoders[${i}]`, where, depth + 1)
+      );
       return (tokens) => steps.reduce((list, step) => step(list), tokens);
     }
     case "Replace":
@@ -450,6 +460,16 @@ function parseDecoderStep(config: unknown, field: string, where: string): Decode
 
 // ---------------------------------------------------------------------------------------------
 // JSON field helpers
+
+/** Deepest nesting of Sequence normalizers or decoders accepted (real files nest 1 deep). */
+const MAX_NESTING = 16;
+
+/** Longest tokenizer.json accepted, in characters (real ones are 2–35 MB). */
+const MAX_TOKENIZER_JSON_CHARS = 256 * 1024 * 1024;
+
+function checkDepth(depth: number, field: string, where: string): void {
+  if (depth > MAX_NESTING) throw fail(`${field} nests Sequences more than ${MAX_NESTING} deep`, where);
+}
 
 function fail(why: string, where: string): TokenizerError {
   return new TokenizerError(`Cannot load tokenizer.json: ${why}`, where);
