@@ -1,8 +1,10 @@
 /**
- * The WebGPU backend: opens the device, uploads a checkpoint tensor by tensor (matrices as
- * WeightTensors, f16 where chosen; vectors as f32 buffers), compiles every kernel once, and
- * hands requests to {@link GpuSession} (runtime/gpu_session.ts) and images to the vision encoder
- * (runtime/gpu_vision.ts).
+ * The WebGPU backend: opens the device, uploads a checkpoint tensor by tensor (each weight as the
+ * model's weight description says: matrices as WeightTensors, f16 where chosen; vectors as f32
+ * buffers), compiles every kernel once into a {@link GpuModel}, and hands requests to
+ * {@link GpuSession} (runtime/webgpu/gpu_session.ts), their concurrent decode steps to
+ * {@link DecodeBatcher} (runtime/webgpu/gpu_batch.ts) and images to the vision encoder
+ * (runtime/webgpu/gpu_vision.ts).
  * @module
  */
 import type {
@@ -13,39 +15,16 @@ import type {
   SessionInput,
 } from "../engine/backend.ts";
 import { type Checkpoint, readCheckpointTensor } from "../io/checkpoint.ts";
-import type { ModelConfig } from "../core/config.ts";
-import { BufferSet, createGpu, type Gpu } from "../device/gpu.ts";
-import { createKernels, type Kernels } from "./gpu_kernels.ts";
-import {
-  type GpuTextPredictor,
-  type GpuVisionPredictor,
-  uploadTextPredictor,
-  uploadVisionPredictor,
-} from "./gpu_predictors.ts";
+import { BufferSet, createGpu } from "../device/gpu.ts";
+import { createKernels } from "./gpu_kernels.ts";
+import { uploadTextPredictor, uploadVisionPredictor } from "./gpu_predictors.ts";
 import { GpuSession } from "./gpu_session.ts";
 import { DecodeBatcher } from "./gpu_batch.ts";
-import { encodeImagesGpu, type VisionLayerWeights, visionLayerWeights } from "./gpu_vision.ts";
+import { encodeImagesGpu } from "./gpu_vision.ts";
+import type { GpuModel, GpuPredictors } from "./gpu_model.ts";
 import { loadPredictors } from "../core/predictors.ts";
+import { bindWeights, describeWeights, isPredictorWeight, weightList } from "../core/weights.ts";
 import { uploadWeight, type WeightTensor } from "../device/weights_gpu.ts";
-
-/** One decoder layer's weights. */
-export interface LayerWeights {
-  attnNorm: GPUBuffer;
-  mlpNorm: GPUBuffer;
-  wq: WeightTensor;
-  wk: WeightTensor;
-  wv: WeightTensor;
-  wo: WeightTensor;
-  wGate: WeightTensor;
-  wUp: WeightTensor;
-  wDown: WeightTensor;
-}
-
-/** Every weight on the GPU: matrices as WeightTensors, vectors as f32 buffers. */
-export interface GpuWeights {
-  matrices: Map<string, WeightTensor>;
-  vectors: Map<string, GPUBuffer>;
-}
 
 /**
  * Opens WebGPU and uploads a checkpoint tensor by tensor (each read, converted, uploaded, dropped).
@@ -67,29 +46,34 @@ export async function createGpuBackend(
   const buffers = new BufferSet(gpu);
   try {
     const kernels = await createKernels(gpu);
-    const weights: GpuWeights = { matrices: new Map(), vectors: new Map() };
+    const specs = describeWeights(checkpoint.config), roles = weightList(specs);
+    const matrices = new Map<string, WeightTensor>(), vectors = new Map<string, GPUBuffer>();
     const predictorTensors = new Map<string, Float32Array>();
     const total = [...checkpoint.tensors.values()].reduce((n, t) => n + t.location.entry.byteLength, 0);
     let loaded = 0;
     for (const [name, t] of checkpoint.tensors) {
       const values = await readCheckpointTensor(checkpoint, name);
-      if (name.includes("_score_predictor.")) predictorTensors.set(name, values);
-      else if (t.shape.length >= 2 && name !== "vision.pos_embed") {
+      if (isPredictorWeight(name)) predictorTensors.set(name, values);
+      else if (roles.get(name)!.role === "matrix") {
         const rows = t.shape[0], cols = values.length / rows;
-        weights.matrices.set(name, uploadWeight(buffers, values, { rows, cols, label: name }));
+        matrices.set(name, uploadWeight(buffers, values, { rows, cols, label: name }));
       } else {
-        weights.vectors.set(name, buffers.upload(values, name));
+        vectors.set(name, buffers.upload(values, name));
       }
       loaded += t.location.entry.byteLength;
       options.onProgress?.({ loadedBytes: loaded, totalBytes: total, tensor: t.sourceName });
     }
     const cpuPredictors = loadPredictors(checkpoint.config, (n) => predictorTensors.get(n));
-    const predictors = {
+    const predictors: GpuPredictors = {
       vision: cpuPredictors.vision ? await uploadVisionPredictor(buffers, cpuPredictors.vision) : null,
       text: cpuPredictors.text ? await uploadTextPredictor(buffers, cpuPredictors.text) : null,
     };
     await gpu.sync();
-    return new GpuBackend(gpu, buffers, checkpoint.config, weights, kernels, predictors);
+    const weights = bindWeights(specs, {
+      matrix: (spec) => matrices.get(spec.name)!,
+      vector: (spec) => vectors.get(spec.name)!,
+    });
+    return new GpuBackend({ gpu, buffers, config: checkpoint.config, weights, kernels, predictors });
   } catch (err) {
     buffers.destroy();
     gpu.destroy();
@@ -101,53 +85,21 @@ export async function createGpuBackend(
 export class GpuBackend implements Backend {
   readonly kind = "webgpu" as const;
   /** Runs the decode steps of concurrent requests together (generateBatch). */
-  readonly batcher: DecodeBatcher = new DecodeBatcher(this);
-  readonly layers: LayerWeights[];
-  readonly visionLayers: VisionLayerWeights[];
-  constructor(
-    readonly gpu: Gpu,
-    readonly buffers: BufferSet,
-    readonly config: ModelConfig,
-    readonly weights: GpuWeights,
-    readonly kernels: Kernels,
-    readonly predictors: { vision: GpuVisionPredictor | null; text: GpuTextPredictor | null },
-  ) {
-    const m = (n: string) => weights.matrices.get(n)!;
-    const v = (n: string) => weights.vectors.get(n)!;
-    this.layers = Array.from({ length: config.text.numLayers }, (_, i) => {
-      const p = `layers.${i}.`;
-      return {
-        attnNorm: v(p + "attn_norm"),
-        mlpNorm: v(p + "mlp_norm"),
-        wq: m(p + "wq"),
-        wk: m(p + "wk"),
-        wv: m(p + "wv"),
-        wo: m(p + "wo"),
-        wGate: m(p + "w_gate"),
-        wUp: m(p + "w_up"),
-        wDown: m(p + "w_down"),
-      };
-    });
-    this.visionLayers = visionLayerWeights(config, m, v);
-  }
-
-  matrix(name: string): WeightTensor {
-    return this.weights.matrices.get(name)!;
-  }
-  vector(name: string): GPUBuffer {
-    return this.weights.vectors.get(name)!;
+  readonly batcher: DecodeBatcher;
+  constructor(readonly model: GpuModel) {
+    this.batcher = new DecodeBatcher(model);
   }
 
   encodeImages(pixels: Float32Array[]): Promise<ImageFeatures> {
-    return encodeImagesGpu(this, pixels);
+    return encodeImagesGpu(this.model, pixels);
   }
 
   openSession(input: SessionInput): BackendSession {
-    return new GpuSession(this, input);
+    return new GpuSession(this.model, input, this.batcher);
   }
 
   get readbacks(): number {
-    return this.gpu.readbacks;
+    return this.model.gpu.readbacks;
   }
 
   get batchedSteps(): number {
@@ -155,7 +107,7 @@ export class GpuBackend implements Backend {
   }
 
   dispose(): void {
-    this.buffers.destroy();
-    this.gpu.destroy();
+    this.model.buffers.destroy();
+    this.model.gpu.destroy();
   }
 }

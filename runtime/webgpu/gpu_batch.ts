@@ -14,9 +14,9 @@
  * @module
  */
 import { BufferSet, type Dispatch } from "../device/gpu.ts";
-import type { GpuBackend } from "./gpu_backend.ts";
 import { allocLayerActivations, bindHead, bindLayerInput, bindLayerOutput } from "./gpu_layers.ts";
-import type { BatchParts, GpuSession, StepResults } from "./gpu_session.ts";
+import type { GpuModel } from "./gpu_model.ts";
+import type { BatchParts, DecodeQueue, GpuSession, StepResults } from "./gpu_session.ts";
 
 interface Waiting {
   session: GpuSession;
@@ -27,8 +27,8 @@ interface Waiting {
 }
 
 /** Collects concurrent decode calls of one model and runs them as batched steps. */
-export class DecodeBatcher {
-  readonly model: GpuBackend;
+export class DecodeBatcher implements DecodeQueue {
+  readonly model: GpuModel;
   #waiting: Waiting[] = [];
   /** Batched steps run so far (for tests and reports). */
   batchedSteps = 0;
@@ -37,10 +37,10 @@ export class DecodeBatcher {
    * @example
    * ```ts
    * import { DecodeBatcher } from "./gpu_batch.ts";
-   * // const batcher = new DecodeBatcher(backend); await batcher.decode(session, 16);
+   * // const batcher = new DecodeBatcher(model); await batcher.decode(session, 16);
    * ```
    */
-  constructor(model: GpuBackend) {
+  constructor(model: GpuModel) {
     this.model = model;
   }
 
@@ -106,8 +106,8 @@ export class DecodeBatcher {
     const act = allocLayerActivations(set, t, { rows: B, label: "batch" });
     const logits = set.storage(B * t.vocabSize * 4, "batch logits");
     const tokens = set.storage(B * 4, "batch tokens"), positions = set.storage(B * 4, "batch positions");
-    const embed = k.embedding.bind(set, { ids: tokens, table: model.matrix("embed"), out: act.x, rows: B });
-    const layers = model.layers.map((_, l) => ({
+    const embed = k.embedding.bind(set, { ids: tokens, table: model.weights.embed, out: act.x, rows: B });
+    const layers = model.weights.layers.map((_, l) => ({
       admitting: parts.flatMap((p, b) => p.admitLayer === l && p.admit.length > 0 ? [b] : []),
       input: bindLayerInput(model, set, l, { act, rows: B, positions, positionsOffset: 0 }),
       attention: parts.flatMap((p) => p.attention[l]),

@@ -1,6 +1,6 @@
 /**
  * The weight-bound parts of a decoder layer on the GPU, shared by one request's passes
- * (runtime/gpu_session.ts) and batched decode steps (runtime/gpu_batch.ts): everything but the
+ * (runtime/webgpu/gpu_session.ts) and batched decode steps (runtime/webgpu/gpu_batch.ts): everything but the
  * attention over a request's own KV cache, which sits between {@link bindLayerInput} and
  * {@link bindLayerOutput}.
  *
@@ -10,7 +10,7 @@
  */
 import type { TextConfig } from "../core/config.ts";
 import type { BufferSet, Dispatch } from "../device/gpu.ts";
-import type { GpuBackend } from "./gpu_backend.ts";
+import type { GpuModel } from "./gpu_model.ts";
 
 /** The activation buffers a layer reads and writes. */
 export interface LayerActivations {
@@ -63,12 +63,12 @@ export function allocLayerActivations(
  * ```
  */
 export function bindLayerInput(
-  model: GpuBackend,
+  model: GpuModel,
   set: BufferSet,
   l: number,
   args: { act: LayerActivations; rows: number; positions: GPUBuffer; positionsOffset: number },
 ): Dispatch[] {
-  const k = model.kernels, t = model.config.text, W = model.layers[l], { act: a, rows } = args;
+  const k = model.kernels, t = model.config.text, W = model.weights.layers[l], { act: a, rows } = args;
   const rope = (x: GPUBuffer, heads: number) =>
     k.rope.bind(set, {
       x,
@@ -105,12 +105,12 @@ export function bindLayerInput(
  * ```
  */
 export function bindLayerOutput(
-  model: GpuBackend,
+  model: GpuModel,
   set: BufferSet,
   l: number,
   args: { act: LayerActivations; rows: number },
 ): Dispatch[] {
-  const k = model.kernels, t = model.config.text, W = model.layers[l], { act: a, rows } = args;
+  const k = model.kernels, t = model.config.text, W = model.weights.layers[l], { act: a, rows } = args;
   return [
     ...k.matmul.bind(set, { x: a.attn, weight: W.wo, out: a.x, rows, accumulate: true }),
     ...k.rmsNorm.bind(set, {
@@ -137,17 +137,16 @@ export function bindLayerOutput(
  * ```
  */
 export function bindHead(
-  model: GpuBackend,
+  model: GpuModel,
   set: BufferSet,
   args: { x: GPUBuffer; h: GPUBuffer; logits: GPUBuffer; first: number; rows: number },
 ): Dispatch[] {
-  const k = model.kernels, t = model.config.text;
-  const head = model.weights.matrices.get("lm_head") ?? model.matrix("embed");
+  const k = model.kernels, t = model.config.text, W = model.weights;
   const rows = args.first + args.rows;
   return [
     ...k.rmsNorm.bind(set, {
       x: args.x,
-      weight: model.vector("norm"),
+      weight: W.norm,
       out: args.h,
       rows,
       cols: t.hiddenSize,
@@ -155,7 +154,7 @@ export function bindHead(
     }),
     ...k.matmul.bind(set, {
       x: args.h,
-      weight: head,
+      weight: W.lmHead ?? W.embed,
       out: args.logits,
       rows: args.rows,
       xRowOffset: args.first,
