@@ -11,6 +11,7 @@ import { InputError } from "../core/errors.ts";
 import type { PolicyPlan } from "../core/policy.ts";
 import type { PromptRows } from "../core/sequence.ts";
 import type { Tokenizer } from "../text/tokenizer.ts";
+import type { Phase } from "./pass.ts";
 
 /** One streamed token. */
 export interface GenerateEvent {
@@ -105,72 +106,17 @@ async function loop(
   request: LoopRequest,
   emit: (event: GenerateEvent) => void,
 ): Promise<GenerateResult> {
-  const tokens: number[] = [];
-  let admitted: boolean[] = [];
-  let text = "";
-  let visualKept: number[] | null = null;
-  let done = request.maxNewTokens === 0;
-  const push = (token: number): boolean => {
-    tokens.push(token);
-    const full = tokenizer.decode(tokens, { skipSpecialTokens: true });
-    const delta = full.endsWith("\uFFFD") ? "" : full.slice(text.length);
-    if (!full.endsWith("\uFFFD")) text = full;
-    emit({ token, text: delta });
-    return request.stop.includes(token) || tokens.length >= request.maxNewTokens;
-  };
+  const output = new Output(tokenizer, request, emit);
   const t0 = performance.now();
-  let prefillMs = 0;
-  if (request.kvCache) {
-    const first = await session.prefill({ wantLogits: false });
-    prefillMs = performance.now() - t0;
-    visualKept = first.visualKept;
-    if (!done) done = push(first.token);
-    while (!done) {
-      checkAbort(request.signal);
-      const steps = Math.min(request.decodeBatch, request.maxNewTokens - tokens.length);
-      const out = await session.decode(steps);
-      for (let i = 0; i < out.tokens.length && !done; i++) {
-        admitted.push(out.admitted[i]);
-        done = push(out.tokens[i]);
-      }
-    }
-  } else {
-    let outputKept: number[] = [];
-    const first = await session.recompute([]);
-    prefillMs = performance.now() - t0;
-    visualKept = first.visualKept;
-    if (!done) done = push(first.token);
-    while (!done) {
-      checkAbort(request.signal);
-      const step = await session.recompute(tokens);
-      outputKept = step.outputKept;
-      done = push(step.token);
-    }
-    // Final keep decision per generated token except the last, from the last recompute; the token
-    // fed last in that recompute was its last row, which is always kept.
-    const kept = new Set(outputKept);
-    const fed = Math.max(0, tokens.length - 1);
-    admitted = Array.from({ length: fed }, (_, j) => j === fed - 1 || kept.has(j));
-  }
-  const totalMs = performance.now() - t0;
-  const decodeMs = totalMs - prefillMs;
-  const sum = (phase: "prefill" | "decode"): PassFlops => {
-    const out = { flopsPaper: 0, flopsExact: 0 };
-    for (const pass of session.passes) {
-      if (pass.phase !== phase) continue;
-      const f = passFlops(config.text, pass.layers);
-      out.flopsPaper += f.flopsPaper;
-      out.flopsExact += f.flopsExact;
-    }
-    return out;
-  };
-  const rowsComputed = (phase: "prefill" | "decode") =>
-    session.passes.filter((p) => p.phase === phase).reduce(
-      (n, p) => n + p.layers.reduce((m, l) => m + l.newRows, 0),
-      0,
-    );
-  const rowsPerLayer = session.ledger.rowsPerLayer();
-  const bytesPerElement = session.ledger.bytesPerRow / (2 * config.text.numKvHeads * config.text.headDim);
+  const run = request.kvCache ? withCache : withoutCache;
+  const { visualKept, admitted, prefillMs } = await run(
+    session,
+    request,
+    output,
+    () => performance.now() - t0,
+  );
+  const decodeMs = performance.now() - t0 - prefillMs;
+  const { tokens, text } = output;
   return {
     tokens,
     text,
@@ -185,14 +131,120 @@ async function loop(
       prefillMs,
       decodeMs,
       tokensPerSecond: tokens.length > 1 && decodeMs > 0 ? (tokens.length - 1) / (decodeMs / 1000) : 0,
-      flops: { prefill: sum("prefill"), decode: sum("decode") },
-      kvCache: {
-        rowsPerLayer,
-        bytes: kvBytes(config.text, rowsPerLayer, { bytesPerElement }),
-        peakBytes: session.ledger.peakBytes,
+      flops: {
+        prefill: phaseFlops(session, config, "prefill"),
+        decode: phaseFlops(session, config, "decode"),
       },
+      kvCache: cacheStats(session, config),
       gpuPeakBytes: session.gpuPeakBytes() + (request.images?.gpuBytes ?? 0),
-      rowsComputed: { prefill: rowsComputed("prefill"), decode: rowsComputed("decode") },
+      rowsComputed: { prefill: rowsComputed(session, "prefill"), decode: rowsComputed(session, "decode") },
     },
+  };
+}
+
+/** The generated tokens and their text, streamed as they come. */
+class Output {
+  readonly tokens: number[] = [];
+  text = "";
+  constructor(
+    readonly tokenizer: Tokenizer,
+    readonly request: LoopRequest,
+    readonly emit: (event: GenerateEvent) => void,
+  ) {}
+
+  /** Adds and streams a token; true when the request is done (stop id or maxNewTokens). */
+  push(token: number): boolean {
+    this.tokens.push(token);
+    const full = this.tokenizer.decode(this.tokens, { skipSpecialTokens: true });
+    const delta = full.endsWith("\uFFFD") ? "" : full.slice(this.text.length);
+    if (!full.endsWith("\uFFFD")) this.text = full;
+    this.emit({ token, text: delta });
+    return this.request.stop.includes(token) || this.tokens.length >= this.request.maxNewTokens;
+  }
+}
+
+/** What a run of the loop decided, besides the tokens. */
+interface RunOutcome {
+  visualKept: number[] | null;
+  admitted: boolean[];
+  prefillMs: number;
+}
+
+/** KV mode: prefill, then decode steps in batches of `decodeBatch` until done. */
+async function withCache(
+  session: BackendSession,
+  request: LoopRequest,
+  output: Output,
+  elapsed: () => number,
+): Promise<RunOutcome> {
+  const admitted: boolean[] = [];
+  const first = await session.prefill({ wantLogits: false });
+  const prefillMs = elapsed();
+  let done = request.maxNewTokens === 0 || output.push(first.token);
+  while (!done) {
+    checkAbort(request.signal);
+    const steps = Math.min(request.decodeBatch, request.maxNewTokens - output.tokens.length);
+    const out = await session.decode(steps);
+    for (let i = 0; i < out.tokens.length && !done; i++) {
+      admitted.push(out.admitted[i]);
+      done = output.push(out.tokens[i]);
+    }
+  }
+  return { visualKept: first.visualKept, admitted, prefillMs };
+}
+
+/** No-cache mode: one recompute of the whole context per token. */
+async function withoutCache(
+  session: BackendSession,
+  request: LoopRequest,
+  output: Output,
+  elapsed: () => number,
+): Promise<RunOutcome> {
+  let outputKept: number[] = [];
+  const first = await session.recompute([]);
+  const prefillMs = elapsed();
+  let done = request.maxNewTokens === 0 || output.push(first.token);
+  while (!done) {
+    checkAbort(request.signal);
+    const step = await session.recompute(output.tokens);
+    outputKept = step.outputKept;
+    done = output.push(step.token);
+  }
+  // Final keep decision per generated token except the last, from the last recompute; the token
+  // fed last in that recompute was its last row, which is always kept.
+  const kept = new Set(outputKept);
+  const fed = Math.max(0, output.tokens.length - 1);
+  const admitted = Array.from({ length: fed }, (_, j) => j === fed - 1 || kept.has(j));
+  return { visualKept: first.visualKept, admitted, prefillMs };
+}
+
+/** FLOPs of a phase's passes, summed. */
+function phaseFlops(session: BackendSession, config: ModelConfig, phase: Phase): PassFlops {
+  const out = { flopsPaper: 0, flopsExact: 0 };
+  for (const pass of session.passes) {
+    if (pass.phase !== phase) continue;
+    const f = passFlops(config.text, pass.layers);
+    out.flopsPaper += f.flopsPaper;
+    out.flopsExact += f.flopsExact;
+  }
+  return out;
+}
+
+/** Rows computed over a phase's passes, summed over layers. */
+function rowsComputed(session: BackendSession, phase: Phase): number {
+  return session.passes.filter((p) => p.phase === phase).reduce(
+    (n, p) => n + p.layers.reduce((m, l) => m + l.newRows, 0),
+    0,
+  );
+}
+
+/** The rows and bytes the caches hold at the end, and their peak. */
+function cacheStats(session: BackendSession, config: ModelConfig): GenerateStats["kvCache"] {
+  const rowsPerLayer = session.ledger.rowsPerLayer();
+  const bytesPerElement = session.ledger.bytesPerRow / (2 * config.text.numKvHeads * config.text.headDim);
+  return {
+    rowsPerLayer,
+    bytes: kvBytes(config.text, rowsPerLayer, { bytesPerElement }),
+    peakBytes: session.ledger.peakBytes,
   };
 }
