@@ -329,6 +329,7 @@ fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg:
  * Compiles the attention pipelines.
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { BufferSet, createGpu } from "../runtime/device/gpu.ts";
  * import { createAttention } from "./attention.ts";
  * const gpu = await createGpu();
@@ -342,7 +343,9 @@ fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg:
  * gpu.submit(attention.bind(buffers, {
  *   q, keys, values, out, counts, countIndex: 0, rows: 1, heads: 1, kvHeads: 1, headDim: 4, causal: true,
  * }));
- * console.log(new Float32Array(await gpu.read(out, 0, 16))); // ≈ [2.08, 3.08, 4.08, 5.08]
+ * const got = new Float32Array(await gpu.read(out, 0, 16));
+ * // softmax(q·k / √4) = softmax([1, 0]) weighs the value rows [1, 2, 3, 4] and [5, 6, 7, 8]:
+ * [2.0758, 3.0758, 4.0758, 5.0758].forEach((want, i) => assert.ok(Math.abs(got[i] - want) < 1e-4, `${got}`));
  * buffers.destroy();
  * gpu.destroy();
  * ```

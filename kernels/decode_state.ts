@@ -46,6 +46,7 @@ fn main() {
  * Compiles the advance kernel.
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { createGpu, BufferSet } from "../runtime/device/gpu.ts";
  * import { createAdvance } from "./decode_state.ts";
  * const gpu = await createGpu();
@@ -53,7 +54,7 @@ fn main() {
  * const state = buffers.upload(new Uint32Array([0, 7, 10, 0, 5, 5]), "state");
  * const flags = buffers.upload(new Uint32Array([0]), "flags");
  * gpu.submit((await createAdvance(gpu)).bind(buffers, { state, flags, layers: 2, admitLayer: 1, admitAll: false }));
- * console.log(new Uint32Array(await gpu.read(state, 0, 24))); // [1, 7, 11, 0, 6, 5]
+ * assert.deepEqual(new Uint32Array(await gpu.read(state, 0, 24)), new Uint32Array([1, 7, 11, 0, 6, 5]));
  * buffers.destroy();
  * gpu.destroy();
  * ```

@@ -89,6 +89,7 @@ async function elementwise<Args extends { count: number }>(
  * Compiles a += b.
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { BufferSet, createGpu } from "../runtime/device/gpu.ts";
  * import { createAdd } from "./elementwise.ts";
  * const gpu = await createGpu();
@@ -97,7 +98,7 @@ async function elementwise<Args extends { count: number }>(
  * const a = buffers.upload(new Float32Array([1, 2]), "a");
  * const b = buffers.upload(new Float32Array([10, 20]), "b");
  * gpu.submit(add.bind(buffers, { a, b, count: 2 }));
- * console.log(new Float32Array(await gpu.read(a, 0, 8))); // [11, 22]
+ * assert.deepEqual(new Float32Array(await gpu.read(a, 0, 8)), new Float32Array([11, 22]));
  * buffers.destroy();
  * gpu.destroy();
  * ```
@@ -111,6 +112,7 @@ export function createAdd(gpu: Gpu): Promise<ElementwiseKernel<AddArgs>> {
  * Compiles out = silu(gate) · up.
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { BufferSet, createGpu } from "../runtime/device/gpu.ts";
  * import { createSwiglu } from "./elementwise.ts";
  * const gpu = await createGpu();
@@ -120,7 +122,8 @@ export function createAdd(gpu: Gpu): Promise<ElementwiseKernel<AddArgs>> {
  * const up = buffers.upload(new Float32Array([5, 2]), "up");
  * const out = buffers.storage(8, "out");
  * gpu.submit(swiglu.bind(buffers, { gate, up, out, count: 2 }));
- * console.log(new Float32Array(await gpu.read(out, 0, 8))); // ≈ [0, 1.4621]
+ * const got = new Float32Array(await gpu.read(out, 0, 8));
+ * [0, 1.4621].forEach((want, i) => assert.ok(Math.abs(got[i] - want) < 1e-4, `${got}`));
  * buffers.destroy();
  * gpu.destroy();
  * ```
@@ -152,6 +155,7 @@ fn one_plus_erf(x: f32) -> f32 {
  * Compiles x = gelu(x) in place (erf-based, as torch's default GELU).
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { BufferSet, createGpu } from "../runtime/device/gpu.ts";
  * import { createGelu } from "./elementwise.ts";
  * const gpu = await createGpu();
@@ -159,7 +163,8 @@ fn one_plus_erf(x: f32) -> f32 {
  * const gelu = await createGelu(gpu);
  * const x = buffers.upload(new Float32Array([-1, 0, 1]), "x");
  * gpu.submit(gelu.bind(buffers, { x, count: 3 }));
- * console.log(new Float32Array(await gpu.read(x, 0, 12))); // ≈ [-0.1587, 0, 0.8413]
+ * const got = new Float32Array(await gpu.read(x, 0, 12));
+ * [-0.1587, 0, 0.8413].forEach((want, i) => assert.ok(Math.abs(got[i] - want) < 1e-4, `${got}`));
  * buffers.destroy();
  * gpu.destroy();
  * ```
@@ -177,6 +182,7 @@ export function createGelu(gpu: Gpu): Promise<ElementwiseKernel<ActivationArgs>>
  * Compiles x = x · sigmoid(1.702 x) in place (CLIP's quick_gelu).
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { BufferSet, createGpu } from "../runtime/device/gpu.ts";
  * import { createQuickGelu } from "./elementwise.ts";
  * const gpu = await createGpu();
@@ -184,7 +190,8 @@ export function createGelu(gpu: Gpu): Promise<ElementwiseKernel<ActivationArgs>>
  * const quickGelu = await createQuickGelu(gpu);
  * const x = buffers.upload(new Float32Array([0, 1]), "x");
  * gpu.submit(quickGelu.bind(buffers, { x, count: 2 }));
- * console.log(new Float32Array(await gpu.read(x, 0, 8))); // ≈ [0, 0.8458]
+ * const got = new Float32Array(await gpu.read(x, 0, 8));
+ * [0, 0.8458].forEach((want, i) => assert.ok(Math.abs(got[i] - want) < 1e-4, `${got}`));
  * buffers.destroy();
  * gpu.destroy();
  * ```
@@ -198,6 +205,7 @@ export function createQuickGelu(gpu: Gpu): Promise<ElementwiseKernel<ActivationA
  * Compiles x[M, N] += bias[N] (count = M · N, cols = N).
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { BufferSet, createGpu } from "../runtime/device/gpu.ts";
  * import { createAddBias } from "./elementwise.ts";
  * const gpu = await createGpu();
@@ -206,7 +214,7 @@ export function createQuickGelu(gpu: Gpu): Promise<ElementwiseKernel<ActivationA
  * const x = buffers.upload(new Float32Array([1, 2, 3, 4]), "x");
  * const bias = buffers.upload(new Float32Array([10, 20]), "bias");
  * gpu.submit(addBias.bind(buffers, { x, bias, count: 4, cols: 2 }));
- * console.log(new Float32Array(await gpu.read(x, 0, 16))); // [11, 22, 13, 24]
+ * assert.deepEqual(new Float32Array(await gpu.read(x, 0, 16)), new Float32Array([11, 22, 13, 24]));
  * buffers.destroy();
  * gpu.destroy();
  * ```

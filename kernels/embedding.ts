@@ -79,6 +79,7 @@ fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg:
  * Compiles the embedding pipelines for this device's weight type.
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { BufferSet, createGpu } from "../runtime/device/gpu.ts";
  * import { uploadWeight } from "../runtime/device/weights_gpu.ts";
  * import { createEmbedding } from "./embedding.ts";
@@ -89,7 +90,7 @@ fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg:
  * const ids = buffers.upload(new Uint32Array([2, 1]), "ids");
  * const out = buffers.storage(4 * 4, "out");
  * gpu.submit(embedding.bind(buffers, { ids, table, out, rows: 2 }));
- * console.log(new Float32Array(await gpu.read(out, 0, 16))); // [3, 4, 1, 2]
+ * assert.deepEqual(new Float32Array(await gpu.read(out, 0, 16)), new Float32Array([3, 4, 1, 2]));
  * buffers.destroy();
  * gpu.destroy();
  * ```

@@ -54,6 +54,7 @@ fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg:
  * Compiles the KV-append pipeline.
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { BufferSet, createGpu } from "../runtime/device/gpu.ts";
  * import { createKvAppend } from "./kv_append.ts";
  * const gpu = await createGpu();
@@ -63,7 +64,7 @@ fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg:
  * const src = buffers.upload(new Float32Array([5, 6]), "k");
  * const counts = buffers.upload(new Uint32Array([1]), "counts");
  * gpu.submit(kvAppend.bind(buffers, { src, cache, counts, countIndex: 0, rows: 1, cols: 2 }));
- * console.log(new Float32Array(await gpu.read(cache, 0, 16))); // [1, 1, 5, 6]
+ * assert.deepEqual(new Float32Array(await gpu.read(cache, 0, 16)), new Float32Array([1, 1, 5, 6]));
  * buffers.destroy();
  * gpu.destroy();
  * ```

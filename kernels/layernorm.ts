@@ -84,6 +84,7 @@ fn main(
  * Compiles the LayerNorm pipeline.
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { BufferSet, createGpu } from "../runtime/device/gpu.ts";
  * import { createLayerNorm } from "./layernorm.ts";
  * const gpu = await createGpu();
@@ -94,7 +95,7 @@ fn main(
  * const out = buffers.storage(8, "out");
  * const layerNorm = await createLayerNorm(gpu);
  * gpu.submit(layerNorm.bind(buffers, { x, weight, bias, out, rows: 1, cols: 2, eps: 0 }));
- * console.log(new Float32Array(await gpu.read(out, 0, 8))); // [-1, 1]
+ * assert.deepEqual(new Float32Array(await gpu.read(out, 0, 8)), new Float32Array([-1, 1]));
  * buffers.destroy();
  * gpu.destroy();
  * ```

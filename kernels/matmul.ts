@@ -225,6 +225,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
  * Compiles the matmul pipelines for this device's weight type.
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { BufferSet, createGpu } from "../runtime/device/gpu.ts";
  * import { uploadWeight } from "../runtime/device/weights_gpu.ts";
  * import { createMatmul } from "./matmul.ts";
@@ -235,7 +236,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
  * const x = buffers.upload(new Float32Array([1, 2]), "x");
  * const out = buffers.storage(3 * 4, "out");
  * gpu.submit(matmul.bind(buffers, { x, weight, out, rows: 1 }));
- * console.log(new Float32Array(await gpu.read(out, 0, 12))); // [1, 2, 3]
+ * assert.deepEqual(new Float32Array(await gpu.read(out, 0, 12)), new Float32Array([1, 2, 3]));
  * buffers.destroy();
  * gpu.destroy();
  * ```

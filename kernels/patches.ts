@@ -59,6 +59,7 @@ fn main(
  * Compiles the im2col pipeline.
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { BufferSet, createGpu } from "../runtime/device/gpu.ts";
  * import { createIm2col } from "./patches.ts";
  * const gpu = await createGpu();
@@ -67,7 +68,7 @@ fn main(
  * const out = buffers.storage(16 * 4, "patches"); // [4, 4]
  * const im2col = await createIm2col(gpu);
  * gpu.submit(im2col.bind(buffers, { image, out, size: 4, patch: 2, channels: 1 }));
- * console.log(new Float32Array(await gpu.read(out, 0, 16))); // [0, 1, 4, 5]
+ * assert.deepEqual(new Float32Array(await gpu.read(out, 0, 16)), new Float32Array([0, 1, 4, 5]));
  * buffers.destroy();
  * gpu.destroy();
  * ```

@@ -1,5 +1,5 @@
 /**
- * The Dynamic-LLaVA predictor pieces that are neither LayerNorm, Linear nor GELU (DESIGN §1), all
+ * The Dynamic-LLaVA predictor pieces that are neither LayerNorm, Linear nor GELU, all
  * f32; CPU twins in runtime/predictor_cpu_ops.ts.
  *
  * - {@link createHalfGlobalConcat}: VisionPredictor channel split, x [N, d] → y [N, d] with
@@ -155,6 +155,7 @@ function checkCount(value: number, what: string, positive = false): void {
  * Compiles the VisionPredictor's local/global channel split.
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { BufferSet, createGpu } from "../runtime/device/gpu.ts";
  * import { createHalfGlobalConcat } from "./predictor_ops.ts";
  * const gpu = await createGpu();
@@ -163,7 +164,7 @@ function checkCount(value: number, what: string, positive = false): void {
  * const out = buffers.storage(16, "out");
  * const split = await createHalfGlobalConcat(gpu);
  * gpu.submit(split.bind(buffers, { x, out, rows: 2, cols: 2 }));
- * console.log(new Float32Array(await gpu.read(out, 0, 16))); // [1, 4, 3, 4]
+ * assert.deepEqual(new Float32Array(await gpu.read(out, 0, 16)), new Float32Array([1, 4, 3, 4]));
  * buffers.destroy();
  * gpu.destroy();
  * ```
@@ -187,6 +188,7 @@ export async function createHalfGlobalConcat(gpu: Gpu): Promise<HalfGlobalConcat
  * Compiles the keep-score kernel score[r] = log_softmax(logits[r, :])[0].
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { BufferSet, createGpu } from "../runtime/device/gpu.ts";
  * import { createLogSoftmax2Col0 } from "./predictor_ops.ts";
  * const gpu = await createGpu();
@@ -195,7 +197,8 @@ export async function createHalfGlobalConcat(gpu: Gpu): Promise<HalfGlobalConcat
  * const out = buffers.storage(8, "scores");
  * const score = await createLogSoftmax2Col0(gpu);
  * gpu.submit(score.bind(buffers, { logits, out, rows: 2 }));
- * console.log(new Float32Array(await gpu.read(out, 0, 8))); // ≈ [-0.6931, -0.0000454]
+ * const got = new Float32Array(await gpu.read(out, 0, 8));
+ * [-0.6931, -0.0000454].forEach((want, i) => assert.ok(Math.abs(got[i] - want) < 1e-4, `${got}`));
  * buffers.destroy();
  * gpu.destroy();
  * ```
@@ -216,6 +219,7 @@ export async function createLogSoftmax2Col0(gpu: Gpu): Promise<LogSoftmax2Col0Ke
  * Compiles the KV admission kernel flags[state[0]] = (logits[0] > logits[1] ? 1 : 0).
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { BufferSet, createGpu } from "../runtime/device/gpu.ts";
  * import { createAdmitFlag } from "./predictor_ops.ts";
  * const gpu = await createGpu();
@@ -225,7 +229,7 @@ export async function createLogSoftmax2Col0(gpu: Gpu): Promise<LogSoftmax2Col0Ke
  * const flags = buffers.upload(new Uint32Array(4), "flags");
  * const admit = await createAdmitFlag(gpu);
  * gpu.submit(admit.bind(buffers, { logits, state, flags }));
- * console.log(new Uint32Array(await gpu.read(flags, 0, 16))); // [0, 0, 1, 0]
+ * assert.deepEqual(new Uint32Array(await gpu.read(flags, 0, 16)), new Uint32Array([0, 0, 1, 0]));
  * buffers.destroy();
  * gpu.destroy();
  * ```

@@ -65,6 +65,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
  * Compiles the RMSNorm pipeline.
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { BufferSet, createGpu } from "../runtime/device/gpu.ts";
  * import { createRmsNorm } from "./rmsnorm.ts";
  * const gpu = await createGpu();
@@ -74,7 +75,8 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
  * const weight = buffers.upload(new Float32Array([1, 1]), "norm");
  * const out = buffers.storage(8, "out");
  * gpu.submit(rmsNorm.bind(buffers, { x, weight, out, rows: 1, cols: 2, eps: 0 }));
- * console.log(new Float32Array(await gpu.read(out, 0, 8))); // ≈ [0.8485, 1.1314]
+ * const got = new Float32Array(await gpu.read(out, 0, 8));
+ * [0.8485, 1.1314].forEach((want, i) => assert.ok(Math.abs(got[i] - want) < 1e-4, `${got}`));
  * buffers.destroy();
  * gpu.destroy();
  * ```

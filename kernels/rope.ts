@@ -76,6 +76,7 @@ fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg:
  * Compiles the RoPE pipeline.
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { BufferSet, createGpu } from "../runtime/device/gpu.ts";
  * import { createRope } from "./rope.ts";
  * const gpu = await createGpu();
@@ -84,7 +85,7 @@ fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg:
  * const x = buffers.upload(new Float32Array([1, 0]), "x");
  * const positions = buffers.upload(new Uint32Array([0]), "positions");
  * gpu.submit(rope.bind(buffers, { x, positions, rows: 1, heads: 1, headDim: 2, theta: 10000 }));
- * console.log(new Float32Array(await gpu.read(x, 0, 8))); // [1, 0]
+ * assert.deepEqual(new Float32Array(await gpu.read(x, 0, 8)), new Float32Array([1, 0]));
  * buffers.destroy();
  * gpu.destroy();
  * ```

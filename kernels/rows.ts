@@ -56,6 +56,7 @@ fn main(
  * Compiles the row-gather pipeline (f32 and u32 alike).
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { BufferSet, createGpu } from "../runtime/device/gpu.ts";
  * import { createGatherRows } from "./rows.ts";
  * const gpu = await createGpu();
@@ -65,7 +66,7 @@ fn main(
  * const out = buffers.storage(16, "out");
  * const gather = await createGatherRows(gpu);
  * gpu.submit(gather.bind(buffers, { x, indices, out, rows: 2, cols: 2 }));
- * console.log(new Float32Array(await gpu.read(out, 0, 16))); // [20, 21, 0, 1]
+ * assert.deepEqual(new Float32Array(await gpu.read(out, 0, 16)), new Float32Array([20, 21, 0, 1]));
  * buffers.destroy();
  * gpu.destroy();
  * ```

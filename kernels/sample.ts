@@ -290,6 +290,7 @@ fn main(@builtin(local_invocation_index) lane: u32) {
  * Compiles the greedy and the sampling pipelines.
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { BufferSet, createGpu } from "../runtime/device/gpu.ts";
  * import { createSampler } from "./sample.ts";
  * const gpu = await createGpu();
@@ -299,7 +300,7 @@ fn main(@builtin(local_invocation_index) lane: u32) {
  * const tokensOut = buffers.storage(4 * 8, "tokens");
  * const sampler = await createSampler(gpu);
  * gpu.submit(sampler.bind(buffers, { logits, vocab: 3, state, tokensOut, temperature: 0 }));
- * console.log(new Uint32Array(await gpu.read(tokensOut, 0, 4))[0]); // 1
+ * assert.equal(new Uint32Array(await gpu.read(tokensOut, 0, 4))[0], 1);
  * buffers.destroy();
  * gpu.destroy();
  * ```

@@ -58,9 +58,26 @@ function encoderLayer(
  * Image features of one preprocessed image, projected to the text hidden size: [N, C].
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { encodeImageCpu } from "./cpu_vision.ts";
- * // config and weights come from a loaded checkpoint (bindWeights of describeWeights):
- * // const features = encodeImageCpu(pixels, { config, vision: weights.vision, projector: weights.projector });
+ * import { openCheckpoint, readCheckpointTensor } from "../io/checkpoint.ts";
+ * import { preprocessImage } from "../image/preprocess.ts";
+ * import { bindWeights, describeWeights, type WeightSpec } from "../core/weights.ts";
+ * const checkpoint = await openCheckpoint("tests/fixtures/out/llava-f32-dyn");
+ * const { config } = checkpoint, vision = config.vision!;
+ * const tensors = new Map<string, Float32Array>();
+ * for (const name of checkpoint.tensors.keys()) tensors.set(name, await readCheckpointTensor(checkpoint, name));
+ * const get = (spec: WeightSpec) => tensors.get(spec.name)!;
+ * const weights = bindWeights(describeWeights(config), { matrix: get, vector: get });
+ * const encode = async (grey: number) => {
+ *   const image = { width: 4, height: 4, data: new Uint8Array(4 * 4 * 3).fill(grey) };
+ *   const pixels = await preprocessImage(image, { imageSize: vision.imageSize, mean: vision.imageMean, std: vision.imageStd });
+ *   return encodeImageCpu(pixels, { config, vision: weights.vision!, projector: weights.projector! });
+ * };
+ * const dark = await encode(20), light = await encode(230);
+ * assert.equal(dark.length, vision.tokensPerImage * config.text.hiddenSize); // [N, C]
+ * assert.ok(dark.every(Number.isFinite));
+ * assert.notDeepEqual(dark, light); // the features depend on the image
  * ```
  */
 export function encodeImageCpu(pixels: Float32Array, weights: CpuVisionWeights): Float32Array {

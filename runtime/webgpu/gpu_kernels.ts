@@ -26,11 +26,12 @@ import type { Gpu } from "../device/gpu.ts";
  * Compiles all kernels (compiles are queued one at a time by the Gpu).
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { createGpu } from "../device/gpu.ts";
  * import { createKernels } from "./gpu_kernels.ts";
  * const gpu = await createGpu();
  * const kernels = await createKernels(gpu);
- * console.log(typeof kernels.matmul.bind); // "function"
+ * assert.equal(typeof kernels.matmul.bind, "function");
  * gpu.destroy();
  * ```
  */

@@ -164,9 +164,10 @@ function rowSlice(layer: LinearWeights, from: number, count: number): LinearWeig
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { BufferSet, createGpu } from "../device/gpu.ts";
  * import { bindVisionScores, uploadVisionPredictor } from "./gpu_predictors.ts";
- * import { loadVisionPredictor, visionPredictorTensors } from "../core/predictors.ts";
+ * import { loadVisionPredictor, visionPredictorTensors, visionScores } from "../core/predictors.ts";
  * const sparse = { dModel: 8, nhead: 2, dimFeedforward: 16, numLayers: 1 };
  * const sizes = new Map(visionPredictorTensors(4, sparse).map((t) => [t.name, t.shape.reduce((a, b) => a * b)]));
  * const cpu = loadVisionPredictor((name) => new Float32Array(sizes.get(name)!).fill(0.1), { hidden: 4, sparse });
@@ -176,7 +177,9 @@ function rowSlice(layer: LinearWeights, from: number, count: number): LinearWeig
  * const x = buffers.upload(new Float32Array(3 * 4).fill(1), "x");
  * const scoresOut = buffers.storage(3 * 4, "scores");
  * gpu.submit(bindVisionScores(predictor, buffers, { x, rows: 3, scoresOut }));
- * console.log(new Float32Array(await gpu.read(scoresOut, 0, 12)).length); // 3
+ * const scores = new Float32Array(await gpu.read(scoresOut, 0, 12));
+ * const expected = visionScores(cpu, new Float32Array(3 * 4).fill(1)); // the CPU twin
+ * scores.forEach((score, i) => assert.ok(Math.abs(score - expected[i]) < 1e-3, `${scores} vs ${expected}`));
  * buffers.destroy();
  * gpu.destroy();
  * ```
@@ -223,9 +226,10 @@ export async function uploadVisionPredictor(
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { BufferSet, createGpu } from "../device/gpu.ts";
  * import { bindTextLogits, uploadTextPredictor } from "./gpu_predictors.ts";
- * import { loadTextPredictor, textPredictorTensors } from "../core/predictors.ts";
+ * import { loadTextPredictor, textPredictorLogits, textPredictorTensors } from "../core/predictors.ts";
  * const sparse = { dModel: 8, nhead: 2, dimFeedforward: 16, numLayers: 1 };
  * const sizes = new Map(textPredictorTensors(4, sparse).map((t) => [t.name, t.shape.reduce((a, b) => a * b)]));
  * const cpu = loadTextPredictor((name) => new Float32Array(sizes.get(name)!).fill(0.1), { hidden: 4, sparse });
@@ -235,7 +239,9 @@ export async function uploadVisionPredictor(
  * const x = buffers.upload(new Float32Array([1, 2, 3, 4]), "x");
  * const logitsOut = buffers.storage(2 * 4, "logits");
  * gpu.submit(bindTextLogits(predictor, buffers, { x, rows: 1, logitsOut }));
- * console.log(new Float32Array(await gpu.read(logitsOut, 0, 8)).length); // 2
+ * const logits = new Float32Array(await gpu.read(logitsOut, 0, 8));
+ * const expected = textPredictorLogits(cpu, new Float32Array([1, 2, 3, 4])); // the CPU twin
+ * logits.forEach((logit, i) => assert.ok(Math.abs(logit - expected[i]) < 1e-3, `${logits} vs ${expected}`));
  * buffers.destroy();
  * gpu.destroy();
  * ```
@@ -331,6 +337,7 @@ function bindBlock(
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { BufferSet, createGpu } from "../device/gpu.ts";
  * import { bindVisionScores, uploadVisionPredictor } from "./gpu_predictors.ts";
  * import { loadVisionPredictor, visionPredictorTensors, visionScores } from "../core/predictors.ts";
@@ -344,7 +351,8 @@ function bindBlock(
  * const scoresOut = buffers.storage(5 * 4, "scores");
  * gpu.submit(bindVisionScores(predictor, buffers, { x: buffers.upload(input, "x"), rows: 5, scoresOut }));
  * const scores = new Float32Array(await gpu.read(scoresOut, 0, 20));
- * console.log(Math.abs(scores[0] - visionScores(cpu, input)[0]) < 1e-4); // true
+ * const expected = visionScores(cpu, input); // the CPU twin
+ * scores.forEach((score, i) => assert.ok(Math.abs(score - expected[i]) < 1e-4, `${scores} vs ${expected}`));
  * buffers.destroy();
  * gpu.destroy();
  * ```
@@ -384,9 +392,10 @@ export function bindVisionScores(
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { BufferSet, createGpu } from "../device/gpu.ts";
  * import { bindTextLogits, uploadTextPredictor } from "./gpu_predictors.ts";
- * import { loadTextPredictor, textPredictorTensors } from "../core/predictors.ts";
+ * import { loadTextPredictor, textPredictorLogits, textPredictorTensors } from "../core/predictors.ts";
  * const sparse = { dModel: 8, nhead: 2, dimFeedforward: 16, numLayers: 1 };
  * const sizes = new Map(textPredictorTensors(4, sparse).map((t) => [t.name, t.shape.reduce((a, b) => a * b)]));
  * const cpu = loadTextPredictor((name) => new Float32Array(sizes.get(name)!).fill(0.1), { hidden: 4, sparse });
@@ -395,7 +404,9 @@ export function bindVisionScores(
  * const predictor = await uploadTextPredictor(buffers, cpu);
  * const logitsOut = buffers.storage(3 * 2 * 4, "logits");
  * gpu.submit(bindTextLogits(predictor, buffers, { x: buffers.upload(new Float32Array(12), "x"), rows: 3, logitsOut }));
- * console.log(new Float32Array(await gpu.read(logitsOut, 0, 24)).length); // 6
+ * const logits = new Float32Array(await gpu.read(logitsOut, 0, 24));
+ * const expected = textPredictorLogits(cpu, new Float32Array(12)); // the CPU twin, 3 rows × 2
+ * logits.forEach((logit, i) => assert.ok(Math.abs(logit - expected[i]) < 1e-3, `${logits} vs ${expected}`));
  * buffers.destroy();
  * gpu.destroy();
  * ```
@@ -423,6 +434,7 @@ export function bindTextLogits(p: GpuTextPredictor, buffers: BufferSet, args: Te
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { BufferSet, createGpu } from "../device/gpu.ts";
  * import { bindTextAdmission, uploadTextPredictor } from "./gpu_predictors.ts";
  * import { loadTextPredictor, textPredictorTensors } from "../core/predictors.ts";
@@ -435,7 +447,7 @@ export function bindTextLogits(p: GpuTextPredictor, buffers: BufferSet, args: Te
  * const state = buffers.upload(new Uint32Array([1, 0, 0, 0]), "state");
  * const flags = buffers.upload(new Uint32Array([7, 7, 7, 7]), "flags");
  * gpu.submit(bindTextAdmission(predictor, buffers, { x: buffers.upload(new Float32Array(4), "x"), state, flags }));
- * console.log(new Uint32Array(await gpu.read(flags, 0, 16))[0]); // 7 (only flags[1] is written)
+ * assert.equal(new Uint32Array(await gpu.read(flags, 0, 16))[0], 7); // only flags[1] is written
  * buffers.destroy();
  * gpu.destroy();
  * ```

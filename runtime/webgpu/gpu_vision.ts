@@ -48,8 +48,30 @@ interface TowerActivations {
  * Encodes preprocessed images ([3, S, S] each) into projected features, one submission per image.
  * @example
  * ```ts
- * import { encodeImagesGpu } from "./gpu_vision.ts";
- * // const features = await encodeImagesGpu(model, [pixels]);
+ * import assert from "node:assert/strict";
+ * import { encodeImagesGpu, type GpuImageFeatures } from "./gpu_vision.ts";
+ * import { openCheckpoint, readCheckpointTensor } from "../io/checkpoint.ts";
+ * import { preprocessImage } from "../image/preprocess.ts";
+ * import { encodeImageCpu } from "../cpu/cpu_vision.ts";
+ * import { bindWeights, describeWeights, type WeightSpec } from "../core/weights.ts";
+ * import { createGpuBackend, type GpuBackend } from "./gpu_backend.ts";
+ * const checkpoint = await openCheckpoint("tests/fixtures/out/llava-f32-dyn");
+ * const backend = await createGpuBackend(checkpoint, { weightDtype: "f32" }) as GpuBackend;
+ * const { model } = backend, config = model.config, vision = config.vision!;
+ * const image = { width: 3, height: 2, data: new Uint8Array(3 * 2 * 3).map((_, i) => i * 13) };
+ * const pixels = await preprocessImage(image, { imageSize: vision.imageSize, mean: vision.imageMean, std: vision.imageStd });
+ * const features = await encodeImagesGpu(model, [pixels]) as GpuImageFeatures;
+ * assert.equal(features.rows, vision.tokensPerImage);
+ * const got = new Float32Array(await model.gpu.read(features.buffer, 0, features.rows * config.text.hiddenSize * 4));
+ * // The CPU twin:
+ * const tensors = new Map<string, Float32Array>();
+ * for (const name of checkpoint.tensors.keys()) tensors.set(name, await readCheckpointTensor(checkpoint, name));
+ * const get = (spec: WeightSpec) => tensors.get(spec.name)!;
+ * const weights = bindWeights(describeWeights(config), { matrix: get, vector: get });
+ * const want = encodeImageCpu(pixels, { config, vision: weights.vision!, projector: weights.projector! });
+ * got.forEach((value, i) => assert.ok(Math.abs(value - want[i]) < 1e-3, `${i}: ${value} vs ${want[i]}`));
+ * features.dispose();
+ * backend.dispose();
  * ```
  */
 export async function encodeImagesGpu(model: GpuModel, pixels: Float32Array[]): Promise<ImageFeatures> {
