@@ -80,11 +80,20 @@ class CpuBackend implements Backend {
   readonly kind = "cpu" as const;
   readonly readbacks = 0;
   readonly batchedSteps = 0;
+  #weights: CpuWeights | null;
   constructor(
     readonly config: ModelConfig,
-    readonly weights: CpuWeights,
+    weights: CpuWeights,
     readonly predictors: { vision: VisionPredictor | null; text: TextPredictor | null },
-  ) {}
+  ) {
+    this.#weights = weights;
+  }
+
+  /** The weights, until {@link dispose} lets them go. */
+  get weights(): CpuWeights {
+    if (!this.#weights) throw new Error("internal: the weights of a disposed backend");
+    return this.#weights;
+  }
 
   encodeImages(pixels: Float32Array[]): Promise<ImageFeatures> {
     const n = this.config.vision!.tokensPerImage, c = this.config.text.hiddenSize;
@@ -98,7 +107,9 @@ class CpuBackend implements Backend {
     return new CpuSession(this, input);
   }
 
-  dispose(): void {}
+  dispose(): void {
+    this.#weights = null;
+  }
 }
 
 /**
