@@ -1,6 +1,6 @@
 /**
  * Elementwise kernels over f32 buffers, one thread per element, `count` elements each. CPU twins in
- * runtime/cpu_ops.ts:
+ * runtime/core/cpu_ops.ts:
  * - {@link createAdd}: a += b (`addInPlace`);
  * - {@link createSwiglu}: out = silu(gate) · up (`swiglu`);
  * - {@link createGelu}: x = gelu(x) in place, erf-based with the twin's erf formula (`gelu`);
@@ -10,6 +10,8 @@
  * @module
  */
 import { type BufferSet, type Dispatch, type Gpu, grid } from "../runtime/device/gpu.ts";
+import { defineUniforms, packUniforms } from "./uniforms.ts";
+import { wgslPrelude } from "./wgsl_prelude.ts";
 
 /** Arguments of {@link createAdd}'s bind: a[count] += b[count]. */
 export interface AddArgs {
@@ -48,26 +50,30 @@ export interface ElementwiseKernel<Args> {
 
 const THREADS = 256;
 
-/** WGSL of one elementwise op: `bindings` declared from binding 1, `body` updates element i. */
+/** Parameters of every elementwise kernel; `cols` is read by add_bias only. */
+const FIELDS = { count: "u32", cols: "u32" } as const;
+
+/**
+ * WGSL of one elementwise op: `bindings` declared from binding 1 (read-only ones first, the
+ * written one last), `body` updates element i.
+ */
 function source(bindings: string[], body: string, helpers = ""): string {
   const declared = bindings.map((b, n) => `@group(0) @binding(${n + 1}) var<storage, ${b};`).join("\n");
-  return `
-struct Params {
-  count: u32,
-  cols: u32,
-}
-@group(0) @binding(0) var<uniform> params: Params;
+  return `${wgslPrelude({ workgroupSize: THREADS })}
+${defineUniforms("elementwise", FIELDS).wgsl}
 ${declared}
 ${helpers}
-@compute @workgroup_size(${THREADS})
-fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
-  let i = gid.x + gid.y * nwg.x * ${THREADS}u;
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
+        @builtin(local_invocation_index) lid: u32) {
+  let i = thread_index(wid, nwg, lid);
   if (i >= params.count) { return; }
   ${body}
 }
 `;
 }
 
+/** Compiles `code`; bind uploads the count (and cols) and binds `buffersOf(args)` from binding 1. */
 async function elementwise<Args extends { count: number }>(
   gpu: Gpu,
   label: string,
@@ -76,9 +82,13 @@ async function elementwise<Args extends { count: number }>(
   colsOf: (args: Args) => number = () => 0,
 ): Promise<ElementwiseKernel<Args>> {
   const pipeline = await gpu.pipeline(label, code);
+  const layout = defineUniforms(label, FIELDS);
   return {
     bind(buffers: BufferSet, args: Args): Dispatch[] {
-      const params = buffers.uniform(new Uint32Array([args.count, colsOf(args)]), `${label} params`);
+      const params = buffers.uniform(
+        packUniforms(layout, { count: args.count, cols: colsOf(args) }),
+        `${label} params`,
+      );
       const groups = grid(Math.ceil(args.count / THREADS));
       return [gpu.dispatch(pipeline, [params, ...buffersOf(args)], groups)];
     },
@@ -104,8 +114,8 @@ async function elementwise<Args extends { count: number }>(
  * ```
  */
 export function createAdd(gpu: Gpu): Promise<ElementwiseKernel<AddArgs>> {
-  const code = source(["read_write> a: array<f32>", "read> b: array<f32>"], "a[i] += b[i];");
-  return elementwise(gpu, "add", code, (args: AddArgs) => [args.a, args.b]);
+  const code = source(["read> b: array<f32>", "read_write> a: array<f32>"], "a[i] += b[i];");
+  return elementwise(gpu, "add", code, (args: AddArgs) => [args.b, args.a]);
 }
 
 /**
@@ -221,8 +231,8 @@ export function createQuickGelu(gpu: Gpu): Promise<ElementwiseKernel<ActivationA
  */
 export function createAddBias(gpu: Gpu): Promise<ElementwiseKernel<AddBiasArgs>> {
   const code = source(
-    ["read_write> x: array<f32>", "read> bias: array<f32>"],
+    ["read> bias: array<f32>", "read_write> x: array<f32>"],
     "x[i] += bias[i % params.cols];",
   );
-  return elementwise(gpu, "add_bias", code, (args: AddBiasArgs) => [args.x, args.bias], (args) => args.cols);
+  return elementwise(gpu, "add_bias", code, (args: AddBiasArgs) => [args.bias, args.x], (args) => args.cols);
 }

@@ -1,7 +1,10 @@
 /**
  * The generation loop, shared by both backends: validates a request, runs prefill and decode (with
- * KV cache) or recompute steps (without), stops on stop ids / maxNewTokens / abort, streams tokens,
- * and assembles the result and its stats from the session's ledger and the cost model.
+ * KV cache) or recompute steps (without), stops on stop ids / stop strings / maxNewTokens / abort,
+ * streams tokens, and assembles the result and its stats from the session's ledger and the cost
+ * model. It yields to the event loop before every decode call, so timers, I/O (a server's other
+ * requests, a client disconnect) and AbortSignal run between steps even on a backend that computes
+ * synchronously (the CPU).
  * @module
  */
 import type { Backend, BackendSession, ImageFeatures } from "./backend.ts";
@@ -49,16 +52,37 @@ export interface GenerateStats {
   rowsComputed: { prefill: number; decode: number };
 }
 
+/**
+ * Why generation ended: "stop" (a stop id was sampled or a stop string appeared), "length"
+ * (maxNewTokens reached) or "abort" (the signal fired; only when the request asks for a partial
+ * result instead of an AbortError).
+ */
+export type FinishReason = "stop" | "length" | "abort";
+
+/** Token counts of one request (image tokens count as prompt tokens). */
+export interface Usage {
+  /** Rows of the prompt (each image counts its tokens). */
+  promptTokens: number;
+  /** Tokens generated. */
+  completionTokens: number;
+  /** promptTokens + completionTokens. */
+  totalTokens: number;
+}
+
 /** The awaited result of `generate()`. */
 export interface GenerateResult {
   /** Generated token ids, the stop id included when one ended the run. */
   tokens: number[];
-  /** The generated tokens decoded, special tokens skipped. */
+  /** The generated tokens decoded, special tokens skipped, cut before the first stop string. */
   text: string;
   /** Indices of the image tokens kept at the prune layer (ascending), or null when nothing was pruned. */
   visualKept: number[] | null;
   /** Per generated token fed back (all but the last): admitted to the KV cache at layers ≥ the sparse layer (KV mode), or kept in the context (no-cache mode). */
   admitted: boolean[];
+  /** Why generation ended. */
+  finishReason: FinishReason;
+  /** Prompt and generated token counts. */
+  usage: Usage;
   /** Counts, timings, FLOPs and memory of the run. */
   stats: GenerateStats;
 }
@@ -70,15 +94,64 @@ export interface LoopRequest {
   plan: PolicyPlan;
   sampling: { temperature: number; topP: number; seed: number };
   maxNewTokens: number;
+  /** Stop ids. */
   stop: number[];
+  /** Stop strings: the text ends before the first one that appears (it is not streamed either). Default none. */
+  stopStrings?: string[];
   kvCache: boolean;
   signal?: AbortSignal;
+  /** "throw" (default): an abort rejects with the signal's reason; "finish": returns what was generated. */
+  onAbort?: "throw" | "finish";
   /** KV mode: decode steps per GPU submission between readbacks. */
   decodeBatch: number;
 }
 
 function checkAbort(signal?: AbortSignal): void {
   if (signal?.aborted) throw signal.reason ?? new DOMException("The request was aborted", "AbortError");
+}
+
+/** True when the loop must end now because of an abort it reports as finishReason "abort". */
+function abortedNow(request: LoopRequest): boolean {
+  if (request.onAbort !== "finish") checkAbort(request.signal);
+  return request.signal?.aborted === true;
+}
+
+/** Resolves on a later turn of the event loop (after pending I/O and timers had their chance). */
+function yieldToEventLoop(): Promise<void> {
+  const immediate = (globalThis as { setImmediate?: (callback: () => void) => void }).setImmediate;
+  if (immediate) return new Promise((resolve) => immediate(resolve));
+  return new Promise((resolve) => {
+    const channel = new MessageChannel();
+    channel.port1.onmessage = () => {
+      channel.port1.close();
+      resolve();
+    };
+    channel.port2.postMessage(null);
+  });
+}
+
+/** Index of the first stop string in `text` (searching from `from`), or -1. */
+function findStopString(text: string, stopStrings: string[], from: number): number {
+  let found = -1;
+  for (const stop of stopStrings) {
+    const at = text.indexOf(stop, from);
+    if (at >= 0 && (found < 0 || at < found)) found = at;
+  }
+  return found;
+}
+
+/** Length of the longest end of `text` that begins some stop string (held back from streaming). */
+function heldBackLength(text: string, stopStrings: string[]): number {
+  let held = 0;
+  for (const stop of stopStrings) {
+    for (let n = Math.min(stop.length - 1, text.length); n > held; n--) {
+      if (text.endsWith(stop.slice(0, n))) {
+        held = n;
+        break;
+      }
+    }
+  }
+  return held;
 }
 
 /**
@@ -129,6 +202,9 @@ export async function runGeneration(
     throw new InputError(`Cannot generate: maxNewTokens must be a non-negative integer`, "maxNewTokens");
   }
   const promptLen = request.rows.ids.length;
+  if ((request.stopStrings ?? []).some((stop) => typeof stop !== "string" || stop === "")) {
+    throw new InputError("Cannot generate: a stop string must be a non-empty string", "stop");
+  }
   if (promptLen + request.maxNewTokens > config.text.maxPositions) {
     throw new InputError(
       `Cannot generate: prompt (${promptLen} rows) + maxNewTokens (${request.maxNewTokens}) exceeds the context of ${config.text.maxPositions}`,
@@ -154,7 +230,7 @@ async function loop(
   const output = new Output(tokenizer, request, emit);
   const t0 = performance.now();
   const run = request.kvCache ? withCache : withoutCache;
-  const { visualKept, admitted, prefillMs } = await run(
+  const { visualKept, admitted, prefillMs, finishReason } = await run(
     session,
     request,
     output,
@@ -167,6 +243,12 @@ async function loop(
     text,
     visualKept,
     admitted,
+    finishReason,
+    usage: {
+      promptTokens: request.rows.ids.length,
+      completionTokens: tokens.length,
+      totalTokens: request.rows.ids.length + tokens.length,
+    },
     stats: {
       promptTokens: request.rows.ids.length,
       visualTokens: request.rows.imageTokens,
@@ -187,24 +269,40 @@ async function loop(
   };
 }
 
-/** The generated tokens and their text, streamed as they come. */
+/** The generated tokens and their text, streamed as it becomes safe to show. */
 class Output {
   readonly tokens: number[] = [];
   text = "";
+  /** Characters of `text` already streamed. */
+  #shown = 0;
+  readonly #stopStrings: string[];
+  readonly #longestStop: number;
   constructor(
     readonly tokenizer: Tokenizer,
     readonly request: LoopRequest,
     readonly emit: (event: GenerateEvent) => void,
-  ) {}
+  ) {
+    this.#stopStrings = request.stopStrings ?? [];
+    this.#longestStop = Math.max(0, ...this.#stopStrings.map((stop) => stop.length));
+  }
 
-  /** Adds and streams a token; true when the request is done (stop id or maxNewTokens). */
-  push(token: number): boolean {
+  /** Records a sampled token, streams the text that is safe to show, and says whether to stop. */
+  push(token: number): FinishReason | null {
+    const stopStrings = this.#stopStrings;
     this.tokens.push(token);
     const full = this.tokenizer.decode(this.tokens, { skipSpecialTokens: true });
-    const delta = full.endsWith("\uFFFD") ? "" : full.slice(this.text.length);
     if (!full.endsWith("\uFFFD")) this.text = full;
-    this.emit({ token, text: delta });
-    return this.request.stop.includes(token) || this.tokens.length >= this.request.maxNewTokens;
+    const stopAt = findStopString(this.text, stopStrings, Math.max(0, this.#shown - this.#longestStop));
+    let reason: FinishReason | null = null;
+    if (stopAt >= 0) {
+      this.text = this.text.slice(0, stopAt);
+      reason = "stop";
+    } else if (this.request.stop.includes(token)) reason = "stop";
+    else if (this.tokens.length >= this.request.maxNewTokens) reason = "length";
+    const visible = reason ? this.text.length : this.text.length - heldBackLength(this.text, stopStrings);
+    this.emit({ token, text: this.text.slice(this.#shown, Math.max(this.#shown, visible)) });
+    this.#shown = Math.max(this.#shown, visible);
+    return reason;
   }
 }
 
@@ -213,6 +311,7 @@ interface RunOutcome {
   visualKept: number[] | null;
   admitted: boolean[];
   prefillMs: number;
+  finishReason: FinishReason;
 }
 
 /** KV mode: prefill, then decode steps in batches of `decodeBatch` until done. */
@@ -225,17 +324,21 @@ async function withCache(
   const admitted: boolean[] = [];
   const first = await session.prefill({ wantLogits: false });
   const prefillMs = elapsed();
-  let done = request.maxNewTokens === 0 || output.push(first.token);
-  while (!done) {
-    checkAbort(request.signal);
+  let finishReason = request.maxNewTokens === 0 ? "length" : output.push(first.token);
+  while (!finishReason) {
+    await yieldToEventLoop();
+    if (abortedNow(request)) {
+      finishReason = "abort";
+      break;
+    }
     const steps = Math.min(request.decodeBatch, request.maxNewTokens - output.tokens.length);
     const out = await session.decode(steps);
-    for (let i = 0; i < out.tokens.length && !done; i++) {
+    for (let i = 0; i < out.tokens.length && !finishReason; i++) {
       admitted.push(out.admitted[i]);
-      done = output.push(out.tokens[i]);
+      finishReason = output.push(out.tokens[i]);
     }
   }
-  return { visualKept: first.visualKept, admitted, prefillMs };
+  return { visualKept: first.visualKept, admitted, prefillMs, finishReason };
 }
 
 /** No-cache mode: one recompute of the whole context per token. */
@@ -248,19 +351,23 @@ async function withoutCache(
   let outputKept: number[] = [];
   const first = await session.recompute([]);
   const prefillMs = elapsed();
-  let done = request.maxNewTokens === 0 || output.push(first.token);
-  while (!done) {
-    checkAbort(request.signal);
+  let finishReason = request.maxNewTokens === 0 ? "length" : output.push(first.token);
+  while (!finishReason) {
+    await yieldToEventLoop();
+    if (abortedNow(request)) {
+      finishReason = "abort";
+      break;
+    }
     const step = await session.recompute(output.tokens);
     outputKept = step.outputKept;
-    done = output.push(step.token);
+    finishReason = output.push(step.token);
   }
   // Final keep decision per generated token except the last, from the last recompute; the token
   // fed last in that recompute was its last row, which is always kept.
   const kept = new Set(outputKept);
   const fed = Math.max(0, output.tokens.length - 1);
   const admitted = Array.from({ length: fed }, (_, j) => j === fed - 1 || kept.has(j));
-  return { visualKept: first.visualKept, admitted, prefillMs };
+  return { visualKept: first.visualKept, admitted, prefillMs, finishReason };
 }
 
 /** FLOPs of a phase's passes, summed. */

@@ -1,5 +1,5 @@
 /**
- * Dynamic-LLaVA's predictors on the GPU: the same forward passes as runtime/predictors.ts (their
+ * Dynamic-LLaVA's predictors on the GPU: the same forward passes as runtime/core/predictors.ts (their
  * CPU twins), composed from the matmul, LayerNorm, GELU, attention and predictor_ops kernels, so
  * scores and admission decisions stay on the GPU.
  *
@@ -14,20 +14,7 @@
  * dispatches that can be encoded any number of times.
  * @module
  */
-import { type AttentionKernel, createAttention } from "../../kernels/attention.ts";
-import { createGelu, type ElementwiseKernel } from "../../kernels/elementwise.ts";
-import type { ActivationArgs } from "../../kernels/elementwise.ts";
-import { createLayerNorm, type LayerNormKernel } from "../../kernels/layernorm.ts";
-import { createMatmul, type MatmulKernel } from "../../kernels/matmul.ts";
-import {
-  type AdmitFlagKernel,
-  createAdmitFlag,
-  createHalfGlobalConcat,
-  createLogSoftmax2Col0,
-  type HalfGlobalConcatKernel,
-  type LogSoftmax2Col0Kernel,
-} from "../../kernels/predictor_ops.ts";
-import type { BufferSet, Dispatch, Gpu } from "../device/gpu.ts";
+import type { BufferSet, Dispatch } from "../device/gpu.ts";
 import {
   type LinearWeights,
   type NormWeights,
@@ -38,6 +25,7 @@ import {
   type VisionPredictor,
 } from "../core/predictors.ts";
 import { uploadWeight, type WeightTensor } from "../device/weights_gpu.ts";
+import { createKernels, type Kernels } from "./gpu_kernels.ts";
 
 /** A Linear on the GPU: W [out, in] and its optional bias [out]. */
 export interface GpuLinear {
@@ -51,16 +39,19 @@ export interface GpuNorm {
   bias: GPUBuffer;
 }
 
+/** The registered kernels the predictors run on. */
+const PREDICTOR_KERNELS = [
+  "matmul",
+  "layerNorm",
+  "gelu",
+  "attention",
+  "halfGlobalConcat",
+  "logSoftmax2Col0",
+  "admitFlag",
+] as const;
+
 /** The compiled kernels the predictors run on. */
-export interface PredictorKernels {
-  matmul: MatmulKernel;
-  layerNorm: LayerNormKernel;
-  gelu: ElementwiseKernel<ActivationArgs>;
-  attention: AttentionKernel;
-  halfGlobalConcat: HalfGlobalConcatKernel;
-  logSoftmax2Col0: LogSoftmax2Col0Kernel;
-  admitFlag: AdmitFlagKernel;
-}
+export type PredictorKernels = Pick<Kernels, (typeof PREDICTOR_KERNELS)[number]>;
 
 /** One timm block on the GPU; the qkv Linear is split by output rows into q, k and v [d, d]. */
 export interface GpuPredictorBlock {
@@ -127,18 +118,8 @@ export interface TextAdmissionArgs {
   flags: GPUBuffer;
 }
 
-async function createPredictorKernels(gpu: Gpu): Promise<PredictorKernels> {
-  const [matmul, layerNorm, gelu, attention, halfGlobalConcat, logSoftmax2Col0, admitFlag] = await Promise
-    .all([
-      createMatmul(gpu),
-      createLayerNorm(gpu),
-      createGelu(gpu),
-      createAttention(gpu),
-      createHalfGlobalConcat(gpu),
-      createLogSoftmax2Col0(gpu),
-      createAdmitFlag(gpu),
-    ]);
-  return { matmul, layerNorm, gelu, attention, halfGlobalConcat, logSoftmax2Col0, admitFlag };
+function createPredictorKernels(buffers: BufferSet): Promise<PredictorKernels> {
+  return createKernels(buffers.gpu, { only: PREDICTOR_KERNELS });
 }
 
 function uploadLinear(buffers: BufferSet, layer: LinearWeights, label: string): GpuLinear {
@@ -189,7 +170,7 @@ export async function uploadVisionPredictor(
   cpuPredictor: VisionPredictor,
 ): Promise<GpuVisionPredictor> {
   const p = cpuPredictor, d = p.dModel, label = (name: string) => VISION_PREDICTOR_PREFIX + name;
-  const kernels = await createPredictorKernels(buffers.gpu);
+  const kernels = await createPredictorKernels(buffers);
   const blocks = p.blocks.map((block, i): GpuPredictorBlock => {
     const name = (part: string) => label(`transformer.${i}.${part}`);
     return {
@@ -253,7 +234,7 @@ export async function uploadTextPredictor(
   const p = cpuPredictor, label = (name: string) => TEXT_PREDICTOR_PREFIX + name;
   const [l1, l3, l5, l7] = p.mlp;
   return {
-    kernels: await createPredictorKernels(buffers.gpu),
+    kernels: await createPredictorKernels(buffers),
     hidden: p.hidden,
     dModel: p.dModel,
     norm: uploadNorm(buffers, p.norm, label("output_mlp.0")),
