@@ -9,6 +9,7 @@
 import { fileURLToPath } from "node:url";
 import type { Backend, BackendSession, ImageFeatures } from "../engine/backend.ts";
 import { type Checkpoint, openCheckpoint, readCheckpointTensor } from "../io/checkpoint.ts";
+import { isGgufCheckpoint, openGgufCheckpoint } from "../io/gguf_checkpoint.ts";
 import type { ModelConfig } from "../core/config.ts";
 import { createCpuBackend } from "../cpu/cpu_backend.ts";
 import { logSoftmaxAt } from "../core/cpu_ops.ts";
@@ -30,6 +31,7 @@ import { fetchCheckpoint } from "../io/remote.ts";
 import { buildPromptRows, type PromptRows } from "../core/sequence.ts";
 import { encodeWithImages, formatLlavaV1, formatLlavaV1Chat } from "../text/template.ts";
 import { loadTokenizer, type Tokenizer } from "../text/tokenizer.ts";
+import { tokenizerFromPieces } from "../text/sentencepiece.ts";
 
 /**
  * Loading progress, per phase: "download" (files of an http(s) checkpoint, `item` = the file;
@@ -597,7 +599,9 @@ async function localDir(path: string | URL, onProgress?: (progress: LoadProgress
 
 /**
  * Loads a checkpoint (any supported layout) onto WebGPU or the CPU. `path` is a directory, a
- * `file:` URL, or an `http(s):` URL whose files are downloaded once into a local cache.
+ * `file:` URL, or an `http(s):` URL whose files are downloaded once into a local cache; or GGUF
+ * files in llama.cpp's conventions (a text-model `.gguf`, or a folder holding it with its `mmproj`
+ * and Dynamic-LLaVA predictor files).
  * @example
  * ```ts
  * import assert from "node:assert/strict";
@@ -611,8 +615,10 @@ async function localDir(path: string | URL, onProgress?: (progress: LoadProgress
  */
 export async function loadModel(path: string | URL, options: LoadOptions = {}): Promise<Model> {
   const dir = await localDir(path, options.onProgress);
-  const checkpoint = await openCheckpoint(dir);
-  const tokenizer = await loadTokenizer(checkpoint.tokenizerPath);
+  const checkpoint = await isGgufCheckpoint(dir) ? await openGgufCheckpoint(dir) : await openCheckpoint(dir);
+  const tokenizer = checkpoint.vocab
+    ? tokenizerFromPieces(checkpoint.vocab, checkpoint.tokenizerPath)
+    : await loadTokenizer(checkpoint.tokenizerPath);
   const config = checkpoint.config;
   const names = [...checkpoint.tensors.keys()];
   const policyInfo: PolicyModelInfo = {
@@ -640,11 +646,11 @@ export async function loadModel(path: string | URL, options: LoadOptions = {}): 
 /** Reads every tensor as f32 into memory and builds the CPU backend. */
 async function loadCpu(checkpoint: Checkpoint, options: LoadOptions): Promise<Backend> {
   const weights = new Map<string, Float32Array>();
-  const total = [...checkpoint.tensors.values()].reduce((n, t) => n + t.location.entry.byteLength, 0);
+  const total = [...checkpoint.tensors.values()].reduce((n, t) => n + t.byteLength, 0);
   let loaded = 0;
   for (const [name, t] of checkpoint.tensors) {
     weights.set(name, await readCheckpointTensor(checkpoint, name));
-    loaded += t.location.entry.byteLength;
+    loaded += t.byteLength;
     options.onProgress?.({ phase: "weights", loadedBytes: loaded, totalBytes: total, item: t.sourceName });
   }
   const predictors = loadPredictors(checkpoint.config, (name) => weights.get(name));

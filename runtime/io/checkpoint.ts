@@ -9,8 +9,9 @@ import { join, resolve } from "node:path";
 import { type ModelConfig, parseModelConfig } from "../core/config.ts";
 import { toFloat32 } from "../core/dtype.ts";
 import { CheckpointError } from "../core/errors.ts";
+import type { GgmlType } from "../core/ggml_quants.ts";
 import { readTensor } from "./safetensors.ts";
-import { openTensorFiles, type TensorFiles, type TensorLocation } from "./shards.ts";
+import { openTensorFiles, type TensorFiles } from "./shards.ts";
 import {
   CHECKPOINT_MODEL_PREFIX,
   type DecoderLayerSpec,
@@ -31,8 +32,27 @@ export interface CheckpointTensor {
   sourceName: string;
   /** Torch shape, outermost first. */
   shape: number[];
-  /** The file and header entry holding the tensor's data. */
-  location: TensorLocation;
+  /** Element type as stored in the file. */
+  storedType: GgmlType;
+  /** Bytes in the file. */
+  byteLength: number;
+  /** The file holding it. */
+  path: string;
+  /** Reads it as f32 values in checkpoint order (converted, dequantized, rows un-permuted). */
+  read(): Promise<Float32Array>;
+  /** GGUF tensors: reads its raw block bytes, rows in checkpoint order (un-permuted). */
+  readBlocks?(): Promise<Uint8Array>;
+}
+
+/** A vocabulary stored in the checkpoint's own files (GGUF metadata), SentencePiece style. */
+export interface CheckpointVocab {
+  tokens: string[];
+  scores: number[];
+  types: number[];
+  unkId: number;
+  bosId: number;
+  eosId: number;
+  addDummyPrefix: boolean;
 }
 
 /** An opened checkpoint: config, tokenizer location and the tensors to load (data still on disk). */
@@ -45,6 +65,8 @@ export interface Checkpoint {
   tensors: Map<string, CheckpointTensor>;
   /** Directory or file holding tokenizer.json / tokenizer.model. */
   tokenizerPath: string;
+  /** The vocabulary when the checkpoint's files carry it (GGUF), else undefined. */
+  vocab?: CheckpointVocab;
 }
 
 /** Source-name patterns of tensors that exist in real checkpoints but are not needed. */
@@ -193,6 +215,11 @@ function canonicalName(source: string): string | null {
   return null;
 }
 
+/** Expected shape of every canonical tensor the config implies (predictors excluded), by name. */
+export function expectedShapes(config: ModelConfig): Map<string, number[]> {
+  return new Map([...weightList(describeWeights(config))].map(([name, spec]) => [name, spec.shape]));
+}
+
 function addTensors(
   files: TensorFiles,
   into: Map<string, CheckpointTensor>,
@@ -213,7 +240,16 @@ function addTensors(
         location.file.path,
       );
     }
-    into.set(name, { name, sourceName, shape: location.entry.shape, location });
+    const { file, entry } = location;
+    into.set(name, {
+      name,
+      sourceName,
+      shape: entry.shape,
+      storedType: entry.dtype,
+      byteLength: entry.byteLength,
+      path: file.path,
+      read: async () => toFloat32(entry.dtype, await readTensor(file, sourceName)),
+    });
   }
 }
 
@@ -257,7 +293,7 @@ export async function openCheckpoint(dir: string): Promise<Checkpoint> {
     if (t.shape.length !== shape.length || t.shape.some((d, i) => d !== shape[i])) {
       throw new CheckpointError(
         `Cannot load checkpoint: tensor "${t.sourceName}" has shape [${t.shape}], expected [${shape}]`,
-        t.location.file.path,
+        t.path,
       );
     }
   }
@@ -265,7 +301,7 @@ export async function openCheckpoint(dir: string): Promise<Checkpoint> {
     if (!expected.has(name) && !isPredictorWeight(name)) {
       throw new CheckpointError(
         `Cannot load checkpoint: tensor "${t.sourceName}" does not belong to a ${config.layout} model with this config`,
-        t.location.file.path,
+        t.path,
       );
     }
   }
@@ -273,7 +309,7 @@ export async function openCheckpoint(dir: string): Promise<Checkpoint> {
 }
 
 /**
- * Reads one tensor as f32 (F16/BF16 converted), touching only its bytes on disk.
+ * Reads one tensor as f32 (F16/BF16 converted, GGUF blocks dequantized), touching only its bytes on disk.
  * @example
  * ```ts
  * import assert from "node:assert/strict";
@@ -286,6 +322,5 @@ export async function openCheckpoint(dir: string): Promise<Checkpoint> {
 export async function readCheckpointTensor(checkpoint: Checkpoint, name: string): Promise<Float32Array> {
   const t = checkpoint.tensors.get(name);
   if (!t) throw new CheckpointError(`Cannot read tensor "${name}": not in the checkpoint`, checkpoint.dir);
-  const bytes = await readTensor(t.location.file, t.sourceName);
-  return toFloat32(t.location.entry.dtype, bytes);
+  return await t.read();
 }

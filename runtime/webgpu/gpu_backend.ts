@@ -21,10 +21,28 @@ import { uploadTextPredictor, uploadVisionPredictor } from "./gpu_predictors.ts"
 import { GpuSession } from "./gpu_session.ts";
 import { DecodeBatcher } from "./gpu_batch.ts";
 import { encodeImagesGpu } from "./gpu_vision.ts";
-import type { GpuModel, GpuPredictors } from "./gpu_model.ts";
+import type { GpuModel, GpuPredictors, GpuWeights } from "./gpu_model.ts";
 import { loadPredictors } from "../core/predictors.ts";
-import { bindWeights, describeWeights, isPredictorWeight, weightList } from "../core/weights.ts";
+import {
+  bindWeights,
+  describeWeights,
+  isPredictorWeight,
+  type ModelWeightSpecs,
+  weightList,
+} from "../core/weights.ts";
 import { uploadWeight, type WeightTensor } from "../device/weights_gpu.ts";
+import { type GpuMatrix, type QuantType, uploadQuantWeight } from "../../kernels/matmul_quant.ts";
+
+const QUANT_TYPES: string[] = ["Q8_0", "Q4_0", "Q4_K", "Q6_K"];
+
+/**
+ * The matrices that may stay in their GGML blocks (dequantized inside the matmul): the decoder
+ * layers' and the output head's (the embedding table is read by rows, in float).
+ */
+function quantizable(specs: ModelWeightSpecs): Set<string> {
+  const layers = specs.layers.flatMap((l) => [l.wq, l.wk, l.wv, l.wo, l.wGate, l.wUp, l.wDown]);
+  return new Set([...layers, ...(specs.lmHead ? [specs.lmHead] : [])].map((spec) => spec.name));
+}
 
 /**
  * Opens WebGPU and uploads a checkpoint tensor by tensor (each read, converted, uploaded, dropped).
@@ -49,7 +67,10 @@ export async function createGpuBackend(
   checkpoint: Checkpoint,
   options: { onProgress?: (p: LoadProgress) => void; weightDtype: "auto" | "f16" | "f32" },
 ): Promise<Backend> {
-  const sixteenBit = [...checkpoint.tensors.values()].some((t) => t.location.entry.dtype !== "F32");
+  // Quantized blocks dequantize to values f16 cannot hold exactly: those stay f32.
+  const types = [...checkpoint.tensors.values()].map((t) => t.storedType);
+  const sixteenBit = types.some((type) => type === "F16" || type === "BF16") &&
+    types.every((type) => type === "F16" || type === "BF16" || type === "F32");
   const allowF16 = options.weightDtype === "f16" || (options.weightDtype === "auto" && sixteenBit);
   const gpu = await createGpu({ allowF16 });
   const buffers = new BufferSet(gpu);
@@ -57,10 +78,22 @@ export async function createGpuBackend(
     const kernels = await createKernels(gpu);
     const specs = describeWeights(checkpoint.config), roles = weightList(specs);
     const matrices = new Map<string, WeightTensor>(), vectors = new Map<string, GPUBuffer>();
+    const quantized = new Map<string, GpuMatrix>(), mayStayQuantized = quantizable(specs);
     const predictorTensors = new Map<string, Float32Array>();
-    const total = [...checkpoint.tensors.values()].reduce((n, t) => n + t.location.entry.byteLength, 0);
+    const total = [...checkpoint.tensors.values()].reduce((n, t) => n + t.byteLength, 0);
     let loaded = 0;
     for (const [name, t] of checkpoint.tensors) {
+      if (t.readBlocks && QUANT_TYPES.includes(t.storedType) && mayStayQuantized.has(name)) {
+        const [rows, cols] = t.shape;
+        const type = t.storedType as QuantType;
+        quantized.set(
+          name,
+          uploadQuantWeight(buffers, await t.readBlocks(), { rows, cols, type, label: name }),
+        );
+        loaded += t.byteLength;
+        options.onProgress?.({ loadedBytes: loaded, totalBytes: total, tensor: t.sourceName });
+        continue;
+      }
       const values = await readCheckpointTensor(checkpoint, name);
       if (isPredictorWeight(name)) predictorTensors.set(name, values);
       else if (roles.get(name)!.role === "matrix") {
@@ -69,7 +102,7 @@ export async function createGpuBackend(
       } else {
         vectors.set(name, buffers.upload(values, name));
       }
-      loaded += t.location.entry.byteLength;
+      loaded += t.byteLength;
       options.onProgress?.({ loadedBytes: loaded, totalBytes: total, tensor: t.sourceName });
     }
     const cpuPredictors = loadPredictors(checkpoint.config, (n) => predictorTensors.get(n));
@@ -78,10 +111,11 @@ export async function createGpuBackend(
       text: cpuPredictors.text ? await uploadTextPredictor(buffers, cpuPredictors.text) : null,
     };
     await gpu.sync();
-    const weights = bindWeights(specs, {
-      matrix: (spec) => matrices.get(spec.name)!,
+    const bound = bindWeights(specs, {
+      matrix: (spec): GpuMatrix => quantized.get(spec.name) ?? matrices.get(spec.name)!,
       vector: (spec) => vectors.get(spec.name)!,
     });
+    const weights: GpuWeights = { ...bound, embed: matrices.get(specs.embed.name)! };
     return new GpuBackend({ gpu, buffers, config: checkpoint.config, weights, kernels, predictors });
   } catch (err) {
     buffers.destroy();

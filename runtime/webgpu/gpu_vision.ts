@@ -9,7 +9,7 @@
 import type { ImageFeatures } from "../engine/backend.ts";
 import type { BoundWeights, LinearSpec, NormSpec } from "../core/weights.ts";
 import { BufferSet, type Dispatch, writeBuffer } from "../device/gpu.ts";
-import type { WeightTensor } from "../device/weights_gpu.ts";
+import type { GpuMatrix } from "../../kernels/matmul_quant.ts";
 import type { GpuModel } from "./gpu_model.ts";
 
 /** Image features held on the GPU: [rows, C] in `buffer`, freed with `owner`. */
@@ -133,11 +133,11 @@ function allocTowerActivations(model: GpuModel, set: BufferSet, imageBytes: numb
 function bindTower(model: GpuModel, set: BufferSet, act: TowerActivations): Dispatch[] {
   const v = model.config.vision!, k = model.kernels, W = model.weights.vision!;
   const grid = v.imageSize / v.patchSize, patches = grid * grid, rows = patches + 1, vh = v.hiddenSize;
-  const norm = (x: GPUBuffer, weights: BoundWeights<NormSpec, WeightTensor, GPUBuffer>, out: GPUBuffer) =>
+  const norm = (x: GPUBuffer, weights: BoundWeights<NormSpec, GpuMatrix, GPUBuffer>, out: GPUBuffer) =>
     k.layerNorm.bind(set, { ...weights, x, out, rows, cols: vh, eps: v.layerNormEps });
   const linear = (
     x: GPUBuffer,
-    weights: BoundWeights<LinearSpec, WeightTensor, GPUBuffer>,
+    weights: BoundWeights<LinearSpec, GpuMatrix, GPUBuffer>,
     out: GPUBuffer,
     accumulate = false,
   ) => k.matmul.bind(set, { x, weight: weights.weight, bias: weights.bias, out, rows, accumulate });
