@@ -177,9 +177,12 @@ Deno.test("loadModel() of a Q8_0 GGUF: WebGPU, on the blocks as stored, equals t
       weightDtype: "auto",
     }) as GpuBackend;
     try {
-      const stored = backend.weights.quantized;
-      assert.equal(stored.size, 4 * 7 + 1); // 4 layers of 7 matrices, lm_head
-      assert.ok([...stored.values()].every((w) => "type" in w && w.type === "Q8_0"));
+      const { layers, lmHead, embed } = backend.model.weights;
+      const matrices = [...layers.flatMap((l) => [l.wq, l.wk, l.wv, l.wo, l.wGate, l.wUp, l.wDown]), lmHead!];
+      const stored = matrices.filter((w) => "type" in w);
+      assert.equal(stored.length, 4 * 7 + 1); // 4 layers of 7 matrices, lm_head
+      assert.ok(stored.every((w) => "type" in w && w.type === "Q8_0"));
+      assert.ok(!("type" in embed));
     } finally {
       backend.dispose();
     }

@@ -32,6 +32,7 @@ import { decodeVideoFrames, DEFAULT_MAX_PIXELS } from "../image/image_decode.ts"
 import { checkedPlan, type PolicyModelInfo, type PolicyPlan } from "../core/policy.ts";
 import { resolvePolicy } from "../core/policies.ts";
 import { loadPredictors } from "../core/predictors.ts";
+import { PREDICTOR_PREFIXES } from "../core/weights.ts";
 import { preprocessImage } from "../image/preprocess.ts";
 import { fetchCheckpoint } from "../io/remote.ts";
 import { buildPromptRows, type PromptRows } from "../core/sequence.ts";
@@ -705,13 +706,12 @@ export async function loadModel(path: string | URL, options: LoadOptions = {}): 
   const config = checkpoint.config;
   checkVocabularies(tokenizer, config, checkpoint.dir);
   if (options.checkTensors) await checkFiniteTensors(checkpoint);
+  const names = [...checkpoint.tensors.keys()];
   const policyInfo: PolicyModelInfo = {
     numLayers: config.text.numLayers,
     sparse: config.sparse,
-    hasVisionPredictor: [...checkpoint.tensors.keys()].some((n) => n.startsWith("image_score_predictor.")),
-    hasTextPredictor: [...checkpoint.tensors.keys()].some((n) =>
-      n.startsWith("output_text_score_predictor.")
-    ),
+    hasVisionPredictor: names.some((n) => n.startsWith(PREDICTOR_PREFIXES.vision)),
+    hasTextPredictor: names.some((n) => n.startsWith(PREDICTOR_PREFIXES.text)),
   };
   const backend = options.backend === "cpu"
     ? await loadCpu(checkpoint, options)

@@ -13,6 +13,7 @@
  */
 import { InputError, PolicyError } from "./errors.ts";
 import type { Policy, PolicyModelInfo, PolicyPlan, PruneSignals, RowKind } from "./policy.ts";
+import { CHECKPOINT_MODEL_PREFIX, PREDICTOR_MODULES } from "./weights.ts";
 
 /** Options of {@link dynamicPolicy}; unset fields come from the checkpoint's sparse_config. */
 export interface DynamicPolicyOptions {
@@ -220,13 +221,13 @@ export function dynamicPolicy(options: DynamicPolicyOptions = {}): Policy {
       if (vision && !model.hasVisionPredictor) {
         throw new PolicyError(
           "Cannot plan the dynamic policy: the checkpoint has no vision predictor weights",
-          "model.image_score_predictor",
+          CHECKPOINT_MODEL_PREFIX + PREDICTOR_MODULES.vision,
         );
       }
       if (text && !model.hasTextPredictor) {
         throw new PolicyError(
           "Cannot plan the dynamic policy: the checkpoint has no output text predictor weights",
-          "model.output_text_score_predictor",
+          CHECKPOINT_MODEL_PREFIX + PREDICTOR_MODULES.text,
         );
       }
       const layer = options.sparseLayer ?? sparse.sparseLayer;

@@ -24,11 +24,12 @@ import type { ModelConfig, SparseConfig } from "./config.ts";
 import { addInPlace, attention, gelu, layerNorm, linear } from "./cpu_ops.ts";
 import { CheckpointError, InputError } from "./errors.ts";
 import { halfGlobalConcat, logSoftmax2Col0 } from "./predictor_cpu_ops.ts";
+import { CHECKPOINT_MODEL_PREFIX, PREDICTOR_PREFIXES } from "./weights.ts";
 
 /** Checkpoint prefix of the vision (image score) predictor's tensors. */
-export const VISION_PREDICTOR_PREFIX = "model.image_score_predictor.";
+export const VISION_PREDICTOR_PREFIX: string = CHECKPOINT_MODEL_PREFIX + PREDICTOR_PREFIXES.vision;
 /** Checkpoint prefix of the output text score predictor's tensors. */
-export const TEXT_PREDICTOR_PREFIX = "model.output_text_score_predictor.";
+export const TEXT_PREDICTOR_PREFIX: string = CHECKPOINT_MODEL_PREFIX + PREDICTOR_PREFIXES.text;
 /** eps of every predictor LayerNorm (torch's default). */
 export const PREDICTOR_LAYER_NORM_EPS = 1e-5;
 
@@ -424,8 +425,8 @@ export function textPredictorLogits(p: TextPredictor, x: Float32Array): Float32A
 }
 
 /**
- * Builds both predictors from canonical weights (`image_score_predictor.*`,
- * `output_text_score_predictor.*`) when the checkpoint has them and a sparse_config; null otherwise.
+ * Builds both predictors from canonical weights (under {@link PREDICTOR_PREFIXES}) when the
+ * checkpoint has them and a sparse_config; null otherwise.
  * @example
  * ```ts
  * import assert from "node:assert/strict";
@@ -442,13 +443,10 @@ export function loadPredictors(
 ): { vision: VisionPredictor | null; text: TextPredictor | null } {
   const sparse = config.sparse;
   const hidden = config.text.hiddenSize;
+  const { vision, text } = PREDICTOR_PREFIXES;
   const has = (prefix: string) => sparse !== null && get(`${prefix}output_mlp.0.weight`) !== undefined;
   return {
-    vision: has("image_score_predictor.")
-      ? loadVisionPredictor((n) => get(`image_score_predictor.${n}`), { hidden, sparse: sparse! })
-      : null,
-    text: has("output_text_score_predictor.")
-      ? loadTextPredictor((n) => get(`output_text_score_predictor.${n}`), { hidden, sparse: sparse! })
-      : null,
+    vision: has(vision) ? loadVisionPredictor((n) => get(vision + n), { hidden, sparse: sparse! }) : null,
+    text: has(text) ? loadTextPredictor((n) => get(text + n), { hidden, sparse: sparse! }) : null,
   };
 }

@@ -1,13 +1,13 @@
 /**
  * The CPU backend: the whole model in plain TypeScript (f32). It is the reference the GPU backend
- * is tested against and the fallback where no GPU exists. One forward pass reads top to bottom:
- * embed rows → per layer (prune at the policy's layer, attention over the layer's cache, MLP) →
+ * is tested against and the fallback where no GPU exists. A pass reads top to bottom: embed rows →
+ * the layers (runtime/engine/pass.ts walks them: pruning, admission, row accounting; this file
+ * runs one layer: RMSNorm, q/k/v, RoPE, attention over the layer's cache, out-proj, SwiGLU MLP) →
  * final norm → lm_head on the last row → sample.
  * @module
  */
 import type { Backend, BackendSession, ImageFeatures, PassResult, SessionInput } from "../engine/backend.ts";
 import type { ModelConfig, TextConfig } from "../core/config.ts";
-import type { LayerRows } from "../core/cost.ts";
 import {
   addInPlace,
   attention,
@@ -20,7 +20,7 @@ import {
   swiglu,
 } from "../core/cpu_ops.ts";
 import { encodeImageCpu } from "./cpu_vision.ts";
-import type { PruneSignals, RowKind } from "../core/policy.ts";
+import type { PruneSignals } from "../core/policy.ts";
 import {
   type TextPredictor,
   textPredictorLogits,
@@ -28,11 +28,19 @@ import {
   visionScores,
 } from "../core/predictors.ts";
 import { sampleToken } from "../core/sampling.ts";
-import { KvLedger } from "../core/sparse_kv.ts";
-import { contextRows, fedTokensKept, keepRows, type RowMeta } from "../core/sequence.ts";
+import type { KvLedger } from "../core/sparse_kv.ts";
+import { contextRows, fedTokensKept, type RowMeta } from "../core/sequence.ts";
+import {
+  bindWeights,
+  type BoundWeights,
+  describeWeights,
+  type ModelWeightSpecs,
+  type WeightSpec,
+} from "../core/weights.ts";
+import { decodeStep, fullPass, KvRows, type PassRecord, type Phase, signalRows } from "../engine/pass.ts";
 
-/** Weights of the CPU backend by canonical name (f32). */
-export type CpuWeights = Map<string, Float32Array>;
+/** The CPU backend's weights: the model's weight description bound to f32 arrays. */
+type CpuWeights = BoundWeights<ModelWeightSpecs, Float32Array, Float32Array>;
 
 /** Image features held in CPU memory: [rows, C]. */
 class CpuImageFeatures implements ImageFeatures {
@@ -41,36 +49,29 @@ class CpuImageFeatures implements ImageFeatures {
   dispose(): void {}
 }
 
-/** Rows flowing through the decoder in one pass. x [M, C]; the rest [M]. */
-interface Rows extends RowMeta {
-  x: Float32Array;
-}
-
-/** One layer's cache: K and V rows [rows, kvHeads·D], grown by doubling. */
+/** One layer's cache storage: K and V rows [capacity, kvHeads·D], grown by doubling. */
 class LayerCache {
   keys: Float32Array;
   values: Float32Array;
-  rows = 0;
-  paperRows = 0;
   constructor(readonly width: number) {
     this.keys = new Float32Array(width * 16);
     this.values = new Float32Array(width * 16);
   }
-  append(k: Float32Array, v: Float32Array, rows: number): void {
-    const need = (this.rows + rows) * this.width;
+  /** Writes `rows` K/V rows after the first `at` rows (the rows held), growing when full. */
+  write(at: number, k: Float32Array, v: Float32Array, rows: number): void {
+    const need = (at + rows) * this.width;
     if (need > this.keys.length) {
       const size = Math.max(need, this.keys.length * 2);
       const grow = (a: Float32Array) => {
         const b = new Float32Array(size);
-        b.set(a.subarray(0, this.rows * this.width));
+        b.set(a.subarray(0, at * this.width));
         return b;
       };
       this.keys = grow(this.keys);
       this.values = grow(this.values);
     }
-    this.keys.set(k, this.rows * this.width);
-    this.values.set(v, this.rows * this.width);
-    this.rows += rows;
+    this.keys.set(k, at * this.width);
+    this.values.set(v, at * this.width);
   }
 }
 
@@ -79,22 +80,26 @@ class CpuBackend implements Backend {
   readonly kind = "cpu" as const;
   readonly readbacks = 0;
   readonly batchedSteps = 0;
+  #weights: CpuWeights | null;
   constructor(
     readonly config: ModelConfig,
-    readonly weights: CpuWeights,
+    weights: CpuWeights,
     readonly predictors: { vision: VisionPredictor | null; text: TextPredictor | null },
-  ) {}
+  ) {
+    this.#weights = weights;
+  }
 
-  w = (name: string): Float32Array => {
-    const t = this.weights.get(name);
-    if (!t) throw new Error(`internal: weight ${name} not loaded`);
-    return t;
-  };
+  /** The weights, until {@link dispose} lets them go. */
+  get weights(): CpuWeights {
+    if (!this.#weights) throw new Error("internal: the weights of a disposed backend");
+    return this.#weights;
+  }
 
   encodeImages(pixels: Float32Array[]): Promise<ImageFeatures> {
     const n = this.config.vision!.tokensPerImage, c = this.config.text.hiddenSize;
     const data = new Float32Array(pixels.length * n * c);
-    pixels.forEach((p, i) => data.set(encodeImageCpu(p, this.config, this.w), i * n * c));
+    const tower = { config: this.config, vision: this.weights.vision!, projector: this.weights.projector! };
+    pixels.forEach((p, i) => data.set(encodeImageCpu(p, tower), i * n * c));
     return Promise.resolve(new CpuImageFeatures(pixels.length * n, data));
   }
 
@@ -103,12 +108,12 @@ class CpuBackend implements Backend {
   }
 
   dispose(): void {
-    this.weights.clear();
+    this.#weights = null;
   }
 }
 
 /**
- * Builds the CPU backend from f32 weights by canonical name.
+ * Builds the CPU backend from f32 weights by canonical name (runtime/core/weights.ts).
  * @example
  * ```ts
  * import assert from "node:assert/strict";
@@ -142,15 +147,30 @@ class CpuBackend implements Backend {
  */
 export function createCpuBackend(
   config: ModelConfig,
-  weights: CpuWeights,
+  weights: Map<string, Float32Array>,
   predictors: { vision: VisionPredictor | null; text: TextPredictor | null },
 ): Backend {
-  return new CpuBackend(config, weights, predictors);
+  const get = (spec: WeightSpec) => {
+    const tensor = weights.get(spec.name);
+    if (!tensor) throw new Error(`internal: weight ${spec.name} not loaded`);
+    return tensor;
+  };
+  return new CpuBackend(
+    config,
+    bindWeights(describeWeights(config), { matrix: get, vector: get }),
+    predictors,
+  );
+}
+
+/** The residual stream of one pass: x [M, C], one row per row of the pass. */
+interface Stream {
+  x: Float32Array;
+  /** FastV: the attention the last row pays every row, kept by the layer before the prune layer. */
+  lastRowAttention?: Float32Array;
 }
 
 class CpuSession implements BackendSession {
-  readonly ledger: KvLedger;
-  readonly passes: { phase: "prefill" | "decode"; layers: LayerRows[] }[] = [];
+  readonly book: KvRows;
   #caches: LayerCache[] = [];
   #last = -1;
   #step = 0;
@@ -159,9 +179,81 @@ class CpuSession implements BackendSession {
   #text: TextConfig;
 
   constructor(readonly backend: CpuBackend, readonly input: SessionInput) {
-    this.#text = backend.config.text;
-    const t = this.#text;
-    this.ledger = new KvLedger(t.numLayers, 2 * t.numKvHeads * t.headDim * 4);
+    const t = backend.config.text;
+    this.#text = t;
+    this.book = new KvRows(t.numLayers, 2 * t.numKvHeads * t.headDim * 4);
+  }
+
+  get ledger(): KvLedger {
+    return this.book.ledger;
+  }
+
+  get passes(): PassRecord[] {
+    return this.book.passes;
+  }
+
+  prefill(options: { wantLogits: boolean }): Promise<PassResult> {
+    return this.#run([], { phase: "prefill", ledger: true, wantLogits: options.wantLogits }).then((out) => {
+      this.#last = out.token;
+      return { token: out.token, visualKept: out.visualKept, logits: out.logits };
+    });
+  }
+
+  async recompute(generated: number[], options: { wantLogits?: boolean } = {}) {
+    const phase = generated.length === 0 ? "prefill" : "decode";
+    const out = await this.#run(generated, { phase, ledger: false, wantLogits: options.wantLogits ?? false });
+    const outputKept = fedTokensKept(out.outputKept, generated.length);
+    return { token: out.token, visualKept: out.visualKept, outputKept, logits: out.logits };
+  }
+
+  decode(steps: number, options: { forced?: number[] } = {}) {
+    const tokens: number[] = [], admitted: boolean[] = [], logProbs: number[] = [];
+    const forced = options.forced;
+    for (let s = 0; s < steps; s++) {
+      const fed = forced ? forced[s] : this.#last;
+      const { admit, logits } = this.#decodeToken(fed);
+      admitted.push(admit);
+      if (forced && s + 1 < forced.length) logProbs.push(logSoftmaxAt(logits, forced[s + 1]));
+      this.#last = this.#sample(logits);
+      tokens.push(this.#last);
+      this.#decoded++;
+      if (!forced && this.input.stop?.includes(this.#last)) break;
+    }
+    return Promise.resolve({ tokens, admitted, logProbs: forced ? logProbs : undefined });
+  }
+
+  /** A full pass over the prompt and `generated` with empty caches, then the next token. */
+  async #run(generated: number[], options: { phase: Phase; ledger: boolean; wantLogits: boolean }) {
+    const t = this.#text, plan = this.input.plan;
+    this.#caches = this.#freshCaches();
+    const stream: Stream = { x: this.#embedRows(generated) };
+    const out = await fullPass(this.book, plan, contextRows(this.input.rows, generated.length), {
+      signals: (rows) => this.#signals(stream, rows),
+      keep: (keep) => (stream.x = gatherRows(stream.x, t.hiddenSize, keep)),
+      layer: (l, rows, { lastRowAttention }) => {
+        const probs = this.#layer(stream.x, rows, l, lastRowAttention);
+        if (probs) stream.lastRowAttention = probs;
+      },
+    }, options);
+    const logits = this.#lastLogits(stream.x);
+    return {
+      token: this.#sample(logits),
+      visualKept: out.visualKept,
+      outputKept: out.outputKept,
+      logits: options.wantLogits ? logits : undefined,
+    };
+  }
+
+  /** One decode step: the fed token through every layer (admission at the plan's layer), its logits. */
+  #decodeToken(fed: number): { admit: boolean; logits: Float32Array } {
+    const c = this.#text.hiddenSize, plan = this.input.plan;
+    const x = this.backend.weights.embed.slice(fed * c, (fed + 1) * c);
+    const position = this.input.rows.ids.length + this.#decoded;
+    const admit = decodeStep(this.book, plan, { position, tag: this.#decoded }, {
+      admit: () => plan.admit(textPredictorLogits(this.backend.predictors.text!, x)),
+      layer: (l, rows) => this.#layer(x, rows, l, false),
+    });
+    return { admit, logits: this.#lastLogits(x) };
   }
 
   #freshCaches(): LayerCache[] {
@@ -169,13 +261,13 @@ class CpuSession implements BackendSession {
     return Array.from({ length: this.#text.numLayers }, () => new LayerCache(width));
   }
 
-  /** Prompt rows (+ generated tokens as output rows) embedded. */
-  #embedRows(generated: number[]): Rows {
+  /** Prompt rows (+ generated tokens as output rows) embedded: x [M, C]. */
+  #embedRows(generated: number[]): Float32Array {
     const { rows } = this.input;
     const c = this.#text.hiddenSize;
     const m = rows.ids.length + generated.length;
     const x = new Float32Array(m * c);
-    const embed = this.backend.w("embed");
+    const embed = this.backend.weights.embed;
     const image = this.input.images as CpuImageFeatures | null;
     for (let i = 0; i < rows.ids.length; i++) {
       const src = rows.kinds[i] === "image"
@@ -184,118 +276,58 @@ class CpuSession implements BackendSession {
       x.set(src, i * c);
     }
     generated.forEach((id, j) => x.set(embed.subarray(id * c, (id + 1) * c), (rows.ids.length + j) * c));
-    return { x, ...contextRows(rows, generated.length) };
+    return x;
   }
 
-  /** Runs all layers over `rows` with `caches`; prunes at the plan's layer when `prune`. */
-  #forward(
-    rows: Rows,
-    caches: LayerCache[],
-    options: { prune: boolean; admitted?: boolean[] },
-  ): {
-    rows: Rows;
-    layers: LayerRows[];
-    visualKept: number[] | null;
-    outputKept: number[] | null;
-    positionsPerLayer: number[][];
-  } {
-    const t = this.#text, plan = this.input.plan;
-    const layers: LayerRows[] = [];
-    const positionsPerLayer: number[][] = [];
-    let visualKept: number[] | null = null, outputKept: number[] | null = null;
-    let lastRowAttention: Float32Array | undefined;
-    let admit = true; // decided at the admission layer, applies to every layer from there on
-    for (let l = 0; l < t.numLayers; l++) {
-      if (options.prune && l === plan.pruneLayer) {
-        const signals = this.#signals(rows, lastRowAttention);
-        const keep = plan.selectRows(rows.kinds, signals);
-        const kept = keepRows(rows, keep);
-        rows = { x: gatherRows(rows.x, t.hiddenSize, keep), ...kept };
-        visualKept = kept.visualKept;
-        outputKept = kept.outputKept;
-      }
-      if (options.admitted && l === plan.admitLayer && plan.admission === "predictor") {
-        admit = plan.admit(textPredictorLogits(this.backend.predictors.text!, rows.x));
-        options.admitted.push(admit);
-      }
-      const cache = caches[l];
-      const m = rows.kinds.length;
-      positionsPerLayer.push(rows.positions);
-      const paper = rows.kinds.filter((k) => k !== "text").length;
-      layers.push({
-        newRows: m,
-        cachedRows: cache.rows,
-        paperNewRows: paper,
-        paperCachedRows: cache.paperRows,
-      });
-      const wantProbs = options.prune && plan.needs.lastRowAttention && l === (plan.pruneLayer ?? 0) - 1;
-      const probs = this.#layer(rows, cache, l, wantProbs);
-      if (probs) lastRowAttention = probs;
-      if (options.admitted && l >= plan.admitLayer && !admit) {
-        cache.rows -= 1; // refused: its K/V leaves the cache before anything else reads it
-      } else {
-        cache.paperRows += paper;
-      }
+  /** The signals the plan needs, from the hidden states of the rows entering the prune layer. */
+  #signals(stream: Stream, rows: RowMeta): PruneSignals {
+    const plan = this.input.plan, c = this.#text.hiddenSize, predictors = this.backend.predictors;
+    const { rows: at, signals } = signalRows(plan.needs, rows.kinds);
+    if (at.images.length) {
+      signals.visionScores = visionScores(predictors.vision!, gatherRows(stream.x, c, at.images));
     }
-    return { rows, layers, visualKept, outputKept, positionsPerLayer };
-  }
-
-  #signals(rows: Rows, lastRowAttention: Float32Array | undefined): PruneSignals {
-    const plan = this.input.plan, c = this.#text.hiddenSize;
-    const signals: PruneSignals = {};
-    const pick = (kind: RowKind) => {
-      const idx = rows.kinds.flatMap((k, i) => k === kind ? [i] : []);
-      return { idx, x: gatherRows(rows.x, c, idx) };
-    };
-    if (plan.needs.visionScores) {
-      const { idx, x } = pick("image");
-      signals.visionScores = idx.length
-        ? visionScores(this.backend.predictors.vision!, x)
-        : new Float32Array(0);
+    if (at.outputs.length) {
+      signals.textLogits = textPredictorLogits(predictors.text!, gatherRows(stream.x, c, at.outputs));
     }
-    if (plan.needs.textLogits) {
-      const { idx, x } = pick("output");
-      signals.textLogits = idx.length
-        ? textPredictorLogits(this.backend.predictors.text!, x)
-        : new Float32Array(0);
-    }
-    if (plan.needs.lastRowAttention) signals.lastRowAttention = lastRowAttention;
+    if (plan.needs.lastRowAttention) signals.lastRowAttention = stream.lastRowAttention;
     return signals;
   }
 
-  /** One decoder layer in place on rows.x; returns FastV probabilities of the last row when asked. */
-  #layer(rows: Rows, cache: LayerCache, l: number, wantProbs: boolean): Float32Array | null {
-    const t = this.#text, w = this.backend.w, p = `layers.${l}.`;
-    const m = rows.kinds.length;
-    const h = rmsNorm(rows.x, w(p + "attn_norm"), t.rmsNormEps);
-    const q = linear(h, w(p + "wq"), { rows: m });
-    const k = linear(h, w(p + "wk"), { rows: m });
-    const v = linear(h, w(p + "wv"), { rows: m });
+  /**
+   * Decoder layer l in place on x [M, C]: its K/V written after the rows the layer holds; returns
+   * the attention the last row pays every row (mean over heads) when asked.
+   */
+  #layer(x: Float32Array, rows: RowMeta, l: number, wantProbs: boolean): Float32Array | null {
+    const t = this.#text, W = this.backend.weights.layers[l], cache = this.#caches[l];
+    const m = rows.kinds.length, held = this.book.rows[l];
+    const h = rmsNorm(x, W.attnNorm, t.rmsNormEps);
+    const q = linear(h, W.wq, { rows: m });
+    const k = linear(h, W.wk, { rows: m });
+    const v = linear(h, W.wv, { rows: m });
     rope(q, rows.positions, { heads: t.numHeads, headDim: t.headDim, theta: t.ropeTheta });
     rope(k, rows.positions, { heads: t.numKvHeads, headDim: t.headDim, theta: t.ropeTheta });
-    const base = cache.rows;
-    cache.append(k, v, m);
+    cache.write(held, k, v, m);
     const opts = { heads: t.numHeads, kvHeads: t.numKvHeads, headDim: t.headDim };
-    const visible = Array.from({ length: m }, (_, i) => base + i + 1);
+    const visible = Array.from({ length: m }, (_, i) => held + i + 1);
     const a = attention(q, cache.keys, cache.values, { ...opts, visible });
     let probs: Float32Array | null = null;
     if (wantProbs) {
       const qLast = q.subarray((m - 1) * t.numHeads * t.headDim, m * t.numHeads * t.headDim);
-      probs = attentionProbsMean(qLast, cache.keys, { ...opts, visible: base + m }).subarray(base);
+      probs = attentionProbsMean(qLast, cache.keys, { ...opts, visible: held + m }).subarray(held);
     }
-    addInPlace(rows.x, linear(a, w(p + "wo"), { rows: m }));
-    const h2 = rmsNorm(rows.x, w(p + "mlp_norm"), t.rmsNormEps);
-    const gate = linear(h2, w(p + "w_gate"), { rows: m });
-    const up = linear(h2, w(p + "w_up"), { rows: m });
-    addInPlace(rows.x, linear(swiglu(gate, up), w(p + "w_down"), { rows: m }));
+    addInPlace(x, linear(a, W.wo, { rows: m }));
+    const h2 = rmsNorm(x, W.mlpNorm, t.rmsNormEps);
+    const gate = linear(h2, W.wGate, { rows: m });
+    const up = linear(h2, W.wUp, { rows: m });
+    addInPlace(x, linear(swiglu(gate, up), W.wDown, { rows: m }));
     return probs;
   }
 
-  #lastLogits(rows: Rows): Float32Array {
-    const t = this.#text, c = t.hiddenSize, m = rows.kinds.length;
-    const last = rmsNorm(rows.x.subarray((m - 1) * c, m * c), this.backend.w("norm"), t.rmsNormEps);
-    const head = this.backend.weights.get("lm_head") ?? this.backend.w("embed");
-    return linear(last, head, { rows: 1 });
+  /** Final norm and lm_head on the last row of x [M, C]: logits [V]. */
+  #lastLogits(x: Float32Array): Float32Array {
+    const t = this.#text, c = t.hiddenSize, m = x.length / c, W = this.backend.weights;
+    const last = rmsNorm(x.subarray((m - 1) * c, m * c), W.norm, t.rmsNormEps);
+    return linear(last, W.lmHead ?? W.embed, { rows: 1 });
   }
 
   #sample(logits: Float32Array): number {
@@ -305,66 +337,6 @@ class CpuSession implements BackendSession {
       topP: s.topP,
       seed: s.seed,
       step: this.#step++,
-    });
-  }
-
-  prefill(options: { wantLogits: boolean }): Promise<PassResult> {
-    this.#caches = this.#freshCaches();
-    const out = this.#forward(this.#embedRows([]), this.#caches, { prune: true });
-    this.passes.push({ phase: "prefill", layers: out.layers });
-    out.positionsPerLayer.forEach((positions, l) => this.ledger.append([l], positions));
-    const logits = this.#lastLogits(out.rows);
-    this.#last = this.#sample(logits);
-    return Promise.resolve({
-      token: this.#last,
-      visualKept: out.visualKept,
-      logits: options.wantLogits ? logits : undefined,
-    });
-  }
-
-  decode(steps: number, options: { forced?: number[] } = {}) {
-    const tokens: number[] = [], admitted: boolean[] = [], logProbs: number[] = [];
-    const t = this.#text;
-    for (let s = 0; s < steps; s++) {
-      const fed = options.forced ? options.forced[s] : this.#last;
-      const pos = this.input.rows.ids.length + this.#decoded;
-      const embed = this.backend.w("embed");
-      const rows: Rows = {
-        x: embed.slice(fed * t.hiddenSize, (fed + 1) * t.hiddenSize),
-        positions: [pos],
-        kinds: ["output"],
-        tags: [this.#decoded],
-      };
-      const flags: boolean[] = [];
-      const out = this.#forward(rows, this.#caches, { prune: false, admitted: flags });
-      this.passes.push({ phase: "decode", layers: out.layers });
-      const admit = this.input.plan.admission === "all" ? true : flags[0];
-      admitted.push(admit);
-      this.ledger.admit(pos, { fromLayer: this.input.plan.admitLayer, admitted: admit });
-      const logits = this.#lastLogits(out.rows);
-      if (options.forced && s + 1 < options.forced.length) {
-        logProbs.push(logSoftmaxAt(logits, options.forced[s + 1]));
-      }
-      this.#last = this.#sample(logits);
-      tokens.push(this.#last);
-      this.#decoded++;
-      if (!options.forced && this.input.stop?.includes(this.#last)) break;
-    }
-    return Promise.resolve({ tokens, admitted, logProbs: options.forced ? logProbs : undefined });
-  }
-
-  recompute(generated: number[], options: { wantLogits?: boolean } = {}) {
-    const caches = this.#freshCaches();
-    const out = this.#forward(this.#embedRows(generated), caches, { prune: true });
-    this.passes.push({ phase: generated.length === 0 ? "prefill" : "decode", layers: out.layers });
-    const logits = this.#lastLogits(out.rows);
-    const token = this.#sample(logits);
-    const outputKept = fedTokensKept(out.outputKept, generated.length);
-    return Promise.resolve({
-      token,
-      visualKept: out.visualKept,
-      outputKept,
-      logits: options.wantLogits ? logits : undefined,
     });
   }
 

@@ -1,13 +1,13 @@
 /**
  * The contract between the generation loop and a compute backend ("cpu" or "webgpu"). The loop
- * (runtime/generate.ts) owns requests, stopping, streaming and stats; a backend owns weights and
+ * (runtime/engine/generate.ts) owns requests, stopping, streaming and stats; a backend owns weights and
  * runs forward passes, calling the policy plan at its prune layer. GPU-free types only.
  * @module
  */
-import type { LayerRows } from "../core/cost.ts";
 import type { PolicyPlan } from "../core/policy.ts";
 import type { PromptRows } from "../core/sequence.ts";
 import type { KvLedger } from "../core/sparse_kv.ts";
+import type { PassRecord } from "./pass.ts";
 
 /** Loading progress: bytes of tensors loaded so far out of the total. */
 export interface LoadProgress {
@@ -86,7 +86,7 @@ export interface BackendSession {
   /** Rows held per layer and bytes, kept by the backend as it runs. */
   readonly ledger: KvLedger;
   /** Per forward pass, the rows each layer handled (for exact FLOPs). */
-  readonly passes: { phase: "prefill" | "decode"; layers: LayerRows[] }[];
+  readonly passes: PassRecord[];
   /** Bytes of all GPU buffers of this request at their peak (0 on the CPU). */
   gpuPeakBytes(): number;
   /** Frees everything the session holds. */

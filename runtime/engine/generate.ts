@@ -14,6 +14,7 @@ import { InputError } from "../core/errors.ts";
 import type { PolicyPlan } from "../core/policy.ts";
 import type { PromptRows } from "../core/sequence.ts";
 import type { Tokenizer } from "../text/tokenizer.ts";
+import type { Phase } from "./pass.ts";
 
 /** One streamed token. */
 export interface GenerateEvent {
@@ -226,95 +227,17 @@ async function loop(
   request: LoopRequest,
   emit: (event: GenerateEvent) => void,
 ): Promise<GenerateResult> {
-  const tokens: number[] = [];
-  let admitted: boolean[] = [];
-  let text = "";
-  let shown = 0;
-  let visualKept: number[] | null = null;
-  let finishReason: FinishReason | null = request.maxNewTokens === 0 ? "length" : null;
-  const stopStrings = request.stopStrings ?? [];
-  const longestStop = Math.max(0, ...stopStrings.map((stop) => stop.length));
-  /** Records a sampled token, streams the text that is safe to show, and says whether to stop. */
-  const push = (token: number): FinishReason | null => {
-    tokens.push(token);
-    // Ids of a padded vocabulary beyond the tokenizer's have no text (as in Hugging Face's decode).
-    const full = tokenizer.decode(tokens.filter((id) => id < tokenizer.vocabSize), {
-      skipSpecialTokens: true,
-    });
-    if (!full.endsWith("\uFFFD")) text = full;
-    const stopAt = findStopString(text, stopStrings, Math.max(0, shown - longestStop));
-    let reason: FinishReason | null = null;
-    if (stopAt >= 0) {
-      text = text.slice(0, stopAt);
-      reason = "stop";
-    } else if (request.stop.includes(token)) reason = "stop";
-    else if (tokens.length >= request.maxNewTokens) reason = "length";
-    const visible = reason ? text.length : text.length - heldBackLength(text, stopStrings);
-    emit({ token, text: text.slice(shown, Math.max(shown, visible)) });
-    shown = Math.max(shown, visible);
-    return reason;
-  };
+  const output = new Output(tokenizer, request, emit);
   const t0 = performance.now();
-  let prefillMs = 0;
-  if (request.kvCache) {
-    const first = await session.prefill({ wantLogits: false });
-    prefillMs = performance.now() - t0;
-    visualKept = first.visualKept;
-    if (!finishReason) finishReason = push(first.token);
-    while (!finishReason) {
-      await yieldToEventLoop();
-      if (abortedNow(request)) {
-        finishReason = "abort";
-        break;
-      }
-      const steps = Math.min(request.decodeBatch, request.maxNewTokens - tokens.length);
-      const out = await session.decode(steps);
-      for (let i = 0; i < out.tokens.length && !finishReason; i++) {
-        admitted.push(out.admitted[i]);
-        finishReason = push(out.tokens[i]);
-      }
-    }
-  } else {
-    let outputKept: number[] = [];
-    const first = await session.recompute([]);
-    prefillMs = performance.now() - t0;
-    visualKept = first.visualKept;
-    if (!finishReason) finishReason = push(first.token);
-    while (!finishReason) {
-      await yieldToEventLoop();
-      if (abortedNow(request)) {
-        finishReason = "abort";
-        break;
-      }
-      const step = await session.recompute(tokens);
-      outputKept = step.outputKept;
-      finishReason = push(step.token);
-    }
-    // Final keep decision per generated token except the last, from the last recompute; the token
-    // fed last in that recompute was its last row, which is always kept.
-    const kept = new Set(outputKept);
-    const fed = Math.max(0, tokens.length - 1);
-    admitted = Array.from({ length: fed }, (_, j) => j === fed - 1 || kept.has(j));
-  }
-  const totalMs = performance.now() - t0;
-  const decodeMs = totalMs - prefillMs;
-  const sum = (phase: "prefill" | "decode"): PassFlops => {
-    const out = { flopsPaper: 0, flopsExact: 0 };
-    for (const pass of session.passes) {
-      if (pass.phase !== phase) continue;
-      const f = passFlops(config.text, pass.layers);
-      out.flopsPaper += f.flopsPaper;
-      out.flopsExact += f.flopsExact;
-    }
-    return out;
-  };
-  const rowsComputed = (phase: "prefill" | "decode") =>
-    session.passes.filter((p) => p.phase === phase).reduce(
-      (n, p) => n + p.layers.reduce((m, l) => m + l.newRows, 0),
-      0,
-    );
-  const rowsPerLayer = session.ledger.rowsPerLayer();
-  const bytesPerElement = session.ledger.bytesPerRow / (2 * config.text.numKvHeads * config.text.headDim);
+  const run = request.kvCache ? withCache : withoutCache;
+  const { visualKept, admitted, prefillMs, finishReason } = await run(
+    session,
+    request,
+    output,
+    () => performance.now() - t0,
+  );
+  const decodeMs = performance.now() - t0 - prefillMs;
+  const { tokens, text } = output;
   return {
     tokens,
     text,
@@ -335,14 +258,148 @@ async function loop(
       prefillMs,
       decodeMs,
       tokensPerSecond: tokens.length > 1 && decodeMs > 0 ? (tokens.length - 1) / (decodeMs / 1000) : 0,
-      flops: { prefill: sum("prefill"), decode: sum("decode") },
-      kvCache: {
-        rowsPerLayer,
-        bytes: kvBytes(config.text, rowsPerLayer, { bytesPerElement }),
-        peakBytes: session.ledger.peakBytes,
+      flops: {
+        prefill: phaseFlops(session, config, "prefill"),
+        decode: phaseFlops(session, config, "decode"),
       },
+      kvCache: cacheStats(session, config),
       gpuPeakBytes: session.gpuPeakBytes() + (request.images?.gpuBytes ?? 0),
-      rowsComputed: { prefill: rowsComputed("prefill"), decode: rowsComputed("decode") },
+      rowsComputed: { prefill: rowsComputed(session, "prefill"), decode: rowsComputed(session, "decode") },
     },
+  };
+}
+
+/** The generated tokens and their text, streamed as it becomes safe to show. */
+class Output {
+  readonly tokens: number[] = [];
+  text = "";
+  /** Characters of `text` already streamed. */
+  #shown = 0;
+  readonly #stopStrings: string[];
+  readonly #longestStop: number;
+  constructor(
+    readonly tokenizer: Tokenizer,
+    readonly request: LoopRequest,
+    readonly emit: (event: GenerateEvent) => void,
+  ) {
+    this.#stopStrings = request.stopStrings ?? [];
+    this.#longestStop = Math.max(0, ...this.#stopStrings.map((stop) => stop.length));
+  }
+
+  /** Records a sampled token, streams the text that is safe to show, and says whether to stop. */
+  push(token: number): FinishReason | null {
+    const stopStrings = this.#stopStrings;
+    this.tokens.push(token);
+    // Ids of a padded vocabulary beyond the tokenizer's have no text (as in Hugging Face's decode).
+    const full = this.tokenizer.decode(this.tokens.filter((id) => id < this.tokenizer.vocabSize), {
+      skipSpecialTokens: true,
+    });
+    if (!full.endsWith("\uFFFD")) this.text = full;
+    const stopAt = findStopString(this.text, stopStrings, Math.max(0, this.#shown - this.#longestStop));
+    let reason: FinishReason | null = null;
+    if (stopAt >= 0) {
+      this.text = this.text.slice(0, stopAt);
+      reason = "stop";
+    } else if (this.request.stop.includes(token)) reason = "stop";
+    else if (this.tokens.length >= this.request.maxNewTokens) reason = "length";
+    const visible = reason ? this.text.length : this.text.length - heldBackLength(this.text, stopStrings);
+    this.emit({ token, text: this.text.slice(this.#shown, Math.max(this.#shown, visible)) });
+    this.#shown = Math.max(this.#shown, visible);
+    return reason;
+  }
+}
+
+/** What a run of the loop decided, besides the tokens. */
+interface RunOutcome {
+  visualKept: number[] | null;
+  admitted: boolean[];
+  prefillMs: number;
+  finishReason: FinishReason;
+}
+
+/** KV mode: prefill, then decode steps in batches of `decodeBatch` until done. */
+async function withCache(
+  session: BackendSession,
+  request: LoopRequest,
+  output: Output,
+  elapsed: () => number,
+): Promise<RunOutcome> {
+  const admitted: boolean[] = [];
+  const first = await session.prefill({ wantLogits: false });
+  const prefillMs = elapsed();
+  let finishReason = request.maxNewTokens === 0 ? "length" : output.push(first.token);
+  while (!finishReason) {
+    await yieldToEventLoop();
+    if (abortedNow(request)) {
+      finishReason = "abort";
+      break;
+    }
+    const steps = Math.min(request.decodeBatch, request.maxNewTokens - output.tokens.length);
+    const out = await session.decode(steps);
+    for (let i = 0; i < out.tokens.length && !finishReason; i++) {
+      admitted.push(out.admitted[i]);
+      finishReason = output.push(out.tokens[i]);
+    }
+  }
+  return { visualKept: first.visualKept, admitted, prefillMs, finishReason };
+}
+
+/** No-cache mode: one recompute of the whole context per token. */
+async function withoutCache(
+  session: BackendSession,
+  request: LoopRequest,
+  output: Output,
+  elapsed: () => number,
+): Promise<RunOutcome> {
+  let outputKept: number[] = [];
+  const first = await session.recompute([]);
+  const prefillMs = elapsed();
+  let finishReason = request.maxNewTokens === 0 ? "length" : output.push(first.token);
+  while (!finishReason) {
+    await yieldToEventLoop();
+    if (abortedNow(request)) {
+      finishReason = "abort";
+      break;
+    }
+    const step = await session.recompute(output.tokens);
+    outputKept = step.outputKept;
+    finishReason = output.push(step.token);
+  }
+  // Final keep decision per generated token except the last, from the last recompute; the token
+  // fed last in that recompute was its last row, which is always kept.
+  const kept = new Set(outputKept);
+  const fed = Math.max(0, output.tokens.length - 1);
+  const admitted = Array.from({ length: fed }, (_, j) => j === fed - 1 || kept.has(j));
+  return { visualKept: first.visualKept, admitted, prefillMs, finishReason };
+}
+
+/** FLOPs of a phase's passes, summed. */
+function phaseFlops(session: BackendSession, config: ModelConfig, phase: Phase): PassFlops {
+  const out = { flopsPaper: 0, flopsExact: 0 };
+  for (const pass of session.passes) {
+    if (pass.phase !== phase) continue;
+    const f = passFlops(config.text, pass.layers);
+    out.flopsPaper += f.flopsPaper;
+    out.flopsExact += f.flopsExact;
+  }
+  return out;
+}
+
+/** Rows computed over a phase's passes, summed over layers. */
+function rowsComputed(session: BackendSession, phase: Phase): number {
+  return session.passes.filter((p) => p.phase === phase).reduce(
+    (n, p) => n + p.layers.reduce((m, l) => m + l.newRows, 0),
+    0,
+  );
+}
+
+/** The rows and bytes the caches hold at the end, and their peak. */
+function cacheStats(session: BackendSession, config: ModelConfig): GenerateStats["kvCache"] {
+  const rowsPerLayer = session.ledger.rowsPerLayer();
+  const bytesPerElement = session.ledger.bytesPerRow / (2 * config.text.numKvHeads * config.text.headDim);
+  return {
+    rowsPerLayer,
+    bytes: kvBytes(config.text, rowsPerLayer, { bytesPerElement }),
+    peakBytes: session.ledger.peakBytes,
   };
 }

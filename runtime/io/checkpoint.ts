@@ -1,17 +1,8 @@
 /**
  * Opens a checkpoint directory: reads config.json (and the vision tower's, resolved on disk),
- * finds the safetensors files, maps every tensor of the three layouts to one canonical name,
- * checks shapes against the config, and streams tensors one at a time as f32.
- *
- * Canonical names (shapes with C = text hidden, I = intermediate, V = vision hidden):
- * - `embed` [vocab, C], `norm` [C], `lm_head` [vocab, C]
- * - `layers.{i}.{attn_norm,mlp_norm}` [C]; `.wq` [H·D, C]; `.wk`/`.wv` [KvH·D, C]; `.wo` [C, H·D];
- *   `.w_gate`/`.w_up` [I, C]; `.w_down` [C, I]
- * - `vision.patch_embed` [V, 3·p·p], `vision.class_embed` [V], `vision.pos_embed` [P+1, V],
- *   `vision.pre_norm.{weight,bias}`, `vision.layers.{i}.{ln1,ln2}.{weight,bias}`,
- *   `vision.layers.{i}.{q,k,v,o}.{weight,bias}`, `vision.layers.{i}.{fc1,fc2}.{weight,bias}`
- * - `projector.{0,2}.{weight,bias}` (mlp2x_gelu) or `projector.0.*` (linear)
- * - `image_score_predictor.*`, `output_text_score_predictor.*` (official sub-names kept)
+ * finds the safetensors files, maps every tensor of the three layouts to one canonical name
+ * (runtime/core/weights.ts describes them), checks names and shapes against that description, and
+ * streams tensors one at a time as f32.
  * @module
  */
 import { join, resolve } from "node:path";
@@ -21,10 +12,21 @@ import { CheckpointError } from "../core/errors.ts";
 import type { GgmlType } from "../core/ggml_quants.ts";
 import { readTensor } from "./safetensors.ts";
 import { openTensorFiles, type TensorFiles } from "./shards.ts";
+import {
+  CHECKPOINT_MODEL_PREFIX,
+  type DecoderLayerSpec,
+  describeWeights,
+  isPredictorWeight,
+  PREDICTOR_PREFIXES,
+  visionLayerOf,
+  type VisionLayerSpec,
+  WEIGHT_NAMES,
+  weightList,
+} from "../core/weights.ts";
 
 /** One tensor the model will load. */
 export interface CheckpointTensor {
-  /** Canonical name (see module doc). */
+  /** Canonical name (runtime/core/weights.ts). */
   name: string;
   /** Name in the file. */
   sourceName: string;
@@ -66,8 +68,6 @@ export interface Checkpoint {
   /** The vocabulary when the checkpoint's files carry it (GGUF), else undefined. */
   vocab?: CheckpointVocab;
 }
-
-const PREDICTOR_PREFIXES = ["image_score_predictor.", "output_text_score_predictor."];
 
 /** Source-name patterns of tensors that exist in real checkpoints but are not needed. */
 const IGNORED = [
@@ -163,122 +163,74 @@ export async function resolveVisionTower(tower: string, checkpointDir: string): 
   );
 }
 
+/** Source decoder layer parts (LLaMA / llava-hf naming) → canonical parts. */
+const DECODER_SOURCE_PARTS: Record<string, keyof DecoderLayerSpec> = {
+  "input_layernorm": "attnNorm",
+  "post_attention_layernorm": "mlpNorm",
+  "self_attn.q_proj": "wq",
+  "self_attn.k_proj": "wk",
+  "self_attn.v_proj": "wv",
+  "self_attn.o_proj": "wo",
+  "mlp.gate_proj": "wGate",
+  "mlp.up_proj": "wUp",
+  "mlp.down_proj": "wDown",
+};
+
+/** Source CLIP encoder layer parts → canonical parts. */
+const VISION_SOURCE_PARTS: Record<string, keyof VisionLayerSpec> = {
+  "layer_norm1": "ln1",
+  "layer_norm2": "ln2",
+  "self_attn.q_proj": "q",
+  "self_attn.k_proj": "k",
+  "self_attn.v_proj": "v",
+  "self_attn.out_proj": "o",
+  "mlp.fc1": "fc1",
+  "mlp.fc2": "fc2",
+};
+
 /** Maps a source tensor name of any layout to its canonical name, or null when unknown. */
 function canonicalName(source: string): string | null {
   let m: RegExpMatchArray | null;
   const lm = source.replace(/^(language_model\.|model\.language_model\.)/, "");
-  if (lm === "lm_head.weight") return "lm_head";
+  if (lm === "lm_head.weight") return WEIGHT_NAMES.lmHead;
   if (
     (m = lm.match(/^model\.(embed_tokens|norm)\.weight$/)) || (m = lm.match(/^(embed_tokens|norm)\.weight$/))
   ) {
-    return m[1] === "norm" ? "norm" : "embed";
+    return m[1] === "norm" ? WEIGHT_NAMES.norm : WEIGHT_NAMES.embed;
   }
   if ((m = lm.match(/^(?:model\.)?layers\.(\d+)\.(.+)\.weight$/))) {
-    const part = ({
-      "input_layernorm": "attn_norm",
-      "post_attention_layernorm": "mlp_norm",
-      "self_attn.q_proj": "wq",
-      "self_attn.k_proj": "wk",
-      "self_attn.v_proj": "wv",
-      "self_attn.o_proj": "wo",
-      "mlp.gate_proj": "w_gate",
-      "mlp.up_proj": "w_up",
-      "mlp.down_proj": "w_down",
-    } as Record<string, string>)[m[2]];
-    return part ? `layers.${m[1]}.${part}` : null;
+    const part = DECODER_SOURCE_PARTS[m[2]];
+    return part ? WEIGHT_NAMES.decoder(Number(m[1]), part) : null;
   }
   if ((m = source.match(/^(?:model\.)?mm_projector\.(\d+)\.(weight|bias)$/))) {
-    return `projector.${m[1]}.${m[2]}`;
+    return `${WEIGHT_NAMES.projector(Number(m[1]))}.${m[2]}`;
   }
   if ((m = source.match(/^(?:model\.)?multi_modal_projector\.linear_([12])\.(weight|bias)$/))) {
-    return `projector.${m[1] === "1" ? 0 : 2}.${m[2]}`;
+    return `${WEIGHT_NAMES.projector(m[1] === "1" ? 0 : 2)}.${m[2]}`;
   }
-  for (const prefix of PREDICTOR_PREFIXES) {
+  for (const prefix of Object.values(PREDICTOR_PREFIXES)) {
     const at = source.indexOf(prefix);
-    if (at === 0 || source.startsWith("model." + prefix)) return source.slice(at);
+    if (at === 0 || source.startsWith(CHECKPOINT_MODEL_PREFIX + prefix)) return source.slice(at);
   }
   const v = source.replace(
     /^(model\.vision_tower\.vision_tower\.|model\.vision_tower\.|vision_tower\.)?vision_model\./,
     "vision_model.",
   );
   if (!v.startsWith("vision_model.")) return null;
-  if (v === "vision_model.embeddings.patch_embedding.weight") return "vision.patch_embed";
-  if (v === "vision_model.embeddings.class_embedding") return "vision.class_embed";
-  if (v === "vision_model.embeddings.position_embedding.weight") return "vision.pos_embed";
-  if ((m = v.match(/^vision_model\.pre_layrnorm\.(weight|bias)$/))) return `vision.pre_norm.${m[1]}`;
+  if (v === "vision_model.embeddings.patch_embedding.weight") return WEIGHT_NAMES.patchEmbed;
+  if (v === "vision_model.embeddings.class_embedding") return WEIGHT_NAMES.classEmbed;
+  if (v === "vision_model.embeddings.position_embedding.weight") return WEIGHT_NAMES.posEmbed;
+  if ((m = v.match(/^vision_model\.pre_layrnorm\.(weight|bias)$/))) return `${WEIGHT_NAMES.preNorm}.${m[1]}`;
   if ((m = v.match(/^vision_model\.encoder\.layers\.(\d+)\.(.+)\.(weight|bias)$/))) {
-    const part = ({
-      "layer_norm1": "ln1",
-      "layer_norm2": "ln2",
-      "self_attn.q_proj": "q",
-      "self_attn.k_proj": "k",
-      "self_attn.v_proj": "v",
-      "self_attn.out_proj": "o",
-      "mlp.fc1": "fc1",
-      "mlp.fc2": "fc2",
-    } as Record<string, string>)[m[2]];
-    return part ? `vision.layers.${m[1]}.${part}.${m[3]}` : null;
+    const part = VISION_SOURCE_PARTS[m[2]];
+    return part ? `${WEIGHT_NAMES.visionLayer(Number(m[1]), part)}.${m[3]}` : null;
   }
   return null;
 }
 
-/** Expected shape of every canonical tensor the config implies (predictors excluded). */
+/** Expected shape of every canonical tensor the config implies (predictors excluded), by name. */
 export function expectedShapes(config: ModelConfig): Map<string, number[]> {
-  const t = config.text;
-  const shapes = new Map<string, number[]>();
-  const q = t.numHeads * t.headDim, kv = t.numKvHeads * t.headDim;
-  shapes.set("embed", [t.vocabSize, t.hiddenSize]);
-  shapes.set("norm", [t.hiddenSize]);
-  if (!t.tieWordEmbeddings) shapes.set("lm_head", [t.vocabSize, t.hiddenSize]);
-  for (let i = 0; i < t.numLayers; i++) {
-    const p = `layers.${i}.`;
-    shapes.set(p + "attn_norm", [t.hiddenSize]);
-    shapes.set(p + "mlp_norm", [t.hiddenSize]);
-    shapes.set(p + "wq", [q, t.hiddenSize]);
-    shapes.set(p + "wk", [kv, t.hiddenSize]);
-    shapes.set(p + "wv", [kv, t.hiddenSize]);
-    shapes.set(p + "wo", [t.hiddenSize, q]);
-    shapes.set(p + "w_gate", [t.intermediateSize, t.hiddenSize]);
-    shapes.set(p + "w_up", [t.intermediateSize, t.hiddenSize]);
-    shapes.set(p + "w_down", [t.hiddenSize, t.intermediateSize]);
-  }
-  const v = config.vision;
-  if (v) {
-    const grid = v.imageSize / v.patchSize;
-    shapes.set("vision.patch_embed", [v.hiddenSize, v.numChannels, v.patchSize, v.patchSize]);
-    shapes.set("vision.class_embed", [v.hiddenSize]);
-    shapes.set("vision.pos_embed", [grid * grid + 1, v.hiddenSize]);
-    shapes.set("vision.pre_norm.weight", [v.hiddenSize]);
-    shapes.set("vision.pre_norm.bias", [v.hiddenSize]);
-    for (let i = 0; i < v.layersToRun; i++) {
-      const p = `vision.layers.${i}.`;
-      for (const n of ["ln1", "ln2"]) {
-        shapes.set(`${p}${n}.weight`, [v.hiddenSize]);
-        shapes.set(`${p}${n}.bias`, [v.hiddenSize]);
-      }
-      for (const n of ["q", "k", "v", "o"]) {
-        shapes.set(`${p}${n}.weight`, [v.hiddenSize, v.hiddenSize]);
-        shapes.set(`${p}${n}.bias`, [v.hiddenSize]);
-      }
-      shapes.set(`${p}fc1.weight`, [v.intermediateSize, v.hiddenSize]);
-      shapes.set(`${p}fc1.bias`, [v.intermediateSize]);
-      shapes.set(`${p}fc2.weight`, [v.hiddenSize, v.intermediateSize]);
-      shapes.set(`${p}fc2.bias`, [v.hiddenSize]);
-    }
-  }
-  const pr = config.projector;
-  if (pr) {
-    if (pr.type === "linear") {
-      shapes.set("projector.0.weight", [pr.outSize, pr.inSize]);
-      shapes.set("projector.0.bias", [pr.outSize]);
-    } else {
-      shapes.set("projector.0.weight", [pr.outSize, pr.inSize]);
-      shapes.set("projector.0.bias", [pr.outSize]);
-      shapes.set("projector.2.weight", [pr.outSize, pr.outSize]);
-      shapes.set("projector.2.bias", [pr.outSize]);
-    }
-  }
-  return shapes;
+  return new Map([...weightList(describeWeights(config))].map(([name, spec]) => [name, spec.shape]));
 }
 
 function addTensors(
@@ -293,8 +245,8 @@ function addTensors(
       if (IGNORED.some((re) => re.test(sourceName))) continue;
       throw new CheckpointError(`Cannot load checkpoint: unknown tensor "${sourceName}"`, location.file.path);
     }
-    const layer = name.match(/^vision\.layers\.(\d+)\./);
-    if (layer && Number(layer[1]) >= options.visionLayers) continue; // after the selected hidden state
+    const layer = visionLayerOf(name);
+    if (layer !== null && layer >= options.visionLayers) continue; // after the selected hidden state
     if (into.has(name)) {
       throw new CheckpointError(
         `Cannot load checkpoint: tensor "${sourceName}" appears twice`,
@@ -342,14 +294,13 @@ export async function openCheckpoint(dir: string): Promise<Checkpoint> {
   const tensors = new Map<string, CheckpointTensor>();
   const visionLayers = config.vision?.layersToRun ?? 0;
   addTensors(await openTensorFiles(dir), tensors, { where: dir, visionLayers });
-  if (towerDir && !tensors.has("vision.patch_embed")) {
+  if (towerDir && !tensors.has(WEIGHT_NAMES.patchEmbed)) {
     addTensors(await openTensorFiles(towerDir), tensors, { where: towerDir, visionLayers });
   }
-  const expected = expectedShapes(config);
-  for (const [name, shape] of expected) {
+  const expected = weightList(describeWeights(config));
+  for (const [name, { shape }] of expected) {
     const t = tensors.get(name);
     if (!t) {
-      if (name.startsWith("vision.") && !config.vision) continue;
       throw new CheckpointError(`Cannot load checkpoint: tensor "${name}" is missing`, dir);
     }
     if (t.shape.length !== shape.length || t.shape.some((d, i) => d !== shape[i])) {
@@ -360,7 +311,7 @@ export async function openCheckpoint(dir: string): Promise<Checkpoint> {
     }
   }
   for (const [name, t] of tensors) {
-    if (!expected.has(name) && !PREDICTOR_PREFIXES.some((p) => name.startsWith(p))) {
+    if (!expected.has(name) && !isPredictorWeight(name)) {
       throw new CheckpointError(
         `Cannot load checkpoint: tensor "${t.sourceName}" does not belong to a ${config.layout} model with this config`,
         t.path,

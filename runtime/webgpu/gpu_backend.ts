@@ -1,8 +1,10 @@
 /**
- * The WebGPU backend: opens the device, uploads a checkpoint tensor by tensor (matrices as
- * WeightTensors, f16 where chosen; vectors as f32 buffers), compiles every kernel once, and
- * hands requests to {@link GpuSession} (runtime/gpu_session.ts) and images to the vision encoder
- * (runtime/gpu_vision.ts).
+ * The WebGPU backend: opens the device, uploads a checkpoint tensor by tensor (each weight as the
+ * model's weight description says: matrices as WeightTensors, f16 where chosen; vectors as f32
+ * buffers), compiles every kernel once into a {@link GpuModel}, and hands requests to
+ * {@link GpuSession} (runtime/webgpu/gpu_session.ts), their concurrent decode steps to
+ * {@link DecodeBatcher} (runtime/webgpu/gpu_batch.ts) and images to the vision encoder
+ * (runtime/webgpu/gpu_vision.ts).
  * @module
  */
 import type {
@@ -13,49 +15,35 @@ import type {
   SessionInput,
 } from "../engine/backend.ts";
 import { type Checkpoint, readCheckpointTensor } from "../io/checkpoint.ts";
-import type { ModelConfig } from "../core/config.ts";
-import { BufferSet, createGpu, type Gpu } from "../device/gpu.ts";
-import { createKernels, type Kernels } from "./gpu_kernels.ts";
-import {
-  type GpuTextPredictor,
-  type GpuVisionPredictor,
-  uploadTextPredictor,
-  uploadVisionPredictor,
-} from "./gpu_predictors.ts";
+import { BufferSet, createGpu } from "../device/gpu.ts";
+import { createKernels } from "./gpu_kernels.ts";
+import { uploadTextPredictor, uploadVisionPredictor } from "./gpu_predictors.ts";
 import { GpuSession } from "./gpu_session.ts";
 import { DecodeBatcher } from "./gpu_batch.ts";
-import { encodeImagesGpu, type VisionLayerWeights, visionLayerWeights } from "./gpu_vision.ts";
+import { encodeImagesGpu } from "./gpu_vision.ts";
+import type { GpuModel, GpuPredictors, GpuWeights } from "./gpu_model.ts";
 import { loadPredictors } from "../core/predictors.ts";
+import {
+  bindWeights,
+  describeWeights,
+  isPredictorWeight,
+  type ModelWeightSpecs,
+  weightList,
+} from "../core/weights.ts";
 import { uploadWeight, type WeightStorage, type WeightTensor } from "../device/weights_gpu.ts";
 import { type GpuMatrix, type QuantType, uploadQuantWeight } from "../../kernels/matmul_quant.ts";
 import { chooseWeightStorage, type WeightStorageOption } from "./weight_storage.ts";
 
-/** One decoder layer's weights. */
-export interface LayerWeights {
-  attnNorm: GPUBuffer;
-  mlpNorm: GPUBuffer;
-  wq: GpuMatrix;
-  wk: GpuMatrix;
-  wv: GpuMatrix;
-  wo: GpuMatrix;
-  wGate: GpuMatrix;
-  wUp: GpuMatrix;
-  wDown: GpuMatrix;
-}
+const QUANT_TYPES: string[] = ["Q8_0", "Q4_0", "Q4_K", "Q6_K"];
 
 /**
- * Every weight on the GPU: matrices as WeightTensors, vectors as f32 buffers; decoder matrices
- * stored in GGML blocks (GGUF) stay in their blocks (`quantized`), dequantized inside the matmul.
+ * The matrices that may stay in their GGML blocks (dequantized inside the matmul): the decoder
+ * layers' and the output head's (the embedding table is read by rows, in float).
  */
-export interface GpuWeights {
-  matrices: Map<string, WeightTensor>;
-  quantized: Map<string, GpuMatrix>;
-  vectors: Map<string, GPUBuffer>;
+function quantizable(specs: ModelWeightSpecs): Set<string> {
+  const layers = specs.layers.flatMap((l) => [l.wq, l.wk, l.wv, l.wo, l.wGate, l.wUp, l.wDown]);
+  return new Set([...layers, ...(specs.lmHead ? [specs.lmHead] : [])].map((spec) => spec.name));
 }
-
-const QUANT_TYPES: string[] = ["Q8_0", "Q4_0", "Q4_K", "Q6_K"];
-/** Decoder matrices that may stay quantized (the embedding table is read by rows, in float). */
-const QUANTIZABLE = /^(layers\.\d+\.(wq|wk|wv|wo|w_gate|w_up|w_down)|lm_head)$/;
 
 /**
  * Opens WebGPU and uploads a checkpoint tensor by tensor (each read, converted, uploaded, dropped).
@@ -95,15 +83,17 @@ export async function createGpuBackend(
   try {
     const kernels = await createKernels(gpu);
     const storage = await chooseWeightStorage(gpu, kernels, options.weightStorage ?? "auto");
-    const weights: GpuWeights = { matrices: new Map(), quantized: new Map(), vectors: new Map() };
+    const specs = describeWeights(checkpoint.config), roles = weightList(specs);
+    const matrices = new Map<string, WeightTensor>(), vectors = new Map<string, GPUBuffer>();
+    const quantized = new Map<string, GpuMatrix>(), mayStayQuantized = quantizable(specs);
     const predictorTensors = new Map<string, Float32Array>();
     const total = [...checkpoint.tensors.values()].reduce((n, t) => n + t.byteLength, 0);
     let loaded = 0;
     for (const [name, t] of checkpoint.tensors) {
-      if (t.readBlocks && QUANT_TYPES.includes(t.storedType) && QUANTIZABLE.test(name)) {
+      if (t.readBlocks && QUANT_TYPES.includes(t.storedType) && mayStayQuantized.has(name)) {
         const [rows, cols] = t.shape;
         const type = t.storedType as QuantType;
-        weights.quantized.set(
+        quantized.set(
           name,
           uploadQuantWeight(buffers, await t.readBlocks(), { rows, cols, type, label: name }),
         );
@@ -112,28 +102,30 @@ export async function createGpuBackend(
         continue;
       }
       const values = await readCheckpointTensor(checkpoint, name);
-      if (name.includes("_score_predictor.")) predictorTensors.set(name, values);
-      else if (t.shape.length >= 2 && name !== "vision.pos_embed") {
+      if (isPredictorWeight(name)) predictorTensors.set(name, values);
+      else if (roles.get(name)!.role === "matrix") {
         const rows = t.shape[0], cols = values.length / rows;
         // The embedding table is gathered by rows (kernels/embedding.ts): it stays in buffers.
-        const stored = name === "embed" ? "buffer" : storage;
-        weights.matrices.set(
-          name,
-          uploadWeight(buffers, values, { rows, cols, label: name, storage: stored }),
-        );
+        const stored = name === specs.embed.name ? "buffer" : storage;
+        matrices.set(name, uploadWeight(buffers, values, { rows, cols, label: name, storage: stored }));
       } else {
-        weights.vectors.set(name, buffers.upload(values, name));
+        vectors.set(name, buffers.upload(values, name));
       }
       loaded += t.byteLength;
       options.onProgress?.({ loadedBytes: loaded, totalBytes: total, tensor: t.sourceName });
     }
     const cpuPredictors = loadPredictors(checkpoint.config, (n) => predictorTensors.get(n));
-    const predictors = {
+    const predictors: GpuPredictors = {
       vision: cpuPredictors.vision ? await uploadVisionPredictor(buffers, cpuPredictors.vision) : null,
       text: cpuPredictors.text ? await uploadTextPredictor(buffers, cpuPredictors.text) : null,
     };
     await gpu.sync();
-    return new GpuBackend(gpu, buffers, checkpoint.config, weights, kernels, predictors, storage);
+    const bound = bindWeights(specs, {
+      matrix: (spec): GpuMatrix => quantized.get(spec.name) ?? matrices.get(spec.name)!,
+      vector: (spec) => vectors.get(spec.name)!,
+    });
+    const weights: GpuWeights = { ...bound, embed: matrices.get(specs.embed.name)! };
+    return new GpuBackend({ gpu, buffers, config: checkpoint.config, weights, kernels, predictors }, storage);
   } catch (err) {
     buffers.destroy();
     gpu.destroy();
@@ -145,56 +137,25 @@ export async function createGpuBackend(
 export class GpuBackend implements Backend {
   readonly kind = "webgpu" as const;
   /** Runs the decode steps of concurrent requests together (generateBatch). */
-  readonly batcher: DecodeBatcher = new DecodeBatcher(this);
-  readonly layers: LayerWeights[];
-  readonly visionLayers: VisionLayerWeights[];
+  readonly batcher: DecodeBatcher;
   constructor(
-    readonly gpu: Gpu,
-    readonly buffers: BufferSet,
-    readonly config: ModelConfig,
-    readonly weights: GpuWeights,
-    readonly kernels: Kernels,
-    readonly predictors: { vision: GpuVisionPredictor | null; text: GpuTextPredictor | null },
+    readonly model: GpuModel,
     /** Where the matrices (all but the embedding table) live. */
     readonly weightStorage: WeightStorage = "buffer",
   ) {
-    const m = (n: string) => weights.matrices.get(n)!;
-    const v = (n: string) => weights.vectors.get(n)!;
-    const q = (n: string) => weights.quantized.get(n) ?? m(n);
-    this.layers = Array.from({ length: config.text.numLayers }, (_, i) => {
-      const p = `layers.${i}.`;
-      return {
-        attnNorm: v(p + "attn_norm"),
-        mlpNorm: v(p + "mlp_norm"),
-        wq: q(p + "wq"),
-        wk: q(p + "wk"),
-        wv: q(p + "wv"),
-        wo: q(p + "wo"),
-        wGate: q(p + "w_gate"),
-        wUp: q(p + "w_up"),
-        wDown: q(p + "w_down"),
-      };
-    });
-    this.visionLayers = visionLayerWeights(config, m, v);
-  }
-
-  matrix(name: string): WeightTensor {
-    return this.weights.matrices.get(name)!;
-  }
-  vector(name: string): GPUBuffer {
-    return this.weights.vectors.get(name)!;
+    this.batcher = new DecodeBatcher(model);
   }
 
   encodeImages(pixels: Float32Array[]): Promise<ImageFeatures> {
-    return encodeImagesGpu(this, pixels);
+    return encodeImagesGpu(this.model, pixels);
   }
 
   openSession(input: SessionInput): BackendSession {
-    return new GpuSession(this, input);
+    return new GpuSession(this.model, input, this.batcher);
   }
 
   get readbacks(): number {
-    return this.gpu.readbacks;
+    return this.model.gpu.readbacks;
   }
 
   get batchedSteps(): number {
@@ -202,7 +163,7 @@ export class GpuBackend implements Backend {
   }
 
   dispose(): void {
-    this.buffers.destroy();
-    this.gpu.destroy();
+    this.model.buffers.destroy();
+    this.model.gpu.destroy();
   }
 }

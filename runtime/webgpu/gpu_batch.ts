@@ -14,9 +14,9 @@
  * @module
  */
 import { BufferSet, type Dispatch } from "../device/gpu.ts";
-import type { GpuBackend } from "./gpu_backend.ts";
 import { allocLayerActivations, bindHead, bindLayerInput, bindLayerOutput } from "./gpu_layers.ts";
-import type { BatchParts, GpuSession, StepResults } from "./gpu_session.ts";
+import type { GpuModel } from "./gpu_model.ts";
+import type { BatchParts, DecodeQueue, GpuSession, StepResults } from "./gpu_session.ts";
 
 interface Waiting {
   session: GpuSession;
@@ -27,8 +27,8 @@ interface Waiting {
 }
 
 /** Collects concurrent decode calls of one model and runs them as batched steps. */
-export class DecodeBatcher {
-  readonly model: GpuBackend;
+export class DecodeBatcher implements DecodeQueue {
+  readonly model: GpuModel;
   #waiting: Waiting[] = [];
   /** Batched steps run so far (for tests and reports). */
   batchedSteps = 0;
@@ -45,12 +45,12 @@ export class DecodeBatcher {
    * import { densePolicy } from "../core/policies.ts";
    * import { createGpuBackend, type GpuBackend } from "./gpu_backend.ts";
    * import type { GpuSession } from "./gpu_session.ts";
-   * const model = await createGpuBackend(await openCheckpoint("tests/fixtures/out/llama-f32"), {
+   * const backend = await createGpuBackend(await openCheckpoint("tests/fixtures/out/llama-f32"), {
    *   weightDtype: "f32",
    * }) as GpuBackend;
-   * const { numLayers, vocabSize, maxPositions } = model.config.text;
+   * const { numLayers, vocabSize, maxPositions } = backend.model.config.text;
    * const open = (ids: number[]) => {
-   *   const session = model.openSession({
+   *   const session = backend.openSession({
    *     rows: buildPromptRows(ids, { tokensPerImage: 0, images: 0, vocabSize, maxPositions }),
    *     images: null,
    *     plan: densePolicy().plan({ numLayers, sparse: null, hasVisionPredictor: false, hasTextPredictor: false }),
@@ -60,7 +60,7 @@ export class DecodeBatcher {
    *   }) as GpuSession;
    *   return session.prefill({ wantLogits: false }).then(() => session);
    * };
-   * const batcher = new DecodeBatcher(model);
+   * const batcher = new DecodeBatcher(backend.model);
    * const [a, b] = await Promise.all([open([1, 5, 9]), open([1, 7])]);
    * const together = await Promise.all([batcher.decode(a, 4), batcher.decode(b, 4)]); // asked at once: batched
    * assert.equal(batcher.batchedSteps, 4);
@@ -68,10 +68,10 @@ export class DecodeBatcher {
    * const alone = await batcher.decode(c, 4); // the second prompt on its own
    * assert.deepEqual(together[1].tokens, alone.tokens);
    * for (const session of [a, b, c]) session.dispose();
-   * model.dispose();
+   * backend.dispose();
    * ```
    */
-  constructor(model: GpuBackend) {
+  constructor(model: GpuModel) {
     this.model = model;
   }
 
@@ -137,8 +137,8 @@ export class DecodeBatcher {
     const act = allocLayerActivations(set, t, { rows: B, label: "batch" });
     const logits = set.storage(B * t.vocabSize * 4, "batch logits");
     const tokens = set.storage(B * 4, "batch tokens"), positions = set.storage(B * 4, "batch positions");
-    const embed = k.embedding.bind(set, { ids: tokens, table: model.matrix("embed"), out: act.x, rows: B });
-    const layers = model.layers.map((_, l) => ({
+    const embed = k.embedding.bind(set, { ids: tokens, table: model.weights.embed, out: act.x, rows: B });
+    const layers = model.weights.layers.map((_, l) => ({
       admitting: parts.flatMap((p, b) => p.admitLayer === l && p.admit.length > 0 ? [b] : []),
       input: bindLayerInput(model, set, l, { act, rows: B, positions, positionsOffset: 0 }),
       attention: parts.flatMap((p) => p.attention[l]),

@@ -1,6 +1,6 @@
 /**
  * The weight-bound parts of a decoder layer on the GPU, shared by one request's passes
- * (runtime/gpu_session.ts) and batched decode steps (runtime/gpu_batch.ts): everything but the
+ * (runtime/webgpu/gpu_session.ts) and batched decode steps (runtime/webgpu/gpu_batch.ts): everything but the
  * attention over a request's own KV cache, which sits between {@link bindLayerInput} and
  * {@link bindLayerOutput}.
  *
@@ -10,7 +10,7 @@
  */
 import type { TextConfig } from "../core/config.ts";
 import type { BufferSet, Dispatch } from "../device/gpu.ts";
-import type { GpuBackend } from "./gpu_backend.ts";
+import type { GpuModel } from "./gpu_model.ts";
 
 /** The activation buffers a layer reads and writes. */
 export interface LayerActivations {
@@ -75,11 +75,14 @@ export function allocLayerActivations(
  * import { BufferSet } from "../device/gpu.ts";
  * import { addInPlace, linear, rmsNorm, rope, swiglu } from "../core/cpu_ops.ts";
  * import { openCheckpoint, readCheckpointTensor } from "../io/checkpoint.ts";
+ * import { describeWeights, type WeightSpec } from "../core/weights.ts";
  * import { createGpuBackend, type GpuBackend } from "./gpu_backend.ts";
  * import { allocLayerActivations, bindLayerInput } from "./gpu_layers.ts";
  * const checkpoint = await openCheckpoint("tests/fixtures/out/llama-f32");
- * const model = await createGpuBackend(checkpoint, { weightDtype: "f32" }) as GpuBackend;
- * const t = model.config.text, w = (name: string) => readCheckpointTensor(checkpoint, name);
+ * const backend = await createGpuBackend(checkpoint, { weightDtype: "f32" }) as GpuBackend;
+ * const model = backend.model;
+ * const t = model.config.text, specs = describeWeights(model.config), W = specs.layers[0];
+ * const w = (spec: WeightSpec) => readCheckpointTensor(checkpoint, spec.name);
  * const set = new BufferSet(model.gpu);
  * const act = allocLayerActivations(set, t, { rows: 2, label: "example" });
  * const x = new Float32Array(2 * t.hiddenSize).map((_, i) => Math.sin(i)); // [2, C]
@@ -91,25 +94,25 @@ export function allocLayerActivations(
  * const positions = set.upload(new Uint32Array([9, 4, 5]), "positions"); // the two rows sit at positions 4 and 5
  * model.gpu.submit(bindLayerInput(model, set, 0, { act, rows: 2, positions, positionsOffset: 1 }));
  * // The CPU twin: RMSNorm, the projections, RoPE on q and k.
- * const h = rmsNorm(x, await w("layers.0.attn_norm"), t.rmsNormEps);
- * const q = linear(h, await w("layers.0.wq"), { rows: 2 }), k = linear(h, await w("layers.0.wk"), { rows: 2 });
+ * const h = rmsNorm(x, await w(W.attnNorm), t.rmsNormEps);
+ * const q = linear(h, await w(W.wq), { rows: 2 }), k = linear(h, await w(W.wk), { rows: 2 });
  * const rotate = { headDim: t.headDim, theta: t.ropeTheta };
  * rope(q, [4, 5], { heads: t.numHeads, ...rotate });
  * rope(k, [4, 5], { heads: t.numKvHeads, ...rotate });
  * await close(act.q, q);
  * await close(act.k, k);
- * await close(act.v, linear(h, await w("layers.0.wv"), { rows: 2 }));
+ * await close(act.v, linear(h, await w(W.wv), { rows: 2 }));
  * set.destroy();
- * model.dispose();
+ * backend.dispose();
  * ```
  */
 export function bindLayerInput(
-  model: GpuBackend,
+  model: GpuModel,
   set: BufferSet,
   l: number,
   args: { act: LayerActivations; rows: number; positions: GPUBuffer; positionsOffset: number },
 ): Dispatch[] {
-  const k = model.kernels, t = model.config.text, W = model.layers[l], { act: a, rows } = args;
+  const k = model.kernels, t = model.config.text, W = model.weights.layers[l], { act: a, rows } = args;
   const rope = (x: GPUBuffer, heads: number) =>
     k.rope.bind(set, {
       x,
@@ -145,11 +148,14 @@ export function bindLayerInput(
  * import { BufferSet } from "../device/gpu.ts";
  * import { addInPlace, linear, rmsNorm, rope, swiglu } from "../core/cpu_ops.ts";
  * import { openCheckpoint, readCheckpointTensor } from "../io/checkpoint.ts";
+ * import { describeWeights, type WeightSpec } from "../core/weights.ts";
  * import { createGpuBackend, type GpuBackend } from "./gpu_backend.ts";
  * import { allocLayerActivations, bindLayerOutput } from "./gpu_layers.ts";
  * const checkpoint = await openCheckpoint("tests/fixtures/out/llama-f32");
- * const model = await createGpuBackend(checkpoint, { weightDtype: "f32" }) as GpuBackend;
- * const t = model.config.text, w = (name: string) => readCheckpointTensor(checkpoint, name);
+ * const backend = await createGpuBackend(checkpoint, { weightDtype: "f32" }) as GpuBackend;
+ * const model = backend.model;
+ * const t = model.config.text, specs = describeWeights(model.config), W = specs.layers[0];
+ * const w = (spec: WeightSpec) => readCheckpointTensor(checkpoint, spec.name);
  * const set = new BufferSet(model.gpu);
  * const act = allocLayerActivations(set, t, { rows: 2, label: "example" });
  * const x = new Float32Array(2 * t.hiddenSize).map((_, i) => Math.sin(i)); // [2, C]
@@ -162,22 +168,22 @@ export function bindLayerInput(
  * model.gpu.device.queue.writeBuffer(act.attn, 0, attn);
  * model.gpu.submit(bindLayerOutput(model, set, 0, { act, rows: 2 }));
  * // The CPU twin: x += attn·Wo, then x += the SwiGLU MLP of RMSNorm(x).
- * addInPlace(x, linear(attn, await w("layers.0.wo"), { rows: 2 }));
- * const h = rmsNorm(x, await w("layers.0.mlp_norm"), t.rmsNormEps);
- * const mlp = swiglu(linear(h, await w("layers.0.w_gate"), { rows: 2 }), linear(h, await w("layers.0.w_up"), { rows: 2 }));
- * addInPlace(x, linear(mlp, await w("layers.0.w_down"), { rows: 2 }));
+ * addInPlace(x, linear(attn, await w(W.wo), { rows: 2 }));
+ * const h = rmsNorm(x, await w(W.mlpNorm), t.rmsNormEps);
+ * const mlp = swiglu(linear(h, await w(W.wGate), { rows: 2 }), linear(h, await w(W.wUp), { rows: 2 }));
+ * addInPlace(x, linear(mlp, await w(W.wDown), { rows: 2 }));
  * await close(act.x, x);
  * set.destroy();
- * model.dispose();
+ * backend.dispose();
  * ```
  */
 export function bindLayerOutput(
-  model: GpuBackend,
+  model: GpuModel,
   set: BufferSet,
   l: number,
   args: { act: LayerActivations; rows: number },
 ): Dispatch[] {
-  const k = model.kernels, t = model.config.text, W = model.layers[l], { act: a, rows } = args;
+  const k = model.kernels, t = model.config.text, W = model.weights.layers[l], { act: a, rows } = args;
   return [
     ...k.matmul.bind(set, { x: a.attn, weight: W.wo, out: a.x, rows, accumulate: true }),
     ...k.rmsNorm.bind(set, {
@@ -203,11 +209,14 @@ export function bindLayerOutput(
  * import { BufferSet } from "../device/gpu.ts";
  * import { addInPlace, linear, rmsNorm, rope, swiglu } from "../core/cpu_ops.ts";
  * import { openCheckpoint, readCheckpointTensor } from "../io/checkpoint.ts";
+ * import { describeWeights, type WeightSpec } from "../core/weights.ts";
  * import { createGpuBackend, type GpuBackend } from "./gpu_backend.ts";
  * import { allocLayerActivations, bindHead } from "./gpu_layers.ts";
  * const checkpoint = await openCheckpoint("tests/fixtures/out/llama-f32");
- * const model = await createGpuBackend(checkpoint, { weightDtype: "f32" }) as GpuBackend;
- * const t = model.config.text, w = (name: string) => readCheckpointTensor(checkpoint, name);
+ * const backend = await createGpuBackend(checkpoint, { weightDtype: "f32" }) as GpuBackend;
+ * const model = backend.model;
+ * const t = model.config.text, specs = describeWeights(model.config), W = specs.layers[0];
+ * const w = (spec: WeightSpec) => readCheckpointTensor(checkpoint, spec.name);
  * const set = new BufferSet(model.gpu);
  * const act = allocLayerActivations(set, t, { rows: 2, label: "example" });
  * const x = new Float32Array(2 * t.hiddenSize).map((_, i) => Math.sin(i)); // [2, C]
@@ -219,25 +228,23 @@ export function bindLayerOutput(
  * const logits = set.storage(t.vocabSize * 4, "logits");
  * model.gpu.submit(bindHead(model, set, { x: act.x, h: act.h, logits, first: 1, rows: 1 })); // row 1 only
  * // The CPU twin: final RMSNorm, then lm_head.
- * const h = rmsNorm(x.subarray(t.hiddenSize), await w("norm"), t.rmsNormEps);
- * await close(logits, linear(h, await w(checkpoint.tensors.has("lm_head") ? "lm_head" : "embed"), { rows: 1 }));
+ * const h = rmsNorm(x.subarray(t.hiddenSize), await w(specs.norm), t.rmsNormEps);
+ * await close(logits, linear(h, await w(specs.lmHead ?? specs.embed), { rows: 1 }));
  * set.destroy();
- * model.dispose();
+ * backend.dispose();
  * ```
  */
 export function bindHead(
-  model: GpuBackend,
+  model: GpuModel,
   set: BufferSet,
   args: { x: GPUBuffer; h: GPUBuffer; logits: GPUBuffer; first: number; rows: number },
 ): Dispatch[] {
-  const k = model.kernels, t = model.config.text;
-  const head = model.weights.quantized.get("lm_head") ?? model.weights.matrices.get("lm_head") ??
-    model.matrix("embed");
+  const k = model.kernels, t = model.config.text, W = model.weights;
   const rows = args.first + args.rows;
   return [
     ...k.rmsNorm.bind(set, {
       x: args.x,
-      weight: model.vector("norm"),
+      weight: W.norm,
       out: args.h,
       rows,
       cols: t.hiddenSize,
@@ -245,7 +252,7 @@ export function bindHead(
     }),
     ...k.matmul.bind(set, {
       x: args.h,
-      weight: head,
+      weight: W.lmHead ?? W.embed,
       out: args.logits,
       rows: args.rows,
       xRowOffset: args.first,
