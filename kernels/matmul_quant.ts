@@ -18,6 +18,8 @@ import { GpuError } from "../runtime/core/errors.ts";
 import { ggmlBlock, ggmlBytes, type GgmlType } from "../runtime/core/ggml_quants.ts";
 import type { WeightTensor } from "../runtime/device/weights_gpu.ts";
 import { createMatmul, type MatmulArgs } from "./matmul.ts";
+import { defineUniforms, packUniforms } from "./uniforms.ts";
+import { wgslPrelude } from "./wgsl_prelude.ts";
 
 /** The block types this kernel dequantizes. */
 export type QuantType = Extract<GgmlType, "Q8_0" | "Q4_0" | "Q4_K" | "Q6_K">;
@@ -69,14 +71,14 @@ export function uploadQuantWeight(
     );
   }
   const chunks: QuantWeight["chunks"] = [];
-  for (let rowStart = 0; rowStart < rows; rowStart += rowsPerChunk) {
-    const chunkRows = Math.min(rowsPerChunk, rows - rowStart);
-    const part = bytes.subarray(rowStart * rowBytes, (rowStart + chunkRows) * rowBytes);
+  for (let start = 0; start < rows; start += rowsPerChunk) {
+    const chunkRows = Math.min(rowsPerChunk, rows - start);
+    const part = bytes.subarray(start * rowBytes, (start + chunkRows) * rowBytes);
     const padded = new Uint8Array(Math.ceil(part.length / 4) * 4);
     padded.set(part);
     chunks.push({
       buffer: buffers.upload(padded, chunks.length === 0 ? label : `${label}#${chunks.length}`),
-      rowStart,
+      rowStart: start,
       rows: chunkRows,
     });
   }
@@ -132,20 +134,23 @@ fn element(row_byte: u32, k: u32) -> f32 {
 }`,
 };
 
+/** Parameters of one dispatch (one weight chunk). */
+const PARAMS = defineUniforms("matmul_quant", {
+  rows: "u32", // M
+  outCols: "u32", // N (all chunks)
+  inCols: "u32", // K
+  chunkRows: "u32", // weight rows in this chunk
+  chunkStart: "u32", // first weight row of this chunk
+  rowBytes: "u32", // bytes of one weight row
+  flags: "u32", // bit 0: accumulate, bit 1: bias
+  xRowOffset: "u32",
+  outRowOffset: "u32",
+});
+
+/** WGSL for `type`: one workgroup per (row m of x, column n of the chunk), lanes striding over K. */
 function source(type: QuantType): string {
-  return `
-struct Params {
-  rows: u32,          // M
-  out_cols: u32,      // N (all chunks)
-  in_cols: u32,       // K
-  chunk_rows: u32,    // weight rows in this chunk
-  chunk_start: u32,   // first weight row of this chunk
-  row_bytes: u32,     // bytes of one weight row
-  flags: u32,         // bit 0: accumulate, bit 1: bias
-  x_row_offset: u32,
-  out_row_offset: u32,
-}
-@group(0) @binding(0) var<uniform> params: Params;
+  return `${wgslPrelude({ workgroupSize: 64, reductions: ["sum"] })}
+${PARAMS.wgsl}
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read> bias: array<f32>;
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
@@ -156,31 +161,24 @@ fn i8_at(b: u32) -> i32 { return (i32(byte_at(b)) << 24u) >> 24u; }
 fn half_at(b: u32) -> f32 { return unpack2x16float(byte_at(b) | (byte_at(b + 1u) << 8u)).x; }
 ${ELEMENT[type]}
 
-var<workgroup> partial: array<f32, 64>;
-
-@compute @workgroup_size(64)
+@compute @workgroup_size(WORKGROUP_SIZE)
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
         @builtin(local_invocation_index) lid: u32) {
-  let item = wid.x + wid.y * nwg.x;
+  let item = workgroup_index(wid, nwg);
   if (item >= params.rows * params.chunk_rows) { return; }
   let m = item / params.chunk_rows;
   let n = item % params.chunk_rows;
   let x_base = (params.x_row_offset + m) * params.in_cols;
   let row_byte = n * params.row_bytes;
   var acc = 0.0;
-  for (var k = lid; k < params.in_cols; k += 64u) {
+  for (var k = lid; k < params.in_cols; k += WORKGROUP_SIZE) {
     acc += x[x_base + k] * element(row_byte, k);
   }
-  partial[lid] = acc;
-  workgroupBarrier();
-  for (var s = 32u; s > 0u; s >>= 1u) {
-    if (lid < s) { partial[lid] += partial[lid + s]; }
-    workgroupBarrier();
-  }
+  let total = workgroup_sum(lid, acc);
   if (lid == 0u) {
     let column = params.chunk_start + n;
     let at = (params.out_row_offset + m) * params.out_cols + column;
-    var v = partial[0];
+    var v = total;
     if ((params.flags & 2u) != 0u) { v += bias[column]; }
     if ((params.flags & 1u) != 0u) { v += out[at]; }
     out[at] = v;
@@ -253,17 +251,17 @@ export async function createQuantMatmul(gpu: Gpu): Promise<QuantMatmulKernel> {
       const rowBytes = ggmlBytes(weight.type, weight.cols);
       return weight.chunks.map((chunk) => {
         const params = buffers.uniform(
-          new Uint32Array([
+          packUniforms(PARAMS, {
             rows,
-            weight.rows,
-            weight.cols,
-            chunk.rows,
-            chunk.rowStart,
+            outCols: weight.rows,
+            inCols: weight.cols,
+            chunkRows: chunk.rows,
+            chunkStart: chunk.rowStart,
             rowBytes,
             flags,
             xRowOffset,
             outRowOffset,
-          ]),
+          }),
           "matmul_quant params",
         );
         const bindings = [params, args.x, args.bias ?? args.x, args.out, chunk.buffer];

@@ -16,7 +16,8 @@ import {
 import { createEmbedding } from "../../kernels/embedding.ts";
 import { createKvAppend } from "../../kernels/kv_append.ts";
 import { createLayerNorm } from "../../kernels/layernorm.ts";
-import { createLinear } from "../../kernels/matmul_quant.ts";
+import { createMatmul } from "../../kernels/matmul.ts";
+import { createLinear, createQuantMatmul } from "../../kernels/matmul_quant.ts";
 import { createMatvecTexture } from "../../kernels/matvec_texture.ts";
 import { createIm2col } from "../../kernels/patches.ts";
 import {
@@ -35,7 +36,9 @@ export const KERNELS = {
   // decoder
   embedding: createEmbedding,
   rmsNorm: createRmsNorm,
-  matmul: createLinear,
+  matmul: createLinear, // by the weight's kind: floatMatmul (texture weights: matvecTexture) or quantMatmul
+  floatMatmul: createMatmul,
+  quantMatmul: createQuantMatmul,
   matvecTexture: createMatvecTexture,
   rope: createRope,
   kvAppend: createKvAppend,
