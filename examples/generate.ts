@@ -5,7 +5,7 @@
  *   deno run -A examples/generate.ts --model DIR --prompt TEXT [--image FILE | --video FILE --frames N]
  *     [--max-new-tokens N] [--temperature T] [--top-p P] [--seed S] [--backend webgpu|cpu]
  *     [--policy dense|dynamic|fastv] [--no-kv-cache] [--vision-keep N] [--fastv-k K --fastv-r R] [--json]
- *   deno run -A examples/generate.ts --demo     (the embedded demo checkpoint: random weights)
+ *   deno run -A examples/generate.ts --demo     (the embedded demo checkpoint and its sample scene)
  * @module
  */
 import { parseArgs } from "node:util";
@@ -56,18 +56,10 @@ function numberFlag(values: Record<string, unknown>, name: string): number | und
   return value;
 }
 
-/** A colourful gradient used when the demo runs without --image. */
-function demoImage() {
-  const width = 64, height = 48, data = new Uint8Array(width * height * 3);
-  for (let y = 0; y < height; y++) {
-    for (let x = 0; x < width; x++) {
-      const i = (y * width + x) * 3;
-      data[i] = x * 4;
-      data[i + 1] = y * 5;
-      data[i + 2] = (x * y) % 256;
-    }
-  }
-  return { width, height, data };
+/** The demo's sample scene (assets/demo/sample.png), used when the demo runs without --image. */
+async function demoImage(): Promise<Uint8Array> {
+  const response = await fetch(new URL("../assets/demo/sample.png", import.meta.url));
+  return new Uint8Array(await response.arrayBuffer());
 }
 
 let lastFilled = -1;
@@ -124,9 +116,6 @@ async function main(): Promise<void> {
     topP: numberFlag(values, "top-p"),
     seed: numberFlag(values, "seed"),
   };
-  if (values.demo) {
-    console.error("demo checkpoint: tiny model with RANDOM weights — the text is gibberish by design");
-  }
   const model = await loadModel(modelPath, {
     backend,
     onProgress: values.json ? undefined : (p) => progressBar(p.loadedBytes, p.totalBytes),
@@ -135,11 +124,11 @@ async function main(): Promise<void> {
     const image = values.image
       ? await Deno.readFile(values.image)
       : values.demo && !values.video && model.config.vision
-      ? demoImage()
+      ? await demoImage()
       : undefined;
     const video = values.video ? { data: await Deno.readFile(values.video), frames } : undefined;
     const run = model.generate({
-      prompt: values.prompt ?? "Describe the image.",
+      prompt: values.prompt ?? "Describe the image in detail.",
       image,
       video,
       ...sampling,

@@ -170,8 +170,8 @@ export class Model {
    * ```ts
    * import { loadModel } from "../../mod.ts";
    * const model = await loadModel(new URL("../../assets/demo/", import.meta.url), { backend: "cpu" });
-   * const logits = await model.logits({ inputIds: [1, 15043] });
-   * console.log(logits.length); // 32000
+   * const logits = await model.logits({ inputIds: [1, 450] });
+   * console.log(logits.length === model.config.text.vocabSize); // true
    * model.dispose();
    * ```
    */
@@ -193,7 +193,7 @@ export class Model {
    * ```ts
    * import { loadModel } from "../../mod.ts";
    * const model = await loadModel(new URL("../../assets/demo/", import.meta.url), { backend: "cpu" });
-   * const lp = await model.logProbs({ prompt: "Say hi", target: [6324, 29991] });
+   * const lp = await model.logProbs({ prompt: "Say hi", target: [450, 300] });
    * console.log(lp.length); // 2
    * model.dispose();
    * ```

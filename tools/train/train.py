@@ -34,18 +34,14 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from PIL import Image, ImageDraw
+from PIL import Image
+
+sys.path.insert(0, os.path.dirname(__file__))
+from scenes_pillow import draw_scene  # noqa: E402
 
 IMAGE_TOKEN_INDEX = -200
-SCENE_SIZE = 336
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-SHAPE_COLOURS = {
-    "red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220),
-    "yellow": (235, 200, 40), "purple": (140, 60, 180), "orange": (240, 140, 30),
-}
-BACKGROUNDS = {"white": (255, 255, 255), "light grey": (210, 210, 210), "beige": (245, 235, 215)}
-
 VISION = dict(image_size=112, patch_size=14, hidden_size=96, intermediate_size=384,
               num_attention_heads=3, num_hidden_layers=3)
 TEXT = dict(hidden_size=96, intermediate_size=256, num_attention_heads=3, num_hidden_layers=4,
@@ -53,56 +49,6 @@ TEXT = dict(hidden_size=96, intermediate_size=256, num_attention_heads=3, num_hi
 SPARSE = dict(d_model=64, nhead=4, dim_feedforward=128, num_layers=2, sparse_layer=1,
               vision_keep_rate=0.2, output_text_keep_rate=0.5, output_text_len_for_training=50,
               mask_loss_weight=100.0)
-
-
-# ----------------------------------------------------------------------------- scenes (Pillow)
-
-def shape_height(kind, size):
-    if kind == "triangle":
-        return size * math.sqrt(3) / 2
-    if kind == "star":
-        return size * (1 + math.cos(math.pi / 5)) / (2 * math.sin(2 * math.pi / 5))
-    return size
-
-
-def shape_polygon(shape):
-    cx, cy, size, kind = shape["cx"], shape["cy"], shape["size"], shape["kind"]
-    height = shape_height(kind, size)
-    if kind == "square":
-        h = size / 2
-        return [(cx - h, cy - h), (cx + h, cy - h), (cx + h, cy + h), (cx - h, cy + h)]
-    if kind == "triangle":
-        return [(cx, cy - height / 2), (cx + size / 2, cy + height / 2), (cx - size / 2, cy + height / 2)]
-    outer = size / (2 * math.sin(2 * math.pi / 5))
-    inner = outer * 0.381966
-    centre_y = cy - height / 2 + outer
-    points = []
-    for i in range(10):
-        radius = outer if i % 2 == 0 else inner
-        angle = -math.pi / 2 + i * math.pi / 5
-        points.append((cx + radius * math.cos(angle), centre_y + radius * math.sin(angle)))
-    return points
-
-
-def draw_scene(scene, scale=1, jitter=None):
-    """Pillow drawing of a scene at SCENE_SIZE (drawn at `scale`x and box-downsampled when > 1)."""
-    size = SCENE_SIZE * scale
-    background = BACKGROUNDS[scene["background"]]
-    image = Image.new("RGB", (size, size), jitter(background) if jitter else background)
-    draw = ImageDraw.Draw(image)
-    for shape in scene["shapes"]:
-        colour = SHAPE_COLOURS[shape["color"]]
-        colour = jitter(colour) if jitter else colour
-        if shape["kind"] == "circle":
-            r = shape["size"] / 2
-            box = [(shape["cx"] - r) * scale, (shape["cy"] - r) * scale,
-                   (shape["cx"] + r) * scale - 1, (shape["cy"] + r) * scale - 1]
-            draw.ellipse(box, fill=colour)
-        else:
-            draw.polygon([(x * scale, y * scale) for x, y in shape_polygon(shape)], fill=colour)
-    if scale > 1:
-        image = image.resize((SCENE_SIZE, SCENE_SIZE), Image.BOX)
-    return image
 
 
 def preprocess(image, image_size):
@@ -625,7 +571,7 @@ def main():
     parser.add_argument("--predictor-lr", type=float, default=1e-3)
     parser.add_argument("--tau-start", type=float, default=1.0)
     parser.add_argument("--tau-end", type=float, default=0.1)
-    parser.add_argument("--budget", type=float, nargs=2, default=[2400, 900], help="seconds per stage")
+    parser.add_argument("--budget", type=float, nargs=2, default=[2100, 780], help="seconds per stage (the schedules follow elapsed time)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--resume", default=None, help="state dict to start from (skips stage 1)")
