@@ -8,7 +8,7 @@
  *   [--kv both|on|off] [--max-new-tokens N] [--limit N] [--backend webgpu|cpu] [--json OUT] \
  *   [--wordnet DIR]
  * deno run -A examples/eval.ts --demo-set [--model DIR] ...   # generated set, fixture model by default
- * deno run -A examples/eval.ts --demo [--model DIR] [--per-kind 50] [--describe 24] [--images DIR] \
+ * deno run -A examples/eval.ts --demo [--model DIR] [--per-kind 40] [--describe 16] [--images DIR] \
  *   [--policies ...] [--kv ...] [--backend cpu|webgpu] [--json OUT]  # the shapes test split
  * ```
  *
@@ -469,9 +469,9 @@ export function parseEvalArgs(argv: string[]): { options: EvalOptions; jsonPath?
 export interface ShapesEvalOptions {
   /** Checkpoint directory; default the embedded demo checkpoint. */
   model?: string | URL;
-  /** Short questions per kind (color, shape, count, exists, where); default 50. */
+  /** Short questions per kind (color, shape, count, exists, where); default 40. */
   perKind?: number;
-  /** Description items; default 24. */
+  /** Description items; default 16. */
   describe?: number;
   /** Default ["dense", "fastv", "dynamic"]. */
   policies?: EvalPolicy[];
@@ -596,7 +596,7 @@ export async function runShapesEval(options: ShapesEvalOptions = {}): Promise<Sh
   const policies = options.policies ?? [...ALL_POLICIES];
   const kvModes = { both: [true, false], on: [true], off: [false] }[options.kv ?? "both"];
   if (kvModes === undefined) throw new InputError(`Cannot evaluate: --kv must be both, on or off`, "kv");
-  const items = testItems({ perKind: options.perKind ?? 50, describe: options.describe ?? 24 });
+  const items = testItems({ perKind: options.perKind ?? 40, describe: options.describe ?? 16 });
   const images = await Promise.all(items.map((item) => shapesImage(item, options.images)));
   const wordnet = await loadWordNet(options.wordnetDir ?? DEFAULT_WORDNET_DIR);
   const model = await loadModel(options.model ?? new URL("../assets/demo/", import.meta.url), {

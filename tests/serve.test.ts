@@ -16,7 +16,7 @@ Deno.test("createHandler() serves JSON and streamed results equal to generate(),
   try {
     const handler = createHandler(model);
     const health = await (await handler(new Request("http://localhost/health"))).json();
-    assert.deepEqual(health, { layout: "llava_llama", backend: "cpu", vocabSize: 32000, visualTokens: 36 });
+    assert.deepEqual(health, { layout: "llava_llama", backend: "cpu", vocabSize: 952, visualTokens: 64 });
     const png = await encodeImage(makeTestImage(20, 16), "png");
     const body = {
       prompt: "What is it?",
@@ -37,7 +37,7 @@ Deno.test("createHandler() serves JSON and streamed results equal to generate(),
     const bad = await handler(post({ inputIds: [1, 99999] }));
     assert.equal(bad.status, 400);
     assert.deepEqual(await bad.json(), {
-      error: "Cannot build prompt: id 99999 at index 1 is outside the vocabulary (0..31999)",
+      error: "Cannot build prompt: id 99999 at index 1 is outside the vocabulary (0..951)",
       where: "inputIds[1]",
     });
     assert.equal((await handler(post("{nope"))).status, 400);

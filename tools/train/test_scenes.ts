@@ -4,7 +4,7 @@
  * `deno task eval --demo --images DIR` reads instead of its own rasteriser.
  *
  * ```sh
- * deno run -A tools/train/test_scenes.ts --out scenes.json [--per-kind 50] [--describe 24]
+ * deno run -A tools/train/test_scenes.ts --out scenes.json [--per-kind 40] [--describe 16]
  * ```
  * @module
  */
