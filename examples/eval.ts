@@ -10,6 +10,7 @@
  * deno run -A examples/eval.ts --demo-set [--model DIR] ...   # generated set, fixture model by default
  * deno run -A examples/eval.ts --demo [--model DIR] [--per-kind 40] [--describe 16] [--images DIR] \
  *   [--policies ...] [--kv ...] [--backend cpu|webgpu] [--json OUT]  # the shapes test split
+ * deno run -A examples/eval.ts --demo --merge A.json,B.json [--json OUT]  # runs made in parallel, merged
  * ```
  *
  * `--demo` evaluates the embedded demo checkpoint on the held-out test split of the shapes task
@@ -638,15 +639,37 @@ export async function runShapesEval(options: ShapesEvalOptions = {}): Promise<Sh
   } finally {
     model.dispose();
   }
-  for (const policy of policies) {
+  return mergeShapesReports([report]);
+}
+
+/**
+ * Merges shapes reports of separate runs (one per policy or KV mode, e.g. run in parallel) and
+ * fills the "vs dense" ratios from the merged dense rows.
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { mergeShapesReports, type ShapesEvalRow } from "./eval.ts";
+ * const row = (kvBytes: number) => ({ kvBytes, decodeFlopsPerToken: 1 }) as ShapesEvalRow;
+ * const merged = mergeShapesReports([{ dense: { kvCache: row(100) } }, { dynamic: { kvCache: row(60) } }]);
+ * assert.equal(merged.dynamic!.kvCache!.kvBytesVsDense, 0.6);
+ * ```
+ */
+export function mergeShapesReports(reports: ShapesEvalReport[]): ShapesEvalReport {
+  const merged: ShapesEvalReport = {};
+  for (const report of reports) {
+    for (const [policy, modes] of Object.entries(report) as [EvalPolicy, ShapesEvalReport[EvalPolicy]][]) {
+      merged[policy] = { ...merged[policy], ...modes };
+    }
+  }
+  for (const modes of Object.values(merged)) {
     for (const mode of ["kvCache", "noCache"] as const) {
-      const row = report[policy]?.[mode], dense = report.dense?.[mode];
+      const row = modes?.[mode], dense = merged.dense?.[mode];
       if (row === undefined) continue;
       row.kvBytesVsDense = ratioOrNull(row.kvBytes, dense?.kvBytes);
       row.decodeFlopsVsDense = ratioOrNull(row.decodeFlopsPerToken, dense?.decodeFlopsPerToken);
     }
   }
-  return report;
+  return merged;
 }
 
 /**
@@ -683,7 +706,9 @@ export function formatShapesTable(report: ShapesEvalReport): string {
   return lines.join("\n");
 }
 
-function parseShapesArgs(argv: string[]): { options: ShapesEvalOptions; jsonPath?: string } {
+function parseShapesArgs(
+  argv: string[],
+): { options: ShapesEvalOptions; jsonPath?: string; merge?: string[] } {
   let values;
   try {
     values = parseArgs({
@@ -699,6 +724,7 @@ function parseShapesArgs(argv: string[]): { options: ShapesEvalOptions; jsonPath
         backend: { type: "string", default: "cpu" },
         json: { type: "string" },
         wordnet: { type: "string" },
+        merge: { type: "string" },
       },
       strict: true,
       allowPositionals: false,
@@ -733,20 +759,25 @@ function parseShapesArgs(argv: string[]): { options: ShapesEvalOptions; jsonPath
       wordnetDir: values.wordnet,
     },
     jsonPath: values.json,
+    merge: values.merge?.split(","),
   };
 }
 
 async function mainShapes(argv: string[]): Promise<void> {
-  const { options, jsonPath } = parseShapesArgs(argv);
+  const { options, jsonPath, merge } = parseShapesArgs(argv);
   const started = performance.now();
-  const report = await runShapesEval({
-    ...options,
-    onProgress: ({ policy, kvCache, item, items }) => {
-      if (item % 25 === 0 || item === items) {
-        console.error(`${policy}, KV cache ${kvCache ? "on" : "off"}: ${item}/${items}`);
-      }
-    },
-  });
+  const report = merge !== undefined
+    ? mergeShapesReports(
+      await Promise.all(merge.map(async (path) => JSON.parse(await Deno.readTextFile(path)))),
+    )
+    : await runShapesEval({
+      ...options,
+      onProgress: ({ policy, kvCache, item, items }) => {
+        if (item % 25 === 0 || item === items) {
+          console.error(`${policy}, KV cache ${kvCache ? "on" : "off"}: ${item}/${items}`);
+        }
+      },
+    });
   console.log(formatShapesTable(report));
   console.error(`evaluated in ${((performance.now() - started) / 1000).toFixed(0)} s`);
   if (jsonPath !== undefined) {
