@@ -17,8 +17,8 @@ if (import.meta.main) {
     options: { out: { type: "string" }, "per-kind": { type: "string" }, describe: { type: "string" } },
   });
   const items = testItems({
-    perKind: Number(values["per-kind"] ?? 50),
-    describe: Number(values.describe ?? 24),
+    perKind: Number(values["per-kind"] ?? 40),
+    describe: Number(values.describe ?? 16),
   });
   const scenes = items.map(({ seed, scene }) => ({ seed, scene }));
   await Deno.writeTextFile(values.out ?? "scenes.json", JSON.stringify(scenes));
