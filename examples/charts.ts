@@ -14,7 +14,6 @@
  * ```
  * @module
  */
-import { parseArgs } from "node:util";
 import { join } from "node:path";
 // deno-lint-ignore no-import-prefix
 import * as vegaLite from "npm:vega-lite@6.5.0";
@@ -23,6 +22,21 @@ import * as vega from "npm:vega@6.4.0";
 import { type CostPlan, estimateCost } from "../runtime/core/cost.ts";
 import type { ModelConfig } from "../runtime/core/config.ts";
 import { InputError } from "../runtime/core/errors.ts";
+import { type CommandSpec, type Flags, runCommand } from "./cli_options.ts";
+
+/** The command line of the script. */
+export const CHARTS_COMMAND: CommandSpec = {
+  usage: "deno task charts (--config FILE | --rows FILE) [--out DIR]",
+  summary:
+    "Draws the paper's Figure 1 (decode FLOPs without KV cache, KV memory with it, vs output length) as SVG:\n" +
+    "from a checkpoint's config.json alone (cost model), or from a saved bench.json.",
+  options: {
+    config: { type: "string", value: "FILE", description: "config.json to chart with the cost model" },
+    rows: { type: "string", value: "FILE", description: "bench.json (or a JSON array of rows) to redraw" },
+    out: { type: "string", value: "DIR", default: "charts", description: "where the SVGs go" },
+  },
+  examples: ["deno task charts --config tests/fixtures/configs/llava-v1.5-7b.json --out charts"],
+};
 
 /** Median, minimum and maximum of repeated measurements. */
 export interface Stat {
@@ -165,6 +179,7 @@ function kvText(): ChartText {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { renderBenchCharts } from "./charts.ts";
  * const stat = (median: number) => ({ median, min: median, max: median });
  * const row = (policy: string, newTokens: number) => ({
@@ -174,7 +189,10 @@ function kvText(): ChartText {
  *   tokensComputed: 32 * newTokens, visualKept: 576, visualTokens: 576,
  * });
  * const outDir = await Deno.makeTempDir();
- * console.log(await renderBenchCharts([row("dense", 16), row("dense", 64)], outDir));
+ * const files = await renderBenchCharts([row("dense", 16), row("dense", 64)], outDir);
+ * assert.deepEqual(files.map((file) => file.slice(outDir.length + 1)), ["kv-cache-memory.svg", "decode-ms-per-token.svg"]);
+ * assert.match(await Deno.readTextFile(files[0]), /^<svg/);
+ * await Deno.remove(outDir, { recursive: true });
  * ```
  */
 export async function renderBenchCharts(rows: BenchRow[], outDir: string): Promise<string[]> {
@@ -245,12 +263,19 @@ export interface CostChartOptions {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { renderCostCharts } from "./charts.ts";
  * const config = JSON.parse(
  *   await Deno.readTextFile(new URL("../tests/fixtures/configs/llava-v1.5-7b.json", import.meta.url)),
  * );
  * const outDir = await Deno.makeTempDir();
- * console.log(await renderCostCharts(config, outDir, { newTokens: [1, 256, 512] }));
+ * const files = await renderCostCharts(config, outDir, { newTokens: [1, 256, 512] });
+ * assert.deepEqual(files.map((file) => file.slice(outDir.length + 1)), [
+ *   "cost-decode-flops-no-kv-cache.svg",
+ *   "cost-kv-cache-memory.svg",
+ * ]);
+ * assert.match(await Deno.readTextFile(files[1]), /^<svg/);
+ * await Deno.remove(outDir, { recursive: true });
  * ```
  */
 export async function renderCostCharts(
@@ -298,14 +323,19 @@ function tflops(flops: number): string {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { benchMarkdown } from "./charts.ts";
  * const stat = { median: 20, min: 19, max: 23 };
- * console.log(benchMarkdown([{
+ * const table = benchMarkdown([{
  *   policy: "dynamic", kvCache: true, newTokens: 64, batch: 1, prefillMs: stat, decodeMsPerToken: stat,
  *   tokensPerSecond: stat, kvBytesPeak: 2 ** 27, gpuBytesPeak: 2 ** 33,
  *   flopsPaper: { prefill: 2.49e12, decode: 1.1e12 }, flopsExact: { prefill: 2.5e12, decode: 0.85e12 },
  *   tokensComputed: 2016, visualKept: 115, visualTokens: 576,
- * }]));
+ * }]);
+ * assert.equal(
+ *   table.split("\n")[2],
+ *   "| Dynamic-LLaVA | yes | 1 | 64 | 20.0 (19.0–23.0) | 20.0 (19.0–23.0) | 20.0 (19.0–23.0) | 2.49 / 2.50 | 1.10 / 0.85 | 2016 | 115 / 576 | 128.0 | 8192.0 |",
+ * );
  * ```
  */
 export function benchMarkdown(rows: BenchRow[]): string {
@@ -354,16 +384,8 @@ async function readJson(path: string, flag: string): Promise<unknown> {
   }
 }
 
-async function main(argv: string[]): Promise<void> {
-  const { values } = parseArgs({
-    args: argv,
-    options: {
-      config: { type: "string" },
-      rows: { type: "string" },
-      out: { type: "string", default: "charts" },
-    },
-    strict: true,
-  });
+async function main(flags: Flags): Promise<void> {
+  const values = flags as { config?: string; rows?: string; out: string };
   if (values.config !== undefined) {
     const paths = await renderCostCharts(await readJson(values.config, "--config"), values.out);
     console.log(paths.join("\n"));
@@ -386,4 +408,4 @@ async function main(argv: string[]): Promise<void> {
   }
 }
 
-if (import.meta.main) await main(Deno.args);
+if (import.meta.main) await runCommand(CHARTS_COMMAND, Deno.args, main);

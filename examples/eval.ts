@@ -35,8 +35,7 @@
  * @module
  */
 import { dirname, resolve } from "node:path";
-import { parseArgs } from "node:util";
-import { DynllavaError, ImageError, InputError } from "../runtime/core/errors.ts";
+import { ImageError, InputError } from "../runtime/core/errors.ts";
 import { fastvPolicy } from "../runtime/core/policies.ts";
 import type { Policy } from "../runtime/core/policy.ts";
 import type { GenerateStats } from "../runtime/engine/generate.ts";
@@ -47,6 +46,65 @@ import { DEFAULT_WORDNET_DIR, loadWordNet } from "../runtime/eval/wordnet.ts";
 import { writeEvalSet } from "../tools/fixtures/eval_set.ts";
 import { renderScene, type SceneItem, testItems } from "../tools/fixtures/scenes.ts";
 import { ensureFixture } from "../tools/make_fixtures.ts";
+import { chooseBackend, type CommandSpec, describeBackend, parseFlags, runCommand } from "./cli_options.ts";
+
+/** The command line of the script. */
+export const EVAL_COMMAND: CommandSpec = {
+  usage: "deno task eval (--model DIR --data FILE.jsonl | --demo-set | --demo) [options]",
+  summary:
+    "Scores the reference answers of an {image, question, answer} JSONL set (perplexity, teacher-forced)\n" +
+    "and the generated ones (METEOR) per policy and KV mode, with what each policy saved.",
+  options: {
+    model: {
+      type: "string",
+      value: "DIR",
+      description: "checkpoint (default with --demo-set: the test fixture)",
+    },
+    data: {
+      type: "string",
+      value: "FILE",
+      description: "LLaVA-style JSONL: {image, question, answer} per line",
+    },
+    "demo-set": { type: "boolean", description: "generate a small set and run on it" },
+    demo: {
+      type: "boolean",
+      description: "the demo model on the shapes test split (accuracy, METEOR, KV bytes)",
+    },
+    "per-kind": { type: "string", value: "N", description: "--demo: short questions per kind (default 40)" },
+    describe: { type: "string", value: "N", description: "--demo: description items (default 16)" },
+    images: {
+      type: "string",
+      value: "DIR",
+      description: "--demo: read {seed}.png drawn by another renderer",
+    },
+    merge: { type: "string", value: "A.json,B.json", description: "--demo: merge reports of separate runs" },
+    policies: {
+      type: "string",
+      value: "LIST",
+      default: "dense,fastv,dynamic",
+      description: "policies to run",
+    },
+    kv: { type: "string", value: "both|on|off", default: "both", description: "KV-cache modes" },
+    "max-new-tokens": { type: "string", value: "N", description: "longest generated answer" },
+    limit: { type: "string", value: "N", description: "first N items only" },
+    backend: {
+      type: "string",
+      value: "webgpu|cpu",
+      description: "compute backend (default: webgpu when an adapter exists, else cpu)",
+    },
+    json: { type: "string", value: "OUT", description: "also write the report as JSON to OUT" },
+    wordnet: {
+      type: "string",
+      value: "DIR",
+      description: "WordNet directory for METEOR (default /usr/share/wordnet)",
+    },
+  },
+  examples: [
+    "deno task eval --demo-set --backend cpu --limit 2",
+    "deno task eval --model ./ckpt --data set.jsonl",
+    "deno task eval --demo --json eval.json",
+  ],
+};
 
 /** The policies the script knows by name. */
 export type EvalPolicy = "dense" | "fastv" | "dynamic";
@@ -148,8 +206,9 @@ const METEOR_TOKENIZER =
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { meteorWords } from "./eval.ts";
- * console.log(meteorWords("The Circle is RED.")); // ["the", "circle", "is", "red", "."]
+ * assert.deepEqual(meteorWords("The Circle is RED."), ["the", "circle", "is", "red", "."]);
  * ```
  */
 export function meteorWords(text: string): string[] {
@@ -161,10 +220,13 @@ export function meteorWords(text: string): string[] {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { readEvalSet } from "./eval.ts";
  * const path = await Deno.makeTempFile({ suffix: ".jsonl" });
  * await Deno.writeTextFile(path, '{"image":"a.png","question":"What is it?","answer":"A cat."}\n');
- * console.log((await readEvalSet(path)).length); // 1
+ * const items = await readEvalSet(path);
+ * assert.equal(items.length, 1);
+ * assert.equal(items[0].answer, "A cat.");
  * ```
  */
 export async function readEvalSet(path: string, options: { limit?: number } = {}): Promise<EvalItem[]> {
@@ -299,9 +361,11 @@ async function resolveData(options: EvalOptions): Promise<string> {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { runEval } from "./eval.ts";
  * const report = await runEval({ demoSet: { count: 1 }, backend: "cpu", policies: ["dense"], kv: "on", maxNewTokens: 2 });
- * console.log(report.rows.length, report.rows[0].perplexity > 1); // 1 true
+ * assert.equal(report.rows.length, 1);
+ * assert.ok(report.rows[0].perplexity > 1);
  * ```
  */
 export async function runEval(options: EvalOptions): Promise<EvalReport> {
@@ -370,9 +434,10 @@ function percent(value: number | null): string {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { formatEvalTable } from "./eval.ts";
  * const table = formatEvalTable({ model: "m", data: "d.jsonl", items: 0, maxNewTokens: 8, meteorTokenizer: "", rows: [] });
- * console.log(table.split("\n")[2].startsWith("| policy")); // true
+ * assert.ok(table.split("\n")[2].startsWith("| policy"));
  * ```
  */
 export function formatEvalTable(report: EvalReport): string {
@@ -408,35 +473,18 @@ function wholeNumber(value: string | undefined, flag: string): number | undefine
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { parseEvalArgs } from "./eval.ts";
  * const { options } = parseEvalArgs(["--demo-set", "--policies", "dense,dynamic", "--kv", "on"]);
- * console.log(options.policies, options.kv); // ["dense", "dynamic"] "on"
+ * assert.deepEqual(options.policies, ["dense", "dynamic"]);
+ * assert.equal(options.kv, "on");
  * ```
  */
 export function parseEvalArgs(argv: string[]): { options: EvalOptions; jsonPath?: string } {
-  let values;
-  try {
-    values = parseArgs({
-      args: argv,
-      options: {
-        model: { type: "string" },
-        data: { type: "string" },
-        "demo-set": { type: "boolean", default: false },
-        policies: { type: "string", default: ALL_POLICIES.join(",") },
-        kv: { type: "string", default: "both" },
-        "max-new-tokens": { type: "string" },
-        limit: { type: "string" },
-        backend: { type: "string", default: "webgpu" },
-        json: { type: "string" },
-        wordnet: { type: "string" },
-      },
-      strict: true,
-      allowPositionals: false,
-    }).values;
-  } catch (error) {
-    throw new InputError(`Cannot read the command line: ${(error as Error).message}`, "argv");
-  }
-  const policies = values.policies.split(",").map((p) => p.trim()) as EvalPolicy[];
+  const values = parseFlags(EVAL_COMMAND, argv) as Record<string, string | undefined> & {
+    "demo-set"?: boolean;
+  };
+  const policies = values.policies!.split(",").map((p) => p.trim()) as EvalPolicy[];
   for (const policy of policies) {
     if (!ALL_POLICIES.includes(policy)) {
       throw new InputError(`Cannot read --policies: unknown policy "${policy}"`, "--policies");
@@ -447,7 +495,7 @@ export function parseEvalArgs(argv: string[]): { options: EvalOptions; jsonPath?
     throw new InputError(`Cannot read --kv: expected both, on or off, got "${kv}"`, "--kv");
   }
   const backend = values.backend;
-  if (backend !== "webgpu" && backend !== "cpu") {
+  if (backend !== undefined && backend !== "webgpu" && backend !== "cpu") {
     throw new InputError(`Cannot read --backend: expected webgpu or cpu, got "${backend}"`, "--backend");
   }
   return {
@@ -709,30 +757,9 @@ export function formatShapesTable(report: ShapesEvalReport): string {
 function parseShapesArgs(
   argv: string[],
 ): { options: ShapesEvalOptions; jsonPath?: string; merge?: string[] } {
-  let values;
-  try {
-    values = parseArgs({
-      args: argv,
-      options: {
-        demo: { type: "boolean" },
-        model: { type: "string" },
-        "per-kind": { type: "string" },
-        describe: { type: "string" },
-        images: { type: "string" },
-        policies: { type: "string", default: ALL_POLICIES.join(",") },
-        kv: { type: "string", default: "both" },
-        backend: { type: "string", default: "cpu" },
-        json: { type: "string" },
-        wordnet: { type: "string" },
-        merge: { type: "string" },
-      },
-      strict: true,
-      allowPositionals: false,
-    }).values;
-  } catch (error) {
-    throw new InputError(`Cannot read the command line: ${(error as Error).message}`, "argv");
-  }
-  const policies = values.policies.split(",").map((p) => p.trim()) as EvalPolicy[];
+  const values = parseFlags(EVAL_COMMAND, argv) as Record<string, string | undefined>;
+  const backend = values.backend ?? "cpu";
+  const policies = values.policies!.split(",").map((p) => p.trim()) as EvalPolicy[];
   for (const policy of policies) {
     if (!ALL_POLICIES.includes(policy)) {
       throw new InputError(`Cannot read --policies: unknown policy "${policy}"`, "--policies");
@@ -755,7 +782,7 @@ function parseShapesArgs(
       images: values.images,
       policies,
       kv: values.kv,
-      backend: values.backend,
+      backend: backend as "webgpu" | "cpu",
       wordnetDir: values.wordnet,
     },
     jsonPath: values.json,
@@ -789,8 +816,11 @@ async function mainShapes(argv: string[]): Promise<void> {
 async function main(argv: string[]): Promise<void> {
   if (argv.includes("--demo")) return await mainShapes(argv);
   const { options, jsonPath } = parseEvalArgs(argv);
+  const choice = await chooseBackend(options.backend);
+  console.error(describeBackend(choice));
   const report = await runEval({
     ...options,
+    backend: choice.backend,
     onProgress: ({ policy, kvCache, item, items }) =>
       console.error(`${policy}, KV cache ${kvCache ? "on" : "off"}: ${item}/${items}`),
   });
@@ -801,12 +831,4 @@ async function main(argv: string[]): Promise<void> {
   }
 }
 
-if (import.meta.main) {
-  try {
-    await main(Deno.args);
-  } catch (error) {
-    if (!(error instanceof DynllavaError)) throw error;
-    console.error(`error: ${error.message} (${error.where})`);
-    Deno.exit(2);
-  }
-}
+if (import.meta.main) await runCommand(EVAL_COMMAND, Deno.args, (_flags, args) => main(args));
