@@ -768,9 +768,9 @@ function parseShapesArgs(
   if (values.kv !== "both" && values.kv !== "on" && values.kv !== "off") {
     throw new InputError(`Cannot read --kv: expected both, on or off, got "${values.kv}"`, "--kv");
   }
-  if (values.backend !== "webgpu" && values.backend !== "cpu") {
+  if (backend !== "webgpu" && backend !== "cpu") {
     throw new InputError(
-      `Cannot read --backend: expected webgpu or cpu, got "${values.backend}"`,
+      `Cannot read --backend: expected webgpu or cpu, got "${backend}"`,
       "--backend",
     );
   }
@@ -782,7 +782,7 @@ function parseShapesArgs(
       images: values.images,
       policies,
       kv: values.kv,
-      backend: backend as "webgpu" | "cpu",
+      backend,
       wordnetDir: values.wordnet,
     },
     jsonPath: values.json,
