@@ -28,7 +28,10 @@ Deno.test("demo.ts answers the sample, maps the kept patches and writes the HTML
       .output();
     const stdout = new TextDecoder().decode(out.stdout);
     assert.equal(out.code, 0, new TextDecoder().decode(out.stderr));
-    assert.match(stdout, /^Q: What shape is the blue object\?\nA: (circle|square|triangle|star) {4}\(dense: \w+\)/);
+    assert.match(
+      stdout,
+      /^Q: What shape is the blue object\?\nA: (circle|square|triangle|star) {4}\(dense: \w+\)/,
+    );
     assert.match(stdout, /image patches kept by the vision predictor: 12 of 64/);
     const map = stdout.split("\n").filter((line) => /^ {2}[·rgbypo+](?: [·rgbypo+]){7}$/.test(line));
     assert.equal(map.length, 8);
