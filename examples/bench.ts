@@ -6,7 +6,7 @@
  * ```sh
  * deno run -A examples/bench.ts [--model DIR] [--image FILE] [--prompt TEXT] \
  *   --policies dense,fastv,dynamic --kv both|on|off --new-tokens 64,256,1024 [--batch 1,8] \
- *   [--repeat N] [--warmup N] [--backend webgpu|cpu] --out DIR
+ *   [--repeat N] [--warmup N] [--backend webgpu|cpu] [--weight-storage auto|buffer|texture|LIST] --out DIR
  * ```
  *
  * Without `--model` it runs the tiny `llava-f32-dyn` test fixture (written on first use); without
@@ -23,6 +23,9 @@
  * prompt, promptPositions, rows }`), `bench.md` and the SVG charts of examples/charts.ts into
  * `--out`, prints the table and one "ratio vs dense" line per policy, KV mode and batch.
  * Output lengths that do not fit the model's context with the prompt are refused before any run.
+ * A text-only checkpoint (plain LLaMA) runs without the image. `--weight-storage buffer,texture`
+ * loads the model once per GPU weight storage, runs the sweep on each and prints one "ratio vs
+ * buffer" line per configuration (decode ms/token and tokens/s); bench.md holds one table each.
  *
  * `--cost-only` prints the cost model's estimate for a checkpoint's config.json instead (no
  * weights, no GPU): FLOPs by the paper's formula and exactly, and KV-cache bytes.
@@ -84,6 +87,11 @@ export const BENCH_COMMAND: CommandSpec = {
       value: "webgpu|cpu",
       description: "compute backend (default: webgpu when an adapter exists, else cpu)",
     },
+    "weight-storage": {
+      type: "string",
+      value: "LIST",
+      description: "GPU weight storage(s) to run: auto, buffer, texture (default auto)",
+    },
     out: { type: "string", value: "DIR", description: "where bench.json, bench.md and the charts go" },
     "cost-only": { type: "boolean", description: "estimate from --config alone (no weights, no GPU)" },
     config: { type: "string", value: "FILE", description: "config.json to estimate (--cost-only)" },
@@ -100,6 +108,9 @@ export const BENCH_COMMAND: CommandSpec = {
     "deno task bench --cost-only --config tests/fixtures/configs/llava-v1.5-7b.json --policy dynamic --json",
   ],
 };
+
+/** A GPU weight storage the bench loads with. */
+export type BenchWeightStorage = "auto" | "buffer" | "texture";
 
 /** A policy the bench runs by name. */
 export type BenchPolicy = "dense" | "fastv" | "dynamic";
@@ -128,6 +139,8 @@ export interface BenchRunArgs extends BenchSweep {
   prompt: string;
   /** "auto": WebGPU when an adapter exists, else the CPU. */
   backend: "webgpu" | "cpu" | "auto";
+  /** GPU weight storages to run, each on a fresh load (loadModel's `weightStorage`). */
+  weightStorages: BenchWeightStorage[];
   /** Directory for bench.json, bench.md and the charts. */
   outDir: string;
 }
@@ -193,6 +206,19 @@ function policyList(value: string): BenchPolicy[] {
   return names as BenchPolicy[];
 }
 
+function weightStorageList(value: string): BenchWeightStorage[] {
+  const known: readonly string[] = ["auto", "buffer", "texture"];
+  const list = value.split(",").map((item) => item.trim());
+  const bad = list.find((item) => !known.includes(item));
+  if (bad !== undefined) {
+    throw new InputError(
+      `Cannot read --weight-storage: "${bad}" is not one of ${known.join(", ")}`,
+      "--weight-storage",
+    );
+  }
+  return list as BenchWeightStorage[];
+}
+
 function kvModes(value: string): boolean[] {
   const modes: Record<string, boolean[]> = { both: [true, false], on: [true], off: [false] };
   const found = modes[value];
@@ -249,6 +275,7 @@ function parseRunArgs(values: Record<string, string | boolean | undefined>): Ben
     imagePath: text("image") ?? null,
     prompt: text("prompt") ?? DEFAULT_PROMPT,
     backend,
+    weightStorages: weightStorageList(text("weight-storage") ?? "auto"),
     outDir: text("out")!,
     policies: policyList(text("policies") ?? POLICIES.join(",")),
     kvModes: kvModes(text("kv") ?? "both"),
@@ -278,7 +305,20 @@ function parseRunArgs(values: Record<string, string | boolean | undefined>): Ben
 export function parseBenchArgs(argv: string[]): BenchArgs {
   const values = parseFlags(BENCH_COMMAND, argv) as Record<string, string | boolean | undefined>;
   if (values["cost-only"]) {
-    for (const flag of ["model", "image", "prompt", "policies", "kv", "repeat", "warmup", "backend", "out"]) {
+    for (
+      const flag of [
+        "model",
+        "image",
+        "prompt",
+        "policies",
+        "kv",
+        "repeat",
+        "warmup",
+        "backend",
+        "weight-storage",
+        "out",
+      ]
+    ) {
       if ((values as Record<string, unknown>)[flag] !== undefined) {
         throw new InputError(`Cannot read --${flag}: it does not go with --cost-only`, `--${flag}`);
       }
@@ -601,7 +641,8 @@ export function ratioLines(rows: BenchRow[]): string[] {
   return lines;
 }
 
-async function loadBenchInputs(args: BenchRunArgs): Promise<{ model: Model; image: ImageInput }> {
+/** The checkpoint directory and image a model run uses (announced on stdout). */
+async function benchInputs(args: BenchRunArgs): Promise<{ modelDir: string; image: ImageInput }> {
   let modelDir = args.modelDir;
   if (modelDir === null) {
     modelDir = await ensureFixture("llava-f32-dyn");
@@ -621,45 +662,116 @@ async function loadBenchInputs(args: BenchRunArgs): Promise<{ model: Model; imag
     }
     console.log(`image: ${args.imagePath}`);
   }
-  const choice = await chooseBackend(args.backend === "auto" ? undefined : args.backend);
-  console.log(describeBackend(choice));
-  return { model: await loadModel(modelDir, { backend: choice.backend, onProgress: progressBar() }), image };
+  return { modelDir, image };
 }
 
-async function runModelBench(args: BenchRunArgs): Promise<void> {
-  const { model, image } = await loadBenchInputs(args);
+/** One weight storage's sweep: its model report fields and rows. */
+interface StorageRun {
+  weightStorage: BenchWeightStorage;
+  backend: "cpu" | "webgpu";
+  promptPositions: number;
+  rows: BenchRow[];
+}
+
+/** Loads the model with `weightStorage` and runs the sweep (text-only models without the image). */
+async function runStorage(
+  args: BenchRunArgs,
+  inputs: { modelDir: string; image: ImageInput; backend: "webgpu" | "cpu" },
+  weightStorage: BenchWeightStorage,
+): Promise<StorageRun> {
+  const { modelDir, backend } = inputs;
+  const model = await loadModel(modelDir, { backend, weightStorage, onProgress: progressBar() });
   try {
+    const image = model.config.vision ? inputs.image : undefined;
     const rows = await runBench(model, args, {
       image,
       prompt: args.prompt,
       onRow: (row) =>
         console.error(
           `${row.policy}, ${row.kvCache ? "KV cache" : "no KV cache"}, batch ${row.batch}, ` +
-            `${row.newTokens} tokens: decode ${row.decodeMsPerToken.median.toFixed(2)} ms/token`,
+            `${row.newTokens} tokens, weights in ${weightStorage}: decode ` +
+            `${row.decodeMsPerToken.median.toFixed(2)} ms/token`,
         ),
     });
-    await Deno.mkdir(args.outDir, { recursive: true });
-    const report = {
-      model: args.modelDir ?? "fixture:llava-f32-dyn",
-      image: args.imagePath ?? "generated:gradient-336x336",
-      backend: model.backendKind,
-      prompt: args.prompt,
-      promptPositions: promptPositions(model, args.prompt, { images: 1 }),
-      rows,
-    };
-    const table = benchMarkdown(rows);
-    await Deno.writeTextFile(join(args.outDir, "bench.json"), JSON.stringify(report, null, 2) + "\n");
-    await Deno.writeTextFile(join(args.outDir, "bench.md"), table);
-    const charts = await renderBenchCharts(rows, args.outDir);
-    console.log("");
-    console.log(table);
-    for (const line of ratioLines(rows)) console.log(line);
-    console.log(
-      `\nwrote ${[join(args.outDir, "bench.json"), join(args.outDir, "bench.md"), ...charts].join(", ")}`,
-    );
+    const promptPositionCount = promptPositions(model, args.prompt, { images: image ? 1 : 0 });
+    return { weightStorage, backend: model.backendKind, promptPositions: promptPositionCount, rows };
   } finally {
     model.dispose();
   }
+}
+
+/**
+ * One "ratio vs <first storage>" line per configuration of each later storage: decode ms/token
+ * and tokens/s (medians).
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { storageRatioLines } from "./bench.ts";
+ * const stat = (median: number) => ({ median, min: median, max: median });
+ * const row = (decodeMs: number, tps: number) => ({
+ *   policy: "dense", kvCache: true, newTokens: 64, batch: 1, prefillMs: stat(90), decodeMsPerToken: stat(decodeMs),
+ *   tokensPerSecond: stat(tps), kvBytesPeak: 1, gpuBytesPeak: 1, flopsPaper: { prefill: 1, decode: 1 },
+ *   flopsExact: { prefill: 1, decode: 1 }, tokensComputed: 64, visualKept: 0, visualTokens: 0,
+ * });
+ * assert.deepEqual(storageRatioLines([
+ *   { weightStorage: "buffer", rows: [row(200, 5)] },
+ *   { weightStorage: "texture", rows: [row(50, 20)] },
+ * ]), ["ratio texture vs buffer weights: dense, KV cache, batch 1, 64 new tokens: decode ms/token ×0.250, tokens/s ×4.000"]);
+ * ```
+ */
+export function storageRatioLines(runs: Pick<StorageRun, "weightStorage" | "rows">[]): string[] {
+  const [base, ...others] = runs;
+  const lines: string[] = [];
+  for (const run of others) {
+    for (const row of run.rows) {
+      const ref = base.rows.find((other) =>
+        other.policy === row.policy && other.kvCache === row.kvCache && other.batch === row.batch &&
+        other.newTokens === row.newTokens
+      );
+      if (!ref) continue;
+      lines.push(
+        `ratio ${run.weightStorage} vs ${base.weightStorage} weights: ${row.policy}, ` +
+          `${row.kvCache ? "KV cache" : "no KV cache"}, batch ${row.batch}, ${row.newTokens} new tokens: ` +
+          `decode ms/token ${ratio(row.decodeMsPerToken.median, ref.decodeMsPerToken.median)}, ` +
+          `tokens/s ${ratio(row.tokensPerSecond.median, ref.tokensPerSecond.median)}`,
+      );
+    }
+  }
+  return lines;
+}
+
+async function runModelBench(args: BenchRunArgs): Promise<void> {
+  const { modelDir, image } = await benchInputs(args);
+  const choice = await chooseBackend(args.backend === "auto" ? undefined : args.backend);
+  console.log(describeBackend(choice));
+  const runs: StorageRun[] = [];
+  for (const weightStorage of args.weightStorages) {
+    runs.push(await runStorage(args, { modelDir, image, backend: choice.backend }, weightStorage));
+  }
+  await Deno.mkdir(args.outDir, { recursive: true });
+  const several = runs.length > 1;
+  const tables = runs.map((run) =>
+    (several ? `### weights in ${run.weightStorage}\n\n` : "") + benchMarkdown(run.rows)
+  );
+  const report = {
+    model: args.modelDir ?? "fixture:llava-f32-dyn",
+    image: args.imagePath ?? "generated:gradient-336x336",
+    backend: runs[0].backend,
+    prompt: args.prompt,
+    promptPositions: runs[0].promptPositions,
+    rows: runs[0].rows,
+    ...(several ? { weightStorages: runs.map(({ weightStorage, rows }) => ({ weightStorage, rows })) } : {}),
+  };
+  await Deno.writeTextFile(join(args.outDir, "bench.json"), JSON.stringify(report, null, 2) + "\n");
+  await Deno.writeTextFile(join(args.outDir, "bench.md"), tables.join("\n"));
+  const charts = await renderBenchCharts(runs[0].rows, args.outDir);
+  console.log("");
+  console.log(tables.join("\n"));
+  for (const line of ratioLines(runs[0].rows)) console.log(line);
+  for (const line of storageRatioLines(runs)) console.log(line);
+  console.log(
+    `\nwrote ${[join(args.outDir, "bench.json"), join(args.outDir, "bench.md"), ...charts].join(", ")}`,
+  );
 }
 
 async function main(argv: string[]): Promise<void> {

@@ -108,9 +108,11 @@ export async function createEmbedding(gpu: Gpu): Promise<EmbeddingKernel> {
   return {
     bind(buffers: BufferSet, args: EmbeddingArgs): Dispatch[] {
       const { table, rows } = args;
-      if (table.dtype !== dtype) {
+      if (table.dtype !== dtype || table.textures) {
         throw new InputError(
-          `Cannot bind embedding: table is ${table.dtype}, kernel is ${dtype}`,
+          `Cannot bind embedding: table is ${table.dtype}${
+            table.textures ? " in textures" : ""
+          }, kernel reads ${dtype} buffers`,
           "embedding",
         );
       }

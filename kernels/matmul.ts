@@ -6,6 +6,8 @@
  *   reading 8 weights per load, then a workgroup reduction over K.
  * - M > 1 (prefill): 64×64 output tiles, 256 threads of 4×4 outputs, K in steps of 16 through
  *   workgroup memory.
+ * - Texture-stored weights (runtime/device/weights_texture.ts): up to 8 rows through the texture
+ *   matvec (kernels/matvec_texture.ts), more through the vectorized tiled variant reading texels.
  * Each variant comes vectorized (K % 8 == 0) and scalar (any K). One dispatch per weight chunk:
  * a chunk writes output columns [rowStart, rowStart + rows). `accumulate` adds the result to `out`
  * (fusing a residual add); `xRowOffset` / `outRowOffset` pick rows of x and out (lm_head on the
@@ -18,8 +20,10 @@ import {
   type WeightDtype,
   weightDtype,
   weightShader,
+  type WeightStorage,
   type WeightTensor,
 } from "../runtime/device/weights_gpu.ts";
+import { createMatvecTexture } from "./matvec_texture.ts";
 import { defineUniforms, packUniforms } from "./uniforms.ts";
 import { wgslPrelude } from "./wgsl_prelude.ts";
 
@@ -50,6 +54,8 @@ export interface MatmulKernel {
 }
 
 const GEMV_COLUMNS = 4;
+/** Up to this many rows of x, texture-stored weights go through the texture matvec. */
+const TEXTURE_MATVEC_ROWS = 8;
 const TILE = 64;
 
 const PARAMS = defineUniforms("matmul", {
@@ -65,11 +71,11 @@ const PARAMS = defineUniforms("matmul", {
 });
 
 /** Uniform, x, bias, weight and out (x is vec4f when vectorized), and the store of one output. */
-function matmulBindings(dtype: WeightDtype, vectorized: boolean): string {
+function matmulBindings(dtype: WeightDtype, vectorized: boolean, storage: WeightStorage = "buffer"): string {
   return `${PARAMS.wgsl}
 @group(0) @binding(1) var<storage, read> x: array<${vectorized ? "vec4f" : "f32"}>;
 @group(0) @binding(2) var<storage, read> bias: array<f32>;
-${weightShader(dtype, { binding: 3, vectorized })}
+${weightShader(dtype, { binding: 3, vectorized, storage })}
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
 
 // out[m, chunk_start + n] (=|+=) value (+ bias).
@@ -136,7 +142,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
 }
 
 /** Tiled: workgroup computes a 64×64 tile of out; thread (tx, ty) owns rows 4ty.., columns 4tx... */
-function tiledSource(dtype: WeightDtype, vectorized: boolean): string {
+function tiledSource(dtype: WeightDtype, vectorized: boolean, storage: WeightStorage = "buffer"): string {
   // Tiles hold 16 k-steps of 64 values as 16 vec4 each: tile[k * 16 + i / 4][i % 4].
   const load = vectorized
     ? `
@@ -177,7 +183,7 @@ function tiledSource(dtype: WeightDtype, vectorized: boolean): string {
       w_tile[kk * 16u + i / 4u][i % 4u] = wv;
     }`;
   return `${wgslPrelude({ workgroupSize: 256 })}
-${matmulBindings(dtype, vectorized)}
+${matmulBindings(dtype, vectorized, storage)}
 const TILE = ${TILE}u;
 var<workgroup> x_tile: array<vec4f, 256>;
 var<workgroup> w_tile: array<vec4f, 256>;
@@ -244,11 +250,13 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
  */
 export async function createMatmul(gpu: Gpu): Promise<MatmulKernel> {
   const dtype = weightDtype(gpu);
-  const [gemvVec, gemvScalar, tiledVec, tiledScalar] = await Promise.all([
+  const [gemvVec, gemvScalar, tiledVec, tiledScalar, tiledTexture, matvecTexture] = await Promise.all([
     gpu.pipeline(`matmul_gemv_vec_${dtype}`, gemvSource(dtype, true)),
     gpu.pipeline(`matmul_gemv_${dtype}`, gemvSource(dtype, false)),
     gpu.pipeline(`matmul_tiled_vec_${dtype}`, tiledSource(dtype, true)),
     gpu.pipeline(`matmul_tiled_${dtype}`, tiledSource(dtype, false)),
+    gpu.pipeline(`matmul_tiled_texture_${dtype}`, tiledSource(dtype, true, "texture")),
+    createMatvecTexture(gpu),
   ]);
   return {
     bind(buffers: BufferSet, args: MatmulArgs): Dispatch[] {
@@ -261,10 +269,15 @@ export async function createMatmul(gpu: Gpu): Promise<MatmulKernel> {
       checkSize(args.x, (xRowOffset + rows) * weight.cols, "x");
       checkSize(args.out, (outRowOffset + rows) * weight.rows, "out");
       if (args.bias) checkSize(args.bias, weight.rows, "bias");
+      if (weight.textures && rows <= TEXTURE_MATVEC_ROWS) return matvecTexture.bind(buffers, args);
       const vectorized = weight.cols % 8 === 0;
-      const gemv = rows === 1;
-      const pipeline = gemv ? (vectorized ? gemvVec : gemvScalar) : (vectorized ? tiledVec : tiledScalar);
-      return weight.chunks.map((chunk) => {
+      const gemv = rows === 1 && !weight.textures;
+      const pipeline = weight.textures
+        ? tiledTexture
+        : gemv
+        ? (vectorized ? gemvVec : gemvScalar)
+        : (vectorized ? tiledVec : tiledScalar);
+      return (weight.textures ?? weight.chunks).map((chunk) => {
         const params = packUniforms(PARAMS, {
           rows,
           outCols: weight.rows,
@@ -284,7 +297,7 @@ export async function createMatmul(gpu: Gpu): Promise<MatmulKernel> {
           buffers.uniform(params, "matmul params"),
           args.x,
           args.bias ?? args.x,
-          chunk.buffer,
+          "view" in chunk ? chunk.view : chunk.buffer,
           args.out,
         ];
         return gpu.dispatch(pipeline, bindings, grid(groups));

@@ -58,6 +58,12 @@ export interface LoadOptions {
    * f16 where the device has shader-f16; "f16" or "f32" force it.
    */
   weightDtype?: "auto" | "f16" | "f32";
+  /**
+   * GPU matrix storage: "auto" (default) times a short matvec both ways once per adapter and keeps
+   * storage buffers unless storage textures read clearly faster (as on Mesa's lavapipe); "buffer"
+   * or "texture" force it. Results do not depend on it.
+   */
+  weightStorage?: "auto" | "buffer" | "texture";
 }
 
 /** An image: encoded bytes (PNG, JPEG, WebP, GIF, BMP) or decoded RGB. */
@@ -639,6 +645,7 @@ export async function loadModel(path: string | URL, options: LoadOptions = {}): 
             item: p.tensor,
           })),
       weightDtype: options.weightDtype ?? "auto",
+      weightStorage: options.weightStorage ?? "auto",
     });
   return new Model(config, tokenizer, backend, policyInfo);
 }

@@ -127,7 +127,7 @@ export class Gpu {
   }
 
   /**
-   * Builds a {@link Dispatch}: binds `buffers` to bindings 0..n-1 of group 0.
+   * Builds a {@link Dispatch}: binds `buffers` (buffers or texture views) to bindings 0..n-1 of group 0.
    * @example
    * ```ts
    * import assert from "node:assert/strict";
@@ -146,7 +146,7 @@ export class Gpu {
    */
   dispatch(
     pipeline: GPUComputePipeline,
-    buffers: GPUBuffer[],
+    buffers: (GPUBuffer | GPUTextureView)[],
     workgroups: [number, number, number],
   ): Dispatch {
     for (const n of workgroups) {
@@ -157,7 +157,10 @@ export class Gpu {
     const bindGroup = this.device.createBindGroup({
       label: pipeline.label,
       layout: pipeline.getBindGroupLayout(0),
-      entries: buffers.map((buffer, binding) => ({ binding, resource: { buffer } })),
+      entries: buffers.map((b, binding) => ({
+        binding,
+        resource: b instanceof GPUBuffer ? { buffer: b } : b,
+      })),
     });
     return { label: pipeline.label, pipeline, bindGroup, workgroups };
   }
@@ -302,6 +305,7 @@ export class BufferSet {
   /** A set whose counts include this one's (a request's total over its per-pass sets). */
   readonly parent: BufferSet | null;
   #buffers = new Set<GPUBuffer>();
+  #textures = new Map<GPUTexture, number>();
   liveBytes = 0;
   peakBytes = 0;
 
@@ -371,6 +375,24 @@ export class BufferSet {
     return buffer;
   }
 
+  /** A texture made by this set (destroyed with it); `bytes` counts toward live and peak bytes. */
+  texture(descriptor: GPUTextureDescriptor, bytes: number): GPUTexture {
+    this.gpu.checkAlive();
+    let texture: GPUTexture;
+    try {
+      texture = this.gpu.device.createTexture(descriptor);
+    } catch (err) {
+      throw new GpuError(
+        `Cannot create texture ${descriptor.label}: ${(err as Error).message}`,
+        descriptor.label ?? "texture",
+        { cause: err },
+      );
+    }
+    this.#textures.set(texture, bytes);
+    this.#count(bytes);
+    return texture;
+  }
+
   /** Destroys one buffer made by this set. */
   release(buffer: GPUBuffer): void {
     if (!this.#buffers.delete(buffer)) return;
@@ -382,6 +404,8 @@ export class BufferSet {
   destroy(): void {
     for (const b of this.#buffers) b.destroy();
     this.#buffers.clear();
+    for (const t of this.#textures.keys()) t.destroy();
+    this.#textures.clear();
     this.#count(-this.liveBytes);
   }
 }

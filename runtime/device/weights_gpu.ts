@@ -12,14 +12,23 @@
  *   a row, as two vec4f columns (vectorized variant, `cols % 8 == 0`).
  * f16 elements are read as packed u32 words and widened with `unpack2x16float`, so shaders need no
  * `enable f16;` and every load moves 16 bytes in the vectorized variant.
+ *
+ * Storage is chosen per tensor: storage buffers (`chunks`), or, with `storage: "texture"` and
+ * cols % 8 == 0, storage textures (`textures`, layout in runtime/device/weights_texture.ts; `chunks`
+ * is then empty and only the vectorized accessor exists). Some adapters read textures far faster
+ * (Mesa's lavapipe: ~10× for lane-varying loads).
  * @module
  */
 import type { BufferSet, Gpu } from "./gpu.ts";
+import { uploadWeightTextures, type WeightTextureChunk, weightTextureShader } from "./weights_texture.ts";
 import { GpuError } from "../core/errors.ts";
 import { f16ToFloat32, float32ToF16 } from "../core/dtype.ts";
 
 /** Element type of a weight on the GPU. */
 export type WeightDtype = "f16" | "f32";
+
+/** Where a weight's elements live: storage buffers or storage textures. */
+export type WeightStorage = "buffer" | "texture";
 
 /** One storage buffer holding weight rows [rowStart, rowStart + rows), row-major. */
 export interface WeightChunk {
@@ -33,7 +42,10 @@ export interface WeightTensor {
   rows: number;
   cols: number;
   dtype: WeightDtype;
+  /** Storage-buffer chunks (empty when the weight lives in textures). */
   chunks: WeightChunk[];
+  /** Storage-texture chunks, when stored as textures. */
+  textures?: WeightTextureChunk[];
 }
 
 /** Options of {@link uploadWeight}. */
@@ -44,6 +56,8 @@ export interface UploadWeightOptions {
   label: string;
   /** Largest chunk in bytes (default: the device's binding limit); tests force several chunks. */
   maxChunkBytes?: number;
+  /** "texture" stores the weight in textures when cols % 8 == 0 (default "buffer"). */
+  storage?: WeightStorage;
 }
 
 /**
@@ -93,6 +107,15 @@ export function uploadWeight(
     );
   }
   const dtype = weightDtype(buffers.gpu);
+  if (options.storage === "texture" && cols % 8 === 0) {
+    return {
+      rows,
+      cols,
+      dtype,
+      chunks: [],
+      textures: uploadWeightTextures(buffers, values, { rows, cols, dtype, label }),
+    };
+  }
   const rowBytes = cols * (dtype === "f16" ? 2 : 4);
   const limit = Math.min(buffers.gpu.maxBindingBytes, options.maxChunkBytes ?? Infinity);
   const rowsPerChunk = Math.floor(limit / rowBytes);
@@ -134,6 +157,8 @@ export interface WeightShaderOptions {
   binding: number;
   /** Declare `weight_block8` (needs cols % 8 == 0) instead of `weight_at`. */
   vectorized: boolean;
+  /** Read a texture-stored weight (vectorized only; default "buffer"). */
+  storage?: WeightStorage;
 }
 
 /**
@@ -149,6 +174,7 @@ export interface WeightShaderOptions {
  * ```
  */
 export function weightShader(dtype: WeightDtype, options: WeightShaderOptions): string {
+  if (options.storage === "texture") return weightTextureShader(dtype, options.binding);
   const at = `@group(0) @binding(${options.binding}) var<storage, read> weight_data`;
   if (dtype === "f32" && options.vectorized) {
     return `${at}: array<vec4f>;

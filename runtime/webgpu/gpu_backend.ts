@@ -26,8 +26,9 @@ import { GpuSession } from "./gpu_session.ts";
 import { DecodeBatcher } from "./gpu_batch.ts";
 import { encodeImagesGpu, type VisionLayerWeights, visionLayerWeights } from "./gpu_vision.ts";
 import { loadPredictors } from "../core/predictors.ts";
-import { uploadWeight, type WeightTensor } from "../device/weights_gpu.ts";
+import { uploadWeight, type WeightStorage, type WeightTensor } from "../device/weights_gpu.ts";
 import { type GpuMatrix, type QuantType, uploadQuantWeight } from "../../kernels/matmul_quant.ts";
+import { chooseWeightStorage, type WeightStorageOption } from "./weight_storage.ts";
 
 /** One decoder layer's weights. */
 export interface LayerWeights {
@@ -77,7 +78,12 @@ const QUANTIZABLE = /^(layers\.\d+\.(wq|wk|wv|wo|w_gate|w_up|w_down)|lm_head)$/;
  */
 export async function createGpuBackend(
   checkpoint: Checkpoint,
-  options: { onProgress?: (p: LoadProgress) => void; weightDtype: "auto" | "f16" | "f32" },
+  options: {
+    onProgress?: (p: LoadProgress) => void;
+    weightDtype: "auto" | "f16" | "f32";
+    /** Matrix storage: measured per adapter ("auto", default) or forced (runtime/webgpu/weight_storage.ts). */
+    weightStorage?: WeightStorageOption;
+  },
 ): Promise<Backend> {
   // Quantized blocks dequantize to values f16 cannot hold exactly: those stay f32.
   const types = [...checkpoint.tensors.values()].map((t) => t.storedType);
@@ -88,6 +94,7 @@ export async function createGpuBackend(
   const buffers = new BufferSet(gpu);
   try {
     const kernels = await createKernels(gpu);
+    const storage = await chooseWeightStorage(gpu, kernels, options.weightStorage ?? "auto");
     const weights: GpuWeights = { matrices: new Map(), quantized: new Map(), vectors: new Map() };
     const predictorTensors = new Map<string, Float32Array>();
     const total = [...checkpoint.tensors.values()].reduce((n, t) => n + t.byteLength, 0);
@@ -108,7 +115,12 @@ export async function createGpuBackend(
       if (name.includes("_score_predictor.")) predictorTensors.set(name, values);
       else if (t.shape.length >= 2 && name !== "vision.pos_embed") {
         const rows = t.shape[0], cols = values.length / rows;
-        weights.matrices.set(name, uploadWeight(buffers, values, { rows, cols, label: name }));
+        // The embedding table is gathered by rows (kernels/embedding.ts): it stays in buffers.
+        const stored = name === "embed" ? "buffer" : storage;
+        weights.matrices.set(
+          name,
+          uploadWeight(buffers, values, { rows, cols, label: name, storage: stored }),
+        );
       } else {
         weights.vectors.set(name, buffers.upload(values, name));
       }
@@ -121,7 +133,7 @@ export async function createGpuBackend(
       text: cpuPredictors.text ? await uploadTextPredictor(buffers, cpuPredictors.text) : null,
     };
     await gpu.sync();
-    return new GpuBackend(gpu, buffers, checkpoint.config, weights, kernels, predictors);
+    return new GpuBackend(gpu, buffers, checkpoint.config, weights, kernels, predictors, storage);
   } catch (err) {
     buffers.destroy();
     gpu.destroy();
@@ -143,6 +155,8 @@ export class GpuBackend implements Backend {
     readonly weights: GpuWeights,
     readonly kernels: Kernels,
     readonly predictors: { vision: GpuVisionPredictor | null; text: GpuTextPredictor | null },
+    /** Where the matrices (all but the embedding table) live. */
+    readonly weightStorage: WeightStorage = "buffer",
   ) {
     const m = (n: string) => weights.matrices.get(n)!;
     const v = (n: string) => weights.vectors.get(n)!;

@@ -17,6 +17,7 @@ import { createEmbedding } from "../../kernels/embedding.ts";
 import { createKvAppend } from "../../kernels/kv_append.ts";
 import { createLayerNorm } from "../../kernels/layernorm.ts";
 import { createLinear } from "../../kernels/matmul_quant.ts";
+import { createMatvecTexture } from "../../kernels/matvec_texture.ts";
 import { createIm2col } from "../../kernels/patches.ts";
 import {
   createAdmitFlag,
@@ -35,6 +36,7 @@ export const KERNELS = {
   embedding: createEmbedding,
   rmsNorm: createRmsNorm,
   matmul: createLinear,
+  matvecTexture: createMatvecTexture,
   rope: createRope,
   kvAppend: createKvAppend,
   attention: createAttention,
