@@ -8,7 +8,17 @@
  *   [--kv both|on|off] [--max-new-tokens N] [--limit N] [--backend webgpu|cpu] [--json OUT] \
  *   [--wordnet DIR]
  * deno run -A examples/eval.ts --demo-set [--model DIR] ...   # generated set, fixture model by default
+ * deno run -A examples/eval.ts --demo [--model DIR] [--per-kind 40] [--describe 16] [--images DIR] \
+ *   [--policies ...] [--kv ...] [--backend cpu|webgpu] [--json OUT]  # the shapes test split
+ * deno run -A examples/eval.ts --demo --merge A.json,B.json [--json OUT]  # runs made in parallel, merged
  * ```
+ *
+ * `--demo` evaluates the embedded demo checkpoint on the held-out test split of the shapes task
+ * (tools/fixtures/scenes.ts; drawn by its TypeScript rasteriser, or read as `{seed}.png` from
+ * `--images DIR` when another renderer drew them): accuracy of the short answers (exact match after
+ * lower-casing and stripping punctuation), METEOR of the descriptions, KV-cache bytes held at the
+ * end of the descriptions, decode FLOPs per generated token. FastV runs with K = 2 and R = 0.8, the
+ * visual budget of Dynamic-LLaVA's r_I = 0.2.
  *
  * For every policy × KV mode:
  * - perplexity of the reference answers: the answer is tokenised with the model's tokenizer without
@@ -26,18 +36,21 @@
  */
 import { dirname, resolve } from "node:path";
 import { ImageError, InputError } from "../runtime/core/errors.ts";
+import { fastvPolicy } from "../runtime/core/policies.ts";
+import type { Policy } from "../runtime/core/policy.ts";
 import type { GenerateStats } from "../runtime/engine/generate.ts";
 import { decodeImage, type RgbImage } from "../runtime/image/image_decode.ts";
 import { meteorScoreSync } from "../runtime/eval/meteor.ts";
 import { loadModel, type Model } from "../runtime/api/model.ts";
 import { DEFAULT_WORDNET_DIR, loadWordNet } from "../runtime/eval/wordnet.ts";
 import { writeEvalSet } from "../tools/fixtures/eval_set.ts";
+import { renderScene, type SceneItem, testItems } from "../tools/fixtures/scenes.ts";
 import { ensureFixture } from "../tools/make_fixtures.ts";
 import { chooseBackend, type CommandSpec, describeBackend, parseFlags, runCommand } from "./cli_options.ts";
 
 /** The command line of the script. */
 export const EVAL_COMMAND: CommandSpec = {
-  usage: "deno task eval (--model DIR --data FILE.jsonl | --demo-set) [options]",
+  usage: "deno task eval (--model DIR --data FILE.jsonl | --demo-set | --demo) [options]",
   summary:
     "Scores the reference answers of an {image, question, answer} JSONL set (perplexity, teacher-forced)\n" +
     "and the generated ones (METEOR) per policy and KV mode, with what each policy saved.",
@@ -53,6 +66,18 @@ export const EVAL_COMMAND: CommandSpec = {
       description: "LLaVA-style JSONL: {image, question, answer} per line",
     },
     "demo-set": { type: "boolean", description: "generate a small set and run on it" },
+    demo: {
+      type: "boolean",
+      description: "the demo model on the shapes test split (accuracy, METEOR, KV bytes)",
+    },
+    "per-kind": { type: "string", value: "N", description: "--demo: short questions per kind (default 40)" },
+    describe: { type: "string", value: "N", description: "--demo: description items (default 16)" },
+    images: {
+      type: "string",
+      value: "DIR",
+      description: "--demo: read {seed}.png drawn by another renderer",
+    },
+    merge: { type: "string", value: "A.json,B.json", description: "--demo: merge reports of separate runs" },
     policies: {
       type: "string",
       value: "LIST",
@@ -77,6 +102,7 @@ export const EVAL_COMMAND: CommandSpec = {
   examples: [
     "deno task eval --demo-set --backend cpu --limit 2",
     "deno task eval --model ./ckpt --data set.jsonl",
+    "deno task eval --demo --json eval.json",
   ],
 };
 
@@ -488,7 +514,307 @@ export function parseEvalArgs(argv: string[]): { options: EvalOptions; jsonPath?
   };
 }
 
+/** Options of {@link runShapesEval}. */
+export interface ShapesEvalOptions {
+  /** Checkpoint directory; default the embedded demo checkpoint. */
+  model?: string | URL;
+  /** Short questions per kind (color, shape, count, exists, where); default 40. */
+  perKind?: number;
+  /** Description items; default 16. */
+  describe?: number;
+  /** Default ["dense", "fastv", "dynamic"]. */
+  policies?: EvalPolicy[];
+  /** "both" (default), "on" or "off". */
+  kv?: "both" | "on" | "off";
+  /** Default "cpu". */
+  backend?: "webgpu" | "cpu";
+  /** Directory of `{seed}.png` scenes drawn by another renderer; default the TypeScript rasteriser. */
+  images?: string;
+  /** WordNet 3.0 database directory (default /usr/share/wordnet). */
+  wordnetDir?: string;
+  onProgress?: (progress: { policy: EvalPolicy; kvCache: boolean; item: number; items: number }) => void;
+}
+
+/** One policy in one KV mode on the shapes test split. */
+export interface ShapesEvalRow {
+  /** Exact-match accuracy of the short answers, in [0, 1]. */
+  accuracy: number;
+  /** The same per question kind. */
+  accuracyByKind: Record<string, number>;
+  /** Mean METEOR of the descriptions. */
+  meteor: number;
+  /** Mean KV-cache bytes held at the end of the descriptions. */
+  kvBytes: number;
+  /** kvBytes / dense's in the same mode (null without dense or when dense held none). */
+  kvBytesVsDense: number | null;
+  /** Σ decode FLOPs (exact) / Σ generated tokens, over every item. */
+  decodeFlopsPerToken: number;
+  decodeFlopsVsDense: number | null;
+  /** Σ visual tokens kept / Σ visual tokens. */
+  visualKeptRatio: number;
+  /** Share of the descriptions' fed-back tokens admitted (KV) or kept (no cache). */
+  admittedRatio: number;
+  /** Short and description items. */
+  items: { short: number; describe: number };
+}
+
+/** policy → KV mode → row, as `--json` writes it. */
+export type ShapesEvalReport = Partial<
+  Record<EvalPolicy, { kvCache?: ShapesEvalRow; noCache?: ShapesEvalRow }>
+>;
+
+/**
+ * Normalises an answer for exact match: lower case, punctuation removed, spaces collapsed.
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { normaliseAnswer } from "./eval.ts";
+ * assert.equal(normaliseAnswer(" Top  Left."), "top left");
+ * ```
+ */
+export function normaliseAnswer(text: string): string {
+  return text.toLowerCase().replace(/[^\p{L}\p{N}\s]/gu, "").replace(/\s+/g, " ").trim();
+}
+
+function shapesPolicy(policy: EvalPolicy): EvalPolicy | Policy {
+  return policy === "fastv" ? fastvPolicy({ k: 2, r: 0.8 }) : policy;
+}
+
+async function shapesImage(item: SceneItem, dir: string | undefined): Promise<RgbImage> {
+  if (dir === undefined) return renderScene(item.scene);
+  const path = resolve(dir, `${item.seed}.png`);
+  let bytes: Uint8Array;
+  try {
+    bytes = await Deno.readFile(path);
+  } catch (error) {
+    throw new ImageError(`Cannot read scene image: ${(error as Error).message}`, path);
+  }
+  return await decodeImage(bytes);
+}
+
+interface ShapesSample {
+  item: SceneItem;
+  correct: boolean;
+  meteor: number;
+  kvBytes: number;
+  newTokens: number;
+  decodeFlops: number;
+  visualTokens: number;
+  visualKept: number;
+  admitted: number;
+  fed: number;
+}
+
+function summariseShapes(samples: ShapesSample[]): ShapesEvalRow {
+  const short = samples.filter((s) => s.item.kind !== "describe");
+  const long = samples.filter((s) => s.item.kind === "describe");
+  const byKind: Record<string, number> = {};
+  for (const kind of new Set(short.map((s) => s.item.kind))) {
+    const ofKind = short.filter((s) => s.item.kind === kind);
+    byKind[kind] = ofKind.filter((s) => s.correct).length / ofKind.length;
+  }
+  const mean = (values: number[]) => values.length === 0 ? 0 : sum(values) / values.length;
+  return {
+    accuracy: mean(short.map((s) => s.correct ? 1 : 0)),
+    accuracyByKind: byKind,
+    meteor: mean(long.map((s) => s.meteor)),
+    kvBytes: mean(long.map((s) => s.kvBytes)),
+    kvBytesVsDense: null,
+    decodeFlopsPerToken: sum(samples.map((s) => s.decodeFlops)) /
+      Math.max(1, sum(samples.map((s) => s.newTokens))),
+    decodeFlopsVsDense: null,
+    visualKeptRatio: sum(samples.map((s) => s.visualKept)) /
+      Math.max(1, sum(samples.map((s) => s.visualTokens))),
+    admittedRatio: sum(long.map((s) => s.admitted)) / Math.max(1, sum(long.map((s) => s.fed))),
+    items: { short: short.length, describe: long.length },
+  };
+}
+
+/**
+ * Evaluates a checkpoint (default: the embedded demo) on the shapes test split, every policy in
+ * every KV mode; see the module doc.
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { runShapesEval } from "./eval.ts";
+ * const report = await runShapesEval({ perKind: 1, describe: 1, policies: ["dense"], kv: "on" });
+ * assert.ok(report.dense!.kvCache!.accuracy >= 0 && report.dense!.kvCache!.kvBytes > 0);
+ * ```
+ */
+export async function runShapesEval(options: ShapesEvalOptions = {}): Promise<ShapesEvalReport> {
+  const policies = options.policies ?? [...ALL_POLICIES];
+  const kvModes = { both: [true, false], on: [true], off: [false] }[options.kv ?? "both"];
+  if (kvModes === undefined) throw new InputError(`Cannot evaluate: --kv must be both, on or off`, "kv");
+  const items = testItems({ perKind: options.perKind ?? 40, describe: options.describe ?? 16 });
+  const images = await Promise.all(items.map((item) => shapesImage(item, options.images)));
+  const wordnet = await loadWordNet(options.wordnetDir ?? DEFAULT_WORDNET_DIR);
+  const model = await loadModel(options.model ?? new URL("../assets/demo/", import.meta.url), {
+    backend: options.backend ?? "cpu",
+  });
+  const report: ShapesEvalReport = {};
+  try {
+    for (const kvCache of kvModes) {
+      for (const policy of policies) {
+        const samples: ShapesSample[] = [];
+        for (const [index, item] of items.entries()) {
+          const long = item.kind === "describe";
+          const result = await model.generate({
+            prompt: item.question,
+            image: images[index],
+            policy: shapesPolicy(policy),
+            kvCache,
+            maxNewTokens: long ? 160 : 8,
+          });
+          const text = result.text.trim();
+          samples.push({
+            item,
+            correct: normaliseAnswer(text) === normaliseAnswer(item.answer),
+            meteor: long ? meteorScoreSync([meteorWords(item.answer)], meteorWords(text), { wordnet }) : 0,
+            kvBytes: result.stats.kvCache.bytes,
+            newTokens: result.stats.newTokens,
+            decodeFlops: result.stats.flops.decode.flopsExact,
+            visualTokens: result.stats.visualTokens,
+            visualKept: result.stats.visualKeptCount ?? result.stats.visualTokens,
+            admitted: result.admitted.filter(Boolean).length,
+            fed: result.admitted.length,
+          });
+          options.onProgress?.({ policy, kvCache, item: index + 1, items: items.length });
+        }
+        const mode = kvCache ? "kvCache" : "noCache";
+        report[policy] = { ...report[policy], [mode]: summariseShapes(samples) };
+      }
+    }
+  } finally {
+    model.dispose();
+  }
+  return mergeShapesReports([report]);
+}
+
+/**
+ * Merges shapes reports of separate runs (one per policy or KV mode, e.g. run in parallel) and
+ * fills the "vs dense" ratios from the merged dense rows.
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { mergeShapesReports, type ShapesEvalRow } from "./eval.ts";
+ * const row = (kvBytes: number) => ({ kvBytes, decodeFlopsPerToken: 1 }) as ShapesEvalRow;
+ * const merged = mergeShapesReports([{ dense: { kvCache: row(100) } }, { dynamic: { kvCache: row(60) } }]);
+ * assert.equal(merged.dynamic!.kvCache!.kvBytesVsDense, 0.6);
+ * ```
+ */
+export function mergeShapesReports(reports: ShapesEvalReport[]): ShapesEvalReport {
+  const merged: ShapesEvalReport = {};
+  for (const report of reports) {
+    for (const [policy, modes] of Object.entries(report) as [EvalPolicy, ShapesEvalReport[EvalPolicy]][]) {
+      merged[policy] = { ...merged[policy], ...modes };
+    }
+  }
+  for (const modes of Object.values(merged)) {
+    for (const mode of ["kvCache", "noCache"] as const) {
+      const row = modes?.[mode], dense = merged.dense?.[mode];
+      if (row === undefined) continue;
+      row.kvBytesVsDense = ratioOrNull(row.kvBytes, dense?.kvBytes);
+      row.decodeFlopsVsDense = ratioOrNull(row.decodeFlopsPerToken, dense?.decodeFlopsPerToken);
+    }
+  }
+  return merged;
+}
+
+/**
+ * Formats a shapes report as a Markdown table.
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { formatShapesTable } from "./eval.ts";
+ * assert.equal(formatShapesTable({}).split("\n").length, 2);
+ * ```
+ */
+export function formatShapesTable(report: ShapesEvalReport): string {
+  const lines = [
+    "| policy | KV cache | accuracy | color | shape | count | exists | where | METEOR | visual kept | " +
+    "KV bytes (end of descriptions) | vs dense | decode FLOPs/token vs dense |",
+    "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+  ];
+  for (const mode of ["kvCache", "noCache"] as const) {
+    for (const [policy, modes] of Object.entries(report)) {
+      const row = modes?.[mode];
+      if (row === undefined) continue;
+      const kinds = ["color", "shape", "count", "exists", "where"].map((k) =>
+        (row.accuracyByKind[k] ?? 0).toFixed(3)
+      );
+      lines.push(
+        `| ${policy} | ${mode === "kvCache" ? "on" : "off"} | ${row.accuracy.toFixed(3)} | ${
+          kinds.join(" | ")
+        } | ${row.meteor.toFixed(4)} | ${percent(row.visualKeptRatio)} | ${Math.round(row.kvBytes)} | ${
+          percent(row.kvBytesVsDense)
+        } | ${percent(row.decodeFlopsVsDense)} |`,
+      );
+    }
+  }
+  return lines.join("\n");
+}
+
+function parseShapesArgs(
+  argv: string[],
+): { options: ShapesEvalOptions; jsonPath?: string; merge?: string[] } {
+  const values = parseFlags(EVAL_COMMAND, argv) as Record<string, string | undefined>;
+  const backend = values.backend ?? "cpu";
+  const policies = values.policies!.split(",").map((p) => p.trim()) as EvalPolicy[];
+  for (const policy of policies) {
+    if (!ALL_POLICIES.includes(policy)) {
+      throw new InputError(`Cannot read --policies: unknown policy "${policy}"`, "--policies");
+    }
+  }
+  if (values.kv !== "both" && values.kv !== "on" && values.kv !== "off") {
+    throw new InputError(`Cannot read --kv: expected both, on or off, got "${values.kv}"`, "--kv");
+  }
+  if (backend !== "webgpu" && backend !== "cpu") {
+    throw new InputError(
+      `Cannot read --backend: expected webgpu or cpu, got "${backend}"`,
+      "--backend",
+    );
+  }
+  return {
+    options: {
+      model: values.model,
+      perKind: wholeNumber(values["per-kind"], "--per-kind"),
+      describe: wholeNumber(values.describe, "--describe"),
+      images: values.images,
+      policies,
+      kv: values.kv,
+      backend,
+      wordnetDir: values.wordnet,
+    },
+    jsonPath: values.json,
+    merge: values.merge?.split(","),
+  };
+}
+
+async function mainShapes(argv: string[]): Promise<void> {
+  const { options, jsonPath, merge } = parseShapesArgs(argv);
+  const started = performance.now();
+  const report = merge !== undefined
+    ? mergeShapesReports(
+      await Promise.all(merge.map(async (path) => JSON.parse(await Deno.readTextFile(path)))),
+    )
+    : await runShapesEval({
+      ...options,
+      onProgress: ({ policy, kvCache, item, items }) => {
+        if (item % 25 === 0 || item === items) {
+          console.error(`${policy}, KV cache ${kvCache ? "on" : "off"}: ${item}/${items}`);
+        }
+      },
+    });
+  console.log(formatShapesTable(report));
+  console.error(`evaluated in ${((performance.now() - started) / 1000).toFixed(0)} s`);
+  if (jsonPath !== undefined) {
+    await Deno.writeTextFile(jsonPath, JSON.stringify(report, null, 2) + "\n");
+    console.error(`wrote ${resolve(jsonPath)}`);
+  }
+}
+
 async function main(argv: string[]): Promise<void> {
+  if (argv.includes("--demo")) return await mainShapes(argv);
   const { options, jsonPath } = parseEvalArgs(argv);
   const choice = await chooseBackend(options.backend);
   console.error(describeBackend(choice));

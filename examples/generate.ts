@@ -1,7 +1,7 @@
 /**
  * Command-line generation (`deno task generate --help`): streams text from a checkpoint, with an
  * image or video, under a sparsification policy, and prints a one-line saving summary.
- * `deno task demo` runs it on the embedded demo checkpoint (random weights).
+ * `--demo` runs it on the embedded demo checkpoint and its sample scene.
  * @module
  */
 import {
@@ -34,7 +34,7 @@ export const GENERATE_COMMAND: CommandSpec = {
     model: { type: "string", value: "DIR|URL", description: "checkpoint directory, file: or http(s): URL" },
     demo: {
       type: "boolean",
-      description: "use the bundled demo checkpoint (random weights: gibberish text)",
+      description: "use the bundled demo checkpoint (trained on the shapes task) and its sample scene",
     },
     prompt: { type: "string", value: "TEXT", default: "Describe the image.", description: "the question" },
     image: { type: "string", value: "FILE", description: "an image (png, jpeg, webp, gif, bmp)" },
@@ -75,7 +75,7 @@ export const GENERATE_COMMAND: CommandSpec = {
     json: { type: "boolean", description: "print the whole result as JSON instead of streaming" },
   },
   examples: [
-    "deno task demo",
+    "deno task generate --demo --prompt 'Describe the image in detail.'",
     "deno task generate --model ./llava-v1.5-7b --image cat.jpg --prompt 'What is it?'",
     "deno task generate --demo --backend cpu --policy fastv --fastv-k 2 --fastv-r 0.5 --json",
   ],
@@ -116,18 +116,10 @@ async function readInput(path: string, flag: string): Promise<Uint8Array> {
   }
 }
 
-/** A colourful gradient used when the demo runs without --image. */
-function demoImage() {
-  const width = 64, height = 48, data = new Uint8Array(width * height * 3);
-  for (let y = 0; y < height; y++) {
-    for (let x = 0; x < width; x++) {
-      const i = (y * width + x) * 3;
-      data[i] = x * 4;
-      data[i + 1] = y * 5;
-      data[i + 2] = (x * y) % 256;
-    }
-  }
-  return { width, height, data };
+/** The demo's sample scene (assets/demo/sample.png), used when the demo runs without --image. */
+async function demoImage(): Promise<Uint8Array> {
+  const response = await fetch(new URL("../assets/demo/sample.png", import.meta.url));
+  return new Uint8Array(await response.arrayBuffer());
 }
 
 async function main(values: Flags): Promise<void> {
@@ -154,13 +146,10 @@ async function main(values: Flags): Promise<void> {
   };
   // The same checks as generate(), before the model is loaded (a bad flag fails at once).
   validateRequest({ prompt: values.prompt ?? "", ...sampling }, "flags");
-  if (values.demo) {
-    console.error("demo checkpoint: tiny model with RANDOM weights — the text is gibberish by design");
-  }
   const image = values.image
     ? await readInput(values.image as string, "--image")
     : values.demo && !values.video
-    ? demoImage()
+    ? await demoImage()
     : undefined;
   const video = values.video
     ? { data: await readInput(values.video as string, "--video"), frames }

@@ -27,7 +27,7 @@ export const SERVE_COMMAND: CommandSpec = {
     "streaming), GET /v1/models, GET /health. Extra request fields: policy (dense|dynamic|fastv), kv_cache.",
   options: {
     model: { type: "string", value: "DIR|URL", description: "checkpoint directory, file: or http(s): URL" },
-    demo: { type: "boolean", description: "serve the bundled demo checkpoint (random weights)" },
+    demo: { type: "boolean", description: "serve the bundled demo checkpoint (trained on the shapes task)" },
     "model-name": {
       type: "string",
       value: "NAME",
@@ -92,9 +92,6 @@ async function main(flags: Flags): Promise<void> {
       console.error(`listening on http://${hostname}:${port} (model ${modelName})`),
   }, server.handler);
   console.error(describeBackend(choice));
-  if (flags.demo) {
-    console.error("demo checkpoint: tiny model with RANDOM weights — the text is gibberish by design");
-  }
   try {
     const model = await loadModel(modelPath instanceof URL ? fileURLToPath(modelPath) : modelPath, {
       backend: choice.backend,

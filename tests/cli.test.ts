@@ -13,15 +13,41 @@ async function generate(...args: string[]): Promise<{ code: number; stdout: stri
   return { code: out.code, stdout: text(out.stdout), stderr: text(out.stderr) };
 }
 
-Deno.test("generate.ts --demo streams text and prints the saving summary (the README's demo)", async () => {
+Deno.test("generate.ts --demo describes the sample scene and prints the saving summary", async () => {
   const { code, stdout, stderr } = await generate("--demo", "--max-new-tokens", "12");
   assert.equal(code, 0, stderr);
-  assert.match(stderr, /RANDOM weights/);
-  assert.match(stdout, /\[webgpu dynamic\] visual tokens kept 7\/36; KV rows \d+ vs dense \d+/);
+  assert.match(stdout, /^The image shows /);
+  assert.match(stdout, /\[webgpu dynamic\] visual tokens kept 12\/64; KV rows \d+ vs dense \d+/);
+});
+
+Deno.test("demo.ts answers the sample, maps the kept patches and writes the HTML view (the README's demo)", async () => {
+  const html = await Deno.makeTempFile({ suffix: ".html" });
+  try {
+    const script = new URL("../examples/demo.ts", import.meta.url).pathname;
+    const out = await new Deno.Command(Deno.execPath(), { args: ["run", "-A", script, "--html", html] })
+      .output();
+    const stdout = new TextDecoder().decode(out.stdout);
+    assert.equal(out.code, 0, new TextDecoder().decode(out.stderr));
+    assert.match(
+      stdout,
+      /^Q: What shape is the blue object\?\nA: (circle|square|triangle|star) {4}\(dense: \w+\)/,
+    );
+    assert.match(stdout, /image patches kept by the vision predictor: 12 of 64/);
+    const map = stdout.split("\n").filter((line) => /^ {2}[·rgbypo+](?: [·rgbypo+]){7}$/.test(line));
+    assert.equal(map.length, 8);
+    assert.equal(map.join("").replace(/[ ·]/g, "").length, 12);
+    assert.match(stdout, /output tokens admitted to the KV cache: \d+ of \d+/);
+    assert.match(stdout, /KV cache at the end [\d.]+ KiB vs [\d.]+ KiB \(\d+% less\)/);
+    const page = await Deno.readTextFile(html);
+    assert.equal(page.match(/background:#fff/g)?.length, 64 - 12);
+    assert.match(page, /data:image\/png;base64,iVBOR/);
+  } finally {
+    await Deno.remove(html);
+  }
 });
 
 Deno.test("generate.ts --json reports tokens and decisions per policy and KV mode", async () => {
-  for (const [policy, kept] of [["dense", null], ["fastv", 18], ["dynamic", 7]] as const) {
+  for (const [policy, kept] of [["dense", null], ["fastv", 32], ["dynamic", 12]] as const) {
     for (const cache of [[], ["--no-kv-cache"]]) {
       const { code, stdout, stderr } = await generate(
         "--demo",

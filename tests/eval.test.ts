@@ -7,7 +7,14 @@
  */
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { type EvalOptions, type EvalReport, meteorWords, readEvalSet, runEval } from "../examples/eval.ts";
+import {
+  type EvalOptions,
+  type EvalReport,
+  meteorWords,
+  readEvalSet,
+  runEval,
+  runShapesEval,
+} from "../examples/eval.ts";
 import { InputError } from "../runtime/core/errors.ts";
 import { decodeImage } from "../runtime/image/image_decode.ts";
 import { meteorScoreSync } from "../runtime/eval/meteor.ts";
@@ -240,4 +247,20 @@ Deno.test("examples/eval.ts --demo-set --json writes a report", async () => {
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
+});
+
+Deno.test("runShapesEval() reports accuracy, METEOR and KV bytes per policy and KV mode on the demo", async () => {
+  const report = await runShapesEval({ perKind: 1, describe: 1, policies: ["dense", "dynamic"] });
+  for (const policy of ["dense", "dynamic"] as const) {
+    for (const mode of ["kvCache", "noCache"] as const) {
+      const row = report[policy]![mode]!;
+      assert.ok(row.accuracy >= 0 && row.accuracy <= 1);
+      assert.ok(row.meteor >= 0 && row.meteor <= 1);
+      assert.deepEqual(row.items, { short: 5, describe: 1 });
+    }
+  }
+  assert.equal(report.dense!.kvCache!.visualKeptRatio, 1);
+  assert.equal(report.dynamic!.kvCache!.visualKeptRatio, 12 / 64);
+  assert.ok(report.dynamic!.kvCache!.kvBytes < report.dense!.kvCache!.kvBytes);
+  assert.equal(report.dense!.noCache!.kvBytes, 0);
 });

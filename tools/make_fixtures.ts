@@ -27,7 +27,7 @@ export const FIXTURES: Record<string, FixtureSpec> = {
   "llava-hf-f32": { layout: "llava", dtype: "F32", seed: 7 },
 };
 
-/** The demo checkpoint committed under assets/demo (random weights, labelled as such). */
+/** A random-weight checkpoint of the demo's old shape (`--demo DIR`); the committed demo is trained by tools/train/. */
 export const DEMO_FIXTURE: FixtureSpec = { layout: "llava_llama", dtype: "F16", predictors: true, seed: 11 };
 
 /**

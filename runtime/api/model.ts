@@ -455,8 +455,8 @@ export class Model {
    * import assert from "node:assert/strict";
    * import { loadModel } from "../../mod.ts";
    * const model = await loadModel(new URL("../../assets/demo/", import.meta.url), { backend: "cpu" });
-   * const logits = await model.logits({ inputIds: [1, 15043] });
-   * assert.equal(logits.length, model.config.text.vocabSize); // 32000
+   * const logits = await model.logits({ inputIds: [1, 450] });
+   * assert.equal(logits.length, model.config.text.vocabSize); // 952
    * assert.ok(logits.every(Number.isFinite));
    * model.dispose();
    * ```
@@ -484,11 +484,11 @@ export class Model {
    * import { loadModel } from "../../mod.ts";
    * import { logSoftmaxAt } from "../core/cpu_ops.ts";
    * const model = await loadModel(new URL("../../assets/demo/", import.meta.url), { backend: "cpu" });
-   * const lp = await model.logProbs({ prompt: "Say hi", target: [6324, 29991] });
+   * const lp = await model.logProbs({ prompt: "Say hi", target: [450, 300] });
    * assert.equal(lp.length, 2);
    * // The first is the log-softmax of the prompt's next-token logits at target[0]:
    * const logits = await model.logits({ prompt: "Say hi" });
-   * assert.ok(Math.abs(lp[0] - logSoftmaxAt(logits, 6324)) < 1e-4);
+   * assert.ok(Math.abs(lp[0] - logSoftmaxAt(logits, 450)) < 1e-4);
    * model.dispose();
    * ```
    */
@@ -690,7 +690,7 @@ async function localDir(path: string | URL, onProgress?: (progress: LoadProgress
  * const model = await loadModel(new URL("../../assets/demo/", import.meta.url), { backend: "cpu" });
  * assert.equal(model.config.layout, "llava_llama");
  * assert.equal(model.backendKind, "cpu");
- * assert.equal(model.config.sparse?.sparseLayer, 2); // from the sparse_config of assets/demo/config.json
+ * assert.equal(model.config.sparse?.sparseLayer, 1); // from the sparse_config of assets/demo/config.json
  * model.dispose();
  * // checkTensors: every weight scanned for NaN/Inf while loading.
  * (await loadModel(new URL("../../assets/demo/", import.meta.url), { backend: "cpu", checkTensors: true })).dispose();
