@@ -67,7 +67,13 @@ export {
   formatLlavaV1,
   formatLlavaV1Chat,
 } from "./runtime/text/template.ts";
-export { type Checkpoint, type CheckpointTensor, openCheckpoint } from "./runtime/io/checkpoint.ts";
+export {
+  type Checkpoint,
+  type CheckpointTensor,
+  type CheckpointVocab,
+  openCheckpoint,
+} from "./runtime/io/checkpoint.ts";
+export type { GgmlType } from "./runtime/core/ggml_quants.ts";
 export type { TensorLocation } from "./runtime/io/shards.ts";
 export type { SafetensorsFile, TensorEntry } from "./runtime/io/safetensors.ts";
 export type { DType } from "./runtime/core/dtype.ts";

@@ -46,12 +46,19 @@ export interface CheckpointTensor {
 
 /** A vocabulary stored in the checkpoint's own files (GGUF metadata), SentencePiece style. */
 export interface CheckpointVocab {
+  /** Token pieces, by id. */
   tokens: string[];
+  /** SentencePiece scores, by id (higher merges first). */
   scores: number[];
+  /** SentencePiece token types, by id (1 normal, 2 unknown, 3 control, 6 byte). */
   types: number[];
+  /** Id of the unknown token. */
   unkId: number;
+  /** Id of the beginning-of-sequence token. */
   bosId: number;
+  /** Id of the end-of-sequence token. */
   eosId: number;
+  /** Whether encoding prepends a space to the text (SentencePiece's add_dummy_prefix). */
   addDummyPrefix: boolean;
 }
 
