@@ -172,30 +172,51 @@ Deno.test("generate() under dynamic holds fewer KV bytes than dense, in proporti
   }
 });
 
-Deno.test("generate() streams the same tokens it returns, and abort stops within a step", async () => {
+Deno.test("generate() streams the same tokens it returns", async () => {
   const model = await open("llama-f32", "webgpu");
   try {
     const run = model.generate({ prompt: "Count", maxNewTokens: 10, stop: [] });
     const streamed: number[] = [];
     for await (const ev of run) streamed.push(ev.token);
     assert.deepEqual(streamed, (await run).tokens);
-    const controller = new AbortController();
-    const aborted = model.generate({
-      prompt: "Count",
-      maxNewTokens: 500,
-      stop: [],
-      signal: controller.signal,
-    });
-    let seen = 0;
-    await assert.rejects(async () => {
-      for await (const _ of aborted) if (++seen === 3) controller.abort();
-    });
-    assert.ok(seen < 500);
-    assert.equal((await model.generate({ prompt: "Count", maxNewTokens: 2, stop: [] })).tokens.length, 2);
   } finally {
     model.dispose();
   }
 });
+
+/** Steps one submission runs before the next abort check: 16 on WebGPU, 1 on the CPU. */
+const STEPS_PER_SUBMISSION = { webgpu: 16, cpu: 1 };
+
+for (const backend of ["cpu", "webgpu"] as const) {
+  Deno.test(`generate() on ${backend} ends within ${STEPS_PER_SUBMISSION[backend]} step(s) of an abort, with its reason`, async () => {
+    const model = await open("llama-f32", backend);
+    try {
+      for (const [abortAt, kvCache] of [[3, true], [20, true], [5, false]] as const) {
+        const controller = new AbortController();
+        const reason = new Error(`stop at ${abortAt}`);
+        const run = model.generate({
+          prompt: "Count",
+          maxNewTokens: 500,
+          stop: [],
+          kvCache,
+          signal: controller.signal,
+        });
+        let seen = 0;
+        await assert.rejects(async () => {
+          for await (const _ of run) if (++seen === abortAt) controller.abort(reason);
+        }, (e) => e === reason);
+        const bound = abortAt + (kvCache ? STEPS_PER_SUBMISSION[backend] : 1);
+        assert.ok(
+          seen >= abortAt && seen <= bound,
+          `kvCache ${kvCache}: aborted at ${abortAt}, ran to ${seen} > ${bound}`,
+        );
+      }
+      assert.equal((await model.generate({ prompt: "Count", maxNewTokens: 2, stop: [] })).tokens.length, 2);
+    } finally {
+      model.dispose();
+    }
+  });
+}
 
 Deno.test("generate() rejects bad requests with InputError naming the field", async () => {
   const model = await open("llava-f32-dyn", "cpu");

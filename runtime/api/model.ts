@@ -334,7 +334,9 @@ export class Model {
         stop: request.stop ?? [this.tokenizer.eosId],
         kvCache: request.kvCache ?? true,
         signal: request.signal,
-        decodeBatch: 16,
+        // GPU steps per submission; the CPU has no submission to amortise, so it steps one at a
+        // time (an abort is then honoured after the token it was raised on).
+        decodeBatch: this.backend.kind === "cpu" ? 1 : 16,
       }, emit);
     } finally {
       images?.dispose();

@@ -46,17 +46,22 @@ interface Rows extends RowMeta {
   x: Float32Array;
 }
 
-/** One layer's cache: K and V rows [rows, kvHeads·D], grown by doubling. */
+/**
+ * One layer's cache: K and V rows [rows, kvHeads·D], grown by doubling, and the original position
+ * of every row held (the session's ledger is written from these, so the two cannot disagree).
+ */
 class LayerCache {
   keys: Float32Array;
   values: Float32Array;
   rows = 0;
+  readonly positions: number[] = [];
   paperRows = 0;
   constructor(readonly width: number) {
     this.keys = new Float32Array(width * 16);
     this.values = new Float32Array(width * 16);
   }
-  append(k: Float32Array, v: Float32Array, rows: number): void {
+  append(k: Float32Array, v: Float32Array, positions: number[]): void {
+    const rows = positions.length;
     const need = (this.rows + rows) * this.width;
     if (need > this.keys.length) {
       const size = Math.max(need, this.keys.length * 2);
@@ -71,6 +76,12 @@ class LayerCache {
     this.keys.set(k, this.rows * this.width);
     this.values.set(v, this.rows * this.width);
     this.rows += rows;
+    this.positions.push(...positions);
+  }
+  /** Drops the last row (a refused token): nothing reads it again. */
+  dropLast(): void {
+    this.rows -= 1;
+    this.positions.pop();
   }
 }
 
@@ -172,11 +183,9 @@ class CpuSession implements BackendSession {
     layers: LayerRows[];
     visualKept: number[] | null;
     outputKept: number[] | null;
-    positionsPerLayer: number[][];
   } {
     const t = this.#text, plan = this.input.plan;
     const layers: LayerRows[] = [];
-    const positionsPerLayer: number[][] = [];
     let visualKept: number[] | null = null, outputKept: number[] | null = null;
     let lastRowAttention: Float32Array | undefined;
     let admit = true; // decided at the admission layer, applies to every layer from there on
@@ -195,7 +204,6 @@ class CpuSession implements BackendSession {
       }
       const cache = caches[l];
       const m = rows.kinds.length;
-      positionsPerLayer.push(rows.positions);
       const paper = rows.kinds.filter((k) => k !== "text").length;
       layers.push({
         newRows: m,
@@ -207,12 +215,12 @@ class CpuSession implements BackendSession {
       const probs = this.#layer(rows, cache, l, wantProbs);
       if (probs) lastRowAttention = probs;
       if (options.admitted && l >= plan.admitLayer && !admit) {
-        cache.rows -= 1; // refused: its K/V leaves the cache before anything else reads it
+        cache.dropLast(); // refused: its K/V leaves the cache before anything else reads it
       } else {
         cache.paperRows += paper;
       }
     }
-    return { rows, layers, visualKept, outputKept, positionsPerLayer };
+    return { rows, layers, visualKept, outputKept };
   }
 
   #signals(rows: Rows, lastRowAttention: Float32Array | undefined): PruneSignals {
@@ -249,7 +257,7 @@ class CpuSession implements BackendSession {
     rope(q, rows.positions, { heads: t.numHeads, headDim: t.headDim, theta: t.ropeTheta });
     rope(k, rows.positions, { heads: t.numKvHeads, headDim: t.headDim, theta: t.ropeTheta });
     const base = cache.rows;
-    cache.append(k, v, m);
+    cache.append(k, v, rows.positions);
     const opts = { heads: t.numHeads, kvHeads: t.numKvHeads, headDim: t.headDim };
     const visible = Array.from({ length: m }, (_, i) => base + i + 1);
     const a = attention(q, cache.keys, cache.values, { ...opts, visible });
@@ -287,7 +295,7 @@ class CpuSession implements BackendSession {
     this.#caches = this.#freshCaches();
     const out = this.#forward(this.#embedRows([]), this.#caches, { prune: true });
     this.passes.push({ phase: "prefill", layers: out.layers });
-    out.positionsPerLayer.forEach((positions, l) => this.ledger.append([l], positions));
+    this.#caches.forEach((cache, l) => this.ledger.append([l], cache.positions));
     const logits = this.#lastLogits(out.rows);
     this.#last = this.#sample(logits);
     return Promise.resolve({
@@ -311,11 +319,13 @@ class CpuSession implements BackendSession {
         tags: [this.#decoded],
       };
       const flags: boolean[] = [];
+      const held = this.#caches.map((cache) => cache.rows);
       const out = this.#forward(rows, this.#caches, { prune: false, admitted: flags });
       this.passes.push({ phase: "decode", layers: out.layers });
       const admit = this.input.plan.admission === "all" ? true : flags[0];
       admitted.push(admit);
-      this.ledger.admit(pos, { fromLayer: this.input.plan.admitLayer, admitted: admit });
+      // The ledger records what each layer's cache now holds, not what the decision implied.
+      this.#caches.forEach((cache, l) => this.ledger.append([l], cache.positions.slice(held[l])));
       const logits = this.#lastLogits(out.rows);
       if (options.forced && s + 1 < options.forced.length) {
         logProbs.push(logSoftmaxAt(logits, options.forced[s + 1]));

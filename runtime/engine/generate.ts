@@ -65,6 +65,16 @@ function checkAbort(signal?: AbortSignal): void {
 }
 
 /**
+ * With a signal, lets the caller's pending work (a stream consumer that may abort) run before the
+ * next step is submitted, then throws the abort reason if it fired.
+ */
+async function yieldThenCheckAbort(signal?: AbortSignal): Promise<void> {
+  if (!signal) return;
+  await new Promise<void>((resolve) => setTimeout(resolve, 0));
+  checkAbort(signal);
+}
+
+/**
  * Runs one request on `backend`, calling `emit` for every generated token.
  * @example
  * ```ts
@@ -126,7 +136,7 @@ async function loop(
     visualKept = first.visualKept;
     if (!done) done = push(first.token);
     while (!done) {
-      checkAbort(request.signal);
+      await yieldThenCheckAbort(request.signal);
       const steps = Math.min(request.decodeBatch, request.maxNewTokens - tokens.length);
       const out = await session.decode(steps);
       for (let i = 0; i < out.tokens.length && !done; i++) {
@@ -141,7 +151,7 @@ async function loop(
     visualKept = first.visualKept;
     if (!done) done = push(first.token);
     while (!done) {
-      checkAbort(request.signal);
+      await yieldThenCheckAbort(request.signal);
       const step = await session.recompute(tokens);
       outputKept = step.outputKept;
       done = push(step.token);
