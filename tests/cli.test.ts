@@ -17,7 +17,22 @@ Deno.test("generate.ts --demo streams text and prints the saving summary (the RE
   const { code, stdout, stderr } = await generate("--demo", "--max-new-tokens", "12");
   assert.equal(code, 0, stderr);
   assert.match(stderr, /RANDOM weights/);
-  assert.match(stdout, /\[webgpu dynamic\] visual tokens kept 7\/36; KV rows \d+ vs dense \d+/);
+  const line = stdout.match(
+    /\[webgpu dynamic\] visual tokens kept 7\/36; KV rows (\d+) vs dense (\d+) \(([\d.]+)%\)/,
+  );
+  assert.ok(line, stdout);
+  const [held, dense, percent] = [Number(line[1]), Number(line[2]), Number(line[3])];
+  // The same request as JSON: the printed rows are what the run held, and they follow from its
+  // decisions (layers ≥ 2 hold neither the 29 pruned image tokens nor the refused output tokens).
+  const json = await generate("--demo", "--max-new-tokens", "12", "--json");
+  assert.equal(json.code, 0, json.stderr);
+  const result = JSON.parse(json.stdout);
+  const s = result.stats, layers = s.kvCache.rowsPerLayer.length;
+  assert.equal(held, s.kvCache.rowsPerLayer.reduce((a: number, b: number) => a + b, 0));
+  assert.equal(dense, layers * (s.promptTokens + s.newTokens - 1));
+  const refused = result.admitted.filter((a: boolean) => !a).length;
+  assert.equal(held, dense - (layers - 2) * (36 - 7 + refused));
+  assert.equal(percent, Number((100 * held / dense).toFixed(1)));
 });
 
 Deno.test("generate.ts --json reports tokens and decisions per policy and KV mode", async () => {
@@ -64,7 +79,7 @@ Deno.test("tools/device_check.ts --shape tiny writes the bench and check reports
         "--no-cache-tokens",
         "2",
       ]
-        .concat(["--repeat", "1", "--skip-parity"]),
+        .concat(["--repeat", "1"]),
       env: { XDG_RUNTIME_DIR: Deno.env.get("XDG_RUNTIME_DIR") ?? "/tmp" },
       stdout: "piped",
       stderr: "piped",
@@ -75,6 +90,14 @@ Deno.test("tools/device_check.ts --shape tiny writes the bench and check reports
     assert.ok(bench.rows.every((row: { visualTokens: number }) => row.visualTokens === 36));
     const check = JSON.parse(await Deno.readTextFile(`${out}/check.json`));
     assert.match(check.adapter.name, /\w/);
+    // GPU-vs-CPU parity ran on every fixture and held.
+    assert.equal(check.parity.length, 7);
+    for (const c of check.parity) {
+      assert.ok(
+        c.tokensEqual && c.nmse < 1e-6,
+        `${c.fixture}: NMSE ${c.nmse}, tokens equal ${c.tokensEqual}`,
+      );
+    }
   } finally {
     await Deno.remove(out, { recursive: true });
   }
