@@ -22,20 +22,39 @@ async function open(name: string, backend: "cpu" | "webgpu"): Promise<Model> {
 }
 
 for (const name of Object.keys(FIXTURES)) {
-  Deno.test(`loadModel() on ${name}: WebGPU equals CPU on logits and greedy tokens in both KV modes`, async () => {
+  Deno.test(`loadModel() on ${name}: WebGPU equals CPU on logits, tokens and decisions, every policy, both KV modes`, async () => {
     const cpu = await open(name, "cpu"), gpu = await open(name, "webgpu");
     try {
       const image = cpu.config.vision ? IMAGE : undefined;
-      const request = { prompt: "Tell me a story about a red fox.", image };
-      const [a, b] = [await cpu.logits(request), await gpu.logits(request)];
-      const bound = FIXTURES[name].dtype === "F32" ? 1e-8 : 1e-6;
-      assert.ok(nmse(b, a) < bound, `logits NMSE ${nmse(b, a)} ≥ ${bound}`);
-      for (const kvCache of [true, false]) {
-        const r = { ...request, maxNewTokens: 6, stop: [], kvCache };
-        const [x, y] = [await cpu.generate(r), await gpu.generate(r)];
-        assert.equal(x.tokens.length, 6);
-        assert.deepEqual(y.tokens, x.tokens, `kvCache ${kvCache}`);
-        assert.equal(y.text, x.text);
+      const policies: ("dense" | "fastv" | "dynamic")[] = ["dense"];
+      if (image) policies.push("fastv");
+      if (cpu.config.sparse) policies.push("dynamic");
+      const sixteenBit = FIXTURES[name].dtype !== "F32";
+      for (const policy of policies) {
+        const request = { prompt: "Tell me a story about a red fox.", image, policy };
+        const [a, b] = [await cpu.logits(request), await gpu.logits(request)];
+        const bound = sixteenBit ? 1e-6 : 1e-8;
+        assert.ok(nmse(b, a) < bound, `${policy}: logits NMSE ${nmse(b, a)} ≥ ${bound}`);
+        for (const kvCache of [true, false]) {
+          const what = `${policy}, kvCache ${kvCache}`;
+          const r = { ...request, maxNewTokens: kvCache ? 16 : 8, stop: [], kvCache };
+          const [x, y] = [await cpu.generate(r), await gpu.generate(r)];
+          assert.equal(x.tokens.length, r.maxNewTokens);
+          assert.deepEqual(y.tokens, x.tokens, what);
+          assert.equal(y.text, x.text);
+          assert.deepEqual(y.visualKept, x.visualKept, what);
+          assert.deepEqual(y.admitted, x.admitted, what);
+          assert.deepEqual(y.stats.kvCache.rowsPerLayer, x.stats.kvCache.rowsPerLayer, what);
+          if (!kvCache) continue;
+          // Every decode step's logits, teacher-forced on the same tokens.
+          const target = x.tokens;
+          const [p, q] = [
+            await cpu.logProbs({ ...request, target }),
+            await gpu.logProbs({ ...request, target }),
+          ];
+          const worst = Math.max(...p.map((v, i) => Math.abs(v - q[i])));
+          assert.ok(worst < (sixteenBit ? 1e-2 : 1e-4), `${what}: log-probabilities differ by ${worst}`);
+        }
       }
     } finally {
       cpu.dispose();

@@ -269,7 +269,8 @@ async function runMutation(dir: string, mutation: Mutation): Promise<Outcome> {
     for (const args of mutation.runs) {
       const { code, out } = await sh([Deno.execPath(), "test", "-A", "--no-check", ...args], dir);
       if (code === 0) continue;
-      const names = [...out.matchAll(/^(.+?) \.\.\. FAILED/gm)].map((m) => m[1].trim());
+      const summary = out.slice(out.lastIndexOf(" FAILURES "));
+      const names = [...summary.matchAll(/^(.+?) => \S+:\d+:\d+$/gm)].map((m) => m[1].trim());
       failed.push(...(names.length > 0 ? names : [`deno test ${args.join(" ")} exited ${code}`]));
     }
     return done(failed.length > 0 ? "caught" : "missed", failed);
