@@ -12,6 +12,8 @@ import { gatherRows, layerNorm, linear } from "../runtime/core/cpu_ops.ts";
 import { im2col } from "../runtime/core/patches_cpu.ts";
 import { admitFlag, halfGlobalConcat, logSoftmax2Col0 } from "../runtime/core/predictor_cpu_ops.ts";
 import { createLayerNorm } from "../kernels/layernorm.ts";
+import { createAdvance } from "../kernels/decode_state.ts";
+import { advanceState } from "../runtime/core/sparse_kv.ts";
 import { createGatherRows } from "../kernels/rows.ts";
 import { createIm2col } from "../kernels/patches.ts";
 import { createAdmitFlag, createHalfGlobalConcat, createLogSoftmax2Col0 } from "../kernels/predictor_ops.ts";
@@ -250,4 +252,29 @@ Deno.test("the misc kernels compile and run on a device without shader-f16", asy
     buffers.destroy();
     gpu.destroy();
   }
+});
+
+Deno.test("createAdvance() matches advanceState() over decode steps with mixed admissions", async () => {
+  await withGpu(async (gpu, buffers) => {
+    const advance = await createAdvance(gpu);
+    const flagValues = new Uint32Array([1, 0, 0, 1, 1, 0, 1, 0]);
+    for (
+      const options of [{ layers: 5, admitLayer: 2, admitAll: false }, {
+        layers: 3,
+        admitLayer: 1,
+        admitAll: true,
+      }]
+    ) {
+      const expected = new Uint32Array([0, 42, 17, 9, 30, 30, 12, 12, 12].slice(0, 4 + options.layers));
+      const state = buffers.upload(expected.slice(), "state");
+      const flags = buffers.upload(flagValues, "flags");
+      for (let step = 0; step < flagValues.length; step++) {
+        gpu.submit(advance.bind(buffers, { state, flags, ...options }));
+        advanceState(expected, flagValues, options);
+      }
+      const got = new Uint32Array(await gpu.read(state, 0, expected.byteLength));
+      assert.deepEqual([...got], [...expected], JSON.stringify(options));
+      assert.equal(expected[0], flagValues.length); // the twin did advance
+    }
+  });
 });
