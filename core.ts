@@ -5,13 +5,16 @@
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { estimateCost, parseModelConfig } from "./core.ts";
  * const config = parseModelConfig({
  *   model_type: "llama", hidden_size: 4096, intermediate_size: 11008, num_attention_heads: 32,
  *   num_hidden_layers: 32, vocab_size: 32000,
  * }, "config.json");
+ * // A plain LLaMA config has no vision tower: imageTokens says one image of 576 tokens (CLIP-L/336).
  * const cost = estimateCost(config, { policy: "dense", imageTokens: 576 });
- * console.log(cost.prefill.tflopsPaper.toFixed(1)); // "10.1"
+ * assert.equal(cost.plan.images, 1);
+ * assert.equal(cost.prefill.tflopsPaper.toFixed(1), "10.1"); // LLaVA-1.5-7B, the paper's Table 1
  * ```
  * @module
  */
@@ -22,5 +25,5 @@ export * from "./runtime/core/policies.ts";
 export * from "./runtime/core/predictors.ts";
 export { advanceState, KvLedger } from "./runtime/core/sparse_kv.ts";
 export * from "./runtime/core/cost.ts";
-export { sampleToken, uniformRandom } from "./runtime/core/sampling.ts";
+export { type SampleOptions, sampleToken, uniformRandom } from "./runtime/core/sampling.ts";
 export { buildPromptRows, type PromptRows } from "./runtime/core/sequence.ts";

@@ -5,11 +5,15 @@
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { loadModel } from "./mod.ts";
  * const model = await loadModel(new URL("./assets/demo/", import.meta.url), { backend: "cpu" });
  * const result = await model.generate({ prompt: "Describe the image.", maxNewTokens: 8, policy: "dynamic",
  *   image: { width: 2, height: 2, data: new Uint8Array(12).fill(200) } });
- * console.log(result.visualKept, result.stats.kvCache.rowsPerLayer);
+ * // Dynamic-LLaVA keeps 20% of the image's tokens (sparse_config.vision_keep_rate) from layer 2 on:
+ * const { visualTokens, kvCache } = result.stats;
+ * assert.equal(result.visualKept?.length, Math.floor(visualTokens * 0.2));
+ * assert.ok(kvCache.rowsPerLayer[2] < kvCache.rowsPerLayer[1]);
  * model.dispose();
  * ```
  * @module
@@ -31,9 +35,24 @@ export {
   tokenizerFromJson,
   tokenizerFromSentencePiece,
 } from "./runtime/text/tokenizer.ts";
-export { decodeImage, decodeVideoFrames, type RgbImage } from "./runtime/image/image_decode.ts";
-export { preprocessImage } from "./runtime/image/preprocess.ts";
-export { meteorScore, meteorScoreSync } from "./runtime/eval/meteor.ts";
-export { loadWordNet } from "./runtime/eval/wordnet.ts";
+export {
+  decodeImage,
+  type DecodeImageOptions,
+  decodeVideoFrames,
+  type DecodeVideoOptions,
+  type RgbImage,
+} from "./runtime/image/image_decode.ts";
+export { preprocessImage, type PreprocessOptions } from "./runtime/image/preprocess.ts";
+export {
+  type MeteorOptions,
+  meteorScore,
+  meteorScoreSync,
+  type MeteorSyncOptions,
+  type MeteorWeights,
+} from "./runtime/eval/meteor.ts";
+export { loadWordNet, type Synset, type WordNet, type WordNetPos } from "./runtime/eval/wordnet.ts";
 export { encodeWithImages, formatLlavaV1 } from "./runtime/text/template.ts";
-export { openCheckpoint } from "./runtime/io/checkpoint.ts";
+export { type Checkpoint, type CheckpointTensor, openCheckpoint } from "./runtime/io/checkpoint.ts";
+export type { TensorLocation } from "./runtime/io/shards.ts";
+export type { SafetensorsFile, TensorEntry } from "./runtime/io/safetensors.ts";
+export type { DType } from "./runtime/core/dtype.ts";

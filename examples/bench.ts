@@ -211,11 +211,14 @@ function parseRunArgs(values: Record<string, string | boolean | undefined>): Ben
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { parseBenchArgs } from "./bench.ts";
  * const args = parseBenchArgs(["--cost-only", "--config", "config.json", "--policy", "fastv", "--fastv-k", "3"]);
- * if (args.costOnly) console.log(args.plan.fastv?.k); // 3
+ * assert.ok(args.costOnly);
+ * assert.equal(args.plan.fastv?.k, 3);
  * const run = parseBenchArgs(["--policies", "dense,dynamic", "--new-tokens", "64,256", "--out", "out"]);
- * if (!run.costOnly) console.log(run.newTokens); // [64, 256]
+ * assert.ok(!run.costOnly);
+ * assert.deepEqual(run.newTokens, [64, 256]);
  * ```
  */
 export function parseBenchArgs(argv: string[]): BenchArgs {
@@ -267,10 +270,11 @@ export function parseBenchArgs(argv: string[]): BenchArgs {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { runCostOnly } from "./bench.ts";
  * const url = new URL("../tests/fixtures/configs/llava-v1.5-7b.json", import.meta.url);
  * const estimate = await runCostOnly(url.pathname, { policy: "dense" });
- * console.log(estimate.prefill.tflopsPaper.toFixed(1)); // "10.1"
+ * assert.equal(estimate.prefill.tflopsPaper.toFixed(1), "10.1"); // LLaVA-1.5-7B, the paper's Table 1
  * ```
  */
 export async function runCostOnly(configPath: string, plan: CostPlan): Promise<CostEstimate> {
@@ -292,12 +296,15 @@ function mib(bytes: number): string {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { formatCostTable } from "./bench.ts";
  * import { estimateCost } from "../runtime/core/cost.ts";
  * const config = {
  *   model_type: "llama", hidden_size: 64, intermediate_size: 128, num_attention_heads: 4, num_hidden_layers: 2,
  * };
- * console.log(formatCostTable(estimateCost(config, { policy: "dense", newTokens: 4 })));
+ * const table = formatCostTable(estimateCost(config, { policy: "dense", imageTokens: 576, newTokens: 4 }));
+ * assert.match(table, /prompt: 48 text \+ 1 × 576 image tokens/);
+ * assert.match(table, /generated tokens: 4 \(3 decode steps\)/);
  * ```
  */
 export function formatCostTable(estimate: CostEstimate): string {
@@ -337,9 +344,11 @@ export function formatCostTable(estimate: CostEstimate): string {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { gradientImage } from "./bench.ts";
  * const image = gradientImage(4, 2);
- * console.log(image.data.length); // 24
+ * assert.equal(image.width, 4);
+ * assert.equal(image.data.length, 4 * 2 * 3);
  * ```
  */
 export function gradientImage(width: number, height: number): RgbImage {
@@ -371,11 +380,15 @@ function sum(results: GenerateResult[], pick: (result: GenerateResult) => number
  *
  * @example
  * ```ts
- * import { promptPositions } from "./bench.ts";
+ * import assert from "node:assert/strict";
+ * import { gradientImage, promptPositions } from "./bench.ts";
  * import { loadModel } from "../runtime/api/model.ts";
  * import { ensureFixture } from "../tools/make_fixtures.ts";
  * const model = await loadModel(await ensureFixture("llava-f32-dyn"), { backend: "cpu" });
- * console.log(promptPositions(model, "Describe the image.", { images: 1 }));
+ * const positions = promptPositions(model, "Describe the image.", { images: 1 });
+ * // the decoder rows a real request with one image starts from:
+ * const run = await model.generate({ prompt: "Describe the image.", image: gradientImage(8, 8), maxNewTokens: 1 });
+ * assert.equal(positions, run.stats.promptTokens);
  * model.dispose();
  * ```
  */
@@ -401,6 +414,7 @@ export interface RunBenchOptions {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { gradientImage, runBench } from "./bench.ts";
  * import { loadModel } from "../runtime/api/model.ts";
  * import { ensureFixture } from "../tools/make_fixtures.ts";
@@ -408,7 +422,9 @@ export interface RunBenchOptions {
  * const rows = await runBench(model, {
  *   policies: ["dense", "dynamic"], kvModes: [true], newTokens: [4], batches: [1], repeat: 1, warmup: 0,
  * }, { image: gradientImage(64, 64) });
- * console.log(rows.map((row) => row.kvBytesPeak));
+ * const [dense, dynamic] = rows;
+ * assert.equal(dense.policy, "dense");
+ * assert.ok(dynamic.kvBytesPeak < dense.kvBytesPeak); // pruned image rows leave the cache
  * model.dispose();
  * ```
  */
@@ -519,6 +535,7 @@ function ratio(value: number, dense: number): string {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { ratioLines } from "./bench.ts";
  * const stat = (median: number) => ({ median, min: median, max: median });
  * const row = (policy: string, decodeMs: number, kvBytesPeak: number, flops: number) => ({
@@ -527,8 +544,9 @@ function ratio(value: number, dense: number): string {
  *   flopsPaper: { prefill: flops, decode: flops }, flopsExact: { prefill: flops, decode: flops },
  *   tokensComputed: 2016, visualKept: 115, visualTokens: 576,
  * });
- * console.log(ratioLines([row("dense", 20, 1000, 10), row("dynamic", 15, 500, 4)]));
- * // ["ratio vs dense: Dynamic-LLaVA, KV cache, batch 1, 64 new tokens: decode ms/token ×0.750, …"]
+ * assert.deepEqual(ratioLines([row("dense", 20, 1000, 10), row("dynamic", 15, 500, 4)]), [
+ *   "ratio vs dense: Dynamic-LLaVA, KV cache, batch 1, 64 new tokens: decode ms/token ×0.750, KV peak ×0.500, FLOPs exact ×0.400, paper ×0.400",
+ * ]);
  * ```
  */
 export function ratioLines(rows: BenchRow[]): string[] {

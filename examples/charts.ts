@@ -165,6 +165,7 @@ function kvText(): ChartText {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { renderBenchCharts } from "./charts.ts";
  * const stat = (median: number) => ({ median, min: median, max: median });
  * const row = (policy: string, newTokens: number) => ({
@@ -174,7 +175,10 @@ function kvText(): ChartText {
  *   tokensComputed: 32 * newTokens, visualKept: 576, visualTokens: 576,
  * });
  * const outDir = await Deno.makeTempDir();
- * console.log(await renderBenchCharts([row("dense", 16), row("dense", 64)], outDir));
+ * const files = await renderBenchCharts([row("dense", 16), row("dense", 64)], outDir);
+ * assert.deepEqual(files.map((file) => file.slice(outDir.length + 1)), ["kv-cache-memory.svg", "decode-ms-per-token.svg"]);
+ * assert.match(await Deno.readTextFile(files[0]), /^<svg/);
+ * await Deno.remove(outDir, { recursive: true });
  * ```
  */
 export async function renderBenchCharts(rows: BenchRow[], outDir: string): Promise<string[]> {
@@ -245,12 +249,19 @@ export interface CostChartOptions {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { renderCostCharts } from "./charts.ts";
  * const config = JSON.parse(
  *   await Deno.readTextFile(new URL("../tests/fixtures/configs/llava-v1.5-7b.json", import.meta.url)),
  * );
  * const outDir = await Deno.makeTempDir();
- * console.log(await renderCostCharts(config, outDir, { newTokens: [1, 256, 512] }));
+ * const files = await renderCostCharts(config, outDir, { newTokens: [1, 256, 512] });
+ * assert.deepEqual(files.map((file) => file.slice(outDir.length + 1)), [
+ *   "cost-decode-flops-no-kv-cache.svg",
+ *   "cost-kv-cache-memory.svg",
+ * ]);
+ * assert.match(await Deno.readTextFile(files[1]), /^<svg/);
+ * await Deno.remove(outDir, { recursive: true });
  * ```
  */
 export async function renderCostCharts(
@@ -298,14 +309,19 @@ function tflops(flops: number): string {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { benchMarkdown } from "./charts.ts";
  * const stat = { median: 20, min: 19, max: 23 };
- * console.log(benchMarkdown([{
+ * const table = benchMarkdown([{
  *   policy: "dynamic", kvCache: true, newTokens: 64, batch: 1, prefillMs: stat, decodeMsPerToken: stat,
  *   tokensPerSecond: stat, kvBytesPeak: 2 ** 27, gpuBytesPeak: 2 ** 33,
  *   flopsPaper: { prefill: 2.49e12, decode: 1.1e12 }, flopsExact: { prefill: 2.5e12, decode: 0.85e12 },
  *   tokensComputed: 2016, visualKept: 115, visualTokens: 576,
- * }]));
+ * }]);
+ * assert.equal(
+ *   table.split("\n")[2],
+ *   "| Dynamic-LLaVA | yes | 1 | 64 | 20.0 (19.0–23.0) | 20.0 (19.0–23.0) | 20.0 (19.0–23.0) | 2.49 / 2.50 | 1.10 / 0.85 | 2016 | 115 / 576 | 128.0 | 8192.0 |",
+ * );
  * ```
  */
 export function benchMarkdown(rows: BenchRow[]): string {

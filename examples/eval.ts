@@ -135,8 +135,9 @@ const METEOR_TOKENIZER =
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { meteorWords } from "./eval.ts";
- * console.log(meteorWords("The Circle is RED.")); // ["the", "circle", "is", "red", "."]
+ * assert.deepEqual(meteorWords("The Circle is RED."), ["the", "circle", "is", "red", "."]);
  * ```
  */
 export function meteorWords(text: string): string[] {
@@ -148,10 +149,13 @@ export function meteorWords(text: string): string[] {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { readEvalSet } from "./eval.ts";
  * const path = await Deno.makeTempFile({ suffix: ".jsonl" });
  * await Deno.writeTextFile(path, '{"image":"a.png","question":"What is it?","answer":"A cat."}\n');
- * console.log((await readEvalSet(path)).length); // 1
+ * const items = await readEvalSet(path);
+ * assert.equal(items.length, 1);
+ * assert.equal(items[0].answer, "A cat.");
  * ```
  */
 export async function readEvalSet(path: string, options: { limit?: number } = {}): Promise<EvalItem[]> {
@@ -286,9 +290,11 @@ async function resolveData(options: EvalOptions): Promise<string> {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { runEval } from "./eval.ts";
  * const report = await runEval({ demoSet: { count: 1 }, backend: "cpu", policies: ["dense"], kv: "on", maxNewTokens: 2 });
- * console.log(report.rows.length, report.rows[0].perplexity > 1); // 1 true
+ * assert.equal(report.rows.length, 1);
+ * assert.ok(report.rows[0].perplexity > 1);
  * ```
  */
 export async function runEval(options: EvalOptions): Promise<EvalReport> {
@@ -357,9 +363,10 @@ function percent(value: number | null): string {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { formatEvalTable } from "./eval.ts";
  * const table = formatEvalTable({ model: "m", data: "d.jsonl", items: 0, maxNewTokens: 8, meteorTokenizer: "", rows: [] });
- * console.log(table.split("\n")[2].startsWith("| policy")); // true
+ * assert.ok(table.split("\n")[2].startsWith("| policy"));
  * ```
  */
 export function formatEvalTable(report: EvalReport): string {
@@ -395,9 +402,11 @@ function wholeNumber(value: string | undefined, flag: string): number | undefine
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { parseEvalArgs } from "./eval.ts";
  * const { options } = parseEvalArgs(["--demo-set", "--policies", "dense,dynamic", "--kv", "on"]);
- * console.log(options.policies, options.kv); // ["dense", "dynamic"] "on"
+ * assert.deepEqual(options.policies, ["dense", "dynamic"]);
+ * assert.equal(options.kv, "on");
  * ```
  */
 export function parseEvalArgs(argv: string[]): { options: EvalOptions; jsonPath?: string } {

@@ -45,6 +45,7 @@ function json(value: unknown, status = 200): Response {
  * The request handler for `model` (usable with `Deno.serve` or called directly in tests).
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { createHandler } from "./serve.ts";
  * import { loadModel } from "../mod.ts";
  * const model = await loadModel(new URL("../assets/demo/", import.meta.url), { backend: "cpu" });
@@ -52,7 +53,9 @@ function json(value: unknown, status = 200): Response {
  * const response = await handler(new Request("http://x/generate", {
  *   method: "POST", body: JSON.stringify({ prompt: "Hi", maxNewTokens: 2 }),
  * }));
- * console.log(response.status); // 200
+ * assert.equal(response.status, 200);
+ * const body = await response.json();
+ * assert.ok(body.tokens.length >= 1 && body.tokens.length <= 2);
  * model.dispose();
  * ```
  */
@@ -62,7 +65,7 @@ export function createHandler(model: Model): (request: Request) => Promise<Respo
     if (request.method === "GET" && url.pathname === "/health") {
       return json({
         layout: model.config.layout,
-        backend: model.backend.kind,
+        backend: model.backendKind,
         vocabSize: model.config.text.vocabSize,
         visualTokens: model.config.vision?.tokensPerImage ?? 0,
       });

@@ -1,6 +1,6 @@
 /**
  * Elementwise kernels over f32 buffers, one thread per element, `count` elements each. CPU twins in
- * runtime/cpu_ops.ts:
+ * runtime/core/cpu_ops.ts:
  * - {@link createAdd}: a += b (`addInPlace`);
  * - {@link createSwiglu}: out = silu(gate) · up (`swiglu`);
  * - {@link createGelu}: x = gelu(x) in place, erf-based with the twin's erf formula (`gelu`);
@@ -10,6 +10,8 @@
  * @module
  */
 import { type BufferSet, type Dispatch, type Gpu, grid } from "../runtime/device/gpu.ts";
+import { defineUniforms, packUniforms } from "./uniforms.ts";
+import { wgslPrelude } from "./wgsl_prelude.ts";
 
 /** Arguments of {@link createAdd}'s bind: a[count] += b[count]. */
 export interface AddArgs {
@@ -48,26 +50,30 @@ export interface ElementwiseKernel<Args> {
 
 const THREADS = 256;
 
-/** WGSL of one elementwise op: `bindings` declared from binding 1, `body` updates element i. */
+/** Parameters of every elementwise kernel; `cols` is read by add_bias only. */
+const FIELDS = { count: "u32", cols: "u32" } as const;
+
+/**
+ * WGSL of one elementwise op: `bindings` declared from binding 1 (read-only ones first, the
+ * written one last), `body` updates element i.
+ */
 function source(bindings: string[], body: string, helpers = ""): string {
   const declared = bindings.map((b, n) => `@group(0) @binding(${n + 1}) var<storage, ${b};`).join("\n");
-  return `
-struct Params {
-  count: u32,
-  cols: u32,
-}
-@group(0) @binding(0) var<uniform> params: Params;
+  return `${wgslPrelude({ workgroupSize: THREADS })}
+${defineUniforms("elementwise", FIELDS).wgsl}
 ${declared}
 ${helpers}
-@compute @workgroup_size(${THREADS})
-fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
-  let i = gid.x + gid.y * nwg.x * ${THREADS}u;
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
+        @builtin(local_invocation_index) lid: u32) {
+  let i = thread_index(wid, nwg, lid);
   if (i >= params.count) { return; }
   ${body}
 }
 `;
 }
 
+/** Compiles `code`; bind uploads the count (and cols) and binds `buffersOf(args)` from binding 1. */
 async function elementwise<Args extends { count: number }>(
   gpu: Gpu,
   label: string,
@@ -76,9 +82,13 @@ async function elementwise<Args extends { count: number }>(
   colsOf: (args: Args) => number = () => 0,
 ): Promise<ElementwiseKernel<Args>> {
   const pipeline = await gpu.pipeline(label, code);
+  const layout = defineUniforms(label, FIELDS);
   return {
     bind(buffers: BufferSet, args: Args): Dispatch[] {
-      const params = buffers.uniform(new Uint32Array([args.count, colsOf(args)]), `${label} params`);
+      const params = buffers.uniform(
+        packUniforms(layout, { count: args.count, cols: colsOf(args) }),
+        `${label} params`,
+      );
       const groups = grid(Math.ceil(args.count / THREADS));
       return [gpu.dispatch(pipeline, [params, ...buffersOf(args)], groups)];
     },
@@ -89,6 +99,7 @@ async function elementwise<Args extends { count: number }>(
  * Compiles a += b.
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { BufferSet, createGpu } from "../runtime/device/gpu.ts";
  * import { createAdd } from "./elementwise.ts";
  * const gpu = await createGpu();
@@ -97,20 +108,21 @@ async function elementwise<Args extends { count: number }>(
  * const a = buffers.upload(new Float32Array([1, 2]), "a");
  * const b = buffers.upload(new Float32Array([10, 20]), "b");
  * gpu.submit(add.bind(buffers, { a, b, count: 2 }));
- * console.log(new Float32Array(await gpu.read(a, 0, 8))); // [11, 22]
+ * assert.deepEqual(new Float32Array(await gpu.read(a, 0, 8)), new Float32Array([11, 22]));
  * buffers.destroy();
  * gpu.destroy();
  * ```
  */
 export function createAdd(gpu: Gpu): Promise<ElementwiseKernel<AddArgs>> {
-  const code = source(["read_write> a: array<f32>", "read> b: array<f32>"], "a[i] += b[i];");
-  return elementwise(gpu, "add", code, (args: AddArgs) => [args.a, args.b]);
+  const code = source(["read> b: array<f32>", "read_write> a: array<f32>"], "a[i] += b[i];");
+  return elementwise(gpu, "add", code, (args: AddArgs) => [args.b, args.a]);
 }
 
 /**
  * Compiles out = silu(gate) · up.
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { BufferSet, createGpu } from "../runtime/device/gpu.ts";
  * import { createSwiglu } from "./elementwise.ts";
  * const gpu = await createGpu();
@@ -120,7 +132,8 @@ export function createAdd(gpu: Gpu): Promise<ElementwiseKernel<AddArgs>> {
  * const up = buffers.upload(new Float32Array([5, 2]), "up");
  * const out = buffers.storage(8, "out");
  * gpu.submit(swiglu.bind(buffers, { gate, up, out, count: 2 }));
- * console.log(new Float32Array(await gpu.read(out, 0, 8))); // ≈ [0, 1.4621]
+ * const got = new Float32Array(await gpu.read(out, 0, 8));
+ * [0, 1.4621].forEach((want, i) => assert.ok(Math.abs(got[i] - want) < 1e-4, `${got}`));
  * buffers.destroy();
  * gpu.destroy();
  * ```
@@ -152,6 +165,7 @@ fn one_plus_erf(x: f32) -> f32 {
  * Compiles x = gelu(x) in place (erf-based, as torch's default GELU).
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { BufferSet, createGpu } from "../runtime/device/gpu.ts";
  * import { createGelu } from "./elementwise.ts";
  * const gpu = await createGpu();
@@ -159,7 +173,8 @@ fn one_plus_erf(x: f32) -> f32 {
  * const gelu = await createGelu(gpu);
  * const x = buffers.upload(new Float32Array([-1, 0, 1]), "x");
  * gpu.submit(gelu.bind(buffers, { x, count: 3 }));
- * console.log(new Float32Array(await gpu.read(x, 0, 12))); // ≈ [-0.1587, 0, 0.8413]
+ * const got = new Float32Array(await gpu.read(x, 0, 12));
+ * [-0.1587, 0, 0.8413].forEach((want, i) => assert.ok(Math.abs(got[i] - want) < 1e-4, `${got}`));
  * buffers.destroy();
  * gpu.destroy();
  * ```
@@ -177,6 +192,7 @@ export function createGelu(gpu: Gpu): Promise<ElementwiseKernel<ActivationArgs>>
  * Compiles x = x · sigmoid(1.702 x) in place (CLIP's quick_gelu).
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { BufferSet, createGpu } from "../runtime/device/gpu.ts";
  * import { createQuickGelu } from "./elementwise.ts";
  * const gpu = await createGpu();
@@ -184,7 +200,8 @@ export function createGelu(gpu: Gpu): Promise<ElementwiseKernel<ActivationArgs>>
  * const quickGelu = await createQuickGelu(gpu);
  * const x = buffers.upload(new Float32Array([0, 1]), "x");
  * gpu.submit(quickGelu.bind(buffers, { x, count: 2 }));
- * console.log(new Float32Array(await gpu.read(x, 0, 8))); // ≈ [0, 0.8458]
+ * const got = new Float32Array(await gpu.read(x, 0, 8));
+ * [0, 0.8458].forEach((want, i) => assert.ok(Math.abs(got[i] - want) < 1e-4, `${got}`));
  * buffers.destroy();
  * gpu.destroy();
  * ```
@@ -198,6 +215,7 @@ export function createQuickGelu(gpu: Gpu): Promise<ElementwiseKernel<ActivationA
  * Compiles x[M, N] += bias[N] (count = M · N, cols = N).
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { BufferSet, createGpu } from "../runtime/device/gpu.ts";
  * import { createAddBias } from "./elementwise.ts";
  * const gpu = await createGpu();
@@ -206,15 +224,15 @@ export function createQuickGelu(gpu: Gpu): Promise<ElementwiseKernel<ActivationA
  * const x = buffers.upload(new Float32Array([1, 2, 3, 4]), "x");
  * const bias = buffers.upload(new Float32Array([10, 20]), "bias");
  * gpu.submit(addBias.bind(buffers, { x, bias, count: 4, cols: 2 }));
- * console.log(new Float32Array(await gpu.read(x, 0, 16))); // [11, 22, 13, 24]
+ * assert.deepEqual(new Float32Array(await gpu.read(x, 0, 16)), new Float32Array([11, 22, 13, 24]));
  * buffers.destroy();
  * gpu.destroy();
  * ```
  */
 export function createAddBias(gpu: Gpu): Promise<ElementwiseKernel<AddBiasArgs>> {
   const code = source(
-    ["read_write> x: array<f32>", "read> bias: array<f32>"],
+    ["read> bias: array<f32>", "read_write> x: array<f32>"],
     "x[i] += bias[i % params.cols];",
   );
-  return elementwise(gpu, "add_bias", code, (args: AddBiasArgs) => [args.x, args.bias], (args) => args.cols);
+  return elementwise(gpu, "add_bias", code, (args: AddBiasArgs) => [args.bias, args.x], (args) => args.cols);
 }

@@ -1,6 +1,6 @@
 /**
  * Embedding lookup: out[M, C] = table[ids[idsOffset + m]] for m < M. CPU twin: `gatherRows` in
- * runtime/cpu_ops.ts.
+ * runtime/core/cpu_ops.ts.
  *
  * The table is a {@link WeightTensor} [V, C] chunked by rows: each chunk's dispatch writes the
  * output rows whose id falls in that chunk. Ids are validated on the CPU before upload; the kernel
@@ -9,13 +9,15 @@
  * @module
  */
 import { type BufferSet, type Dispatch, type Gpu, grid } from "../runtime/device/gpu.ts";
-import { GpuError } from "../runtime/core/errors.ts";
+import { InputError } from "../runtime/core/errors.ts";
 import {
   type WeightDtype,
   weightDtype,
   weightShader,
   type WeightTensor,
 } from "../runtime/device/weights_gpu.ts";
+import { defineUniforms, packUniforms } from "./uniforms.ts";
+import { wgslPrelude } from "./wgsl_prelude.ts";
 
 /** Arguments of {@link EmbeddingKernel.bind}. */
 export interface EmbeddingArgs {
@@ -39,6 +41,15 @@ export interface EmbeddingKernel {
 
 const THREADS = 64;
 
+const PARAMS = defineUniforms("embedding", {
+  rows: "u32",
+  cols: "u32",
+  idsOffset: "u32",
+  chunkStart: "u32",
+  chunkRows: "u32",
+  tableRows: "u32",
+});
+
 /** One thread per output element (scalar) or per 8 output elements (vectorized). */
 function embeddingSource(dtype: WeightDtype, vectorized: boolean): string {
   const width = vectorized ? 8 : 1;
@@ -47,23 +58,16 @@ function embeddingSource(dtype: WeightDtype, vectorized: boolean): string {
   out[2u * i] = w[0];
   out[2u * i + 1u] = w[1];`
     : `out[i] = weight_at(id - params.chunk_start, c, params.cols);`;
-  return `
-struct Params {
-  rows: u32,
-  cols: u32,
-  ids_offset: u32,
-  chunk_start: u32,
-  chunk_rows: u32,
-  table_rows: u32,
-}
-@group(0) @binding(0) var<uniform> params: Params;
+  return `${wgslPrelude({ workgroupSize: THREADS })}
+${PARAMS.wgsl}
 @group(0) @binding(1) var<storage, read> ids: array<u32>;
-@group(0) @binding(2) var<storage, read_write> out: array<${vectorized ? "vec4f" : "f32"}>;
-${weightShader(dtype, { binding: 3, vectorized })}
+${weightShader(dtype, { binding: 2, vectorized })}
+@group(0) @binding(3) var<storage, read_write> out: array<${vectorized ? "vec4f" : "f32"}>;
 
-@compute @workgroup_size(${THREADS})
-fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
-  let i = gid.x + gid.y * nwg.x * ${THREADS}u;    // output element (group of ${width})
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
+        @builtin(local_invocation_index) lid: u32) {
+  let i = thread_index(wid, nwg, lid);    // output element (group of ${width})
   let per_row = params.cols / ${width}u;
   if (i >= params.rows * per_row) { return; }
   let m = i / per_row;
@@ -79,6 +83,7 @@ fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg:
  * Compiles the embedding pipelines for this device's weight type.
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { BufferSet, createGpu } from "../runtime/device/gpu.ts";
  * import { uploadWeight } from "../runtime/device/weights_gpu.ts";
  * import { createEmbedding } from "./embedding.ts";
@@ -89,7 +94,7 @@ fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg:
  * const ids = buffers.upload(new Uint32Array([2, 1]), "ids");
  * const out = buffers.storage(4 * 4, "out");
  * gpu.submit(embedding.bind(buffers, { ids, table, out, rows: 2 }));
- * console.log(new Float32Array(await gpu.read(out, 0, 16))); // [3, 4, 1, 2]
+ * assert.deepEqual(new Float32Array(await gpu.read(out, 0, 16)), new Float32Array([3, 4, 1, 2]));
  * buffers.destroy();
  * gpu.destroy();
  * ```
@@ -104,10 +109,13 @@ export async function createEmbedding(gpu: Gpu): Promise<EmbeddingKernel> {
     bind(buffers: BufferSet, args: EmbeddingArgs): Dispatch[] {
       const { table, rows } = args;
       if (table.dtype !== dtype) {
-        throw new GpuError(`Cannot bind embedding: table is ${table.dtype}, kernel is ${dtype}`, "embedding");
+        throw new InputError(
+          `Cannot bind embedding: table is ${table.dtype}, kernel is ${dtype}`,
+          "embedding",
+        );
       }
       if (args.out.size < rows * table.cols * 4) {
-        throw new GpuError(
+        throw new InputError(
           `Cannot bind embedding: out is smaller than [${rows}, ${table.cols}]`,
           "embedding.out",
         );
@@ -115,13 +123,17 @@ export async function createEmbedding(gpu: Gpu): Promise<EmbeddingKernel> {
       const vectorized = table.cols % 8 === 0;
       const threads = rows * table.cols / (vectorized ? 8 : 1);
       return table.chunks.map((chunk) => {
-        const params = buffers.uniform(
-          new Uint32Array([rows, table.cols, args.idsOffset ?? 0, chunk.rowStart, chunk.rows, table.rows]),
-          "embedding params",
-        );
+        const params = packUniforms(PARAMS, {
+          rows,
+          cols: table.cols,
+          idsOffset: args.idsOffset ?? 0,
+          chunkStart: chunk.rowStart,
+          chunkRows: chunk.rows,
+          tableRows: table.rows,
+        });
         return gpu.dispatch(
           vectorized ? vec : scalar,
-          [params, args.ids, args.out, chunk.buffer],
+          [buffers.uniform(params, "embedding params"), args.ids, chunk.buffer, args.out],
           grid(Math.ceil(threads / THREADS)),
         );
       });

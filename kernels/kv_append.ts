@@ -6,6 +6,8 @@
  * @module
  */
 import { type BufferSet, type Dispatch, type Gpu, grid } from "../runtime/device/gpu.ts";
+import { defineUniforms, packUniforms } from "./uniforms.ts";
+import { wgslPrelude } from "./wgsl_prelude.ts";
 
 /** Arguments of {@link KvAppendKernel.bind}. */
 export interface KvAppendArgs {
@@ -28,21 +30,18 @@ export interface KvAppendKernel {
 
 const THREADS = 64;
 
-const SOURCE = `
-struct Params {
-  rows: u32,
-  cols: u32,
-  count_index: u32,
-  capacity: u32,
-}
-@group(0) @binding(0) var<uniform> params: Params;
+const PARAMS = defineUniforms("kv_append", { rows: "u32", cols: "u32", countIndex: "u32", capacity: "u32" });
+
+const SOURCE = /* wgsl */ `${wgslPrelude({ workgroupSize: THREADS })}
+${PARAMS.wgsl}
 @group(0) @binding(1) var<storage, read> src: array<f32>;
 @group(0) @binding(2) var<storage, read> counts: array<u32>;
 @group(0) @binding(3) var<storage, read_write> cache: array<f32>;
 
-@compute @workgroup_size(${THREADS})
-fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
-  let i = gid.x + gid.y * nwg.x * ${THREADS}u;
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
+        @builtin(local_invocation_index) lid: u32) {
+  let i = thread_index(wid, nwg, lid);
   if (i >= params.rows * params.cols) { return; }
   let row = counts[params.count_index] + i / params.cols;
   if (row >= params.capacity) { return; }
@@ -54,6 +53,7 @@ fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg:
  * Compiles the KV-append pipeline.
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { BufferSet, createGpu } from "../runtime/device/gpu.ts";
  * import { createKvAppend } from "./kv_append.ts";
  * const gpu = await createGpu();
@@ -63,7 +63,7 @@ fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg:
  * const src = buffers.upload(new Float32Array([5, 6]), "k");
  * const counts = buffers.upload(new Uint32Array([1]), "counts");
  * gpu.submit(kvAppend.bind(buffers, { src, cache, counts, countIndex: 0, rows: 1, cols: 2 }));
- * console.log(new Float32Array(await gpu.read(cache, 0, 16))); // [1, 1, 5, 6]
+ * assert.deepEqual(new Float32Array(await gpu.read(cache, 0, 16)), new Float32Array([1, 1, 5, 6]));
  * buffers.destroy();
  * gpu.destroy();
  * ```
@@ -73,8 +73,9 @@ export async function createKvAppend(gpu: Gpu): Promise<KvAppendKernel> {
   return {
     bind(buffers: BufferSet, args: KvAppendArgs): Dispatch[] {
       const capacity = Math.floor(args.cache.size / (args.cols * 4));
+      const { rows, cols, countIndex } = args;
       const params = buffers.uniform(
-        new Uint32Array([args.rows, args.cols, args.countIndex, capacity]),
+        packUniforms(PARAMS, { rows, cols, countIndex, capacity }),
         "kv_append params",
       );
       return [

@@ -1,7 +1,7 @@
 /**
  * LayerNorm over rows: out[M, C] = (x - mean) / sqrt(var + eps) · weight[C] + bias[C], with x [M, C]
  * f32 and f32 weight and bias (CLIP's pre/post norms, the predictors' norms). CPU twin:
- * `layerNorm` in runtime/cpu_ops.ts.
+ * `layerNorm` in runtime/core/cpu_ops.ts.
  *
  * One workgroup of 64 lanes per row (rows beyond 65535 go through `grid()`); two passes over the
  * row (mean, then the centred variance) for accuracy, a third writes the output.
@@ -9,6 +9,8 @@
  */
 import { type BufferSet, type Dispatch, type Gpu, grid } from "../runtime/device/gpu.ts";
 import { InputError } from "../runtime/core/errors.ts";
+import { defineUniforms, packUniforms } from "./uniforms.ts";
+import { wgslPrelude } from "./wgsl_prelude.ts";
 
 /** Arguments of {@link LayerNormKernel.bind}. */
 export interface LayerNormArgs {
@@ -33,48 +35,32 @@ export interface LayerNormKernel {
 
 const LANES = 64;
 
-const LAYERNORM_WGSL = /* wgsl */ `
-struct Params { rows: u32, cols: u32, eps: f32, _pad: u32 }
-const LANES = ${LANES}u;
-@group(0) @binding(0) var<storage, read> x: array<f32>;
-@group(0) @binding(1) var<storage, read> weight: array<f32>;
-@group(0) @binding(2) var<storage, read> bias: array<f32>;
-@group(0) @binding(3) var<storage, read_write> out: array<f32>;
-@group(0) @binding(4) var<uniform> params: Params;
-var<workgroup> partial: array<f32, LANES>;
+const PARAMS = defineUniforms("layernorm", { rows: "u32", cols: "u32", eps: "f32" });
 
-fn rowSum(lane: u32, v: f32) -> f32 {
-  partial[lane] = v;
-  workgroupBarrier();
-  for (var s = LANES / 2u; s > 0u; s >>= 1u) {
-    if (lane < s) { partial[lane] += partial[lane + s]; }
-    workgroupBarrier();
-  }
-  let total = partial[0];
-  workgroupBarrier();
-  return total;
-}
+const LAYERNORM_WGSL = /* wgsl */ `${wgslPrelude({ workgroupSize: LANES, reductions: ["sum"] })}
+${PARAMS.wgsl}
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read> weight: array<f32>;
+@group(0) @binding(3) var<storage, read> bias: array<f32>;
+@group(0) @binding(4) var<storage, read_write> out: array<f32>;
 
-@compute @workgroup_size(${LANES})
-fn main(
-  @builtin(workgroup_id) wid: vec3u,
-  @builtin(num_workgroups) nwg: vec3u,
-  @builtin(local_invocation_index) lane: u32,
-) {
-  let row = wid.x + wid.y * nwg.x;
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
+        @builtin(local_invocation_index) lid: u32) {
+  let row = workgroup_index(wid, nwg);
   if (row >= params.rows) { return; }
   let cols = params.cols;
   let base = row * cols;
   var sum = 0.0;
-  for (var c = lane; c < cols; c += LANES) { sum += x[base + c]; }
-  let mean = rowSum(lane, sum) / f32(cols);
+  for (var c = lid; c < cols; c += WORKGROUP_SIZE) { sum += x[base + c]; }
+  let mean = workgroup_sum(lid, sum) / f32(cols);
   var squares = 0.0;
-  for (var c = lane; c < cols; c += LANES) {
+  for (var c = lid; c < cols; c += WORKGROUP_SIZE) {
     let d = x[base + c] - mean;
     squares += d * d;
   }
-  let scale = inverseSqrt(rowSum(lane, squares) / f32(cols) + params.eps);
-  for (var c = lane; c < cols; c += LANES) {
+  let scale = inverseSqrt(workgroup_sum(lid, squares) / f32(cols) + params.eps);
+  for (var c = lid; c < cols; c += WORKGROUP_SIZE) {
     out[base + c] = (x[base + c] - mean) * scale * weight[c] + bias[c];
   }
 }
@@ -84,6 +70,7 @@ fn main(
  * Compiles the LayerNorm pipeline.
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { BufferSet, createGpu } from "../runtime/device/gpu.ts";
  * import { createLayerNorm } from "./layernorm.ts";
  * const gpu = await createGpu();
@@ -94,7 +81,7 @@ fn main(
  * const out = buffers.storage(8, "out");
  * const layerNorm = await createLayerNorm(gpu);
  * gpu.submit(layerNorm.bind(buffers, { x, weight, bias, out, rows: 1, cols: 2, eps: 0 }));
- * console.log(new Float32Array(await gpu.read(out, 0, 8))); // [-1, 1]
+ * assert.deepEqual(new Float32Array(await gpu.read(out, 0, 8)), new Float32Array([-1, 1]));
  * buffers.destroy();
  * gpu.destroy();
  * ```
@@ -107,11 +94,8 @@ export async function createLayerNorm(gpu: Gpu): Promise<LayerNormKernel> {
       if (!(Number.isInteger(rows) && rows >= 0 && Number.isInteger(cols) && cols > 0)) {
         throw new InputError(`Cannot bind layernorm: bad shape [${rows}, ${cols}]`, "layernorm");
       }
-      const params = new ArrayBuffer(16);
-      new Uint32Array(params, 0, 2).set([rows, cols]);
-      new Float32Array(params, 8, 1)[0] = eps;
-      const uniform = buffers.uniform(new Uint8Array(params), "layernorm.params");
-      return [gpu.dispatch(pipeline, [x, weight, bias, out, uniform], grid(rows))];
+      const params = buffers.uniform(packUniforms(PARAMS, { rows, cols, eps }), "layernorm params");
+      return [gpu.dispatch(pipeline, [params, x, weight, bias, out], grid(rows))];
     },
   };
 }

@@ -1,6 +1,6 @@
 /**
  * Matrix multiply with a weight matrix: out[M, N] (= or +=) x[M, K] · W[N, K]ᵀ (+ bias[N]).
- * CPU twin: `linear` in runtime/cpu_ops.ts.
+ * CPU twin: `linear` in runtime/core/cpu_ops.ts.
  *
  * - M = 1 (decode): a GEMV, one workgroup of 64 threads per 4 output columns, each thread
  *   reading 8 weights per load, then a workgroup reduction over K.
@@ -13,13 +13,15 @@
  * @module
  */
 import { type BufferSet, type Dispatch, type Gpu, grid } from "../runtime/device/gpu.ts";
-import { GpuError } from "../runtime/core/errors.ts";
+import { InputError } from "../runtime/core/errors.ts";
 import {
   type WeightDtype,
   weightDtype,
   weightShader,
   type WeightTensor,
 } from "../runtime/device/weights_gpu.ts";
+import { defineUniforms, packUniforms } from "./uniforms.ts";
+import { wgslPrelude } from "./wgsl_prelude.ts";
 
 /** Arguments of {@link MatmulKernel.bind}. */
 export interface MatmulArgs {
@@ -50,37 +52,44 @@ export interface MatmulKernel {
 const GEMV_COLUMNS = 4;
 const TILE = 64;
 
-const PARAMS = `
-struct Params {
-  rows: u32,          // M
-  out_cols: u32,      // N (all chunks)
-  in_cols: u32,       // K
-  chunk_rows: u32,    // weight rows in this chunk
-  chunk_start: u32,   // first weight row of this chunk
-  x_row_offset: u32,
-  out_row_offset: u32,
-  flags: u32,         // bit 0: accumulate, bit 1: bias
-}
-@group(0) @binding(0) var<uniform> params: Params;
-@group(0) @binding(2) var<storage, read> bias: array<f32>;
-@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+const PARAMS = defineUniforms("matmul", {
+  rows: "u32", //          M
+  outCols: "u32", //       N (all chunks)
+  inCols: "u32", //        K
+  chunkRows: "u32", //     weight rows in this chunk
+  chunkStart: "u32", //    first weight row of this chunk
+  xRowOffset: "u32",
+  outRowOffset: "u32",
+  accumulate: "u32", //    1: out += result
+  addBias: "u32", //       1: result + bias
+});
 
+/** Uniform, x, bias, weight and out (x is vec4f when vectorized), and the store of one output. */
+function matmulBindings(dtype: WeightDtype, vectorized: boolean): string {
+  return `${PARAMS.wgsl}
+@group(0) @binding(1) var<storage, read> x: array<${vectorized ? "vec4f" : "f32"}>;
+@group(0) @binding(2) var<storage, read> bias: array<f32>;
+${weightShader(dtype, { binding: 3, vectorized })}
+@group(0) @binding(4) var<storage, read_write> out: array<f32>;
+
+// out[m, chunk_start + n] (=|+=) value (+ bias).
 fn store(m: u32, n: u32, value: f32) {
   let column = params.chunk_start + n;
   let at = (params.out_row_offset + m) * params.out_cols + column;
   var v = value;
-  if ((params.flags & 2u) != 0u) { v += bias[column]; }
-  if ((params.flags & 1u) != 0u) { v += out[at]; }
+  if (params.add_bias != 0u) { v += bias[column]; }
+  if (params.accumulate != 0u) { v += out[at]; }
   out[at] = v;
 }
 `;
+}
 
 /** GEMV: workgroup g computes out columns 4g..4g+3 of this chunk for one x row. */
 function gemvSource(dtype: WeightDtype, vectorized: boolean): string {
   const loop = vectorized
     ? `
   let x_base = params.x_row_offset * (params.in_cols >> 2u);
-  for (var b = lid; b < (params.in_cols >> 3u); b += 64u) {
+  for (var b = lid; b < (params.in_cols >> 3u); b += WORKGROUP_SIZE) {
     let xa = x[x_base + 2u * b];
     let xb = x[x_base + 2u * b + 1u];
     let w0 = weight_block8(r0, b, params.in_cols);
@@ -96,7 +105,7 @@ function gemvSource(dtype: WeightDtype, vectorized: boolean): string {
   }`
     : `
   let x_base = params.x_row_offset * params.in_cols;
-  for (var k = lid; k < params.in_cols; k += 64u) {
+  for (var k = lid; k < params.in_cols; k += WORKGROUP_SIZE) {
     let xv = x[x_base + k];
     acc += xv * vec4f(
       weight_at(r0, k, params.in_cols),
@@ -105,15 +114,12 @@ function gemvSource(dtype: WeightDtype, vectorized: boolean): string {
       weight_at(r3, k, params.in_cols),
     );
   }`;
-  return `${PARAMS}
-@group(0) @binding(1) var<storage, read> x: array<${vectorized ? "vec4f" : "f32"}>;
-${weightShader(dtype, { binding: 4, vectorized })}
-var<workgroup> partial: array<vec4f, 64>;
-
-@compute @workgroup_size(64)
+  return `${wgslPrelude({ workgroupSize: 64, reductions: ["sum_vec4"] })}
+${matmulBindings(dtype, vectorized)}
+@compute @workgroup_size(WORKGROUP_SIZE)
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
         @builtin(local_invocation_index) lid: u32) {
-  let n0 = (wid.x + wid.y * nwg.x) * ${GEMV_COLUMNS}u;
+  let n0 = workgroup_index(wid, nwg) * ${GEMV_COLUMNS}u;
   if (n0 >= params.chunk_rows) { return; }
   let last = params.chunk_rows - 1u;   // rows past the chunk re-read its last row; never stored
   let r0 = n0;
@@ -121,14 +127,9 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
   let r2 = min(n0 + 2u, last);
   let r3 = min(n0 + 3u, last);
   var acc = vec4f(0.0);${loop}
-  partial[lid] = acc;
-  workgroupBarrier();
-  for (var s = 32u; s > 0u; s >>= 1u) {
-    if (lid < s) { partial[lid] += partial[lid + s]; }
-    workgroupBarrier();
-  }
+  let total = workgroup_sum_vec4(lid, acc);
   if (lid < ${GEMV_COLUMNS}u && n0 + lid < params.chunk_rows) {
-    store(0u, n0 + lid, partial[0][lid]);
+    store(0u, n0 + lid, total[lid]);
   }
 }
 `;
@@ -175,21 +176,21 @@ function tiledSource(dtype: WeightDtype, vectorized: boolean): string {
       x_tile[kk * 16u + i / 4u][i % 4u] = xv;
       w_tile[kk * 16u + i / 4u][i % 4u] = wv;
     }`;
-  return `${PARAMS}
-@group(0) @binding(1) var<storage, read> x: array<${vectorized ? "vec4f" : "f32"}>;
-${weightShader(dtype, { binding: 4, vectorized })}
+  return `${wgslPrelude({ workgroupSize: 256 })}
+${matmulBindings(dtype, vectorized)}
+const TILE = ${TILE}u;
 var<workgroup> x_tile: array<vec4f, 256>;
 var<workgroup> w_tile: array<vec4f, 256>;
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WORKGROUP_SIZE)
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
         @builtin(local_invocation_index) lid: u32) {
-  let tiles_n = (params.chunk_rows + ${TILE - 1}u) / ${TILE}u;
-  let tiles_m = (params.rows + ${TILE - 1}u) / ${TILE}u;
-  let tile = wid.x + wid.y * nwg.x;
+  let tiles_n = (params.chunk_rows + TILE - 1u) / TILE;
+  let tiles_m = (params.rows + TILE - 1u) / TILE;
+  let tile = workgroup_index(wid, nwg);
   if (tile >= tiles_n * tiles_m) { return; }
-  let m0 = (tile / tiles_n) * ${TILE}u;
-  let n0 = (tile % tiles_n) * ${TILE}u;
+  let m0 = (tile / tiles_n) * TILE;
+  let n0 = (tile % tiles_n) * TILE;
   let tx = lid % 16u;
   let ty = lid / 16u;
   var acc0 = vec4f(0.0);
@@ -225,6 +226,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
  * Compiles the matmul pipelines for this device's weight type.
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { BufferSet, createGpu } from "../runtime/device/gpu.ts";
  * import { uploadWeight } from "../runtime/device/weights_gpu.ts";
  * import { createMatmul } from "./matmul.ts";
@@ -235,7 +237,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
  * const x = buffers.upload(new Float32Array([1, 2]), "x");
  * const out = buffers.storage(3 * 4, "out");
  * gpu.submit(matmul.bind(buffers, { x, weight, out, rows: 1 }));
- * console.log(new Float32Array(await gpu.read(out, 0, 12))); // [1, 2, 3]
+ * assert.deepEqual(new Float32Array(await gpu.read(out, 0, 12)), new Float32Array([1, 2, 3]));
  * buffers.destroy();
  * gpu.destroy();
  * ```
@@ -252,7 +254,7 @@ export async function createMatmul(gpu: Gpu): Promise<MatmulKernel> {
     bind(buffers: BufferSet, args: MatmulArgs): Dispatch[] {
       const { weight, rows } = args;
       if (weight.dtype !== dtype) {
-        throw new GpuError(`Cannot bind matmul: weight is ${weight.dtype}, kernel is ${dtype}`, "matmul");
+        throw new InputError(`Cannot bind matmul: weight is ${weight.dtype}, kernel is ${dtype}`, "matmul");
       }
       const xRowOffset = args.xRowOffset ?? 0;
       const outRowOffset = args.outRowOffset ?? 0;
@@ -262,26 +264,29 @@ export async function createMatmul(gpu: Gpu): Promise<MatmulKernel> {
       const vectorized = weight.cols % 8 === 0;
       const gemv = rows === 1;
       const pipeline = gemv ? (vectorized ? gemvVec : gemvScalar) : (vectorized ? tiledVec : tiledScalar);
-      const flags = (args.accumulate ? 1 : 0) | (args.bias ? 2 : 0);
       return weight.chunks.map((chunk) => {
-        const params = buffers.uniform(
-          new Uint32Array([
-            rows,
-            weight.rows,
-            weight.cols,
-            chunk.rows,
-            chunk.rowStart,
-            xRowOffset,
-            outRowOffset,
-            flags,
-          ]),
-          "matmul params",
-        );
+        const params = packUniforms(PARAMS, {
+          rows,
+          outCols: weight.rows,
+          inCols: weight.cols,
+          chunkRows: chunk.rows,
+          chunkStart: chunk.rowStart,
+          xRowOffset,
+          outRowOffset,
+          accumulate: args.accumulate ? 1 : 0,
+          addBias: args.bias ? 1 : 0,
+        });
         const groups = gemv
           ? Math.ceil(chunk.rows / GEMV_COLUMNS)
           : Math.ceil(chunk.rows / TILE) * Math.ceil(rows / TILE);
         // Without a bias, x stands in for the (unread) bias binding.
-        const bindings = [params, args.x, args.bias ?? args.x, args.out, chunk.buffer];
+        const bindings = [
+          buffers.uniform(params, "matmul params"),
+          args.x,
+          args.bias ?? args.x,
+          chunk.buffer,
+          args.out,
+        ];
         return gpu.dispatch(pipeline, bindings, grid(groups));
       });
     },
@@ -290,7 +295,7 @@ export async function createMatmul(gpu: Gpu): Promise<MatmulKernel> {
 
 function checkSize(buffer: GPUBuffer, floats: number, name: string): void {
   if (buffer.size < floats * 4) {
-    throw new GpuError(
+    throw new InputError(
       `Cannot bind matmul: ${name} holds ${buffer.size} bytes, needs ${floats * 4}`,
       `matmul.${name}`,
     );

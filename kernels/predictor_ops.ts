@@ -1,6 +1,6 @@
 /**
- * The Dynamic-LLaVA predictor pieces that are neither LayerNorm, Linear nor GELU (DESIGN §1), all
- * f32; CPU twins in runtime/predictor_cpu_ops.ts.
+ * The Dynamic-LLaVA predictor pieces that are neither LayerNorm, Linear nor GELU, all
+ * f32; CPU twins in runtime/core/predictor_cpu_ops.ts.
  *
  * - {@link createHalfGlobalConcat}: VisionPredictor channel split, x [N, d] → y [N, d] with
  *   y[:, :d/2] = x[:, :d/2] and y[:, d/2:] = mean over the N rows of x[:, d/2:] on every row. One
@@ -13,6 +13,8 @@
  */
 import { type BufferSet, type Dispatch, type Gpu, grid } from "../runtime/device/gpu.ts";
 import { InputError } from "../runtime/core/errors.ts";
+import { defineUniforms, packUniforms } from "./uniforms.ts";
+import { wgslPrelude } from "./wgsl_prelude.ts";
 
 /** Arguments of {@link HalfGlobalConcatKernel.bind}. */
 export interface HalfGlobalConcatArgs {
@@ -63,49 +65,40 @@ export interface AdmitFlagKernel {
 const COLUMN_LANES = 64;
 const ROW_LANES = 256;
 
-const HALF_GLOBAL_WGSL = /* wgsl */ `
-struct Params { rows: u32, cols: u32 }
-const LANES = ${COLUMN_LANES}u;
-@group(0) @binding(0) var<storage, read> x: array<f32>;
-@group(0) @binding(1) var<storage, read_write> out: array<f32>;
-@group(0) @binding(2) var<uniform> params: Params;
-var<workgroup> partial: array<f32, LANES>;
+const HALF_GLOBAL_PARAMS = defineUniforms("half_global_concat", { rows: "u32", cols: "u32" });
 
-@compute @workgroup_size(${COLUMN_LANES})
-fn main(
-  @builtin(workgroup_id) wid: vec3u,
-  @builtin(num_workgroups) nwg: vec3u,
-  @builtin(local_invocation_index) lane: u32,
-) {
-  let col = wid.x + wid.y * nwg.x;
+const HALF_GLOBAL_WGSL = /* wgsl */ `${wgslPrelude({ workgroupSize: COLUMN_LANES, reductions: ["sum"] })}
+${HALF_GLOBAL_PARAMS.wgsl}
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read_write> out: array<f32>;
+
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
+        @builtin(local_invocation_index) lid: u32) {
+  let col = workgroup_index(wid, nwg);
   let rows = params.rows;
   let cols = params.cols;
   if (col >= cols) { return; }
   if (col < cols / 2u) {
-    for (var r = lane; r < rows; r += LANES) { out[r * cols + col] = x[r * cols + col]; }
+    for (var r = lid; r < rows; r += WORKGROUP_SIZE) { out[r * cols + col] = x[r * cols + col]; }
     return;
   }
   var sum = 0.0;
-  for (var r = lane; r < rows; r += LANES) { sum += x[r * cols + col]; }
-  partial[lane] = sum;
-  workgroupBarrier();
-  for (var s = LANES / 2u; s > 0u; s >>= 1u) {
-    if (lane < s) { partial[lane] += partial[lane + s]; }
-    workgroupBarrier();
-  }
-  let mean = partial[0] / f32(rows);
-  for (var r = lane; r < rows; r += LANES) { out[r * cols + col] = mean; }
+  for (var r = lid; r < rows; r += WORKGROUP_SIZE) { sum += x[r * cols + col]; }
+  let mean = workgroup_sum(lid, sum) / f32(rows);
+  for (var r = lid; r < rows; r += WORKGROUP_SIZE) { out[r * cols + col] = mean; }
 }
 `;
 
-const LOG_SOFTMAX_WGSL = /* wgsl */ `
-struct Params { rows: u32 }
-@group(0) @binding(0) var<storage, read> logits: array<f32>;
-@group(0) @binding(1) var<storage, read_write> out: array<f32>;
-@group(0) @binding(2) var<uniform> params: Params;
+const LOG_SOFTMAX_PARAMS = defineUniforms("log_softmax2_col0", { rows: "u32" });
+
+const LOG_SOFTMAX_WGSL = /* wgsl */ `${wgslPrelude({ workgroupSize: ROW_LANES })}
+${LOG_SOFTMAX_PARAMS.wgsl}
+@group(0) @binding(1) var<storage, read> logits: array<f32>;
+@group(0) @binding(2) var<storage, read_write> out: array<f32>;
 
 // log(1 + z) for z in [0, 1]: 2·atanh(s) with s = z / (2 + z) ≤ 1/3, series to s¹⁵.
-fn log1pUnit(z: f32) -> f32 {
+fn log1p_unit(z: f32) -> f32 {
   let s = z / (2.0 + z);
   let s2 = s * s;
   var series = 1.0 / 15.0;
@@ -119,19 +112,17 @@ fn log1pUnit(z: f32) -> f32 {
   return 2.0 * s * series;
 }
 
-@compute @workgroup_size(${ROW_LANES})
-fn main(
-  @builtin(workgroup_id) wid: vec3u,
-  @builtin(num_workgroups) nwg: vec3u,
-  @builtin(local_invocation_index) lane: u32,
-) {
-  let row = (wid.x + wid.y * nwg.x) * ${ROW_LANES}u + lane;
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
+        @builtin(local_invocation_index) lid: u32) {
+  let row = thread_index(wid, nwg, lid);
   if (row >= params.rows) { return; }
   let d = logits[2u * row + 1u] - logits[2u * row];
-  out[row] = -(max(d, 0.0) + log1pUnit(exp(-abs(d))));
+  out[row] = -(max(d, 0.0) + log1p_unit(exp(-abs(d))));
 }
 `;
 
+/** No parameters: bindings start at 0 with the inputs. */
 const ADMIT_WGSL = /* wgsl */ `
 @group(0) @binding(0) var<storage, read> logits: array<f32>;
 @group(0) @binding(1) var<storage, read> state: array<u32>;
@@ -155,6 +146,7 @@ function checkCount(value: number, what: string, positive = false): void {
  * Compiles the VisionPredictor's local/global channel split.
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { BufferSet, createGpu } from "../runtime/device/gpu.ts";
  * import { createHalfGlobalConcat } from "./predictor_ops.ts";
  * const gpu = await createGpu();
@@ -163,7 +155,7 @@ function checkCount(value: number, what: string, positive = false): void {
  * const out = buffers.storage(16, "out");
  * const split = await createHalfGlobalConcat(gpu);
  * gpu.submit(split.bind(buffers, { x, out, rows: 2, cols: 2 }));
- * console.log(new Float32Array(await gpu.read(out, 0, 16))); // [1, 4, 3, 4]
+ * assert.deepEqual(new Float32Array(await gpu.read(out, 0, 16)), new Float32Array([1, 4, 3, 4]));
  * buffers.destroy();
  * gpu.destroy();
  * ```
@@ -177,8 +169,10 @@ export async function createHalfGlobalConcat(gpu: Gpu): Promise<HalfGlobalConcat
       if (!(Number.isInteger(cols) && cols > 0 && cols % 2 === 0)) {
         throw new InputError(`Cannot bind half_global_concat: width ${cols} is not even`, "cols");
       }
-      const uniform = buffers.uniform(new Uint32Array([rows, cols]), "half_global_concat.params");
-      return [gpu.dispatch(pipeline, [x, out, uniform], grid(cols))];
+      const params = packUniforms(HALF_GLOBAL_PARAMS, { rows, cols });
+      return [
+        gpu.dispatch(pipeline, [buffers.uniform(params, "half_global_concat params"), x, out], grid(cols)),
+      ];
     },
   };
 }
@@ -187,6 +181,7 @@ export async function createHalfGlobalConcat(gpu: Gpu): Promise<HalfGlobalConcat
  * Compiles the keep-score kernel score[r] = log_softmax(logits[r, :])[0].
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { BufferSet, createGpu } from "../runtime/device/gpu.ts";
  * import { createLogSoftmax2Col0 } from "./predictor_ops.ts";
  * const gpu = await createGpu();
@@ -195,7 +190,8 @@ export async function createHalfGlobalConcat(gpu: Gpu): Promise<HalfGlobalConcat
  * const out = buffers.storage(8, "scores");
  * const score = await createLogSoftmax2Col0(gpu);
  * gpu.submit(score.bind(buffers, { logits, out, rows: 2 }));
- * console.log(new Float32Array(await gpu.read(out, 0, 8))); // ≈ [-0.6931, -0.0000454]
+ * const got = new Float32Array(await gpu.read(out, 0, 8));
+ * [-0.6931, -0.0000454].forEach((want, i) => assert.ok(Math.abs(got[i] - want) < 1e-4, `${got}`));
  * buffers.destroy();
  * gpu.destroy();
  * ```
@@ -206,8 +202,8 @@ export async function createLogSoftmax2Col0(gpu: Gpu): Promise<LogSoftmax2Col0Ke
     bind(buffers, args) {
       const { logits, out, rows } = args;
       checkCount(rows, "log_softmax2_col0");
-      const uniform = buffers.uniform(new Uint32Array([rows]), "log_softmax2_col0.params");
-      return [gpu.dispatch(pipeline, [logits, out, uniform], grid(Math.ceil(rows / ROW_LANES)))];
+      const params = buffers.uniform(packUniforms(LOG_SOFTMAX_PARAMS, { rows }), "log_softmax2_col0 params");
+      return [gpu.dispatch(pipeline, [params, logits, out], grid(Math.ceil(rows / ROW_LANES)))];
     },
   };
 }
@@ -216,6 +212,7 @@ export async function createLogSoftmax2Col0(gpu: Gpu): Promise<LogSoftmax2Col0Ke
  * Compiles the KV admission kernel flags[state[0]] = (logits[0] > logits[1] ? 1 : 0).
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { BufferSet, createGpu } from "../runtime/device/gpu.ts";
  * import { createAdmitFlag } from "./predictor_ops.ts";
  * const gpu = await createGpu();
@@ -225,7 +222,7 @@ export async function createLogSoftmax2Col0(gpu: Gpu): Promise<LogSoftmax2Col0Ke
  * const flags = buffers.upload(new Uint32Array(4), "flags");
  * const admit = await createAdmitFlag(gpu);
  * gpu.submit(admit.bind(buffers, { logits, state, flags }));
- * console.log(new Uint32Array(await gpu.read(flags, 0, 16))); // [0, 0, 1, 0]
+ * assert.deepEqual(new Uint32Array(await gpu.read(flags, 0, 16)), new Uint32Array([0, 0, 1, 0]));
  * buffers.destroy();
  * gpu.destroy();
  * ```

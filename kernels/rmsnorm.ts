@@ -1,10 +1,12 @@
 /**
  * RMSNorm per row: out[M, C] = x / sqrt(mean(x²) + eps) · weight[C]. CPU twin: `rmsNorm` in
- * runtime/cpu_ops.ts. One workgroup of 128 threads per row, a tree reduction of the sum of
+ * runtime/core/cpu_ops.ts. One workgroup of 128 threads per row, a tree reduction of the sum of
  * squares in f32. `x` and `out` must be different buffers.
  * @module
  */
 import { type BufferSet, type Dispatch, type Gpu, grid } from "../runtime/device/gpu.ts";
+import { defineUniforms, packUniforms } from "./uniforms.ts";
+import { wgslPrelude } from "./wgsl_prelude.ts";
 
 /** Arguments of {@link RmsNormKernel.bind}. */
 export interface RmsNormArgs {
@@ -25,37 +27,29 @@ export interface RmsNormKernel {
   bind(buffers: BufferSet, args: RmsNormArgs): Dispatch[];
 }
 
-const SOURCE = `
-struct Params {
-  rows: u32,
-  cols: u32,
-  eps: f32,
-}
-@group(0) @binding(0) var<uniform> params: Params;
+const LANES = 128;
+
+const PARAMS = defineUniforms("rmsnorm", { rows: "u32", cols: "u32", eps: "f32" });
+
+const SOURCE = /* wgsl */ `${wgslPrelude({ workgroupSize: LANES, reductions: ["sum"] })}
+${PARAMS.wgsl}
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read> weight: array<f32>;
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
-var<workgroup> partial: array<f32, 128>;
 
-@compute @workgroup_size(128)
+@compute @workgroup_size(WORKGROUP_SIZE)
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
         @builtin(local_invocation_index) lid: u32) {
-  let row = wid.x + wid.y * nwg.x;
+  let row = workgroup_index(wid, nwg);
   if (row >= params.rows) { return; }
   let base = row * params.cols;
   var sum = 0.0;
-  for (var c = lid; c < params.cols; c += 128u) {
+  for (var c = lid; c < params.cols; c += WORKGROUP_SIZE) {
     let v = x[base + c];
     sum += v * v;
   }
-  partial[lid] = sum;
-  workgroupBarrier();
-  for (var s = 64u; s > 0u; s >>= 1u) {
-    if (lid < s) { partial[lid] += partial[lid + s]; }
-    workgroupBarrier();
-  }
-  let scale = 1.0 / sqrt(partial[0] / f32(params.cols) + params.eps);
-  for (var c = lid; c < params.cols; c += 128u) {
+  let scale = 1.0 / sqrt(workgroup_sum(lid, sum) / f32(params.cols) + params.eps);
+  for (var c = lid; c < params.cols; c += WORKGROUP_SIZE) {
     out[base + c] = x[base + c] * scale * weight[c];
   }
 }
@@ -65,6 +59,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
  * Compiles the RMSNorm pipeline.
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { BufferSet, createGpu } from "../runtime/device/gpu.ts";
  * import { createRmsNorm } from "./rmsnorm.ts";
  * const gpu = await createGpu();
@@ -74,7 +69,8 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
  * const weight = buffers.upload(new Float32Array([1, 1]), "norm");
  * const out = buffers.storage(8, "out");
  * gpu.submit(rmsNorm.bind(buffers, { x, weight, out, rows: 1, cols: 2, eps: 0 }));
- * console.log(new Float32Array(await gpu.read(out, 0, 8))); // ≈ [0.8485, 1.1314]
+ * const got = new Float32Array(await gpu.read(out, 0, 8));
+ * [0.8485, 1.1314].forEach((want, i) => assert.ok(Math.abs(got[i] - want) < 1e-4, `${got}`));
  * buffers.destroy();
  * gpu.destroy();
  * ```
@@ -83,9 +79,8 @@ export async function createRmsNorm(gpu: Gpu): Promise<RmsNormKernel> {
   const pipeline = await gpu.pipeline("rmsnorm", SOURCE);
   return {
     bind(buffers: BufferSet, args: RmsNormArgs): Dispatch[] {
-      const data = new Uint32Array([args.rows, args.cols, 0]);
-      new Float32Array(data.buffer)[2] = args.eps;
-      const params = buffers.uniform(data, "rmsnorm params");
+      const { rows, cols, eps } = args;
+      const params = buffers.uniform(packUniforms(PARAMS, { rows, cols, eps }), "rmsnorm params");
       return [gpu.dispatch(pipeline, [params, args.x, args.weight, args.out], grid(args.rows))];
     },
   };

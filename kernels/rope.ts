@@ -1,7 +1,7 @@
 /**
  * Rotary position embedding in place, HF rotate_half convention: x [M, heads, D]; pair
  * (i, i + D/2) of row m turns by angle pos(m) · theta^(-2i/D), pos(m) = positions[positionsOffset
- * + m]. CPU twin: `rope` in runtime/cpu_ops.ts.
+ * + m]. CPU twin: `rope` in runtime/core/cpu_ops.ts.
  *
  * In f32: theta^(-2i/D) = exp2(-2i/D · log2(theta)) with log2(theta) computed on the CPU; the angle
  * is reduced to [-π, π] (2π split in a high part exact under multiplication and a low part) before
@@ -10,6 +10,8 @@
  * @module
  */
 import { type BufferSet, type Dispatch, type Gpu, grid } from "../runtime/device/gpu.ts";
+import { defineUniforms, packUniforms } from "./uniforms.ts";
+import { wgslPrelude } from "./wgsl_prelude.ts";
 
 /** Arguments of {@link RopeKernel.bind}. */
 export interface RopeArgs {
@@ -33,15 +35,16 @@ export interface RopeKernel {
 
 const THREADS = 64;
 
-const SOURCE = `
-struct Params {
-  rows: u32,
-  heads: u32,
-  head_dim: u32,
-  positions_offset: u32,
-  log2_theta: f32,
-}
-@group(0) @binding(0) var<uniform> params: Params;
+const PARAMS = defineUniforms("rope", {
+  rows: "u32",
+  heads: "u32",
+  headDim: "u32",
+  positionsOffset: "u32",
+  log2Theta: "f32",
+});
+
+const SOURCE = /* wgsl */ `${wgslPrelude({ workgroupSize: THREADS })}
+${PARAMS.wgsl}
 @group(0) @binding(1) var<storage, read> positions: array<u32>;
 @group(0) @binding(2) var<storage, read_write> x: array<f32>;
 
@@ -49,10 +52,11 @@ const TWO_PI_HI = 6.28125;                  // 8 significant bits: k · TWO_PI_H
 const TWO_PI_LO = 0.0019353071795864769;    // 2π - TWO_PI_HI
 const INV_TWO_PI = 0.15915494309189535;
 
-@compute @workgroup_size(${THREADS})
-fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
+        @builtin(local_invocation_index) lid: u32) {
   let half = params.head_dim / 2u;
-  let t = gid.x + gid.y * nwg.x * ${THREADS}u;   // one thread per (m, head, i)
+  let t = thread_index(wid, nwg, lid);   // one thread per (m, head, i)
   if (t >= params.rows * params.heads * half) { return; }
   let i = t % half;
   let mh = t / half;                              // m · heads + head
@@ -76,6 +80,7 @@ fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg:
  * Compiles the RoPE pipeline.
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { BufferSet, createGpu } from "../runtime/device/gpu.ts";
  * import { createRope } from "./rope.ts";
  * const gpu = await createGpu();
@@ -84,7 +89,7 @@ fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg:
  * const x = buffers.upload(new Float32Array([1, 0]), "x");
  * const positions = buffers.upload(new Uint32Array([0]), "positions");
  * gpu.submit(rope.bind(buffers, { x, positions, rows: 1, heads: 1, headDim: 2, theta: 10000 }));
- * console.log(new Float32Array(await gpu.read(x, 0, 8))); // [1, 0]
+ * assert.deepEqual(new Float32Array(await gpu.read(x, 0, 8)), new Float32Array([1, 0]));
  * buffers.destroy();
  * gpu.destroy();
  * ```
@@ -93,9 +98,15 @@ export async function createRope(gpu: Gpu): Promise<RopeKernel> {
   const pipeline = await gpu.pipeline("rope", SOURCE);
   return {
     bind(buffers: BufferSet, args: RopeArgs): Dispatch[] {
-      const data = new Uint32Array([args.rows, args.heads, args.headDim, args.positionsOffset ?? 0, 0]);
-      new Float32Array(data.buffer)[4] = Math.log2(args.theta);
-      const params = buffers.uniform(data, "rope params");
+      const { rows, heads, headDim } = args;
+      const values = {
+        rows,
+        heads,
+        headDim,
+        positionsOffset: args.positionsOffset ?? 0,
+        log2Theta: Math.log2(args.theta),
+      };
+      const params = buffers.uniform(packUniforms(PARAMS, values), "rope params");
       const threads = args.rows * args.heads * (args.headDim / 2);
       return [gpu.dispatch(pipeline, [params, args.positions, args.x], grid(Math.ceil(threads / THREADS)))];
     },

@@ -1,7 +1,7 @@
 /**
  * Row gather: out[K, C] = x[indices[k], :] for a u32 index buffer [K]. Compacts hidden states to
  * the kept tokens after pruning, and u32 position arrays alike: the kernel copies 32-bit words, so
- * one pipeline serves f32 and u32 tensors bit for bit. CPU twin: `gatherRows` in runtime/cpu_ops.ts.
+ * one pipeline serves f32 and u32 tensors bit for bit. CPU twin: `gatherRows` in runtime/core/cpu_ops.ts.
  *
  * One workgroup of 64 lanes per output row (K beyond 65535 goes through `grid()`). Source indices
  * must be rows of x; an index out of range reads whatever the adapter's bounds clamping returns.
@@ -9,6 +9,8 @@
  */
 import { type BufferSet, type Dispatch, type Gpu, grid } from "../runtime/device/gpu.ts";
 import { InputError } from "../runtime/core/errors.ts";
+import { defineUniforms, packUniforms } from "./uniforms.ts";
+import { wgslPrelude } from "./wgsl_prelude.ts";
 
 /** Arguments of {@link GatherRowsKernel.bind}. */
 export interface GatherRowsArgs {
@@ -30,25 +32,23 @@ export interface GatherRowsKernel {
 
 const LANES = 64;
 
-const GATHER_WGSL = /* wgsl */ `
-struct Params { rows: u32, cols: u32 }
-@group(0) @binding(0) var<storage, read> x: array<u32>;
-@group(0) @binding(1) var<storage, read> indices: array<u32>;
-@group(0) @binding(2) var<storage, read_write> out: array<u32>;
-@group(0) @binding(3) var<uniform> params: Params;
+const PARAMS = defineUniforms("gather_rows", { rows: "u32", cols: "u32" });
 
-@compute @workgroup_size(${LANES})
-fn main(
-  @builtin(workgroup_id) wid: vec3u,
-  @builtin(num_workgroups) nwg: vec3u,
-  @builtin(local_invocation_index) lane: u32,
-) {
-  let row = wid.x + wid.y * nwg.x;
+const GATHER_WGSL = /* wgsl */ `${wgslPrelude({ workgroupSize: LANES })}
+${PARAMS.wgsl}
+@group(0) @binding(1) var<storage, read> x: array<u32>;
+@group(0) @binding(2) var<storage, read> indices: array<u32>;
+@group(0) @binding(3) var<storage, read_write> out: array<u32>;
+
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
+        @builtin(local_invocation_index) lid: u32) {
+  let row = workgroup_index(wid, nwg);
   if (row >= params.rows) { return; }
   let cols = params.cols;
   let source = indices[row] * cols;
   let destination = row * cols;
-  for (var c = lane; c < cols; c += ${LANES}u) { out[destination + c] = x[source + c]; }
+  for (var c = lid; c < cols; c += WORKGROUP_SIZE) { out[destination + c] = x[source + c]; }
 }
 `;
 
@@ -56,6 +56,7 @@ fn main(
  * Compiles the row-gather pipeline (f32 and u32 alike).
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { BufferSet, createGpu } from "../runtime/device/gpu.ts";
  * import { createGatherRows } from "./rows.ts";
  * const gpu = await createGpu();
@@ -65,7 +66,7 @@ fn main(
  * const out = buffers.storage(16, "out");
  * const gather = await createGatherRows(gpu);
  * gpu.submit(gather.bind(buffers, { x, indices, out, rows: 2, cols: 2 }));
- * console.log(new Float32Array(await gpu.read(out, 0, 16))); // [20, 21, 0, 1]
+ * assert.deepEqual(new Float32Array(await gpu.read(out, 0, 16)), new Float32Array([20, 21, 0, 1]));
  * buffers.destroy();
  * gpu.destroy();
  * ```
@@ -78,8 +79,8 @@ export async function createGatherRows(gpu: Gpu): Promise<GatherRowsKernel> {
       if (!(Number.isInteger(rows) && rows >= 0 && Number.isInteger(cols) && cols > 0)) {
         throw new InputError(`Cannot bind gather_rows: bad shape [${rows}, ${cols}]`, "gather_rows");
       }
-      const uniform = buffers.uniform(new Uint32Array([rows, cols]), "gather_rows.params");
-      return [gpu.dispatch(pipeline, [x, indices, out, uniform], grid(rows))];
+      const params = buffers.uniform(packUniforms(PARAMS, { rows, cols }), "gather_rows params");
+      return [gpu.dispatch(pipeline, [params, x, indices, out], grid(rows))];
     },
   };
 }

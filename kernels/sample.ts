@@ -1,5 +1,5 @@
 /**
- * GPU token sampler: the rule of runtime/sampling.ts (greedy, or temperature + nucleus top-p with a
+ * GPU token sampler: the rule of runtime/core/sampling.ts (greedy, or temperature + nucleus top-p with a
  * counter-based random draw) run in one workgroup of 256 lanes, so the decode loop never reads
  * logits back. One dispatch per token.
  *
@@ -18,6 +18,8 @@
 import type { BufferSet, Dispatch, Gpu } from "../runtime/device/gpu.ts";
 import { InputError } from "../runtime/core/errors.ts";
 import { BISECTION_STEPS } from "../runtime/core/sampling.ts";
+import { defineUniforms, packUniforms } from "./uniforms.ts";
+import { wgslPrelude } from "./wgsl_prelude.ts";
 
 /** Arguments of {@link SamplerKernel.bind}. */
 export interface SamplerArgs {
@@ -47,64 +49,68 @@ const TREE_NODES = (1 << TREE_LEVELS) - 1;
 /** Indices travel through f32 reductions, exact below 2²⁴. */
 const MAX_VOCAB = 1 << 24;
 
-const COMMON_WGSL = /* wgsl */ `
-struct Params { vocab: u32, chunk: u32, temperature: f32, topP: f32 }
-const LANES = ${LANES}u;
+const PARAMS = defineUniforms("sample", { vocab: "u32", chunk: "u32", temperature: "f32", topP: "f32" });
+
+/** Bindings and helpers of both pipelines; `red` is the workgroup scratch of every reduction. */
+const COMMON_WGSL = /* wgsl */ `${
+  wgslPrelude({ workgroupSize: LANES, reductions: ["sum", "max", "min"], scratch: "red" })
+}
+${PARAMS.wgsl}
+@group(0) @binding(1) var<storage, read> logits: array<f32>;
+@group(0) @binding(2) var<storage, read_write> state: array<u32>;
+@group(0) @binding(3) var<storage, read_write> tokens_out: array<u32>;
 const NONE = 3.0e38;              // "no index" in f32 index reductions
 const LOWEST = -3.4028234663852886e38;
-@group(0) @binding(0) var<storage, read> logits: array<f32>;
-@group(0) @binding(1) var<storage, read_write> state: array<u32>;
-@group(0) @binding(2) var<storage, read_write> tokensOut: array<u32>;
-@group(0) @binding(3) var<uniform> params: Params;
 var<workgroup> red: array<f32, ${TREE_NODES * LANES}>;
 
-fn writeToken(lane: u32, token: u32) {
-  if (lane == 0u) {
+fn write_token(lid: u32, token: u32) {
+  if (lid == 0u) {
     let step = state[0];
-    if (step < arrayLength(&tokensOut)) { tokensOut[step] = token; }
+    if (step < arrayLength(&tokens_out)) { tokens_out[step] = token; }
     state[1] = token;
   }
 }
 
 // Lane's chunk [begin, end) of the vocabulary.
-fn chunkBegin(lane: u32) -> u32 { return min(lane * params.chunk, params.vocab); }
-fn chunkEnd(lane: u32) -> u32 { return min((lane + 1u) * params.chunk, params.vocab); }
+fn chunk_begin(lid: u32) -> u32 { return min(lid * params.chunk, params.vocab); }
+fn chunk_end(lid: u32) -> u32 { return min((lid + 1u) * params.chunk, params.vocab); }
 `;
 
 const GREEDY_WGSL = COMMON_WGSL + /* wgsl */ `
 // (value, index) pairs in red[0..256) and red[256..512); NONE marks an empty lane.
-fn better(v: f32, i: f32, bestV: f32, bestI: f32) -> bool {
+fn better(v: f32, i: f32, best_value: f32, best_index: f32) -> bool {
   if (i >= NONE) { return false; }
-  if (bestI >= NONE) { return true; }
-  return v > bestV || (v == bestV && i < bestI);
+  if (best_index >= NONE) { return true; }
+  return v > best_value || (v == best_value && i < best_index);
 }
 
-@compute @workgroup_size(${LANES})
-fn main(@builtin(local_invocation_index) lane: u32) {
-  let begin = chunkBegin(lane);
-  let end = chunkEnd(lane);
-  var bestV = 0.0;
-  var bestI = NONE;
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn main(@builtin(local_invocation_index) lid: u32) {
+  let begin = chunk_begin(lid);
+  let end = chunk_end(lid);
+  var best_value = 0.0;
+  var best_index = NONE;
   if (begin < end) {
-    bestV = logits[begin];
-    bestI = f32(begin);
+    best_value = logits[begin];
+    best_index = f32(begin);
     for (var i = begin + 1u; i < end; i++) {
       let v = logits[i];
-      if (v > bestV) { bestV = v; bestI = f32(i); }
+      if (v > best_value) { best_value = v; best_index = f32(i); }
     }
   }
-  red[lane] = bestV;
-  red[LANES + lane] = bestI;
-  workgroupBarrier();
-  for (var s = LANES / 2u; s > 0u; s >>= 1u) {
-    if (lane < s && better(red[lane + s], red[LANES + lane + s], red[lane], red[LANES + lane])) {
-      red[lane] = red[lane + s];
-      red[LANES + lane] = red[LANES + lane + s];
-    }
+  // An argmax over (value, index) pairs: not a plain sum/max/min, so reduced here.
+  red[lid] = best_value;
+  red[WORKGROUP_SIZE + lid] = best_index;
+  for (var stride = WORKGROUP_SIZE / 2u; stride > 0u; stride >>= 1u) {
     workgroupBarrier();
+    if (lid < stride && better(red[lid + stride], red[WORKGROUP_SIZE + lid + stride], red[lid], red[WORKGROUP_SIZE + lid])) {
+      red[lid] = red[lid + stride];
+      red[WORKGROUP_SIZE + lid] = red[WORKGROUP_SIZE + lid + stride];
+    }
   }
-  let best = red[LANES];
-  writeToken(lane, select(u32(best), 0u, best >= NONE));
+  workgroupBarrier();
+  let best = red[WORKGROUP_SIZE];
+  write_token(lid, select(u32(best), 0u, best >= NONE));
 }
 `;
 
@@ -114,71 +120,35 @@ const PASSES = ${BISECTION_STEPS / TREE_LEVELS}u;
 const SMALLEST_NORMAL = 1.1754943508222875e-38;
 @group(0) @binding(4) var<storage, read_write> weights: array<f32>;
 
-fn pcgHash(input: u32) -> u32 {
+fn pcg_hash(input: u32) -> u32 {
   let s = input * 747796405u + 2891336453u;
   let word = ((s >> ((s >> 28u) + 4u)) ^ s) * 277803737u;
   return (word >> 22u) ^ word;
 }
 
-fn uniformRandom(seed: u32, step: u32) -> f32 {
-  return f32(pcgHash(pcgHash(seed) + step) >> 8u) / 16777216.0;
+fn uniform_random(seed: u32, step: u32) -> f32 {
+  return f32(pcg_hash(pcg_hash(seed) + step) >> 8u) / 16777216.0;
 }
 
-fn reduceMax(lane: u32, v: f32) -> f32 {
-  red[lane] = v;
-  workgroupBarrier();
-  for (var s = LANES / 2u; s > 0u; s >>= 1u) {
-    if (lane < s) { red[lane] = max(red[lane], red[lane + s]); }
-    workgroupBarrier();
-  }
-  let result = workgroupUniformLoad(&red[0]);
-  workgroupBarrier();
-  return result;
-}
-
-fn reduceSum(lane: u32, v: f32) -> f32 {
-  red[lane] = v;
-  workgroupBarrier();
-  for (var s = LANES / 2u; s > 0u; s >>= 1u) {
-    if (lane < s) { red[lane] += red[lane + s]; }
-    workgroupBarrier();
-  }
-  let result = workgroupUniformLoad(&red[0]);
-  workgroupBarrier();
-  return result;
-}
-
-fn reduceMin(lane: u32, v: f32) -> f32 {
-  red[lane] = v;
-  workgroupBarrier();
-  for (var s = LANES / 2u; s > 0u; s >>= 1u) {
-    if (lane < s) { red[lane] = min(red[lane], red[lane + s]); }
-    workgroupBarrier();
-  }
-  let result = workgroupUniformLoad(&red[0]);
-  workgroupBarrier();
-  return result;
-}
-
-// Largest t found by BISECTION_STEPS bisection steps over [0, 1] with Σ_{w ≥ t} w ≥ massTarget.
-fn nucleusThreshold(lane: u32, massTarget: f32, begin: u32, end: u32) -> f32 {
+// Largest t found by BISECTION_STEPS bisection steps over [0, 1] with Σ_{w ≥ t} w ≥ mass_target.
+fn nucleus_threshold(lid: u32, mass_target: f32, begin: u32, end: u32) -> f32 {
   var lo = 0.0;
   var hi = 1.0;
   for (var round = 0u; round < PASSES; round++) {
     // Midpoints of the bisection tree rooted at [lo, hi]: node n's children are 2n (mass too
     // small: [lo_n, mid_n]) and 2n + 1 (enough mass: [mid_n, hi_n]).
-    var nodeLo: array<f32, 16>;
-    var nodeHi: array<f32, 16>;
+    var node_lo: array<f32, 16>;
+    var node_hi: array<f32, 16>;
     var mid: array<f32, 16>;
-    nodeLo[1] = lo;
-    nodeHi[1] = hi;
+    node_lo[1] = lo;
+    node_hi[1] = hi;
     for (var n = 1u; n <= NODES; n++) {
-      mid[n] = (nodeLo[n] + nodeHi[n]) * 0.5;
+      mid[n] = (node_lo[n] + node_hi[n]) * 0.5;
       if (2u * n <= NODES) {
-        nodeLo[2u * n] = nodeLo[n];
-        nodeHi[2u * n] = mid[n];
-        nodeLo[2u * n + 1u] = mid[n];
-        nodeHi[2u * n + 1u] = nodeHi[n];
+        node_lo[2u * n] = node_lo[n];
+        node_hi[2u * n] = mid[n];
+        node_lo[2u * n + 1u] = mid[n];
+        node_hi[2u * n + 1u] = node_hi[n];
       }
     }
     var mass: array<f32, 16>;
@@ -190,17 +160,18 @@ fn nucleusThreshold(lane: u32, massTarget: f32, begin: u32, end: u32) -> f32 {
         if (w >= mid[n]) { mass[n] += w; }
       }
     }
-    for (var n = 1u; n <= NODES; n++) { red[(n - 1u) * LANES + lane] = mass[n]; }
+    // 15 sums reduced together (red[(n - 1) · 256 + lane]): one barrier per level for all nodes.
+    for (var n = 1u; n <= NODES; n++) { red[(n - 1u) * WORKGROUP_SIZE + lid] = mass[n]; }
     workgroupBarrier();
-    for (var s = LANES / 2u; s > 0u; s >>= 1u) {
-      if (lane < s) {
-        for (var n = 0u; n < NODES; n++) { red[n * LANES + lane] += red[n * LANES + lane + s]; }
+    for (var stride = WORKGROUP_SIZE / 2u; stride > 0u; stride >>= 1u) {
+      if (lid < stride) {
+        for (var n = 0u; n < NODES; n++) { red[n * WORKGROUP_SIZE + lid] += red[n * WORKGROUP_SIZE + lid + stride]; }
       }
       workgroupBarrier();
     }
     var node = 1u;
     for (var level = 0u; level < ${TREE_LEVELS}u; level++) {
-      if (red[(node - 1u) * LANES] >= massTarget) {
+      if (red[(node - 1u) * WORKGROUP_SIZE] >= mass_target) {
         lo = mid[node];
         node = 2u * node + 1u;
       } else {
@@ -213,61 +184,61 @@ fn nucleusThreshold(lane: u32, massTarget: f32, begin: u32, end: u32) -> f32 {
   return lo;
 }
 
-@compute @workgroup_size(${LANES})
-fn main(@builtin(local_invocation_index) lane: u32) {
-  let begin = chunkBegin(lane);
-  let end = chunkEnd(lane);
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn main(@builtin(local_invocation_index) lid: u32) {
+  let begin = chunk_begin(lid);
+  let end = chunk_end(lid);
 
-  var localMax = LOWEST;
-  for (var i = begin; i < end; i++) { localMax = max(localMax, logits[i]); }
-  let maxLogit = reduceMax(lane, localMax);
-  if (maxLogit <= LOWEST) {
-    writeToken(lane, 0u);
+  var local_max = LOWEST;
+  for (var i = begin; i < end; i++) { local_max = max(local_max, logits[i]); }
+  let max_logit = workgroup_max(lid, local_max);
+  if (max_logit <= LOWEST) {
+    write_token(lid, 0u);
     return;
   }
 
-  var localSum = 0.0;
+  var local_sum = 0.0;
   for (var i = begin; i < end; i++) {
     let l = logits[i];
     var w = 0.0;
-    if (l == maxLogit) {
+    if (l == max_logit) {
       w = 1.0;
     } else if (l > LOWEST) {
-      w = exp((l - maxLogit) / params.temperature);
+      w = exp((l - max_logit) / params.temperature);
       if (w < SMALLEST_NORMAL) { w = 0.0; }
     }
     weights[i] = w;
-    localSum += w;
+    local_sum += w;
   }
-  let total = reduceSum(lane, localSum);
+  let total = workgroup_sum(lid, local_sum);
 
   var threshold = 0.0;
-  if (params.topP < 1.0) { threshold = nucleusThreshold(lane, params.topP * total, begin, end); }
+  if (params.top_p < 1.0) { threshold = nucleus_threshold(lid, params.top_p * total, begin, end); }
 
   // Kept weight per chunk, then exclusive prefix sums over chunks (lane 0, in order).
-  var chunkMass = 0.0;
-  var lastKept = -1.0;
+  var chunk_mass = 0.0;
+  var last_kept = -1.0;
   for (var i = begin; i < end; i++) {
     let w = weights[i];
     if (w >= threshold && w > 0.0) {
-      chunkMass += w;
-      lastKept = f32(i);
+      chunk_mass += w;
+      last_kept = f32(i);
     }
   }
-  red[lane] = chunkMass;
+  red[lid] = chunk_mass;
   workgroupBarrier();
-  if (lane == 0u) {
+  if (lid == 0u) {
     var running = 0.0;
-    for (var j = 0u; j < LANES; j++) {
+    for (var j = 0u; j < WORKGROUP_SIZE; j++) {
       let m = red[j];
       red[j] = running;
       running += m;
     }
-    red[LANES] = running;
+    red[WORKGROUP_SIZE] = running;
   }
   workgroupBarrier();
-  let bound = uniformRandom(state[3], state[0]) * red[LANES];
-  var running = red[lane];
+  let bound = uniform_random(state[3], state[0]) * red[WORKGROUP_SIZE];
+  var running = red[lid];
   var pick = NONE;
   for (var i = begin; i < end; i++) {
     let w = weights[i];
@@ -280,9 +251,9 @@ fn main(@builtin(local_invocation_index) lane: u32) {
     }
   }
   workgroupBarrier();
-  let first = reduceMin(lane, pick);
-  let last = -reduceMin(lane, -lastKept);
-  writeToken(lane, u32(select(first, last, first >= NONE)));
+  let first = workgroup_min(lid, pick);
+  let last = -workgroup_min(lid, -last_kept);
+  write_token(lid, u32(select(first, last, first >= NONE)));
 }
 `;
 
@@ -290,6 +261,7 @@ fn main(@builtin(local_invocation_index) lane: u32) {
  * Compiles the greedy and the sampling pipelines.
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { BufferSet, createGpu } from "../runtime/device/gpu.ts";
  * import { createSampler } from "./sample.ts";
  * const gpu = await createGpu();
@@ -299,7 +271,7 @@ fn main(@builtin(local_invocation_index) lane: u32) {
  * const tokensOut = buffers.storage(4 * 8, "tokens");
  * const sampler = await createSampler(gpu);
  * gpu.submit(sampler.bind(buffers, { logits, vocab: 3, state, tokensOut, temperature: 0 }));
- * console.log(new Uint32Array(await gpu.read(tokensOut, 0, 4))[0]); // 1
+ * assert.equal(new Uint32Array(await gpu.read(tokensOut, 0, 4))[0], 1);
  * buffers.destroy();
  * gpu.destroy();
  * ```
@@ -321,15 +293,13 @@ export async function createSampler(gpu: Gpu): Promise<SamplerKernel> {
       if (!(topP >= 0 && topP <= 1)) {
         throw new InputError(`Cannot bind the sampler: topP ${topP} is outside [0, 1]`, "topP");
       }
-      const params = new ArrayBuffer(16);
-      new Uint32Array(params, 0, 2).set([vocab, Math.ceil(vocab / LANES)]);
-      new Float32Array(params, 8, 2).set([temperature, topP]);
-      const uniform = buffers.uniform(new Uint8Array(params), "sample.params");
+      const params = packUniforms(PARAMS, { vocab, chunk: Math.ceil(vocab / LANES), temperature, topP });
+      const uniform = buffers.uniform(params, "sample params");
       if (!(temperature > 0)) {
-        return [gpu.dispatch(greedy, [logits, state, tokensOut, uniform], [1, 1, 1])];
+        return [gpu.dispatch(greedy, [uniform, logits, state, tokensOut], [1, 1, 1])];
       }
-      const weights = buffers.storage(vocab * 4, "sample.weights");
-      return [gpu.dispatch(sample, [logits, state, tokensOut, uniform, weights], [1, 1, 1])];
+      const weights = buffers.storage(vocab * 4, "sample weights");
+      return [gpu.dispatch(sample, [uniform, logits, state, tokensOut, weights], [1, 1, 1])];
     },
   };
 }

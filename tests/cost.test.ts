@@ -256,6 +256,34 @@ Deno.test("estimateCost() rejects bad plans and towers it cannot read", () => {
   assert.equal(tower224.plan.imageTokens, 256);
 });
 
+Deno.test("estimateCost() counts the images that imageTokens implies and refuses images it cannot size", () => {
+  const llama = {
+    model_type: "llama",
+    hidden_size: 4096,
+    intermediate_size: 11008,
+    num_attention_heads: 32,
+    num_hidden_layers: 32,
+    vocab_size: 32000,
+  };
+  // A plain LLaMA config has no vision tower: imageTokens alone means one image of that many tokens.
+  const implied = estimateCost(llama, { policy: "dense", imageTokens: 576 });
+  assert.equal(implied.plan.images, 1);
+  assert.equal(implied.prefill.tflopsPaper.toFixed(1), "10.1");
+  assert.equal(estimateCost(llama, { policy: "dense", imageTokens: 576, images: 2 }).plan.images, 2);
+  assert.equal(estimateCost(llama, { policy: "dense" }).plan.images, 0);
+  assert.throws(
+    () => estimateCost(llama, { policy: "dense", images: 0, imageTokens: 576 }),
+    (error: unknown) =>
+      error instanceof InputError && error.where === "plan.images" && /images is 0/.test(error.message),
+  );
+  assert.throws(
+    () => estimateCost(llama, { policy: "dense", images: 1 }),
+    (error: unknown) =>
+      error instanceof InputError && error.where === "plan.imageTokens" &&
+      /no vision tower/.test(error.message),
+  );
+});
+
 Deno.test("bench.ts --cost-only --json prints the estimate for a llava_llama config", async () => {
   const bench = fileURLToPath(new URL("../examples/bench.ts", import.meta.url));
   const config = fileURLToPath(new URL("llava-v1.5-7b.json", CONFIGS));

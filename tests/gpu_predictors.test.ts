@@ -1,5 +1,5 @@
 /**
- * Parity of the GPU predictors (runtime/gpu_predictors.ts) with the CPU predictors: the CPU side
+ * Parity of the GPU predictors (runtime/webgpu/gpu_predictors.ts) with the CPU predictors: the CPU side
  * uses the weights as the GPU stores them (f16-rounded Linear weights on f16 devices), outputs are
  * poisoned with NaN, and shapes cover the decode (N < 8) and tiled (N ≥ 8, not a multiple of 64)
  * attention paths and a hidden size that is not a multiple of 8.

@@ -1,5 +1,5 @@
 /**
- * Parity of the language-model kernels with their CPU twins (runtime/cpu_ops.ts): random inputs,
+ * Parity of the language-model kernels with their CPU twins (runtime/core/cpu_ops.ts): random inputs,
  * outputs poisoned with NaN before each run, NMSE against the twin, awkward shapes. Runs on f16
  * weights (when the adapter has `shader-f16` and DYNLLAVA_NO_F16 is unset) and on f32 weights.
  *
@@ -18,26 +18,9 @@ import {
   writeBuffer,
 } from "../runtime/device/gpu.ts";
 import * as cpu from "../runtime/core/cpu_ops.ts";
-import { GpuError } from "../runtime/core/errors.ts";
+import { GpuError, InputError } from "../runtime/core/errors.ts";
 import { storedWeightValues, uploadWeight, weightDtype } from "../runtime/device/weights_gpu.ts";
-import { createMatmul, type MatmulKernel } from "../kernels/matmul.ts";
-import { createEmbedding, type EmbeddingKernel } from "../kernels/embedding.ts";
-import { createRmsNorm, type RmsNormKernel } from "../kernels/rmsnorm.ts";
-import { createRope, type RopeKernel } from "../kernels/rope.ts";
-import { type AttentionKernel, createAttention } from "../kernels/attention.ts";
-import {
-  type ActivationArgs,
-  type AddArgs,
-  type AddBiasArgs,
-  createAdd,
-  createAddBias,
-  createGelu,
-  createQuickGelu,
-  createSwiglu,
-  type ElementwiseKernel,
-  type SwigluArgs,
-} from "../kernels/elementwise.ts";
-import { createKvAppend, type KvAppendKernel } from "../kernels/kv_append.ts";
+import { createKernels, type Kernels } from "../runtime/webgpu/gpu_kernels.ts";
 import { assertClose, poisoned, randomArray, readF32, testGpu } from "./kernel_util.ts";
 import { testNeeding } from "./requirements.ts";
 
@@ -46,43 +29,11 @@ const EXACT = 1e-10;
 /** NMSE bound for rope (f32 angles; measured ≲ 4e-9 up to position 4096 on lavapipe). */
 const ROPE = 1e-7;
 
-interface Kernels {
-  matmul: MatmulKernel;
-  embedding: EmbeddingKernel;
-  rmsNorm: RmsNormKernel;
-  rope: RopeKernel;
-  attention: AttentionKernel;
-  add: ElementwiseKernel<AddArgs>;
-  swiglu: ElementwiseKernel<SwigluArgs>;
-  gelu: ElementwiseKernel<ActivationArgs>;
-  quickGelu: ElementwiseKernel<ActivationArgs>;
-  addBias: ElementwiseKernel<AddBiasArgs>;
-  kvAppend: KvAppendKernel;
-}
-
-async function compileKernels(gpu: Gpu): Promise<Kernels> {
-  const [matmul, embedding, rmsNorm, rope, attention, add, swiglu, gelu, quickGelu, addBias, kvAppend] =
-    await Promise.all([
-      createMatmul(gpu),
-      createEmbedding(gpu),
-      createRmsNorm(gpu),
-      createRope(gpu),
-      createAttention(gpu),
-      createAdd(gpu),
-      createSwiglu(gpu),
-      createGelu(gpu),
-      createQuickGelu(gpu),
-      createAddBias(gpu),
-      createKvAppend(gpu),
-    ]);
-  return { matmul, embedding, rmsNorm, rope, attention, add, swiglu, gelu, quickGelu, addBias, kvAppend };
-}
-
 /** The f16-weight device (when offered) and an f32-weight device. */
 const gpus: Gpu[] = [await testGpu()];
 if (gpus[0].f16) gpus.push(await createGpu({ allowF16: false }));
 const kernelsOf = new Map<Gpu, Kernels>();
-for (const gpu of gpus) kernelsOf.set(gpu, await compileKernels(gpu));
+for (const gpu of gpus) kernelsOf.set(gpu, await createKernels(gpu));
 
 /**
  * Why the f16-weight variants cannot run here, or null: reported as ignored with the reason (the GL
@@ -493,9 +444,10 @@ gpuTest(
       headDim: 256,
       causal: true,
     };
-    assert.throws(() => k.attention.bind(buffers, args), GpuError);
-    assert.throws(() => k.attention.bind(buffers, { ...args, headDim: 6 }), GpuError);
-    assert.throws(() => k.attention.bind(buffers, { ...args, headDim: 8, kvHeads: 3 }), GpuError);
+    assert.throws(() => k.attention.bind(buffers, args), InputError);
+    assert.throws(() => k.attention.bind(buffers, { ...args, headDim: 6 }), InputError);
+    assert.throws(() => k.attention.bind(buffers, { ...args, headDim: 8, kvHeads: 3 }), InputError);
+    assert.throws(() => k.attention.bind(buffers, { ...args, headDim: 8, rows: -1 }), InputError);
     return Promise.resolve();
   },
 );
@@ -713,3 +665,45 @@ gpuTest(
     }
   },
 );
+
+// ---- caller mistakes -------------------------------------------------------------------------
+
+gpuTest("bind() rejects caller mistakes with InputError naming the kernel", (gpu, k, buffers) => {
+  const small = buffers.storage(16, "small");
+  const weight = uploadWeight(buffers, randomArray(8 * 8, 330), { rows: 8, cols: 8, label: "w" });
+  const otherDtype = { ...weight, dtype: gpu.f16 ? "f32" as const : "f16" as const };
+  const mistakes: [string, () => unknown][] = [
+    ["matmul", () => k.matmul.bind(buffers, { x: small, weight, out: small, rows: 1 })],
+    ["matmul", () => k.matmul.bind(buffers, { x: small, weight: otherDtype, out: small, rows: 1 })],
+    ["embedding", () => k.embedding.bind(buffers, { ids: small, table: weight, out: small, rows: 2 })],
+    [
+      "rmsnorm",
+      () => k.rmsNorm.bind(buffers, { x: small, weight: small, out: small, rows: -1, cols: 4, eps: 0 }),
+    ],
+    [
+      "rmsnorm",
+      () => k.rmsNorm.bind(buffers, { x: small, weight: small, out: small, rows: 1, cols: 4, eps: NaN }),
+    ],
+    [
+      "rope",
+      () => k.rope.bind(buffers, { x: small, positions: small, rows: 1.5, heads: 1, headDim: 4, theta: 1e4 }),
+    ],
+    [
+      "kv_append",
+      () =>
+        k.kvAppend.bind(buffers, {
+          src: small,
+          cache: small,
+          counts: small,
+          countIndex: -1,
+          rows: 1,
+          cols: 4,
+        }),
+    ],
+    ["add", () => k.add.bind(buffers, { a: small, b: small, count: -4 })],
+  ];
+  for (const [kernel, bind] of mistakes) {
+    assert.throws(bind, (err: unknown) => err instanceof InputError && err.where.startsWith(kernel), kernel);
+  }
+  return Promise.resolve();
+});

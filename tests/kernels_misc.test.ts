@@ -11,12 +11,8 @@ import { InputError } from "../runtime/core/errors.ts";
 import { gatherRows, layerNorm, linear } from "../runtime/core/cpu_ops.ts";
 import { im2col } from "../runtime/core/patches_cpu.ts";
 import { admitFlag, halfGlobalConcat, logSoftmax2Col0 } from "../runtime/core/predictor_cpu_ops.ts";
-import { createLayerNorm } from "../kernels/layernorm.ts";
-import { createAdvance } from "../kernels/decode_state.ts";
+import { createKernels, KERNELS } from "../runtime/webgpu/gpu_kernels.ts";
 import { advanceState } from "../runtime/core/sparse_kv.ts";
-import { createGatherRows } from "../kernels/rows.ts";
-import { createIm2col } from "../kernels/patches.ts";
-import { createAdmitFlag, createHalfGlobalConcat, createLogSoftmax2Col0 } from "../kernels/predictor_ops.ts";
 import { assertClose, poisoned, randomArray, readF32, withGpu } from "./kernel_util.ts";
 
 /** Bit patterns of f32 values, for exact comparisons of copies. */
@@ -38,7 +34,7 @@ function randomIndices(count: number, sourceRows: number, seed: number): Uint32A
 
 Deno.test("createLayerNorm() matches layerNorm() on awkward shapes", async () => {
   await withGpu(async (gpu, buffers) => {
-    const layerNormKernel = await createLayerNorm(gpu);
+    const { layerNorm: layerNormKernel } = await createKernels(gpu, { only: ["layerNorm"] });
     const shapes: [number, number, number][] = [
       [1, 1, 1e-5],
       [1, 63, 1e-5],
@@ -75,7 +71,7 @@ Deno.test("createLayerNorm() matches layerNorm() on awkward shapes", async () =>
 
 Deno.test("createGatherRows() copies f32 rows exactly and leaves other rows alone", async () => {
   await withGpu(async (gpu, buffers) => {
-    const gather = await createGatherRows(gpu);
+    const { gatherRows: gather } = await createKernels(gpu, { only: ["gatherRows"] });
     for (const [sourceRows, cols, rows] of [[100, 65, 63], [5, 1, 1], [3, 4096, 7]]) {
       const x = randomArray(sourceRows * cols, sourceRows + cols);
       x[0] = NaN; // NaN payloads travel as bits too
@@ -93,7 +89,7 @@ Deno.test("createGatherRows() copies f32 rows exactly and leaves other rows alon
 
 Deno.test("createGatherRows() gathers u32 positions beyond 65535 workgroups", async () => {
   await withGpu(async (gpu, buffers) => {
-    const gather = await createGatherRows(gpu);
+    const { gatherRows: gather } = await createKernels(gpu, { only: ["gatherRows"] });
     const rows = 70000;
     const positions = Uint32Array.from({ length: 1000 }, (_, i) => 3 * i + 7);
     const ids = randomIndices(rows, positions.length, 99);
@@ -148,7 +144,7 @@ Deno.test("im2col() times the flattened conv weight equals the patch convolution
 
 Deno.test("createIm2col() matches im2col() for 1 to 576 patches", async () => {
   await withGpu(async (gpu, buffers) => {
-    const kernel = await createIm2col(gpu);
+    const { im2col: kernel } = await createKernels(gpu, { only: ["im2col"] });
     const runs = [[4, 2, 1], [14, 14, 3], [21, 7, 3], [65, 13, 3], [336, 14, 3]].map(
       ([size, patch, channels]) => {
         const image = randomArray(channels * size * size, size + patch);
@@ -175,7 +171,7 @@ Deno.test("createIm2col() matches im2col() for 1 to 576 patches", async () => {
 
 Deno.test("createHalfGlobalConcat() matches halfGlobalConcat() incl. > 65535 columns", async () => {
   await withGpu(async (gpu, buffers) => {
-    const kernel = await createHalfGlobalConcat(gpu);
+    const { halfGlobalConcat: kernel } = await createKernels(gpu, { only: ["halfGlobalConcat"] });
     const runs = [[1, 2], [63, 64], [65, 130], [576, 512], [2, 70000]].map(([rows, cols]) => {
       const x = randomArray(rows * cols, rows * 7 + cols, 2).map((v, i) => v + (i % cols) * 0.01);
       const out = poisoned(buffers, rows * cols, "out");
@@ -192,7 +188,7 @@ Deno.test("createHalfGlobalConcat() matches halfGlobalConcat() incl. > 65535 col
 
 Deno.test("createLogSoftmax2Col0() matches logSoftmax2Col0(), small scores included", async () => {
   await withGpu(async (gpu, buffers) => {
-    const kernel = await createLogSoftmax2Col0(gpu);
+    const { logSoftmax2Col0: kernel } = await createKernels(gpu, { only: ["logSoftmax2Col0"] });
     const extremes = new Float32Array([0, 0, 30, -30, -30, 30, 12, -3, 1e-3, 0, -88, 0, 0, 1e-7]);
     const runs = [1, 63, 65, 70000].map((rows, k) => {
       const logits = k === 0 ? new Float32Array([2, -1]) : randomArray(rows * 2, rows, 6);
@@ -215,7 +211,7 @@ Deno.test("createLogSoftmax2Col0() matches logSoftmax2Col0(), small scores inclu
 
 Deno.test("createAdmitFlag() writes admitFlag() at flags[step] only", async () => {
   await withGpu(async (gpu, buffers) => {
-    const kernel = await createAdmitFlag(gpu);
+    const { admitFlag: kernel } = await createKernels(gpu, { only: ["admitFlag"] });
     const cases: [number, number, number][] = [[0.4, -0.2, 0], [1, 1, 1], [-1, 2, 2], [3, 2.999, 5], [
       5,
       1,
@@ -236,24 +232,17 @@ Deno.test("createAdmitFlag() writes admitFlag() at flags[step] only", async () =
   });
 });
 
-Deno.test("the misc kernels compile and run on a device without shader-f16", async () => {
+Deno.test("every registered kernel compiles on a device without shader-f16 and runs", async () => {
   const gpu = await createGpu({ allowF16: false });
   const buffers = new BufferSet(gpu);
   try {
     assert.equal(gpu.f16, false);
-    const kernels = await Promise.all([
-      createLayerNorm(gpu),
-      createGatherRows(gpu),
-      createIm2col(gpu),
-      createHalfGlobalConcat(gpu),
-      createLogSoftmax2Col0(gpu),
-      createAdmitFlag(gpu),
-    ]);
-    assert.equal(kernels.length, 6);
+    const kernels = await createKernels(gpu);
+    assert.deepEqual(Object.keys(kernels).sort(), Object.keys(KERNELS).sort());
     const x = buffers.upload(new Float32Array([1, 2, 3, 4]), "x");
     const out = buffers.storage(16, "out");
     writeBuffer(gpu, out, 0, new Float32Array(4).fill(NaN));
-    gpu.submit(kernels[3].bind(buffers, { x, out, rows: 2, cols: 2 }));
+    gpu.submit(kernels.halfGlobalConcat.bind(buffers, { x, out, rows: 2, cols: 2 }));
     assert.deepEqual([...await readF32(gpu, out, 4)], [1, 3, 3, 3]);
   } finally {
     buffers.destroy();
@@ -263,7 +252,7 @@ Deno.test("the misc kernels compile and run on a device without shader-f16", asy
 
 Deno.test("createAdvance() matches advanceState() over decode steps with mixed admissions", async () => {
   await withGpu(async (gpu, buffers) => {
-    const advance = await createAdvance(gpu);
+    const { advance } = await createKernels(gpu, { only: ["advance"] });
     const flagValues = new Uint32Array([1, 0, 0, 1, 1, 0, 1, 0]);
     for (
       const options of [{ layers: 5, admitLayer: 2, admitAll: false }, {

@@ -277,11 +277,11 @@ Deno.test("generateBatch() of 4 mixed requests equals the 4 run alone, decoding 
     const model = await open("llava-f32-dyn", backend);
     try {
       const alone = [];
-      const before = model.backend.readbacks;
+      const before = model.readbacks;
       for (const r of requests) alone.push(await model.generate(r));
-      const aloneReadbacks = model.backend.readbacks - before;
+      const aloneReadbacks = model.readbacks - before;
       const batch = await model.generateBatch(requests);
-      const batchReadbacks = model.backend.readbacks - before - aloneReadbacks;
+      const batchReadbacks = model.readbacks - before - aloneReadbacks;
       for (let i = 0; i < requests.length; i++) {
         assert.deepEqual(batch[i].tokens, alone[i].tokens, `request ${i}`);
         assert.deepEqual(batch[i].admitted, alone[i].admitted, `request ${i}`);
@@ -290,7 +290,7 @@ Deno.test("generateBatch() of 4 mixed requests equals the 4 run alone, decoding 
       }
       if (backend === "webgpu") {
         assert.ok(batchReadbacks < aloneReadbacks, `${batchReadbacks} ≥ ${aloneReadbacks}`);
-        assert.ok(model.backend.batchedSteps >= 8, `batched steps ${model.backend.batchedSteps}`);
+        assert.ok(model.batchedSteps >= 8, `batched steps ${model.batchedSteps}`);
       }
     } finally {
       model.dispose();

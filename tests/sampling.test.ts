@@ -8,7 +8,7 @@ import assert from "node:assert/strict";
 import { BufferSet, writeBuffer } from "../runtime/device/gpu.ts";
 import { InputError } from "../runtime/core/errors.ts";
 import { sampleToken, uniformRandom } from "../runtime/core/sampling.ts";
-import { createSampler } from "../kernels/sample.ts";
+import { createKernels } from "../runtime/webgpu/gpu_kernels.ts";
 import { randomArray, testGpu } from "./kernel_util.ts";
 
 /** softmax(logits / temperature) in f64. */
@@ -149,7 +149,7 @@ Deno.test("createSampler() picks the same token as sampleToken() on every case",
   const gpu = await testGpu();
   const buffers = new BufferSet(gpu);
   try {
-    const sampler = await createSampler(gpu);
+    const { sampler } = await createKernels(gpu, { only: ["sampler"] });
     const cases = parityCases();
     const firstStep = 1000; // steps 1000.. exercise the hash beyond small counters
     const tokensOut = buffers.storage((firstStep + cases.length) * 4, "tokens");
@@ -195,7 +195,7 @@ Deno.test("createSampler() writes state[1] but not tokensOut when step is past i
   const gpu = await testGpu();
   const buffers = new BufferSet(gpu);
   try {
-    const sampler = await createSampler(gpu);
+    const { sampler } = await createKernels(gpu, { only: ["sampler"] });
     const logits = buffers.upload(new Float32Array([0, 1, 9, 2, 3]), "logits");
     const state = buffers.upload(new Uint32Array([4, 0, 0, 1]), "state");
     const tokensOut = buffers.upload(new Uint32Array([7, 7, 7, 7]), "tokens"); // capacity 4

@@ -35,9 +35,11 @@ export const DEMO_FIXTURE: FixtureSpec = { layout: "llava_llama", dtype: "F16", 
  * and returns its directory. For hub-tower fixtures the HF cache is `<dir>/hf`.
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { ensureFixture } from "./make_fixtures.ts";
  * const dir = await ensureFixture("llama-f32");
- * console.log(dir.endsWith("llama-f32")); // true
+ * assert.ok(dir.endsWith("llama-f32"));
+ * assert.ok((await Deno.stat(`${dir}/model.safetensors`)).isFile);
  * ```
  */
 export async function ensureFixture(name: string, options: { root?: string } = {}): Promise<string> {

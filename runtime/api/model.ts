@@ -29,6 +29,7 @@ import { loadTokenizer, type Tokenizer } from "../text/tokenizer.ts";
 export interface LoadOptions {
   /** "webgpu" (default) or "cpu". */
   backend?: "webgpu" | "cpu";
+  /** Called as tensors load, with the bytes loaded so far. */
   onProgress?: (progress: LoadProgress) => void;
   /**
    * GPU weight storage: "auto" (default) keeps F32 checkpoints in f32 and stores F16/BF16 ones as
@@ -40,7 +41,7 @@ export interface LoadOptions {
 /** An image: encoded bytes (PNG, JPEG, WebP, GIF, BMP) or decoded RGB. */
 export type ImageInput = Uint8Array | RgbImage;
 
-/** A generation request (DESIGN §2). */
+/** A generation request. */
 export interface GenerateRequest {
   /** User prompt, formatted with the llava_v1 template (`<image>` first when images are given). */
   prompt?: string;
@@ -50,14 +51,19 @@ export interface GenerateRequest {
   image?: ImageInput | ImageInput[];
   /** A video: `frames` evenly spaced frames, each one image. */
   video?: { data: Uint8Array; frames: number };
+  /** Most tokens to generate (default 256). */
   maxNewTokens?: number;
   /** ≤ 0 = greedy (default 0). */
   temperature?: number;
+  /** Nucleus sampling: sample among the most likely tokens whose probabilities sum to topP (default 1). */
   topP?: number;
+  /** Seed of the sampler's random numbers (default 0): the same seed gives the same tokens. */
   seed?: number;
   /** Stop ids; default [`</s>`]; [] never stops early. */
   stop?: number[];
+  /** Aborts the run; it then rejects with the signal's reason. */
   signal?: AbortSignal;
+  /** Sparsification: "dense" (default), "dynamic" (Dynamic-LLaVA), "fastv", or a custom {@link Policy}. */
   policy?: "dense" | "dynamic" | "fastv" | Policy;
   /** false = the paper's no-cache decoding (recompute the context every step). Default true. */
   kvCache?: boolean;
@@ -68,6 +74,7 @@ export class GenerateRun implements PromiseLike<GenerateResult>, AsyncIterable<G
   #events: GenerateEvent[] = [];
   #wake: (() => void) | null = null;
   #finished = false;
+  /** The run's result, resolved when generation ends. */
   readonly result: Promise<GenerateResult>;
 
   /** Starts `start`, which calls `emit` per token. */
@@ -82,6 +89,7 @@ export class GenerateRun implements PromiseLike<GenerateResult>, AsyncIterable<G
     this.result.catch(() => {});
   }
 
+  /** Awaiting the run awaits {@link GenerateRun.result}. */
   then<A = GenerateResult, B = never>(
     onFulfilled?: ((value: GenerateResult) => A | PromiseLike<A>) | null,
     onRejected?: ((reason: unknown) => B | PromiseLike<B>) | null,
@@ -89,6 +97,7 @@ export class GenerateRun implements PromiseLike<GenerateResult>, AsyncIterable<G
     return this.result.then(onFulfilled, onRejected);
   }
 
+  /** Streams one event per generated token, in order; rethrows the run's failure at the end. */
   async *[Symbol.asyncIterator](): AsyncIterator<GenerateEvent> {
     while (true) {
       if (this.#events.length > 0) {
@@ -107,9 +116,11 @@ export class GenerateRun implements PromiseLike<GenerateResult>, AsyncIterable<G
 
 /** A loaded model. Create with {@link loadModel}. */
 export class Model {
+  /** The checkpoint's architecture. */
   readonly config: ModelConfig;
+  /** The checkpoint's tokenizer. */
   readonly tokenizer: Tokenizer;
-  readonly backend: Backend;
+  readonly #backend: Backend;
   readonly #policyInfo: PolicyModelInfo;
   #queue: Promise<unknown> = Promise.resolve();
   #disposed = false;
@@ -118,7 +129,7 @@ export class Model {
   constructor(config: ModelConfig, tokenizer: Tokenizer, backend: Backend, policyInfo: PolicyModelInfo) {
     this.config = config;
     this.tokenizer = tokenizer;
-    this.backend = backend;
+    this.#backend = backend;
     this.#policyInfo = policyInfo;
   }
 
@@ -131,10 +142,16 @@ export class Model {
    * Generates text. Await the returned run for the result, or iterate it to stream tokens.
    * @example
    * ```ts
+   * import assert from "node:assert/strict";
    * import { loadModel } from "../../mod.ts";
    * const model = await loadModel(new URL("../../assets/demo/", import.meta.url), { backend: "cpu" });
    * const result = await model.generate({ prompt: "Hello", maxNewTokens: 4 });
-   * console.log(result.tokens.length <= 4);
+   * assert.ok(result.tokens.length >= 1 && result.tokens.length <= 4);
+   * assert.equal(result.text, model.tokenizer.decode(result.tokens, { skipSpecialTokens: true }));
+   * // Iterating a run streams the same tokens (greedy decoding is deterministic):
+   * const streamed: number[] = [];
+   * for await (const event of model.generate({ prompt: "Hello", maxNewTokens: 4 })) streamed.push(event.token);
+   * assert.deepEqual(streamed, result.tokens);
    * model.dispose();
    * ```
    */
@@ -147,10 +164,12 @@ export class Model {
    * sequence keeps its own KV cache, ragged), and results equal running them one by one.
    * @example
    * ```ts
+   * import assert from "node:assert/strict";
    * import { loadModel } from "../../mod.ts";
    * const model = await loadModel(new URL("../../assets/demo/", import.meta.url), { backend: "cpu" });
    * const results = await model.generateBatch([{ prompt: "Hi", maxNewTokens: 2 }, { prompt: "Yo", maxNewTokens: 2 }]);
-   * console.log(results.length); // 2
+   * assert.equal(results.length, 2);
+   * assert.deepEqual(results[1].tokens, (await model.generate({ prompt: "Yo", maxNewTokens: 2 })).tokens);
    * model.dispose();
    * ```
    */
@@ -168,10 +187,12 @@ export class Model {
    * Logits of the last position (Float32Array of the vocabulary size), with the policy applied.
    * @example
    * ```ts
+   * import assert from "node:assert/strict";
    * import { loadModel } from "../../mod.ts";
    * const model = await loadModel(new URL("../../assets/demo/", import.meta.url), { backend: "cpu" });
    * const logits = await model.logits({ inputIds: [1, 15043] });
-   * console.log(logits.length); // 32000
+   * assert.equal(logits.length, model.config.text.vocabSize); // 32000
+   * assert.ok(logits.every(Number.isFinite));
    * model.dispose();
    * ```
    */
@@ -191,10 +212,15 @@ export class Model {
    * pruning without). Perplexity = exp(-mean).
    * @example
    * ```ts
+   * import assert from "node:assert/strict";
    * import { loadModel } from "../../mod.ts";
+   * import { logSoftmaxAt } from "../core/cpu_ops.ts";
    * const model = await loadModel(new URL("../../assets/demo/", import.meta.url), { backend: "cpu" });
    * const lp = await model.logProbs({ prompt: "Say hi", target: [6324, 29991] });
-   * console.log(lp.length); // 2
+   * assert.equal(lp.length, 2);
+   * // The first is the log-softmax of the prompt's next-token logits at target[0]:
+   * const logits = await model.logits({ prompt: "Say hi" });
+   * assert.ok(Math.abs(lp[0] - logSoftmaxAt(logits, 6324)) < 1e-4);
    * model.dispose();
    * ```
    */
@@ -238,11 +264,26 @@ export class Model {
     });
   }
 
+  /** The backend the model runs on. */
+  get backendKind(): "cpu" | "webgpu" {
+    return this.#backend.kind;
+  }
+
+  /** GPU readbacks (buffer maps) the backend has made so far; always 0 on the CPU backend. */
+  get readbacks(): number {
+    return this.#backend.readbacks;
+  }
+
+  /** Decode steps the backend has run for several requests at once so far; 0 on the CPU backend. */
+  get batchedSteps(): number {
+    return this.#backend.batchedSteps;
+  }
+
   /** Frees the weights and the device. */
   dispose(): void {
     if (this.#disposed) return;
     this.#disposed = true;
-    this.backend.dispose();
+    this.#backend.dispose();
   }
 
   /** Prepares `request`, opens a session for it, runs `body`, and frees both whatever happens. */
@@ -253,7 +294,7 @@ export class Model {
   ): Promise<T> {
     const { rows, images, plan } = await this.#prepare(request);
     try {
-      const session = this.backend.openSession({
+      const session = this.#backend.openSession({
         rows,
         images,
         plan,
@@ -317,7 +358,7 @@ export class Model {
           await preprocessImage(input, { imageSize: v.imageSize, mean: v.imageMean, std: v.imageStd }),
         );
       }
-      images = await this.backend.encodeImages(pixels);
+      images = await this.#backend.encodeImages(pixels);
     }
     return { rows, images, plan };
   }
@@ -325,7 +366,7 @@ export class Model {
   async #generate(request: GenerateRequest, emit: (event: GenerateEvent) => void): Promise<GenerateResult> {
     const { rows, images, plan } = await this.#prepare(request);
     try {
-      return await runGeneration(this.backend, this.tokenizer, this.config, {
+      return await runGeneration(this.#backend, this.tokenizer, this.config, {
         rows,
         images,
         plan,
@@ -336,7 +377,7 @@ export class Model {
         signal: request.signal,
         // GPU steps per submission; the CPU has no submission to amortise, so it steps one at a
         // time (an abort is then honoured after the token it was raised on).
-        decodeBatch: this.backend.kind === "cpu" ? 1 : 16,
+        decodeBatch: this.#backend.kind === "cpu" ? 1 : 16,
       }, emit);
     } finally {
       images?.dispose();
@@ -360,9 +401,12 @@ async function localDir(path: string | URL): Promise<string> {
  * `file:` URL, or an `http(s):` URL whose files are downloaded once into a local cache.
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { loadModel } from "../../mod.ts";
  * const model = await loadModel(new URL("../../assets/demo/", import.meta.url), { backend: "cpu" });
- * console.log(model.config.layout); // "llava_llama"
+ * assert.equal(model.config.layout, "llava_llama");
+ * assert.equal(model.backendKind, "cpu");
+ * assert.equal(model.config.sparse?.sparseLayer, 2); // from the sparse_config of assets/demo/config.json
  * model.dispose();
  * ```
  */

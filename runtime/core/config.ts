@@ -13,37 +13,61 @@ import { CheckpointError } from "./errors.ts";
 
 /** The LLaMA decoder's sizes. */
 export interface TextConfig {
+  /** Width of the residual stream (`hidden_size`), C. */
   hiddenSize: number;
+  /** Width of the SwiGLU MLP (`intermediate_size`). */
   intermediateSize: number;
+  /** Decoder layers (`num_hidden_layers`). */
   numLayers: number;
+  /** Query heads (`num_attention_heads`). */
   numHeads: number;
+  /** Key/value heads (`num_key_value_heads`; equal to numHeads without grouped-query attention). */
   numKvHeads: number;
+  /** Width of one head: hiddenSize / numHeads. */
   headDim: number;
+  /** Rows of the embedding and of lm_head (`vocab_size`). */
   vocabSize: number;
+  /** Epsilon of every RMSNorm (`rms_norm_eps`). */
   rmsNormEps: number;
+  /** Rotary embedding base (`rope_theta`, 10000 for LLaMA-2). */
   ropeTheta: number;
+  /** Longest context the model was trained for (`max_position_embeddings`). */
   maxPositions: number;
+  /** Beginning-of-sequence id (`bos_token_id`). */
   bosTokenId: number;
+  /** End-of-sequence id (`eos_token_id`): generation stops on it. */
   eosTokenId: number;
+  /** lm_head shares the embedding matrix (`tie_word_embeddings`). */
   tieWordEmbeddings: boolean;
 }
 
 /** The CLIP vision tower's sizes and how its features are selected. */
 export interface VisionConfig {
+  /** Width of the tower's residual stream (`hidden_size`, 1024 for CLIP ViT-L). */
   hiddenSize: number;
+  /** Width of the tower's MLP (`intermediate_size`). */
   intermediateSize: number;
+  /** Encoder layers of the tower (`num_hidden_layers`). */
   numLayers: number;
+  /** Attention heads of the tower (`num_attention_heads`). */
   numHeads: number;
+  /** Side of the square input image in pixels (`image_size`, 336 for LLaVA-1.5). */
   imageSize: number;
+  /** Side of one patch in pixels (`patch_size`, 14). */
   patchSize: number;
+  /** Input channels (`num_channels`, 3). */
   numChannels: number;
+  /** Epsilon of every LayerNorm (`layer_norm_eps`). */
   layerNormEps: number;
+  /** MLP activation (`hidden_act`; OpenAI CLIP uses quick_gelu). */
   hiddenAct: "quick_gelu" | "gelu";
   /** Hidden state index as in HF `hidden_states[selectLayer]` (-2 = second-to-last layer output). */
   selectLayer: number;
   /** "patch" drops the CLS token (LLaVA-1.5), "cls_patch" keeps it. */
   selectFeature: "patch" | "cls_patch";
+  /** Per-channel mean subtracted from pixels in [0, 1] (`image_mean`). */
   imageMean: [number, number, number];
+  /** Per-channel standard deviation pixels are divided by (`image_std`). */
   imageStd: [number, number, number];
   /** Image tokens per image after feature selection: (imageSize/patchSize)² (+1 for cls_patch). */
   tokensPerImage: number;
@@ -53,37 +77,54 @@ export interface VisionConfig {
 
 /** The multimodal projector from vision hidden size to text hidden size. */
 export interface ProjectorConfig {
+  /** `mlp2x_gelu`: Linear, GELU, Linear (LLaVA-1.5); `linear`: one Linear (LLaVA-1). */
   type: "mlp2x_gelu" | "linear";
+  /** Input width: the vision tower's hidden size. */
   inSize: number;
+  /** Output width: the text model's hidden size. */
   outSize: number;
 }
 
 /** Dynamic-LLaVA `sparse_config` (defaults as the official implementation). */
 export interface SparseConfig {
+  /** The decoder layer l where visual tokens are pruned and output tokens filtered (`sparse_layer`). */
   sparseLayer: number;
+  /** Fraction of image tokens kept at layer l (`vision_keep_rate`). */
   visionKeepRate: number;
+  /** Expected fraction of output tokens kept at layers ≥ l (`output_text_keep_rate`). */
   outputTextKeepRate: number;
+  /** The checkpoint has an image predictor (`use_vision_predictor`). */
   useVisionPredictor: boolean;
+  /** The checkpoint has an output-text predictor (`use_output_text_predictor`). */
   useOutputTextPredictor: boolean;
+  /** Width the predictors project the hidden state down to (`d_model`). */
   dModel: number;
+  /** Attention heads of the predictors' encoder layers (`nhead`). */
   nhead: number;
+  /** MLP width of the predictors' encoder layers (`dim_feedforward`). */
   dimFeedforward: number;
+  /** Encoder layers of each predictor (`num_layers`). */
   numLayers: number;
 }
 
 /** Everything the runtime needs to know about a checkpoint's architecture. */
 export interface ModelConfig {
+  /** The `config.json` layout the config was read from. */
   layout: "llava_llama" | "llava" | "llama";
+  /** The language model. */
   text: TextConfig;
+  /** The vision tower, or null for a text-only model. */
   vision: VisionConfig | null;
+  /** The multimodal projector, or null for a text-only model. */
   projector: ProjectorConfig | null;
+  /** Dynamic-LLaVA's `sparse_config`, or null for a checkpoint trained without it. */
   sparse: SparseConfig | null;
   /** llava-hf only: the in-vocabulary id of `<image>` (treated like -200 in `inputIds`). */
   imageTokenId: number | null;
 }
 
 /** Ids equal to this in `inputIds` mark where an image's tokens are spliced in. */
-export const IMAGE_TOKEN_INDEX = -200;
+export const IMAGE_TOKEN_INDEX: number = -200;
 
 /** CLIP's normalisation constants (OpenAI CLIP, used by LLaVA-1.5's image processor). */
 export const CLIP_MEAN: [number, number, number] = [0.48145466, 0.4578275, 0.40821073];
@@ -145,11 +186,13 @@ function firstId(v: unknown, fallback: number): number {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { parseTextConfig } from "./config.ts";
  * const text = parseTextConfig({
  *   hidden_size: 64, intermediate_size: 128, num_attention_heads: 4, num_hidden_layers: 2, vocab_size: 32000,
  * }, "config.json");
- * console.log(text.headDim); // 16
+ * assert.equal(text.headDim, 16);
+ * assert.equal(text.numKvHeads, 4); // no num_key_value_heads: one KV head per query head
  * ```
  */
 export function parseTextConfig(raw: unknown, where: string): TextConfig {
@@ -203,12 +246,14 @@ export function parseTextConfig(raw: unknown, where: string): TextConfig {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { parseVisionConfig } from "./config.ts";
  * const v = parseVisionConfig({
  *   hidden_size: 32, intermediate_size: 64, num_attention_heads: 2, num_hidden_layers: 3,
  *   image_size: 28, patch_size: 14,
  * }, { selectLayer: -2, selectFeature: "patch" }, "tower/config.json");
- * console.log(v.tokensPerImage, v.layersToRun); // 4 2
+ * assert.equal(v.tokensPerImage, 4); // (28 / 14)² patches, CLS dropped
+ * assert.equal(v.layersToRun, 2); // hidden_states[-2] is the output of layer 2 of 3
  * ```
  */
 export function parseVisionConfig(
@@ -278,8 +323,11 @@ export function parseVisionConfig(
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { parseSparseConfig } from "./config.ts";
- * console.log(parseSparseConfig({ vision_keep_rate: 0.2 }, "config.json").sparseLayer); // 2
+ * const sparse = parseSparseConfig({ vision_keep_rate: 0.2 }, "config.json");
+ * assert.equal(sparse.sparseLayer, 2); // the default
+ * assert.equal(sparse.visionKeepRate, 0.2);
  * ```
  */
 export function parseSparseConfig(raw: unknown, where: string): SparseConfig {
@@ -318,12 +366,15 @@ export function parseSparseConfig(raw: unknown, where: string): SparseConfig {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { parseModelConfig } from "./config.ts";
  * const cfg = parseModelConfig({
  *   model_type: "llama", hidden_size: 64, intermediate_size: 128, num_attention_heads: 4,
  *   num_hidden_layers: 2, vocab_size: 32000,
  * }, "config.json");
- * console.log(cfg.layout, cfg.vision); // "llama" null
+ * assert.equal(cfg.layout, "llama");
+ * assert.equal(cfg.vision, null);
+ * assert.equal(cfg.text.numLayers, 2);
  * ```
  */
 export function parseModelConfig(raw: unknown, where: string, towerRaw?: unknown): ModelConfig {

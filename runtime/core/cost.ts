@@ -72,6 +72,7 @@ export interface PredictorDims {
 
 /** What to estimate: a policy and the sizes of one request. */
 export interface CostPlan {
+  /** The policy: dense (no pruning), FastV, or Dynamic-LLaVA. */
   policy: "dense" | "fastv" | "dynamic";
   /**
    * Text tokens of the prompt, BOS included, image tokens excluded. Default
@@ -79,11 +80,15 @@ export interface CostPlan {
    * "Describe this image in detail." (35 tokens before the image, BOS included, 13 after).
    */
   promptTokens?: number;
-  /** Images in the prompt (default 1; 0 for a text-only model). */
+  /**
+   * Images in the prompt (default 1 when the config has a vision tower or `imageTokens` is given,
+   * else 0). Images whose token count is unknown, or `imageTokens` with 0 images, are an InputError.
+   */
   images?: number;
   /**
    * Tokens per image (default: the vision config's tokensPerImage; for a raw llava_llama config,
-   * (size/patch)² read from a tower id such as "openai/clip-vit-large-patch14-336").
+   * (size/patch)² read from a tower id such as "openai/clip-vit-large-patch14-336"). Giving it
+   * implies one image unless `images` says otherwise.
    */
   imageTokens?: number;
   /** Generated tokens (default 0: prefill only). */
@@ -94,6 +99,7 @@ export interface CostPlan {
   batch?: number;
   /** FastV: prune at layer `k` (default 2), dropping the fraction `r` (default 0.5) of image tokens. */
   fastv?: { k?: number; r?: number };
+  /** Dynamic-LLaVA's rates (defaults from the config's `sparse_config`). */
   dynamic?: {
     /** Image tokens kept per image (overrides `visionKeepRate`). */
     visionKeep?: number;
@@ -113,13 +119,19 @@ export interface CostPlan {
 
 /** The plan with every default filled in, as {@link estimateCost} used it. */
 export interface ResolvedCostPlan {
+  /** The policy estimated. */
   policy: "dense" | "fastv" | "dynamic";
+  /** Text tokens of the prompt, BOS included. */
   promptTokens: number;
+  /** Images in the prompt. */
   images: number;
   /** Tokens per image before pruning. */
   imageTokens: number;
+  /** Generated tokens. */
   newTokens: number;
+  /** Decode with a KV cache. */
   kvCache: boolean;
+  /** Sequences decoded together. */
   batch: number;
   /** First layer that sees the pruned image (FastV's K, Dynamic-LLaVA's l; numLayers for dense). */
   pruneLayer: number;
@@ -127,6 +139,7 @@ export interface ResolvedCostPlan {
   visualKept: number;
   /** Fraction of output tokens kept at layers ≥ pruneLayer (1 unless dynamic). */
   textKeepRate: number;
+  /** Bytes per cached K/V element. */
   bytesPerElement: number;
 }
 
@@ -142,11 +155,14 @@ export interface PhaseFlops extends PassFlops {
 
 /** Result of {@link estimateCost}. Row counts are per sequence; FLOPs and bytes cover the batch. */
 export interface CostEstimate {
+  /** The plan with its defaults filled in. */
   plan: ResolvedCostPlan;
+  /** The prefill pass. */
   prefill: PhaseFlops & {
     /** Rows each decoder layer computes at prefill. */
     rowsPerLayer: number[];
   };
+  /** The decode steps after the prefill. */
   decode: PhaseFlops & {
     /** Decode steps: newTokens - 1 (the prefill yields the first token). */
     steps: number;
@@ -155,6 +171,7 @@ export interface CostEstimate {
     /** Query rows computed by all decoder layers over all decode steps (× batch). */
     tokensComputed: number;
   };
+  /** The KV cache. */
   kv: {
     /** Rows each layer's KV cache holds at the end (all 0 without a KV cache). */
     rowsPerLayer: number[];
@@ -166,6 +183,7 @@ export interface CostEstimate {
      */
     peakBytes: number;
   };
+  /** Prefill and decode together. */
   total: PhaseFlops;
 }
 
@@ -175,9 +193,10 @@ export interface CostEstimate {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { paperLayerFlops } from "./cost.ts";
  * const perLayer = paperLayerFlops(576, 4096);
- * console.log((32 * perLayer / 1e12).toFixed(1)); // "10.1"
+ * assert.equal((32 * perLayer / 1e12).toFixed(1), "10.1"); // LLaVA-1.5-7B prefill, image tokens only
  * ```
  */
 export function paperLayerFlops(n: number, hidden: number, options: { contextRows?: number } = {}): number {
@@ -194,12 +213,14 @@ export function paperLayerFlops(n: number, hidden: number, options: { contextRow
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { decoderLayerFlops } from "./cost.ts";
  * import { parseTextConfig } from "./config.ts";
  * const text = parseTextConfig({
  *   hidden_size: 8, intermediate_size: 16, num_attention_heads: 2, num_hidden_layers: 1,
  * }, "config.json");
- * console.log(decoderLayerFlops(text, 1, { cachedRows: 3 }) > 0); // true
+ * const withCache = decoderLayerFlops(text, 1, { cachedRows: 3 });
+ * assert.ok(withCache > decoderLayerFlops(text, 1, { cachedRows: 0 })); // attending to 3 more rows costs more
  * ```
  */
 export function decoderLayerFlops(
@@ -224,12 +245,13 @@ export function decoderLayerFlops(
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { logitsFlops } from "./cost.ts";
  * import { parseTextConfig } from "./config.ts";
  * const text = parseTextConfig({
  *   hidden_size: 8, intermediate_size: 16, num_attention_heads: 2, num_hidden_layers: 1, vocab_size: 10,
  * }, "config.json");
- * console.log(logitsFlops(text, 1)); // 4·8 + 2·8·10 = 192
+ * assert.equal(logitsFlops(text, 1), 4 * 8 + 2 * 8 * 10); // final RMSNorm + lm_head = 192
  * ```
  */
 export function logitsFlops(text: TextConfig, rows: number): number {
@@ -242,6 +264,7 @@ export function logitsFlops(text: TextConfig, rows: number): number {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { passFlops } from "./cost.ts";
  * import { parseTextConfig } from "./config.ts";
  * const text = parseTextConfig({
@@ -249,7 +272,7 @@ export function logitsFlops(text: TextConfig, rows: number): number {
  * }, "config.json");
  * const rows = { newRows: 5, cachedRows: 0, paperNewRows: 4, paperCachedRows: 0 };
  * const cost = passFlops(text, [rows, { ...rows, newRows: 3, paperNewRows: 2 }]);
- * console.log(cost.flopsPaper); // (32·4·64 + 4·16·8) + (32·2·64 + 4·4·8) = 12928
+ * assert.equal(cost.flopsPaper, (32 * 4 * 64 + 4 * 16 * 8) + (32 * 2 * 64 + 4 * 4 * 8)); // 12928
  * ```
  */
 export function passFlops(
@@ -280,12 +303,13 @@ export function passFlops(
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { kvBytes } from "./cost.ts";
  * import { parseTextConfig } from "./config.ts";
  * const text = parseTextConfig({
  *   hidden_size: 8, intermediate_size: 16, num_attention_heads: 2, num_hidden_layers: 2,
  * }, "config.json");
- * console.log(kvBytes(text, [10, 4])); // 14 · 2 · 2 · 4 · 2 = 448
+ * assert.equal(kvBytes(text, [10, 4]), 14 * 2 * 2 * 4 * 2); // rows · (K, V) · kv heads · head dim · f16 = 448
  * ```
  */
 export function kvBytes(
@@ -309,12 +333,13 @@ export function kvBytes(
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { predictorDims } from "./cost.ts";
  * import { parseModelConfig } from "./config.ts";
  * const config = parseModelConfig({
  *   model_type: "llama", hidden_size: 64, intermediate_size: 128, num_attention_heads: 4, num_hidden_layers: 2,
  * }, "config.json");
- * console.log(predictorDims(config).dModel); // 512
+ * assert.equal(predictorDims(config).dModel, 512); // the default sparse_config
  * ```
  */
 export function predictorDims(config: ModelConfig): PredictorDims {
@@ -337,9 +362,10 @@ function outputMlpFlops(dModel: number): number {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { visionPredictorFlops } from "./cost.ts";
  * const dims = { hiddenSize: 4096, dModel: 512, dimFeedforward: 2048, numLayers: 2 };
- * console.log((visionPredictorFlops(576, dims) / 1e9).toFixed(1)); // "11.2"
+ * assert.equal((visionPredictorFlops(576, dims) / 1e9).toFixed(1), "11.2");
  * ```
  */
 export function visionPredictorFlops(tokens: number, dims: PredictorDims): number {
@@ -359,9 +385,10 @@ export function visionPredictorFlops(tokens: number, dims: PredictorDims): numbe
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { textPredictorFlops } from "./cost.ts";
  * const dims = { hiddenSize: 4096, dModel: 512, dimFeedforward: 2048, numLayers: 2 };
- * console.log(textPredictorFlops(1, dims)); // 7·4096 + 2·(4096·512 + 512·256 + 256·128 + 128·2) = 4551168
+ * assert.equal(textPredictorFlops(1, dims), 7 * 4096 + 2 * (4096 * 512 + 512 * 256 + 256 * 128 + 128 * 2)); // 4551168
  * ```
  */
 export function textPredictorFlops(tokens: number, dims: PredictorDims): number {
@@ -443,11 +470,34 @@ function layerIndex(value: number, numLayers: number, lowest: number, where: str
   return value;
 }
 
+/**
+ * Images and tokens per image. Giving `imageTokens` means the request has images (one by default),
+ * even for a config without a vision tower; images without a token count are refused, as is a
+ * token count with `images: 0`, so a plan never silently drops its images.
+ */
+function resolveImages(config: ModelConfig, plan: CostPlan): { images: number; imageTokens: number } {
+  const hasImages = config.vision !== null || plan.imageTokens !== undefined;
+  const images = count(plan.images, hasImages ? 1 : 0, "plan.images");
+  const imageTokens = count(plan.imageTokens, config.vision?.tokensPerImage ?? 0, "plan.imageTokens");
+  if (images > 0 && imageTokens === 0) {
+    throw new InputError(
+      `Cannot estimate cost: plan.images is ${images} but the tokens per image are unknown (the config has no vision tower); give plan.imageTokens`,
+      "plan.imageTokens",
+    );
+  }
+  if (images === 0 && plan.imageTokens !== undefined && imageTokens > 0) {
+    throw new InputError(
+      `Cannot estimate cost: plan.imageTokens is ${imageTokens} but plan.images is 0; give plan.images ≥ 1 or drop plan.imageTokens`,
+      "plan.images",
+    );
+  }
+  return { images, imageTokens };
+}
+
 /** Fills the plan's defaults from the model config and checks every value. */
 function resolvePlan(config: ModelConfig, plan: CostPlan): ResolvedCostPlan {
   const numLayers = config.text.numLayers;
-  const images = count(plan.images, config.vision === null ? 0 : 1, "plan.images");
-  const imageTokens = count(plan.imageTokens, config.vision?.tokensPerImage ?? 0, "plan.imageTokens");
+  const { images, imageTokens } = resolveImages(config, plan);
   const common = {
     promptTokens: count(plan.promptTokens, DEFAULT_PROMPT_TOKENS, "plan.promptTokens"),
     images,
@@ -584,6 +634,7 @@ function phase(flops: PassFlops, predictorFlops: number, batch: number): PhaseFl
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { estimateCost } from "./cost.ts";
  * const config = {
  *   model_type: "llava_llama", hidden_size: 4096, intermediate_size: 11008, num_attention_heads: 32,
@@ -592,7 +643,9 @@ function phase(flops: PassFlops, predictorFlops: number, batch: number): PhaseFl
  * };
  * const dense = estimateCost(config, { policy: "dense" });
  * const dynamic = estimateCost(config, { policy: "dynamic", dynamic: { visionKeep: 115 } });
- * console.log(dense.prefill.tflopsPaper.toFixed(1), dynamic.prefill.tflopsPaper.toFixed(1)); // "10.1" "2.5"
+ * assert.equal(dense.prefill.tflopsPaper.toFixed(1), "10.1"); // the paper's Table 1
+ * assert.equal(dynamic.prefill.tflopsPaper.toFixed(1), "2.5");
+ * assert.deepEqual(dynamic.prefill.rowsPerLayer.slice(1, 3), [48 + 576, 48 + 115]); // pruned at layer 2
  * ```
  */
 export function estimateCost(config: ModelConfig | unknown, plan: CostPlan): CostEstimate {

@@ -9,9 +9,10 @@
  * y[M,N] = x[M,K] · W[N,K]ᵀ (+ bias[N]).
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { linear } from "./cpu_ops.ts";
  * const y = linear(new Float32Array([1, 2]), new Float32Array([1, 0, 0, 1, 1, 1]), { rows: 1, bias: new Float32Array([0, 0, 1]) });
- * console.log(y); // Float32Array [1, 2, 4]
+ * assert.deepEqual(y, new Float32Array([1, 2, 4]));
  * ```
  */
 export function linear(
@@ -39,8 +40,10 @@ export function linear(
  * RMSNorm per row: x / sqrt(mean(x²) + eps) · weight. x [M, C] → [M, C].
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { rmsNorm } from "./cpu_ops.ts";
- * console.log(rmsNorm(new Float32Array([3, 4]), new Float32Array([1, 1]), 0)); // ≈ [0.8485, 1.1314]
+ * const y = rmsNorm(new Float32Array([3, 4]), new Float32Array([1, 1]), 0); // rms = √12.5
+ * assert.deepEqual(Array.from(y, (v) => +v.toFixed(4)), [0.8485, 1.1314]);
  * ```
  */
 export function rmsNorm(x: Float32Array, weight: Float32Array, eps: number): Float32Array {
@@ -59,8 +62,10 @@ export function rmsNorm(x: Float32Array, weight: Float32Array, eps: number): Flo
  * LayerNorm per row: (x - mean) / sqrt(var + eps) · weight + bias. x [M, C] → [M, C].
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { layerNorm } from "./cpu_ops.ts";
- * console.log(layerNorm(new Float32Array([1, 3]), new Float32Array([1, 1]), new Float32Array([0, 0]), 0)); // [-1, 1]
+ * const y = layerNorm(new Float32Array([1, 3]), new Float32Array([1, 1]), new Float32Array([0, 0]), 0);
+ * assert.deepEqual(y, new Float32Array([-1, 1]));
  * ```
  */
 export function layerNorm(
@@ -88,10 +93,14 @@ export function layerNorm(
  * positions[m] · theta^(-2i/headDim) for pair (i, i + headDim/2).
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { rope } from "./cpu_ops.ts";
  * const x = new Float32Array([1, 0]);
  * rope(x, new Uint32Array([0]), { heads: 1, headDim: 2, theta: 10000 });
- * console.log(x); // [1, 0] (position 0 is the identity)
+ * assert.deepEqual(x, new Float32Array([1, 0])); // position 0 is the identity
+ * const y = new Float32Array([1, 0]);
+ * rope(y, new Uint32Array([1]), { heads: 1, headDim: 2, theta: 10000 }); // position 1 turns by 1 radian
+ * assert.deepEqual(Array.from(y, (v) => +v.toFixed(4)), [+Math.cos(1).toFixed(4), +Math.sin(1).toFixed(4)]);
  * ```
  */
 export function rope(
@@ -121,11 +130,14 @@ export function rope(
  * Returns [M, heads, D].
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { attention } from "./cpu_ops.ts";
  * const out = attention(new Float32Array([1, 0]), new Float32Array([1, 0, 0, 1]), new Float32Array([1, 2, 3, 4]), {
  *   heads: 1, kvHeads: 1, headDim: 2, visible: [2],
  * });
- * console.log(out.length); // 2
+ * // scores q·k / √2 = [1/√2, 0]; their softmax weighs the value rows [1, 2] and [3, 4]
+ * const w = 1 / (1 + Math.exp(-1 / Math.SQRT2));
+ * assert.deepEqual(Array.from(out, (v) => +v.toFixed(5)), [+(w + 3 * (1 - w)).toFixed(5), +(2 * w + 4 * (1 - w)).toFixed(5)]);
  * ```
  */
 export function attention(
@@ -169,9 +181,10 @@ export function attention(
  * q [heads, D] (one row); keys [R, kvHeads, D]; the row sees keys [0, visible). Returns [visible].
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { attentionProbsMean } from "./cpu_ops.ts";
  * const p = attentionProbsMean(new Float32Array([0, 0]), new Float32Array([1, 0, 0, 1]), { heads: 1, kvHeads: 1, headDim: 2, visible: 2 });
- * console.log(p); // [0.5, 0.5]
+ * assert.deepEqual(p, new Float32Array([0.5, 0.5]));
  * ```
  */
 export function attentionProbsMean(
@@ -212,8 +225,11 @@ export function swiglu(gate: Float32Array, up: Float32Array): Float32Array {
  * kernel evaluates the same formula.
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { erf } from "./cpu_ops.ts";
- * console.log(erf(0), erf(10)); // 0 1 (to 1.2e-7)
+ * assert.ok(Math.abs(erf(0)) < 1.2e-7);
+ * assert.ok(Math.abs(erf(10) - 1) < 1.2e-7);
+ * assert.ok(Math.abs(erf(1) - 0.8427008) < 1.2e-7);
  * ```
  */
 export function erf(x: number): number {
@@ -258,8 +274,9 @@ export function gatherRows(table: Float32Array, cols: number, ids: ArrayLike<num
  * log_softmax(x)[id] without building the whole vector.
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { logSoftmaxAt } from "./cpu_ops.ts";
- * console.log(Math.exp(logSoftmaxAt(new Float32Array([0, 0]), 1))); // 0.5
+ * assert.equal(Math.exp(logSoftmaxAt(new Float32Array([0, 0]), 1)), 0.5);
  * ```
  */
 export function logSoftmaxAt(x: Float32Array, id: number): number {

@@ -27,8 +27,10 @@ const HOST_IS_LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] ===
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { isDType } from "./dtype.ts";
- * console.log(isDType("BF16"), isDType("I8")); // true false
+ * assert.equal(isDType("BF16"), true);
+ * assert.equal(isDType("I8"), false);
  * ```
  */
 export function isDType(name: string): name is DType {
@@ -40,8 +42,10 @@ export function isDType(name: string): name is DType {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { dtypeBytes } from "./dtype.ts";
- * console.log(dtypeBytes("F32"), dtypeBytes("BF16")); // 4 2
+ * assert.equal(dtypeBytes("F32"), 4);
+ * assert.equal(dtypeBytes("BF16"), 2);
  * ```
  */
 export function dtypeBytes(dtype: DType): number {
@@ -55,9 +59,10 @@ export function dtypeBytes(dtype: DType): number {
  * @throws {RangeError} when `bytes.length` is not a multiple of the element size.
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { toFloat32 } from "./dtype.ts";
  * const oneAndMinusTwoF16 = new Uint8Array([0x00, 0x3c, 0x00, 0xc0]);
- * console.log(toFloat32("F16", oneAndMinusTwoF16)); // Float32Array [1, -2]
+ * assert.deepEqual(toFloat32("F16", oneAndMinusTwoF16), new Float32Array([1, -2]));
  * ```
  */
 export function toFloat32(dtype: DType, bytes: Uint8Array): Float32Array {
@@ -120,8 +125,9 @@ function f16ValueTable(): Float32Array {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { f16ToFloat32 } from "./dtype.ts";
- * console.log(f16ToFloat32(new Uint16Array([0x3c00, 0x7bff]))); // Float32Array [1, 65504]
+ * assert.deepEqual(f16ToFloat32(new Uint16Array([0x3c00, 0x7bff])), new Float32Array([1, 65504]));
  * ```
  */
 export function f16ToFloat32(bits: Uint16Array): Float32Array {
@@ -136,8 +142,9 @@ export function f16ToFloat32(bits: Uint16Array): Float32Array {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { bf16ToFloat32 } from "./dtype.ts";
- * console.log(bf16ToFloat32(new Uint16Array([0x3f80, 0xc000]))); // Float32Array [1, -2]
+ * assert.deepEqual(bf16ToFloat32(new Uint16Array([0x3f80, 0xc000])), new Float32Array([1, -2]));
  * ```
  */
 export function bf16ToFloat32(bits: Uint16Array): Float32Array {
@@ -154,8 +161,10 @@ export function bf16ToFloat32(bits: Uint16Array): Float32Array {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { float32ToF16 } from "./dtype.ts";
- * console.log(float32ToF16(new Float32Array([1, -2, 65504, Infinity]))); // Uint16Array [15360, 49152, 31743, 31744]
+ * const half = float32ToF16(new Float32Array([1, -2, 65504, Infinity]));
+ * assert.deepEqual(half, new Uint16Array([0x3c00, 0xc000, 0x7bff, 0x7c00])); // 65504 is the largest finite f16
  * ```
  */
 export function float32ToF16(values: Float32Array): Uint16Array {
@@ -196,8 +205,9 @@ function f32BitsToF16Bits(bits: number): number {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { float32ToBf16 } from "./dtype.ts";
- * console.log(float32ToBf16(new Float32Array([1, -2]))); // Uint16Array [16256, 49152]
+ * assert.deepEqual(float32ToBf16(new Float32Array([1, -2])), new Uint16Array([0x3f80, 0xc000]));
  * ```
  */
 export function float32ToBf16(values: Float32Array): Uint16Array {

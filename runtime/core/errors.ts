@@ -17,11 +17,19 @@ export class DynllavaError extends Error {
   /** Where the problem is: a file path, a tensor name, a kernel name or a request field. */
   readonly where: string;
   /**
+   * An error with its message ("Cannot X: why") and where the problem is.
+   *
+   * @param message "Cannot X: why"
+   * @param where a file path, a tensor name, a kernel name or a request field
+   * @param options the standard error options (`cause`)
    * @example
    * ```ts
-   * import { DynllavaError } from "./errors.ts";
-   * const err = new DynllavaError("Cannot read file: missing", "model/config.json");
-   * console.log(err.where); // "model/config.json"
+   * import assert from "node:assert/strict";
+   * import { CheckpointError, DynllavaError } from "./errors.ts";
+   * const err = new CheckpointError("Cannot read config: missing", "model/config.json");
+   * assert.ok(err instanceof DynllavaError);
+   * assert.equal(err.where, "model/config.json");
+   * assert.equal(err.name, "CheckpointError");
    * ```
    */
   constructor(message: string, where: string, options?: ErrorOptions) {

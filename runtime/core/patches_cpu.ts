@@ -24,10 +24,12 @@ export interface Im2colOptions {
  * Throws {@link InputError} when the geometry does not fit the image.
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { im2col } from "./patches_cpu.ts";
  * const image = new Float32Array(16).map((_, i) => i); // [1, 4, 4]
  * const patches = im2col(image, { size: 4, patch: 2, channels: 1 });
- * console.log(patches.subarray(0, 4)); // [0, 1, 4, 5]: the top-left patch
+ * assert.deepEqual(patches.subarray(0, 4), new Float32Array([0, 1, 4, 5])); // the top-left patch
+ * assert.deepEqual(patches.subarray(12, 16), new Float32Array([10, 11, 14, 15])); // the bottom-right one
  * ```
  */
 export function im2col(image: Float32Array, options: Im2colOptions): Float32Array {
@@ -61,8 +63,11 @@ export function im2col(image: Float32Array, options: Im2colOptions): Float32Arra
  * divides `size`.
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { checkPatchGeometry } from "./patches_cpu.ts";
- * checkPatchGeometry({ size: 28, patch: 14, channels: 3 }); // fine
+ * import { InputError } from "./errors.ts";
+ * checkPatchGeometry({ size: 28, patch: 14, channels: 3 }); // 2 × 2 patches: fine
+ * assert.throws(() => checkPatchGeometry({ size: 30, patch: 14, channels: 3 }), InputError);
  * ```
  */
 export function checkPatchGeometry(options: Im2colOptions): void {

@@ -1,5 +1,5 @@
 /**
- * The sparsification policies (DESIGN §1 rules 1–6), implementing the contract of `policy.ts`:
+ * The sparsification policies, implementing the contract of `policy.ts`:
  * dense, Dynamic-LLaVA (predictor-driven), FastV (attention-ranked image pruning), a composition
  * of two policies, and name resolution. Pure TypeScript and GPU-free: every decision is a pure
  * function of the row kinds and the signals the backend computed, so both backends share it.
@@ -138,9 +138,11 @@ function checkOption(ok: boolean, message: string, where: string): void {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { densePolicy } from "./policies.ts";
  * const plan = densePolicy().plan({ numLayers: 4, sparse: null, hasVisionPredictor: false, hasTextPredictor: false });
- * console.log(plan.pruneLayer, plan.selectRows(["text", "image", "image"], {})); // null [0, 1, 2]
+ * assert.equal(plan.pruneLayer, null);
+ * assert.deepEqual(plan.selectRows(["text", "image", "image"], {}), [0, 1, 2]);
  * ```
  */
 export function densePolicy(): Policy {
@@ -168,6 +170,7 @@ export function densePolicy(): Policy {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { dynamicPolicy } from "./policies.ts";
  * const plan = dynamicPolicy({ visionKeep: 1 }).plan({
  *   numLayers: 4,
@@ -176,7 +179,8 @@ export function densePolicy(): Policy {
  *   hasTextPredictor: true,
  * });
  * const kept = plan.selectRows(["text", "image", "image", "text"], { visionScores: new Float32Array([-2, -0.1]) });
- * console.log(kept, plan.admit([1, 0])); // [0, 2, 3] true
+ * assert.deepEqual(kept, [0, 2, 3]); // the image token with the higher score stays
+ * assert.equal(plan.admit([1, 0]), true);
  * ```
  */
 export function dynamicPolicy(options: DynamicPolicyOptions = {}): Policy {
@@ -258,12 +262,13 @@ export function dynamicPolicy(options: DynamicPolicyOptions = {}): Policy {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { fastvPolicy } from "./policies.ts";
  * const plan = fastvPolicy({ k: 1, r: 0.5 }).plan({ numLayers: 4, sparse: null, hasVisionPredictor: false, hasTextPredictor: false });
  * const kept = plan.selectRows(["text", "image", "image", "text"], {
  *   lastRowAttention: new Float32Array([0.5, 0.1, 0.3, 0.1]),
  * });
- * console.log(kept); // [0, 2, 3]
+ * assert.deepEqual(kept, [0, 2, 3]); // the less attended image token is dropped
  * ```
  */
 export function fastvPolicy(options: FastvPolicyOptions = {}): Policy {
@@ -304,6 +309,7 @@ export function fastvPolicy(options: FastvPolicyOptions = {}): Policy {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { composePolicy, dynamicPolicy, fastvPolicy } from "./policies.ts";
  * const policy = composePolicy({ images: fastvPolicy(), outputs: dynamicPolicy({ vision: false }) });
  * const plan = policy.plan({
@@ -312,7 +318,9 @@ export function fastvPolicy(options: FastvPolicyOptions = {}): Policy {
  *   hasVisionPredictor: false,
  *   hasTextPredictor: true,
  * });
- * console.log(policy.name, plan.pruneLayer, plan.admission); // "fastv+dynamic" 2 "predictor"
+ * assert.equal(policy.name, "fastv+dynamic");
+ * assert.equal(plan.pruneLayer, 2);
+ * assert.equal(plan.admission, "predictor");
  * ```
  */
 export function composePolicy(parts: ComposedParts): Policy {
@@ -361,8 +369,11 @@ export function composePolicy(parts: ComposedParts): Policy {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { resolvePolicy } from "./policies.ts";
- * console.log(resolvePolicy("fastv").name); // "fastv"
+ * import { InputError } from "./errors.ts";
+ * assert.equal(resolvePolicy("fastv").name, "fastv");
+ * assert.throws(() => resolvePolicy("sparse" as "dense"), InputError);
  * ```
  */
 export function resolvePolicy(spec: "dense" | "dynamic" | "fastv" | Policy): Policy {

@@ -1,5 +1,5 @@
 /**
- * The sparsification policy contract (DESIGN §1): one interface covering the three decisions —
+ * The sparsification policy contract: one interface covering the three decisions —
  * prefill row selection, per-token KV admission with cache, output-token selection without cache.
  * Pure TypeScript and GPU-free; both backends call these functions, so the rules live in one place.
  *
@@ -13,6 +13,7 @@ export type RowKind = "text" | "image" | "output";
 
 /** Model facts a policy needs to plan. */
 export interface PolicyModelInfo {
+  /** Decoder layers. */
   numLayers: number;
   /** Dynamic-LLaVA sparse_config, or null when the checkpoint has none. */
   sparse: {

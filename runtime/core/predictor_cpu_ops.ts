@@ -1,6 +1,6 @@
 /**
  * CPU twins of kernels/predictor_ops.ts: the Dynamic-LLaVA predictor pieces that are neither
- * LayerNorm, Linear nor GELU (DESIGN §1). GPU-free; the pure-TS predictors can use them directly.
+ * LayerNorm, Linear nor GELU. GPU-free; the pure-TS predictors can use them directly.
  *
  * - {@link halfGlobalConcat}: the VisionPredictor's local/global channel split.
  * - {@link logSoftmax2Col0}: the keep score log_softmax(row)[0] of two-way logits.
@@ -14,9 +14,10 @@ import { InputError } from "./errors.ts";
  * the same for every row. Throws {@link InputError} when d is odd or does not divide x.
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { halfGlobalConcat } from "./predictor_cpu_ops.ts";
  * const y = halfGlobalConcat(new Float32Array([1, 2, 3, 6]), 2); // x [2, 2]
- * console.log(y); // [1, 4, 3, 4]
+ * assert.deepEqual(y, new Float32Array([1, 4, 3, 4])); // each row: its first half, then the column means of the second half
  * ```
  */
 export function halfGlobalConcat(x: Float32Array, cols: number): Float32Array {
@@ -39,8 +40,10 @@ export function halfGlobalConcat(x: Float32Array, cols: number): Float32Array {
  * logits [N, 2] → score [N] = log_softmax(row)[0] = -log(1 + exp(l1 - l0)).
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { logSoftmax2Col0 } from "./predictor_cpu_ops.ts";
- * console.log(logSoftmax2Col0(new Float32Array([0, 0, 5, -5]))); // ≈ [-0.6931, -0.0000454]
+ * const col0 = logSoftmax2Col0(new Float32Array([0, 0, 5, -5]));
+ * assert.deepEqual(Array.from(col0, (v) => +v.toPrecision(4)), [-0.6931, -0.0000454]);
  * ```
  */
 export function logSoftmax2Col0(logits: Float32Array): Float32Array {
@@ -56,8 +59,10 @@ export function logSoftmax2Col0(logits: Float32Array): Float32Array {
  * The KV admission decision from text-predictor logits [2]: 1 when logit0 > logit1, else 0.
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { admitFlag } from "./predictor_cpu_ops.ts";
- * console.log(admitFlag(new Float32Array([0.3, -0.1])), admitFlag(new Float32Array([1, 1]))); // 1 0
+ * assert.equal(admitFlag(new Float32Array([0.3, -0.1])), 1);
+ * assert.equal(admitFlag(new Float32Array([1, 1])), 0); // a tie is not admitted
  * ```
  */
 export function admitFlag(logits: Float32Array): 0 | 1 {

@@ -1,5 +1,5 @@
 /**
- * Dynamic-LLaVA's two score predictors on the CPU (DESIGN §1): their tensor lists, loading with
+ * Dynamic-LLaVA's two score predictors on the CPU: their tensor lists, loading with
  * shape validation, and forward passes. Pure TypeScript, GPU-free; the GPU runtime uploads the
  * same {@link VisionPredictor}/{@link TextPredictor} objects.
  *
@@ -34,7 +34,9 @@ export const PREDICTOR_LAYER_NORM_EPS = 1e-5;
 
 /** One expected tensor: name relative to the predictor prefix, torch shape. */
 export interface TensorSpec {
+  /** Tensor name after the predictor prefix (`down_mlp.1.weight`). */
   name: string;
+  /** Torch shape, outermost first. */
   shape: number[];
 }
 
@@ -51,25 +53,33 @@ export interface PredictorSizes {
 
 /** A torch Linear: weight [out, in], bias [out] or null. */
 export interface LinearWeights {
+  /** [outSize, inSize], row-major. */
   weight: Float32Array;
+  /** [outSize], or null for a Linear without bias. */
   bias: Float32Array | null;
+  /** Input width. */
   inSize: number;
+  /** Output width. */
   outSize: number;
 }
 
 /** A LayerNorm's affine parameters, [size] each. */
 export interface NormWeights {
+  /** Scale γ. */
   weight: Float32Array;
+  /** Shift β. */
   bias: Float32Array;
 }
 
 /** One timm-style transformer block of the vision predictor (width d, MLP width f). */
 export interface PredictorBlock {
+  /** LayerNorm(d) before attention. */
   norm1: NormWeights;
   /** [3d, d], no bias; output row layout [3, heads, headDim]. */
   qkv: LinearWeights;
   /** [d, d] + bias [d]. */
   proj: LinearWeights;
+  /** LayerNorm(d) before the MLP. */
   norm2: NormWeights;
   /** [f, d] + [f]. */
   fc1: LinearWeights;
@@ -79,13 +89,17 @@ export interface PredictorBlock {
 
 /** The vision predictor's weights and sizes. */
 export interface VisionPredictor {
+  /** The LLM hidden size C. */
   hidden: number;
+  /** The predictor width d. */
   dModel: number;
+  /** Attention heads of the blocks. */
   heads: number;
   /** LayerNorm(C) of `down_mlp.0`. */
   downNorm: NormWeights;
   /** Linear(C, d) of `down_mlp.1`. */
   down: LinearWeights;
+  /** The transformer blocks, in order. */
   blocks: PredictorBlock[];
   /** Linear(d, d/2), Linear(d/2, d/4), Linear(d/4, 2), GELU between. */
   outputMlp: [LinearWeights, LinearWeights, LinearWeights];
@@ -93,7 +107,9 @@ export interface VisionPredictor {
 
 /** The output text predictor's weights and sizes. */
 export interface TextPredictor {
+  /** The LLM hidden size C. */
   hidden: number;
+  /** The predictor width d. */
   dModel: number;
   /** LayerNorm(C) of `output_mlp.0`. */
   norm: NormWeights;
@@ -120,9 +136,10 @@ function normSpecs(name: string, size: number): TensorSpec[] {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { visionPredictorTensors } from "./predictors.ts";
  * const specs = visionPredictorTensors(64, { dModel: 16, nhead: 2, dimFeedforward: 32, numLayers: 1 });
- * console.log(specs[2]); // { name: "down_mlp.1.weight", shape: [16, 64] }
+ * assert.deepEqual(specs[2], { name: "down_mlp.1.weight", shape: [16, 64] });
  * ```
  */
 export function visionPredictorTensors(hidden: number, sparse: PredictorSizes["sparse"]): TensorSpec[] {
@@ -153,9 +170,11 @@ export function visionPredictorTensors(hidden: number, sparse: PredictorSizes["s
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { textPredictorTensors } from "./predictors.ts";
  * const specs = textPredictorTensors(64, { dModel: 16, nhead: 2, dimFeedforward: 32, numLayers: 1 });
- * console.log(specs.length, specs.at(-1)); // 10 { name: "output_mlp.7.bias", shape: [2] }
+ * assert.equal(specs.length, 10);
+ * assert.deepEqual(specs.at(-1), { name: "output_mlp.7.bias", shape: [2] });
  * ```
  */
 export function textPredictorTensors(hidden: number, sparse: PredictorSizes["sparse"]): TensorSpec[] {
@@ -210,11 +229,12 @@ function takeNorm(tensors: Map<string, LoadedTensor>, name: string): NormWeights
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { loadVisionPredictor, visionPredictorTensors, visionScores } from "./predictors.ts";
  * const sparse = { dModel: 8, nhead: 2, dimFeedforward: 16, numLayers: 1 };
  * const sizes = new Map(visionPredictorTensors(4, sparse).map((t) => [t.name, t.shape.reduce((a, b) => a * b)]));
  * const p = loadVisionPredictor((name) => new Float32Array(sizes.get(name)!).fill(0.1), { hidden: 4, sparse });
- * console.log(visionScores(p, new Float32Array(3 * 4).fill(1)).length); // 3
+ * assert.equal(visionScores(p, new Float32Array(3 * 4).fill(1)).length, 3); // one score per image token
  * ```
  */
 export function loadVisionPredictor(get: TensorLookup, sizes: PredictorSizes): VisionPredictor {
@@ -254,11 +274,14 @@ export function loadVisionPredictor(get: TensorLookup, sizes: PredictorSizes): V
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { loadTextPredictor, textPredictorLogits, textPredictorTensors } from "./predictors.ts";
  * const sparse = { dModel: 8, nhead: 2, dimFeedforward: 16, numLayers: 1 };
  * const sizes = new Map(textPredictorTensors(4, sparse).map((t) => [t.name, t.shape.reduce((a, b) => a * b)]));
  * const p = loadTextPredictor((name) => new Float32Array(sizes.get(name)!).fill(0.1), { hidden: 4, sparse });
- * console.log(textPredictorLogits(p, new Float32Array(4).fill(1)).length); // 2
+ * const logits = textPredictorLogits(p, new Float32Array(4).fill(1));
+ * assert.equal(logits.length, 2); // [keep, drop] logits of one token
+ * assert.ok(logits.every(Number.isFinite));
  * ```
  */
 export function loadTextPredictor(get: TensorLookup, sizes: PredictorSizes): TextPredictor {
@@ -332,11 +355,14 @@ function rowCount(x: Float32Array, cols: number): number {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { loadVisionPredictor, visionPredictorLogits, visionPredictorTensors } from "./predictors.ts";
  * const sparse = { dModel: 8, nhead: 2, dimFeedforward: 16, numLayers: 2 };
  * const sizes = new Map(visionPredictorTensors(4, sparse).map((t) => [t.name, t.shape.reduce((a, b) => a * b)]));
  * const p = loadVisionPredictor((name) => new Float32Array(sizes.get(name)!).fill(0.05), { hidden: 4, sparse });
- * console.log(visionPredictorLogits(p, new Float32Array([1, 2, 3, 4])).length); // 2
+ * const logits = visionPredictorLogits(p, new Float32Array([1, 2, 3, 4]));
+ * assert.equal(logits.length, 2);
+ * assert.ok(logits.every(Number.isFinite));
  * ```
  */
 export function visionPredictorLogits(p: VisionPredictor, x: Float32Array): Float32Array {
@@ -359,12 +385,14 @@ export function visionPredictorLogits(p: VisionPredictor, x: Float32Array): Floa
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { loadVisionPredictor, visionPredictorTensors, visionScores } from "./predictors.ts";
  * const sparse = { dModel: 8, nhead: 2, dimFeedforward: 16, numLayers: 1 };
  * const sizes = new Map(visionPredictorTensors(4, sparse).map((t) => [t.name, t.shape.reduce((a, b) => a * b)]));
  * const p = loadVisionPredictor((name) => new Float32Array(sizes.get(name)!).fill(0.1), { hidden: 4, sparse });
  * const scores = visionScores(p, new Float32Array(2 * 4).fill(1));
- * console.log(scores.every((s) => s <= 0)); // true (log-probabilities)
+ * assert.equal(scores.length, 2);
+ * assert.ok(scores.every((s) => s <= 0)); // log-probabilities
  * ```
  */
 export function visionScores(p: VisionPredictor, x: Float32Array): Float32Array {
@@ -376,11 +404,12 @@ export function visionScores(p: VisionPredictor, x: Float32Array): Float32Array 
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { loadTextPredictor, textPredictorLogits, textPredictorTensors } from "./predictors.ts";
  * const sparse = { dModel: 8, nhead: 2, dimFeedforward: 16, numLayers: 1 };
  * const sizes = new Map(textPredictorTensors(4, sparse).map((t) => [t.name, t.shape.reduce((a, b) => a * b)]));
  * const p = loadTextPredictor((name) => new Float32Array(sizes.get(name)!).fill(0.1), { hidden: 4, sparse });
- * console.log(textPredictorLogits(p, new Float32Array(3 * 4)).length); // 6
+ * assert.equal(textPredictorLogits(p, new Float32Array(3 * 4)).length, 6); // 3 tokens × 2 logits
  * ```
  */
 export function textPredictorLogits(p: TextPredictor, x: Float32Array): Float32Array {
@@ -399,11 +428,12 @@ export function textPredictorLogits(p: TextPredictor, x: Float32Array): Float32A
  * `output_text_score_predictor.*`) when the checkpoint has them and a sparse_config; null otherwise.
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { loadPredictors } from "./predictors.ts";
  * import { parseModelConfig } from "./config.ts";
  * const config = parseModelConfig({ model_type: "llama", hidden_size: 8, intermediate_size: 8,
  *   num_attention_heads: 2, num_hidden_layers: 1 }, "config.json");
- * console.log(loadPredictors(config, () => undefined)); // { vision: null, text: null }
+ * assert.deepEqual(loadPredictors(config, () => undefined), { vision: null, text: null });
  * ```
  */
 export function loadPredictors(

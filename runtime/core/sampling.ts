@@ -55,9 +55,12 @@ function pcgHash(input: number): number {
  * Same (seed, step) → same value, on the CPU and on the GPU.
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { uniformRandom } from "./sampling.ts";
  * const u = uniformRandom(42, 0);
- * console.log(u >= 0 && u < 1, u === uniformRandom(42, 0)); // true true
+ * assert.ok(u >= 0 && u < 1);
+ * assert.equal(u, uniformRandom(42, 0)); // the same seed and step give the same number
+ * assert.notEqual(u, uniformRandom(42, 1));
  * ```
  */
 export function uniformRandom(seed: number, step: number): number {
@@ -70,11 +73,13 @@ export function uniformRandom(seed: number, step: number): number {
  * Throws {@link InputError} for an empty vocabulary, a NaN temperature or topP outside [0, 1].
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { sampleToken } from "./sampling.ts";
  * const logits = new Float32Array([0.1, 2.5, 0.3]);
- * console.log(sampleToken(logits, { temperature: 0 })); // 1
+ * assert.equal(sampleToken(logits, { temperature: 0 }), 1); // greedy: the largest logit
  * const token = sampleToken(logits, { temperature: 0.8, topP: 0.9, seed: 7, step: 3 });
- * console.log(token >= 0 && token < 3); // true
+ * assert.equal(token, sampleToken(logits, { temperature: 0.8, topP: 0.9, seed: 7, step: 3 })); // reproducible
+ * assert.ok(token >= 0 && token < 3);
  * ```
  */
 export function sampleToken(logits: Float32Array, options: SampleOptions = {}): number {

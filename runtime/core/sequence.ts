@@ -1,7 +1,7 @@
 /**
  * Turns prompt ids (with image markers) into decoder input rows: the token id, kind and original
  * position of every row, with each image expanded to its N visual tokens. Positions count the image
- * as N rows, and they never change afterwards, whatever is pruned (DESIGN §1). GPU-free.
+ * as N rows, and they never change afterwards, whatever is pruned. GPU-free.
  * @module
  */
 import { IMAGE_TOKEN_INDEX } from "./config.ts";
@@ -12,6 +12,7 @@ import type { RowKind } from "./policy.ts";
 export interface PromptRows {
   /** Token id per row; -1 on image rows. */
   ids: Int32Array;
+  /** Kind of each row: prompt text or image. */
   kinds: RowKind[];
   /** Original position id per row (0..L-1). */
   positions: Uint32Array;
@@ -27,9 +28,12 @@ export interface PromptRows {
  * the number of markers, or the sequence exceeds `maxPositions`.
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { buildPromptRows } from "./sequence.ts";
  * const rows = buildPromptRows([1, -200, 5], { tokensPerImage: 2, images: 1, vocabSize: 32000, maxPositions: 64 });
- * console.log(rows.kinds, [...rows.positions]); // ["text", "image", "image", "text"] [0, 1, 2, 3]
+ * assert.deepEqual(rows.kinds, ["text", "image", "image", "text"]);
+ * assert.deepEqual([...rows.positions], [0, 1, 2, 3]);
+ * assert.deepEqual([...rows.imageRow], [-1, 0, 1, -1]);
  * ```
  */
 export function buildPromptRows(
@@ -115,9 +119,14 @@ export interface RowMeta {
  * positions after it.
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { buildPromptRows, contextRows } from "./sequence.ts";
  * const prompt = buildPromptRows([1, 5], { tokensPerImage: 0, images: 0, vocabSize: 32000, maxPositions: 64 });
- * console.log(contextRows(prompt, 2)); // { kinds: ["text", "text", "output", "output"], positions: [0, 1, 2, 3], tags: [-1, -1, 0, 1] }
+ * assert.deepEqual(contextRows(prompt, 2), {
+ *   kinds: ["text", "text", "output", "output"],
+ *   positions: [0, 1, 2, 3],
+ *   tags: [-1, -1, 0, 1],
+ * });
  * ```
  */
 export function contextRows(prompt: PromptRows, generated: number): RowMeta {
@@ -135,9 +144,10 @@ export function contextRows(prompt: PromptRows, generated: number): RowMeta {
  * indices and kept output-token indices.
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { keepRows } from "./sequence.ts";
  * const rows = { kinds: ["text", "image", "image", "output"] as const, positions: [0, 1, 2, 3], tags: [-1, 0, 1, 0] };
- * console.log(keepRows({ ...rows, kinds: [...rows.kinds] }, [0, 2, 3]).visualKept); // [1]
+ * assert.deepEqual(keepRows({ ...rows, kinds: [...rows.kinds] }, [0, 2, 3]).visualKept, [1]);
  * ```
  */
 export function keepRows(
@@ -158,8 +168,10 @@ export function keepRows(
  * last one fed (always kept); every fed token when nothing was pruned (`outputKept` null).
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { fedTokensKept } from "./sequence.ts";
- * console.log(fedTokensKept([0, 2, 3], 4), fedTokensKept(null, 3)); // [0, 2] [0, 1]
+ * assert.deepEqual(fedTokensKept([0, 2, 3], 4), [0, 2]);
+ * assert.deepEqual(fedTokensKept(null, 3), [0, 1]);
  * ```
  */
 export function fedTokensKept(outputKept: number[] | null, generated: number): number[] {

@@ -7,21 +7,28 @@
 
 /** Rows held per layer, with their original positions. */
 export class KvLedger {
+  /** Bytes of one row in one layer: 2 × kvHeads × headDim × bytes per element. */
   readonly bytesPerRow: number;
   /** positions[layer] = original position ids of the rows held, in storage order. */
   readonly positions: number[][];
+  /** The most bytes held at any point so far. */
   peakBytes = 0;
 
   /**
+   * An empty ledger for `layers` decoder layers.
+   *
    * @param layers decoder layers
    * @param bytesPerRow 2 × kvHeads × headDim × bytes per element
    * @example
    * ```ts
+   * import assert from "node:assert/strict";
    * import { KvLedger } from "./sparse_kv.ts";
    * const kv = new KvLedger(2, 64);
    * kv.append([0, 1], [0, 1, 2]);
    * kv.admit(3, { fromLayer: 1, admitted: false });
-   * console.log(kv.rowsPerLayer(), kv.bytes()); // [4, 3] 448
+   * assert.deepEqual(kv.rowsPerLayer(), [4, 3]);
+   * assert.equal(kv.bytes(), 448);
+   * assert.deepEqual(kv.positions[1], [0, 1, 2]);
    * ```
    */
   constructor(layers: number, bytesPerRow: number) {
@@ -63,10 +70,11 @@ export class KvLedger {
  * state: [0] step, [1] token, [2] position, [3] seed, [4 + l] rows of layer l.
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { advanceState } from "./sparse_kv.ts";
  * const state = new Uint32Array([0, 7, 10, 0, 5, 5]);
  * advanceState(state, new Uint32Array([0]), { layers: 2, admitLayer: 1, admitAll: false });
- * console.log([...state]); // [1, 7, 11, 0, 6, 5]
+ * assert.deepEqual([...state], [1, 7, 11, 0, 6, 5]);
  * ```
  */
 export function advanceState(

@@ -122,8 +122,33 @@ class CpuBackend implements Backend {
  * Builds the CPU backend from f32 weights by canonical name.
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { createCpuBackend } from "./cpu_backend.ts";
- * // const backend = createCpuBackend(config, weights, { vision: null, text: null });
+ * import { openCheckpoint, readCheckpointTensor } from "../io/checkpoint.ts";
+ * import { buildPromptRows } from "../core/sequence.ts";
+ * import { densePolicy } from "../core/policies.ts";
+ * const checkpoint = await openCheckpoint("tests/fixtures/out/llama-f32");
+ * const { config } = checkpoint, { numLayers, vocabSize, maxPositions } = config.text;
+ * const weights = new Map<string, Float32Array>();
+ * for (const name of checkpoint.tensors.keys()) weights.set(name, await readCheckpointTensor(checkpoint, name));
+ * const backend = createCpuBackend(config, weights, { vision: null, text: null });
+ * const input = {
+ *   rows: buildPromptRows([1, 5, 9], { tokensPerImage: 0, images: 0, vocabSize, maxPositions }),
+ *   images: null,
+ *   plan: densePolicy().plan({ numLayers, sparse: null, hasVisionPredictor: false, hasTextPredictor: false }),
+ *   sampling: { temperature: 0, topP: 1, seed: 0 },
+ *   maxNewTokens: 2,
+ *   kvCache: true,
+ * };
+ * const withCache = backend.openSession(input);
+ * const { token, logits } = await withCache.prefill({ wantLogits: true });
+ * assert.equal(token, logits!.indexOf(Math.max(...logits!))); // greedy: the largest logit
+ * assert.deepEqual(withCache.ledger.rowsPerLayer(), new Array(numLayers).fill(3)); // the prompt's rows, cached
+ * const withoutCache = backend.openSession({ ...input, kvCache: false });
+ * assert.equal((await withoutCache.recompute([])).token, token); // recomputing agrees with the cache
+ * withCache.dispose();
+ * withoutCache.dispose();
+ * backend.dispose();
  * ```
  */
 export function createCpuBackend(

@@ -36,9 +36,23 @@ function encoderLayer(x: Float32Array, rows: number, v: VisionConfig, w: WeightG
  * Image features of one preprocessed image, projected to the text hidden size: [N, C].
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { encodeImageCpu } from "./cpu_vision.ts";
- * // config and weights come from a loaded checkpoint:
- * // const features = encodeImageCpu(pixels, config, (name) => weights.get(name)!);
+ * import { openCheckpoint, readCheckpointTensor } from "../io/checkpoint.ts";
+ * import { preprocessImage } from "../image/preprocess.ts";
+ * const checkpoint = await openCheckpoint("tests/fixtures/out/llava-f32-dyn");
+ * const { config } = checkpoint, vision = config.vision!;
+ * const weights = new Map<string, Float32Array>();
+ * for (const name of checkpoint.tensors.keys()) weights.set(name, await readCheckpointTensor(checkpoint, name));
+ * const encode = async (grey: number) => {
+ *   const image = { width: 4, height: 4, data: new Uint8Array(4 * 4 * 3).fill(grey) };
+ *   const pixels = await preprocessImage(image, { imageSize: vision.imageSize, mean: vision.imageMean, std: vision.imageStd });
+ *   return encodeImageCpu(pixels, config, (name) => weights.get(name)!);
+ * };
+ * const dark = await encode(20), light = await encode(230);
+ * assert.equal(dark.length, vision.tokensPerImage * config.text.hiddenSize); // [N, C]
+ * assert.ok(dark.every(Number.isFinite));
+ * assert.notDeepEqual(dark, light); // the features depend on the image
  * ```
  */
 export function encodeImageCpu(pixels: Float32Array, config: ModelConfig, w: WeightGetter): Float32Array {

@@ -79,10 +79,12 @@ export class Gpu {
    * Compiles (once per source text) a compute pipeline with entry point `main`.
    * @example
    * ```ts
+   * import assert from "node:assert/strict";
    * import { createGpu } from "./gpu.ts";
    * const gpu = await createGpu();
    * const pipeline = await gpu.pipeline("noop", "@compute @workgroup_size(1) fn main() {}");
-   * console.log(pipeline.label); // "noop"
+   * assert.equal(pipeline.label, "noop");
+   * assert.strictEqual(await gpu.pipeline("noop", "@compute @workgroup_size(1) fn main() {}"), pipeline); // cached
    * gpu.destroy();
    * ```
    */
@@ -128,6 +130,7 @@ export class Gpu {
    * Builds a {@link Dispatch}: binds `buffers` to bindings 0..n-1 of group 0.
    * @example
    * ```ts
+   * import assert from "node:assert/strict";
    * import { createGpu, BufferSet } from "./gpu.ts";
    * const gpu = await createGpu();
    * const buffers = new BufferSet(gpu);
@@ -136,7 +139,7 @@ export class Gpu {
    *   @compute @workgroup_size(4) fn main(@builtin(global_invocation_id) g: vec3u) { o[g.x] = g.x; }`);
    * const d = gpu.dispatch(p, [out], [1, 1, 1]);
    * gpu.submit([d]);
-   * console.log(new Uint32Array(await gpu.read(out, 0, 16))); // [0, 1, 2, 3]
+   * assert.deepEqual(new Uint32Array(await gpu.read(out, 0, 16)), new Uint32Array([0, 1, 2, 3]));
    * buffers.destroy();
    * gpu.destroy();
    * ```
@@ -204,6 +207,7 @@ export class Gpu {
    * one submission and one mapAsync: concurrent requests (a batch) share each readback.
    * @example
    * ```ts
+   * import assert from "node:assert/strict";
    * import { BufferSet, createGpu } from "./gpu.ts";
    * const gpu = await createGpu();
    * const set = new BufferSet(gpu);
@@ -212,7 +216,9 @@ export class Gpu {
    *   gpu.submitAndRead(() => {}, [{ buffer: a, offset: 0, size: 4 }]),
    *   gpu.submitAndRead(() => {}, [{ buffer: b, offset: 0, size: 4 }]),
    * ]);
-   * console.log(new Uint32Array(x)[0], new Uint32Array(y)[0], gpu.readbacks); // 7 9 1
+   * assert.equal(new Uint32Array(x)[0], 7);
+   * assert.equal(new Uint32Array(y)[0], 9);
+   * assert.equal(gpu.readbacks, 1); // the two concurrent reads shared one readback
    * set.destroy();
    * gpu.destroy();
    * ```
@@ -259,9 +265,11 @@ export class Gpu {
  * Throws {@link GpuError} when WebGPU or an adapter is missing.
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { createGpu } from "./gpu.ts";
  * const gpu = await createGpu();
- * console.log(gpu.adapterName, gpu.f16);
+ * assert.equal(typeof gpu.adapterName, "string");
+ * assert.equal(typeof gpu.f16, "boolean"); // true when the adapter has shader-f16 and it was allowed
  * gpu.destroy();
  * ```
  */
@@ -300,11 +308,13 @@ export class BufferSet {
   /**
    * @example
    * ```ts
+   * import assert from "node:assert/strict";
    * import { BufferSet, createGpu } from "./gpu.ts";
    * const gpu = await createGpu();
    * const set = new BufferSet(gpu);
    * set.storage(1024, "scratch");
-   * console.log(set.peakBytes); // 1024
+   * assert.equal(set.peakBytes, 1024);
+   * assert.equal(set.liveBytes, 1024);
    * set.destroy();
    * gpu.destroy();
    * ```
@@ -397,8 +407,10 @@ export function writeBuffer(gpu: Gpu, buffer: GPUBuffer, offset: number, data: A
  * linear index as `wid.x + wid.y * nwg.x` and skip indices ≥ count.
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { grid } from "./gpu.ts";
- * console.log(grid(70000)); // [35000, 2, 1]
+ * assert.deepEqual(grid(70000), [35000, 2, 1]); // at most 65535 workgroups per dimension
+ * assert.deepEqual(grid(3), [3, 1, 1]);
  * ```
  */
 export function grid(count: number): [number, number, number] {
@@ -412,12 +424,14 @@ export function grid(count: number): [number, number, number] {
  * Returns one ArrayBuffer per range.
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { BufferSet, createGpu, readRanges } from "./gpu.ts";
  * const gpu = await createGpu();
  * const set = new BufferSet(gpu);
  * const a = set.upload(new Uint32Array([1, 2, 3, 4]), "a");
  * const [head, tail] = await readRanges(gpu, [{ buffer: a, offset: 0, size: 4 }, { buffer: a, offset: 12, size: 4 }]);
- * console.log(new Uint32Array(head)[0], new Uint32Array(tail)[0]); // 1 4
+ * assert.deepEqual(new Uint32Array(head), new Uint32Array([1]));
+ * assert.deepEqual(new Uint32Array(tail), new Uint32Array([4]));
  * set.destroy();
  * gpu.destroy();
  * ```

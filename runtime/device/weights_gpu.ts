@@ -50,10 +50,11 @@ export interface UploadWeightOptions {
  * The element type weights get on this device: f16 when `shader-f16` was granted, else f32.
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { createGpu } from "./gpu.ts";
  * import { weightDtype } from "./weights_gpu.ts";
  * const gpu = await createGpu({ allowF16: false });
- * console.log(weightDtype(gpu)); // "f32"
+ * assert.equal(weightDtype(gpu), "f32"); // f16 storage needs shader-f16
  * gpu.destroy();
  * ```
  */
@@ -67,12 +68,14 @@ export function weightDtype(gpu: Gpu): WeightDtype {
  * value count does not match the shape or one row exceeds the chunk limit.
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { BufferSet, createGpu } from "./gpu.ts";
  * import { uploadWeight } from "./weights_gpu.ts";
  * const gpu = await createGpu();
  * const buffers = new BufferSet(gpu);
  * const w = uploadWeight(buffers, new Float32Array(6 * 4), { rows: 6, cols: 4, label: "w", maxChunkBytes: 32 });
- * console.log(w.chunks.map((c) => c.rows)); // f32: [2, 2, 2]; f16: [4, 2]
+ * // 32-byte chunks hold 2 rows of 4 f32 values, or 4 rows of 4 f16 values:
+ * assert.deepEqual(w.chunks.map((c) => c.rows), gpu.f16 ? [4, 2] : [2, 2, 2]);
  * buffers.destroy();
  * gpu.destroy();
  * ```
@@ -115,8 +118,10 @@ export function uploadWeight(
  * unchanged for f32. CPU references use it to compute exactly what the GPU sees.
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { storedWeightValues } from "./weights_gpu.ts";
- * console.log(storedWeightValues(new Float32Array([0.1]), "f16")); // Float32Array [0.0999755859375]
+ * assert.deepEqual(storedWeightValues(new Float32Array([0.1]), "f16"), new Float32Array([0.0999755859375])); // 0.1 rounded to f16
+ * assert.deepEqual(storedWeightValues(new Float32Array([0.1]), "f32"), new Float32Array([0.1]));
  * ```
  */
 export function storedWeightValues(values: Float32Array, dtype: WeightDtype): Float32Array {
@@ -136,9 +141,11 @@ export interface WeightShaderOptions {
  * (`weight_block8` when vectorized, else `weight_at`; see the module doc).
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { weightShader } from "./weights_gpu.ts";
  * const wgsl = weightShader("f16", { binding: 3, vectorized: true });
- * console.log(wgsl.includes("fn weight_block8")); // true
+ * assert.ok(wgsl.includes("fn weight_block8"));
+ * assert.ok(wgsl.includes("@binding(3)"));
  * ```
  */
 export function weightShader(dtype: WeightDtype, options: WeightShaderOptions): string {

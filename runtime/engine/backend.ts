@@ -11,8 +11,11 @@ import type { KvLedger } from "../core/sparse_kv.ts";
 
 /** Loading progress: bytes of tensors loaded so far out of the total. */
 export interface LoadProgress {
+  /** Bytes of tensors loaded so far. */
   loadedBytes: number;
+  /** Bytes of all the tensors to load. */
   totalBytes: number;
+  /** Name of the tensor just loaded. */
   tensor: string;
 }
 

@@ -14,24 +14,35 @@ import type { Tokenizer } from "../text/tokenizer.ts";
 
 /** One streamed token. */
 export interface GenerateEvent {
+  /** The generated token id. */
   token: number;
   /** Text this token added to the decoded output (may be "" while a UTF-8 sequence is incomplete). */
   text: string;
 }
 
-/** Stats of one request (DESIGN §2). */
+/** Stats of one request. */
 export interface GenerateStats {
+  /** Decoder input rows of the prompt: text tokens plus every image's tokens. */
   promptTokens: number;
+  /** Image tokens in the prompt (images × tokens per image). */
   visualTokens: number;
+  /** Image tokens kept at the prune layer, or null when nothing was pruned. */
   visualKeptCount: number | null;
+  /** Tokens generated. */
   newTokens: number;
   /** KV mode: generated tokens admitted to layers ≥ the sparse layer; no-cache: kept in context. */
   admittedCount: number;
+  /** Wall time of the prefill (the first token), in milliseconds. */
   prefillMs: number;
+  /** Wall time of the tokens after the first, in milliseconds. */
   decodeMs: number;
+  /** Decode speed: tokens after the first per second of decodeMs (0 with fewer than 2 tokens). */
   tokensPerSecond: number;
+  /** FLOPs of the passes actually run, prefill and decode. */
   flops: { prefill: PassFlops; decode: PassFlops };
+  /** The KV cache at the end: rows each layer holds, their bytes, and the most bytes held at once. */
   kvCache: { rowsPerLayer: number[]; bytes: number; peakBytes: number };
+  /** Most GPU bytes the request's buffers and image features held at once (0 on the CPU). */
   gpuPeakBytes: number;
   /** Rows computed summed over layers and passes (prefill, decode). */
   rowsComputed: { prefill: number; decode: number };
@@ -39,10 +50,15 @@ export interface GenerateStats {
 
 /** The awaited result of `generate()`. */
 export interface GenerateResult {
+  /** Generated token ids, the stop id included when one ended the run. */
   tokens: number[];
+  /** The generated tokens decoded, special tokens skipped. */
   text: string;
+  /** Indices of the image tokens kept at the prune layer (ascending), or null when nothing was pruned. */
   visualKept: number[] | null;
+  /** Per generated token fed back (all but the last): admitted to the KV cache at layers ≥ the sparse layer (KV mode), or kept in the context (no-cache mode). */
   admitted: boolean[];
+  /** Counts, timings, FLOPs and memory of the run. */
   stats: GenerateStats;
 }
 
@@ -78,8 +94,37 @@ async function yieldThenCheckAbort(signal?: AbortSignal): Promise<void> {
  * Runs one request on `backend`, calling `emit` for every generated token.
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { runGeneration } from "./generate.ts";
- * // const result = await runGeneration(backend, tokenizer, config, request, (ev) => console.log(ev.text));
+ * import { createCpuBackend } from "../cpu/cpu_backend.ts";
+ * import { openCheckpoint, readCheckpointTensor } from "../io/checkpoint.ts";
+ * import { loadTokenizer } from "../text/tokenizer.ts";
+ * import { buildPromptRows } from "../core/sequence.ts";
+ * import { densePolicy } from "../core/policies.ts";
+ * const checkpoint = await openCheckpoint("tests/fixtures/out/llama-f32");
+ * const { config } = checkpoint, { numLayers, vocabSize, maxPositions } = config.text;
+ * const weights = new Map<string, Float32Array>();
+ * for (const name of checkpoint.tensors.keys()) weights.set(name, await readCheckpointTensor(checkpoint, name));
+ * const backend = createCpuBackend(config, weights, { vision: null, text: null });
+ * const tokenizer = await loadTokenizer(checkpoint.tokenizerPath);
+ * const request = {
+ *   rows: buildPromptRows(tokenizer.encode("Hello"), { tokensPerImage: 0, images: 0, vocabSize, maxPositions }),
+ *   images: null,
+ *   plan: densePolicy().plan({ numLayers, sparse: null, hasVisionPredictor: false, hasTextPredictor: false }),
+ *   sampling: { temperature: 0, topP: 1, seed: 0 },
+ *   maxNewTokens: 5,
+ *   stop: [],
+ *   kvCache: true,
+ *   decodeBatch: 4,
+ * };
+ * const streamed: number[] = [];
+ * const result = await runGeneration(backend, tokenizer, config, request, (event) => streamed.push(event.token));
+ * assert.equal(result.tokens.length, 5); // no stop ids: exactly maxNewTokens
+ * assert.deepEqual(streamed, result.tokens);
+ * assert.deepEqual(result.stats.kvCache.rowsPerLayer, new Array(numLayers).fill(request.rows.ids.length + 4));
+ * const again = await runGeneration(backend, tokenizer, config, { ...request, kvCache: false }, () => {});
+ * assert.deepEqual(again.tokens, result.tokens); // with or without a KV cache, the same greedy tokens
+ * backend.dispose();
  * ```
  */
 export async function runGeneration(

@@ -178,11 +178,12 @@ function checkWeight(value: number | undefined, fallback: number, name: string):
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { meteorScoreSync } from "./meteor.ts";
  * import { loadWordNetSync } from "./wordnet.ts";
  * const wordnet = loadWordNetSync();
  * const score = meteorScoreSync([["the", "cat", "sat", "on", "the", "mat"]], ["the", "cat", "sat"], { wordnet });
- * console.log(score.toFixed(4)); // "0.4483"
+ * assert.equal(score.toFixed(4), "0.4483"); // as NLTK's meteor_score
  * ```
  */
 export function meteorScoreSync(
@@ -219,12 +220,13 @@ export function meteorScoreSync(
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { meteorScore } from "./meteor.ts";
  * const hypothesis = ["It", "is", "a", "guide", "to", "action", "which", "ensures", "that", "the", "military",
  *   "always", "obeys", "the", "commands", "of", "the", "party"];
  * const reference = ["It", "is", "a", "guide", "to", "action", "that", "ensures", "that", "the", "military",
  *   "will", "forever", "heed", "Party", "commands"];
- * console.log((await meteorScore([reference], hypothesis)).toFixed(4)); // "0.6944"
+ * assert.equal((await meteorScore([reference], hypothesis)).toFixed(4), "0.6944"); // as NLTK's meteor_score
  * ```
  */
 export async function meteorScore(

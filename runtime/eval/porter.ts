@@ -290,8 +290,9 @@ function encodeAstral(word: string): { encoded: string; decode: Map<string, stri
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { porterStem } from "./porter.ts";
- * console.log(porterStem("running"), porterStem("generously"), porterStem("skies")); // "run" "gener" "sky"
+ * assert.deepEqual(["running", "generously", "skies"].map(porterStem), ["run", "gener", "sky"]); // as NLTK
  * ```
  */
 export function porterStem(word: string): string {

@@ -276,6 +276,7 @@ export class WordNet {
    *
    * @example
    * ```ts
+   * import assert from "node:assert/strict";
    * import { WordNet } from "./wordnet.ts";
    * const dir = "/usr/share/wordnet";
    * const bytes = (name: string) => Deno.readFileSync(`${dir}/${name}`);
@@ -285,7 +286,7 @@ export class WordNet {
    *   exceptions: { n: text("noun.exc"), v: text("verb.exc"), a: text("adj.exc"), r: text("adv.exc") },
    *   data: { n: bytes("data.noun"), v: bytes("data.verb"), a: bytes("data.adj"), r: bytes("data.adv") },
    * });
-   * console.log(wordnet.morphy("churches", "n")); // ["church"]
+   * assert.deepEqual(wordnet.morphy("churches", "n"), ["church"]);
    * ```
    */
   constructor(dir: string, files: WordNetFiles) {
@@ -307,9 +308,11 @@ export class WordNet {
    *
    * @example
    * ```ts
+   * import assert from "node:assert/strict";
    * import { loadWordNetSync } from "./wordnet.ts";
    * const wordnet = loadWordNetSync();
-   * console.log(wordnet.morphy("aardwolves", "n"), wordnet.morphy("book", "a")); // ["aardwolf"] []
+   * assert.deepEqual(wordnet.morphy("aardwolves", "n"), ["aardwolf"]); // from noun.exc
+   * assert.deepEqual(wordnet.morphy("book", "a"), []); // not an adjective
    * ```
    */
   morphy(form: string, pos: WordNetPos): string[] {
@@ -351,10 +354,10 @@ export class WordNet {
    *
    * @example
    * ```ts
+   * import assert from "node:assert/strict";
    * import { loadWordNetSync } from "./wordnet.ts";
    * const wordnet = loadWordNetSync();
-   * console.log(wordnet.synsets("Car").map((synset) => synset.lemmaNames[0]));
-   * // ["car", "car", "car", "car", "cable_car"]
+   * assert.deepEqual(wordnet.synsets("Car").map((synset) => synset.lemmaNames[0]), ["car", "car", "car", "car", "cable_car"]);
    * ```
    */
   synsets(word: string, options: { pos?: WordNetPos } = {}): Synset[] {
@@ -376,8 +379,9 @@ export class WordNet {
    *
    * @example
    * ```ts
+   * import assert from "node:assert/strict";
    * import { loadWordNetSync } from "./wordnet.ts";
-   * console.log(loadWordNetSync().synsetAt("n", 2084071).lemmaNames); // ["dog", "domestic_dog", "Canis_familiaris"]
+   * assert.deepEqual(loadWordNetSync().synsetAt("n", 2084071).lemmaNames, ["dog", "domestic_dog", "Canis_familiaris"]);
    * ```
    */
   synsetAt(pos: WordNetPos, offset: number): Synset {
@@ -457,9 +461,10 @@ function fileNamesOf(pos: WordNetFilePos): { index: string; exceptions: string; 
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { loadWordNet } from "./wordnet.ts";
  * const wordnet = await loadWordNet("/usr/share/wordnet");
- * console.log(wordnet.synsets("dogs").length); // 8
+ * assert.equal(wordnet.synsets("dogs").length, 8); // as NLTK's wordnet.synsets("dogs")
  * ```
  */
 export function loadWordNet(dir: string = DEFAULT_WORDNET_DIR): Promise<WordNet> {
@@ -511,9 +516,10 @@ export function loadWordNet(dir: string = DEFAULT_WORDNET_DIR): Promise<WordNet>
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { loadWordNetSync } from "./wordnet.ts";
  * const wordnet = loadWordNetSync();
- * console.log(wordnet.morphy("abaci", "n")); // ["abacus"]
+ * assert.deepEqual(wordnet.morphy("abaci", "n"), ["abacus"]);
  * ```
  */
 export function loadWordNetSync(dir: string = DEFAULT_WORDNET_DIR): WordNet {

@@ -28,7 +28,9 @@ import { ImageError, InputError } from "../core/errors.ts";
 
 /** An 8-bit RGB image. */
 export interface RgbImage {
+  /** Width in pixels. */
   width: number;
+  /** Height in pixels. */
   height: number;
   /** [height, width, 3] RGB, row-major, no padding. */
   data: Uint8Array;
@@ -92,6 +94,7 @@ const DEFAULT_MAX_PIXELS = 64 * 1024 * 1024;
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { decodeImage, runFfmpeg } from "./image_decode.ts";
  * const red = new Uint8Array(4 * 2 * 3).map((_, i) => (i % 3 === 0 ? 255 : 0));
  * const run = await runFfmpeg(
@@ -99,7 +102,9 @@ const DEFAULT_MAX_PIXELS = 64 * 1024 * 1024;
  *   { inputs: { "in.rgb": red }, outputs: ["out.png"] },
  * );
  * const image = await decodeImage(run.outputs.get("out.png")!);
- * console.log(image.width, image.height, image.data.slice(0, 3)); // 4 2 Uint8Array [255, 0, 0]
+ * assert.equal(image.width, 4);
+ * assert.equal(image.height, 2);
+ * assert.deepEqual(image.data, red); // PNG is lossless
  * ```
  */
 export async function decodeImage(bytes: Uint8Array, options: DecodeImageOptions = {}): Promise<RgbImage> {
@@ -138,6 +143,7 @@ export async function decodeImage(bytes: Uint8Array, options: DecodeImageOptions
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { decodeVideoFrames, runFfmpeg } from "./image_decode.ts";
  * const frames = 6, side = 16, raw = new Uint8Array(frames * side * side * 3);
  * for (let f = 0; f < frames; f++) raw.fill(f * 40, f * side * side * 3, (f + 1) * side * side * 3);
@@ -146,7 +152,9 @@ export async function decodeImage(bytes: Uint8Array, options: DecodeImageOptions
  *   { inputs: { "in.rgb": raw }, outputs: ["out.avi"] },
  * );
  * const picked = await decodeVideoFrames(run.outputs.get("out.avi")!, { frames: 3 });
- * console.log(picked.map((image) => image.data[0])); // about [0, 80, 200]: frames 0, 2 and 5
+ * // Frames 0, 2 and 5 (grey levels 0, 80, 200), give or take the JPEG rounding:
+ * const levels = picked.map((image) => image.data[0]);
+ * [0, 80, 200].forEach((level, i) => assert.ok(Math.abs(levels[i] - level) <= 4, `${levels}`));
  * ```
  */
 export async function decodeVideoFrames(bytes: Uint8Array, options: DecodeVideoOptions): Promise<RgbImage[]> {
@@ -189,10 +197,13 @@ export async function decodeVideoFrames(bytes: Uint8Array, options: DecodeVideoO
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { checkRgbImage } from "./image_decode.ts";
+ * import { ImageError } from "../core/errors.ts";
  * const image: unknown = { width: 2, height: 1, data: new Uint8Array(6) };
  * checkRgbImage(image, "image");
- * console.log(image.width); // 2
+ * assert.equal(image.width, 2); // `image` is now typed as an RgbImage
+ * assert.throws(() => checkRgbImage({ width: 2, height: 1, data: new Uint8Array(5) }, "image"), ImageError);
  * ```
  */
 export function checkRgbImage(image: unknown, where: string): asserts image is RgbImage {
@@ -225,9 +236,10 @@ export function checkRgbImage(image: unknown, where: string): asserts image is R
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { readImageHeader } from "./image_decode.ts";
  * const png = new Uint8Array([137, 80, 78, 71, 13, 10, 26, 10, 0, 0, 0, 13, 73, 72, 68, 82, 0, 0, 78, 32, 0, 0, 78, 32]);
- * console.log(readImageHeader(png)); // { format: "png", width: 20000, height: 20000 }
+ * assert.deepEqual(readImageHeader(png), { format: "png", width: 20000, height: 20000 }); // read without decoding
  * ```
  */
 export function readImageHeader(bytes: Uint8Array): ImageHeader {
@@ -254,13 +266,15 @@ export function readImageHeader(bytes: Uint8Array): ImageHeader {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { runFfmpeg } from "./image_decode.ts";
  * const gray = new Uint8Array(8 * 8).fill(128);
  * const run = await runFfmpeg(
  *   ["-f", "rawvideo", "-pix_fmt", "gray", "-s", "8x8", "-i", "in.raw", "out.bmp"],
  *   { inputs: { "in.raw": gray }, outputs: ["out.bmp"] },
  * );
- * console.log(run.exitCode, run.outputs.get("out.bmp")?.length); // 0 and the BMP's size
+ * assert.equal(run.exitCode, 0);
+ * assert.deepEqual(run.outputs.get("out.bmp")?.subarray(0, 2), new TextEncoder().encode("BM"));
  * ```
  */
 export function runFfmpeg(args: string[], options: RunFfmpegOptions = {}): Promise<FfmpegRun> {

@@ -37,11 +37,13 @@ export interface PreprocessOptions {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { preprocessImage } from "./preprocess.ts";
  * const white = { width: 4, height: 2, data: new Uint8Array(4 * 2 * 3).fill(255) };
  * const pixels = await preprocessImage(white, { imageSize: 4 });
- * console.log(pixels.length); // 48 = 3 × 4 × 4
- * console.log(pixels[0].toFixed(3), pixels[4].toFixed(3)); // "-0.011" (padding row) "1.930" (white)
+ * assert.equal(pixels.length, 3 * 4 * 4); // [3, 4, 4], channels first
+ * assert.equal(pixels[0].toFixed(3), "-0.011"); // row 0 is padding: the mean colour, truncated to bytes
+ * assert.equal(pixels[4].toFixed(3), "1.930"); // row 1 is white: (1 - mean) / std in the red channel
  * ```
  */
 export async function preprocessImage(
@@ -74,10 +76,12 @@ export async function preprocessImage(
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { padToSquare } from "./preprocess.ts";
  * const red = { width: 1, height: 3, data: new Uint8Array([255, 0, 0, 255, 0, 0, 255, 0, 0]) };
  * const square = padToSquare(red, [122, 116, 104]);
- * console.log(square.width, Array.from(square.data.slice(0, 9))); // 3 [122, 116, 104, 255, 0, 0, 122, 116, 104]
+ * assert.equal(square.width, 3);
+ * assert.deepEqual(Array.from(square.data.slice(0, 9)), [122, 116, 104, 255, 0, 0, 122, 116, 104]); // centred
  * ```
  */
 export function padToSquare(image: RgbImage, fill: readonly [number, number, number]): RgbImage {
@@ -106,10 +110,13 @@ export function padToSquare(image: RgbImage, fill: readonly [number, number, num
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { resizeBicubic } from "./preprocess.ts";
  * const checker = { width: 2, height: 2, data: new Uint8Array([0, 0, 0, 255, 255, 255, 255, 255, 255, 0, 0, 0]) };
  * const big = resizeBicubic(checker, 4);
- * console.log(big.width, big.data.length); // 4 48
+ * assert.equal(big.width, 4);
+ * assert.equal(big.data.length, 4 * 4 * 3);
+ * assert.equal(big.data[0], 0); // the black corner stays black
  * ```
  */
 export function resizeBicubic(image: RgbImage, size: number): RgbImage {

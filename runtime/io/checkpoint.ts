@@ -27,13 +27,17 @@ export interface CheckpointTensor {
   name: string;
   /** Name in the file. */
   sourceName: string;
+  /** Torch shape, outermost first. */
   shape: number[];
+  /** The file and header entry holding the tensor's data. */
   location: TensorLocation;
 }
 
 /** An opened checkpoint: config, tokenizer location and the tensors to load (data still on disk). */
 export interface Checkpoint {
+  /** The checkpoint directory. */
   dir: string;
+  /** The architecture read from config.json (and the tower's config, when separate). */
   config: ModelConfig;
   /** Canonical name → tensor. */
   tensors: Map<string, CheckpointTensor>;
@@ -82,8 +86,16 @@ async function isDir(path: string): Promise<boolean> {
  * `~/.cache/huggingface/hub`).
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { resolveVisionTower } from "./checkpoint.ts";
- * await resolveVisionTower("openai/clip-vit-large-patch14-336", "/models/llava").catch((e) => console.log(e.name));
+ * import { CheckpointError } from "../core/errors.ts";
+ * const checkpoint = await Deno.makeTempDir();
+ * await Deno.mkdir(`${checkpoint}/clip`);
+ * assert.equal(await resolveVisionTower("clip", checkpoint), `${checkpoint}/clip`); // a directory beside it
+ * Deno.env.set("HF_HOME", checkpoint); // an empty Hugging Face cache
+ * await assert.rejects(resolveVisionTower("openai/clip-vit-large-patch14-336", checkpoint), CheckpointError);
+ * Deno.env.delete("HF_HOME");
+ * await Deno.remove(checkpoint, { recursive: true });
  * ```
  */
 export async function resolveVisionTower(tower: string, checkpointDir: string): Promise<string> {
@@ -263,9 +275,12 @@ function addTensors(
  * Nothing is loaded yet: use {@link readCheckpointTensor} per tensor.
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { openCheckpoint } from "./checkpoint.ts";
  * const ckpt = await openCheckpoint("tests/fixtures/out/llama-f32");
- * console.log(ckpt.config.layout, ckpt.tensors.size);
+ * assert.equal(ckpt.config.layout, "llama");
+ * assert.ok(ckpt.tensors.has("embed") && ckpt.tensors.has("norm"));
+ * assert.equal(ckpt.tokenizerPath, "tests/fixtures/out/llama-f32");
  * ```
  */
 export async function openCheckpoint(dir: string): Promise<Checkpoint> {
@@ -315,10 +330,11 @@ export async function openCheckpoint(dir: string): Promise<Checkpoint> {
  * Reads one tensor as f32 (F16/BF16 converted), touching only its bytes on disk.
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { openCheckpoint, readCheckpointTensor } from "./checkpoint.ts";
  * const ckpt = await openCheckpoint("tests/fixtures/out/llama-f32");
  * const norm = await readCheckpointTensor(ckpt, "norm");
- * console.log(norm.length === ckpt.config.text.hiddenSize);
+ * assert.equal(norm.length, ckpt.config.text.hiddenSize); // f32, whatever the stored dtype
  * ```
  */
 export async function readCheckpointTensor(checkpoint: Checkpoint, name: string): Promise<Float32Array> {

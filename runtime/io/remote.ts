@@ -110,8 +110,24 @@ async function downloadWeights(base: URL, prefix: string, dir: string): Promise<
  * Makes a checkpoint given by http(s) URL available locally and returns its directory.
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { fetchCheckpoint } from "./remote.ts";
- * // const dir = await fetchCheckpoint(new URL("https://example.com/models/tiny/"));
+ * // A local server stands in for the remote host, serving a tiny checkpoint.
+ * const served = "tests/fixtures/out/llama-f32";
+ * const server = Deno.serve({ port: 0, onListen() {} }, async (request) => {
+ *   const file = await Deno.readFile(`${served}${new URL(request.url).pathname}`).catch(() => null);
+ *   return file ? new Response(file) : new Response("not found", { status: 404 });
+ * });
+ * const cache = await Deno.makeTempDir();
+ * Deno.env.set("DYNLLAVA_CACHE", cache);
+ * const dir = await fetchCheckpoint(new URL(`http://localhost:${server.addr.port}/`));
+ * assert.ok(dir.startsWith(cache));
+ * for (const name of ["config.json", "tokenizer.json", "model.safetensors"]) {
+ *   assert.deepEqual(await Deno.readFile(`${dir}/${name}`), await Deno.readFile(`${served}/${name}`));
+ * }
+ * await server.shutdown();
+ * Deno.env.delete("DYNLLAVA_CACHE");
+ * await Deno.remove(cache, { recursive: true });
  * ```
  */
 export async function fetchCheckpoint(url: URL): Promise<string> {

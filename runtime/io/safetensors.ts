@@ -19,7 +19,9 @@ export const MAX_HEADER_BYTES = 100_000_000;
 
 /** One tensor of a safetensors file. */
 export interface TensorEntry {
+  /** Tensor name as written in the header. */
   name: string;
+  /** Element type. */
   dtype: DType;
   /** Dimensions, outermost first; `[]` for a scalar. */
   shape: number[];
@@ -31,9 +33,11 @@ export interface TensorEntry {
 
 /** A validated safetensors header; the data stays on disk. */
 export interface SafetensorsFile {
+  /** The file's path. */
   path: string;
   /** Tensors in header order. */
   entries: Map<string, TensorEntry>;
+  /** The header's `__metadata__` strings ({} when absent). */
   metadata: Record<string, string>;
 }
 
@@ -52,10 +56,12 @@ export interface TensorToWrite {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { parseSafetensorsHeader, writeSafetensors } from "./safetensors.ts";
  * const bytes = writeSafetensors([{ name: "w", dtype: "F32", shape: [2], data: new Uint8Array(8) }]);
  * const file = parseSafetensorsHeader(bytes, bytes.length, "w.safetensors");
- * console.log(file.entries.get("w")?.shape); // [2]
+ * assert.deepEqual(file.entries.get("w")?.shape, [2]);
+ * assert.equal(file.entries.get("w")?.byteLength, 8);
  * ```
  */
 export function parseSafetensorsHeader(prefix: Uint8Array, fileSize: number, where: string): SafetensorsFile {
@@ -151,9 +157,10 @@ function decodeHeaderJson(jsonBytes: Uint8Array, where: string): Record<string, 
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { findDuplicateJsonKey } from "./safetensors.ts";
- * console.log(findDuplicateJsonKey('{"a": 1, "b": {"a": 2}}')); // undefined
- * console.log(findDuplicateJsonKey('{"a": 1, "\\u0061": 2}')); // "a"
+ * assert.equal(findDuplicateJsonKey('{"a": 1, "b": {"a": 2}}'), undefined); // different objects
+ * assert.equal(findDuplicateJsonKey('{"a": 1, "\\u0061": 2}'), "a"); // the same key, escaped
  * ```
  */
 export function findDuplicateJsonKey(text: string): string | undefined {
@@ -310,11 +317,13 @@ function checkSpansTileData(spans: TensorSpan[], dataBytes: number, where: strin
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { openSafetensors, writeSafetensors } from "./safetensors.ts";
  * const path = await Deno.makeTempFile({ suffix: ".safetensors" });
  * await Deno.writeFile(path, writeSafetensors([{ name: "b", dtype: "F16", shape: [3], data: new Uint8Array(6) }]));
  * const file = await openSafetensors(path);
- * console.log(file.entries.get("b")?.byteLength); // 6
+ * assert.equal(file.entries.get("b")?.byteLength, 6);
+ * assert.equal(file.entries.get("b")?.dtype, "F16");
  * await Deno.remove(path);
  * ```
  */
@@ -340,12 +349,13 @@ export async function openSafetensors(path: string): Promise<SafetensorsFile> {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { openSafetensors, readTensor, writeSafetensors } from "./safetensors.ts";
  * const path = await Deno.makeTempFile({ suffix: ".safetensors" });
  * const data = new Uint8Array(new Float32Array([1, 2]).buffer);
  * await Deno.writeFile(path, writeSafetensors([{ name: "w", dtype: "F32", shape: [2], data }]));
  * const bytes = await readTensor(await openSafetensors(path), "w");
- * console.log(new Float32Array(bytes.buffer)); // Float32Array [1, 2]
+ * assert.deepEqual(new Float32Array(bytes.buffer), new Float32Array([1, 2]));
  * await Deno.remove(path);
  * ```
  */
@@ -418,11 +428,13 @@ async function readInto(handle: Deno.FsFile, target: Uint8Array, where: string, 
  *   does not match its shape and dtype.
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { writeSafetensors } from "./safetensors.ts";
  * const bytes = writeSafetensors([{ name: "s", dtype: "BF16", shape: [], data: new Uint8Array(2) }], {
  *   metadata: { format: "pt" },
  * });
- * console.log(bytes.length % 8); // 2: 8 + padded header + 2 data bytes
+ * assert.equal(bytes.length % 8, 2); // 8 + header padded to 8 bytes + 2 data bytes
+ * assert.deepEqual(parseSafetensorsHeader(bytes, bytes.length, "s.safetensors").metadata, { format: "pt" });
  * ```
  */
 export function writeSafetensors(

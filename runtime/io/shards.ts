@@ -27,7 +27,9 @@ export const SHARD_INDEX_FILE = "model.safetensors.index.json";
 
 /** Where one tensor lives. */
 export interface TensorLocation {
+  /** The safetensors file holding the tensor. */
   file: SafetensorsFile;
+  /** The tensor's header entry in that file. */
   entry: TensorEntry;
 }
 
@@ -46,13 +48,16 @@ export interface TensorFiles {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { openTensorFiles } from "./shards.ts";
  * import { writeSafetensors } from "./safetensors.ts";
  * const dir = await Deno.makeTempDir();
  * const tensor = { name: "lm_head.weight", dtype: "F32" as const, shape: [2, 2], data: new Uint8Array(16) };
  * await Deno.writeFile(`${dir}/model.safetensors`, writeSafetensors([tensor]));
  * const tensors = await openTensorFiles(dir);
- * console.log(tensors.names(), tensors.locate("lm_head.weight")?.entry.shape); // ["lm_head.weight"] [2, 2]
+ * assert.deepEqual(tensors.names(), ["lm_head.weight"]);
+ * assert.deepEqual(tensors.locate("lm_head.weight")?.entry.shape, [2, 2]);
+ * assert.equal(tensors.locate("missing"), undefined);
  * await Deno.remove(dir, { recursive: true });
  * ```
  */

@@ -25,8 +25,15 @@
  * @module
  */
 import { TokenizerError } from "../core/errors.ts";
-import type { Tokenizer } from "./tokenizer.ts";
-import { type AddedToken, assembleTokenizer, decoderFromConfig, mergeSymbols } from "./tokenizer_json.ts";
+import {
+  type AddedToken,
+  assembleTokenizer,
+  decoderChain,
+  type DecoderStep,
+  decoderSteps,
+  mergeSymbols,
+  type Tokenizer,
+} from "./bpe.ts";
 
 /** SentencePiece.Type values of the ModelProto. */
 const PieceType = { normal: 1, unknown: 2, control: 3, userDefined: 4, unused: 5, byte: 6 } as const;
@@ -60,6 +67,7 @@ interface ModelProto {
  * @param where the file's name or URL, used in error messages
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { parseSentencePieceModel } from "./sentencepiece.ts";
  * // ModelProto with pieces <unk>, <s>, </s>, ▁, h, i, ▁h, ▁hi; trainer_spec model_type BPE
  * const piece = (text: string, score: number, type: number) => {
@@ -74,8 +82,8 @@ interface ModelProto {
  *   0x1a, 2, 0x20, 0, // normalizer_spec { remove_extra_whitespaces: false }
  * ]);
  * const tokenizer = parseSentencePieceModel(bytes, "tokenizer.model");
- * console.log(tokenizer.encode("hi")); // [1, 7]
- * console.log(tokenizer.decode([1, 7], { skipSpecialTokens: true })); // "hi"
+ * assert.deepEqual(tokenizer.encode("hi"), [1, 7]); // <s>, ▁hi
+ * assert.equal(tokenizer.decode([1, 7], { skipSpecialTokens: true }), "hi");
  * ```
  */
 export function parseSentencePieceModel(bytes: Uint8Array, where: string): Tokenizer {
@@ -114,10 +122,10 @@ export function parseSentencePieceModel(bytes: Uint8Array, where: string): Token
     return text.replaceAll(" ", escape);
   };
 
-  const decodeSteps: unknown[] = [];
-  if (proto.escapeWhitespaces) decodeSteps.push({ type: "Replace", pattern: { String: "▁" }, content: " " });
-  decodeSteps.push({ type: "ByteFallback" }, { type: "Fuse" });
-  if (proto.addDummyPrefix) decodeSteps.push({ type: "Strip", content: " ", start: 1, stop: 0 });
+  const decodeSteps: DecoderStep[] = [];
+  if (proto.escapeWhitespaces) decodeSteps.push(decoderSteps.replace("▁", " "));
+  decodeSteps.push(decoderSteps.byteFallback, decoderSteps.fuse);
+  if (proto.addDummyPrefix) decodeSteps.push(decoderSteps.strip(" ", 1, 0));
 
   return assembleTokenizer({
     where,
@@ -126,7 +134,7 @@ export function parseSentencePieceModel(bytes: Uint8Array, where: string): Token
     preTokenize: null,
     tokenizeWord: bpeTokenizer(proto, mergeable, vocab),
     vocab,
-    decodeTokens: decoderFromConfig({ type: "Sequence", decoders: decodeSteps }, where),
+    decodeTokens: decoderChain(decodeSteps),
     prefixIds: [proto.bosId],
     suffixIds: [],
     bosId: proto.bosId,

@@ -5,7 +5,7 @@
  * @module
  */
 import { IMAGE_TOKEN_INDEX } from "../core/config.ts";
-import type { Tokenizer } from "./tokenizer.ts";
+import type { Tokenizer } from "./bpe.ts";
 
 /** The llava_v1 system prompt. */
 export const LLAVA_V1_SYSTEM =
@@ -16,8 +16,10 @@ export const LLAVA_V1_SYSTEM =
  * `images` > 0, the markers go first, one line each.
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { formatLlavaV1 } from "./template.ts";
- * console.log(formatLlavaV1("What is it?", { images: 1 }).endsWith("USER: <image>\nWhat is it? ASSISTANT:")); // true
+ * assert.ok(formatLlavaV1("What is it?", { images: 1 }).endsWith("USER: <image>\nWhat is it? ASSISTANT:"));
+ * assert.ok(formatLlavaV1("Hi", { images: 0 }).endsWith("USER: Hi ASSISTANT:"));
  * ```
  */
 export function formatLlavaV1(prompt: string, options: { images: number }): string {
@@ -31,9 +33,14 @@ export function formatLlavaV1(prompt: string, options: { images: number }): stri
  * Encodes text holding `<image>` markers into ids with -200 at each marker, BOS first.
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { encodeWithImages } from "./template.ts";
  * import { loadTokenizer } from "./tokenizer.ts";
- * // const ids = encodeWithImages(await loadTokenizer("model"), "USER: <image>\nHi");
+ * const tokenizer = await loadTokenizer("tests/fixtures/out/llama-f32");
+ * const ids = encodeWithImages(tokenizer, "USER: <image>\nHi");
+ * assert.equal(ids[0], tokenizer.bosId); // BOS once, first
+ * assert.equal(ids.filter((id) => id === -200).length, 1); // one marker where <image> was
+ * assert.equal(ids.filter((id) => id === tokenizer.bosId).length, 1);
  * ```
  */
 export function encodeWithImages(tokenizer: Tokenizer, text: string): number[] {

@@ -20,32 +20,9 @@ import { join } from "node:path";
 import { TokenizerError } from "../core/errors.ts";
 import { parseTokenizerJson } from "./tokenizer_json.ts";
 import { parseSentencePieceModel } from "./sentencepiece.ts";
+import type { Tokenizer } from "./bpe.ts";
 
-/** Text ↔ token ids for one checkpoint. */
-export interface Tokenizer {
-  /** Number of ids: the highest id plus one (model vocabulary and added tokens). */
-  readonly vocabSize: number;
-  /** Beginning-of-sequence id (`<s>`, 1 for LLaMA). */
-  readonly bosId: number;
-  /** End-of-sequence id (`</s>`, 2 for LLaMA): generation stops on it. */
-  readonly eosId: number;
-  /** Unknown-token id (`<unk>`, 0 for LLaMA), or -1 when the tokenizer has none. */
-  readonly unkId: number;
-  /**
-   * Token ids of `text`. With `addSpecialTokens` (default true) the tokens the checkpoint adds
-   * around a sequence are added: BOS first for LLaMA.
-   */
-  encode(text: string, options?: { addSpecialTokens?: boolean }): number[];
-  /**
-   * Text of `ids`. Special tokens are written out (`<s>`) unless `skipSpecialTokens` is set.
-   * Throws InputError for an id outside the vocabulary.
-   */
-  decode(ids: ArrayLike<number>, options?: { skipSpecialTokens?: boolean }): string;
-  /** Id of a token string (`"▁Hello"`, `"<0x0A>"`, `"</s>"`), or undefined. */
-  tokenToId(token: string): number | undefined;
-  /** Token string of an id, or undefined. */
-  idToToken(id: number): string | undefined;
-}
+export type { Tokenizer } from "./bpe.ts";
 
 /**
  * Builds a tokenizer from the text of a Hugging Face `tokenizer.json`. Pure: reads no files.
@@ -54,6 +31,7 @@ export interface Tokenizer {
  * @param where the file's name or URL, used in error messages
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { tokenizerFromJson } from "./tokenizer.ts";
  * const json = JSON.stringify({
  *   added_tokens: [
@@ -78,7 +56,8 @@ export interface Tokenizer {
  *   },
  * });
  * const tokenizer = tokenizerFromJson(json, "tokenizer.json");
- * console.log(tokenizer.encode("hi")); // [1, 7]
+ * assert.deepEqual(tokenizer.encode("hi"), [1, 7]); // <s>, ▁hi
+ * assert.equal(tokenizer.decode([1, 7], { skipSpecialTokens: true }), "hi");
  * ```
  */
 export function tokenizerFromJson(text: string, where: string): Tokenizer {
@@ -92,14 +71,14 @@ export function tokenizerFromJson(text: string, where: string): Tokenizer {
  * @param where the file's name or URL, used in error messages
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { tokenizerFromSentencePiece } from "./tokenizer.ts";
  * import { TokenizerError } from "../core/errors.ts";
  * const truncated = new Uint8Array([0x0a, 0xff]);
- * try {
- *   tokenizerFromSentencePiece(truncated, "tokenizer.model");
- * } catch (err) {
- *   console.log(err instanceof TokenizerError, (err as TokenizerError).where); // true "tokenizer.model"
- * }
+ * assert.throws(
+ *   () => tokenizerFromSentencePiece(truncated, "tokenizer.model"),
+ *   (err) => err instanceof TokenizerError && err.where === "tokenizer.model",
+ * );
  * ```
  */
 export function tokenizerFromSentencePiece(bytes: Uint8Array, where: string): Tokenizer {
@@ -113,6 +92,7 @@ export function tokenizerFromSentencePiece(bytes: Uint8Array, where: string): To
  * @param path checkpoint directory, `tokenizer.json` or `tokenizer.model`
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { loadTokenizer } from "./tokenizer.ts";
  * const checkpoint = await Deno.makeTempDir();
  * await Deno.writeTextFile(`${checkpoint}/tokenizer.json`, JSON.stringify({
@@ -120,7 +100,7 @@ export function tokenizerFromSentencePiece(bytes: Uint8Array, where: string): To
  *   model: { type: "BPE", vocab: { "<s>": 1, "</s>": 2, a: 3, b: 4, ab: 5 }, merges: ["a b"] },
  * }));
  * const tokenizer = await loadTokenizer(checkpoint);
- * console.log(tokenizer.encode("abab")); // [1, 5, 5]
+ * assert.deepEqual(tokenizer.encode("abab"), [1, 5, 5]);
  * await Deno.remove(checkpoint, { recursive: true });
  * ```
  */

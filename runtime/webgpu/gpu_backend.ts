@@ -51,9 +51,18 @@ export interface GpuWeights {
  * Opens WebGPU and uploads a checkpoint tensor by tensor (each read, converted, uploaded, dropped).
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { openCheckpoint } from "../io/checkpoint.ts";
  * import { createGpuBackend } from "./gpu_backend.ts";
- * const backend = await createGpuBackend(await openCheckpoint("tests/fixtures/out/llama-f32"), { weightDtype: "auto" });
+ * const checkpoint = await openCheckpoint("tests/fixtures/out/llama-f32");
+ * const progress: number[] = [];
+ * const backend = await createGpuBackend(checkpoint, {
+ *   weightDtype: "auto",
+ *   onProgress: ({ loadedBytes, totalBytes }) => progress.push(loadedBytes / totalBytes),
+ * });
+ * assert.equal(backend.kind, "webgpu");
+ * assert.equal(progress.length, checkpoint.tensors.size); // one report per tensor
+ * assert.equal(progress.at(-1), 1);
  * backend.dispose();
  * ```
  */

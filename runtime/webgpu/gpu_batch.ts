@@ -34,10 +34,41 @@ export class DecodeBatcher {
   batchedSteps = 0;
 
   /**
+   * A batcher for `model`'s sessions (each backend holds one).
+   *
    * @example
    * ```ts
+   * import assert from "node:assert/strict";
    * import { DecodeBatcher } from "./gpu_batch.ts";
-   * // const batcher = new DecodeBatcher(backend); await batcher.decode(session, 16);
+   * import { openCheckpoint } from "../io/checkpoint.ts";
+   * import { buildPromptRows } from "../core/sequence.ts";
+   * import { densePolicy } from "../core/policies.ts";
+   * import { createGpuBackend, type GpuBackend } from "./gpu_backend.ts";
+   * import type { GpuSession } from "./gpu_session.ts";
+   * const model = await createGpuBackend(await openCheckpoint("tests/fixtures/out/llama-f32"), {
+   *   weightDtype: "f32",
+   * }) as GpuBackend;
+   * const { numLayers, vocabSize, maxPositions } = model.config.text;
+   * const open = (ids: number[]) => {
+   *   const session = model.openSession({
+   *     rows: buildPromptRows(ids, { tokensPerImage: 0, images: 0, vocabSize, maxPositions }),
+   *     images: null,
+   *     plan: densePolicy().plan({ numLayers, sparse: null, hasVisionPredictor: false, hasTextPredictor: false }),
+   *     sampling: { temperature: 0, topP: 1, seed: 0 },
+   *     maxNewTokens: 8,
+   *     kvCache: true,
+   *   }) as GpuSession;
+   *   return session.prefill({ wantLogits: false }).then(() => session);
+   * };
+   * const batcher = new DecodeBatcher(model);
+   * const [a, b] = await Promise.all([open([1, 5, 9]), open([1, 7])]);
+   * const together = await Promise.all([batcher.decode(a, 4), batcher.decode(b, 4)]); // asked at once: batched
+   * assert.equal(batcher.batchedSteps, 4);
+   * const c = await open([1, 7]);
+   * const alone = await batcher.decode(c, 4); // the second prompt on its own
+   * assert.deepEqual(together[1].tokens, alone.tokens);
+   * for (const session of [a, b, c]) session.dispose();
+   * model.dispose();
    * ```
    */
   constructor(model: GpuBackend) {

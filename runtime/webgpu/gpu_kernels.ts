@@ -1,5 +1,7 @@
 /**
- * Compiles every kernel the GPU backend uses, once per device, into one {@link Kernels} record.
+ * The kernel registry: every kernel the GPU backend runs, by name, in one list. The backend, the
+ * GPU predictors and the kernel tests all compile their kernels through {@link createKernels}
+ * (pipelines are cached per device and source, so compiling a kernel twice costs nothing).
  * @module
  */
 import { createAdvance } from "../../kernels/decode_state.ts";
@@ -16,53 +18,75 @@ import { createKvAppend } from "../../kernels/kv_append.ts";
 import { createLayerNorm } from "../../kernels/layernorm.ts";
 import { createMatmul } from "../../kernels/matmul.ts";
 import { createIm2col } from "../../kernels/patches.ts";
+import {
+  createAdmitFlag,
+  createHalfGlobalConcat,
+  createLogSoftmax2Col0,
+} from "../../kernels/predictor_ops.ts";
 import { createRmsNorm } from "../../kernels/rmsnorm.ts";
 import { createRope } from "../../kernels/rope.ts";
 import { createGatherRows } from "../../kernels/rows.ts";
 import { createSampler } from "../../kernels/sample.ts";
 import type { Gpu } from "../device/gpu.ts";
 
+/** Every kernel, by the name the runtime calls it: its compile function. */
+export const KERNELS = {
+  // decoder
+  embedding: createEmbedding,
+  rmsNorm: createRmsNorm,
+  matmul: createMatmul,
+  rope: createRope,
+  kvAppend: createKvAppend,
+  attention: createAttention,
+  swiglu: createSwiglu,
+  add: createAdd,
+  gatherRows: createGatherRows,
+  sampler: createSampler,
+  advance: createAdvance,
+  // vision tower and projector
+  im2col: createIm2col,
+  layerNorm: createLayerNorm,
+  addBias: createAddBias,
+  gelu: createGelu,
+  quickGelu: createQuickGelu,
+  // predictors
+  halfGlobalConcat: createHalfGlobalConcat,
+  logSoftmax2Col0: createLogSoftmax2Col0,
+  admitFlag: createAdmitFlag,
+} as const;
+
+/** The name of a registered kernel. */
+export type KernelName = keyof typeof KERNELS;
+
+/** All compiled kernels, by name. */
+export type Kernels = { [K in KernelName]: Awaited<ReturnType<(typeof KERNELS)[K]>> };
+
+/** Options of {@link createKernels}. */
+export interface CreateKernelsOptions<K extends KernelName> {
+  /** Compile only these kernels (default: all). */
+  only?: readonly K[];
+}
+
 /**
- * Compiles all kernels (compiles are queued one at a time by the Gpu).
+ * Compiles registered kernels for `gpu` (compiles are queued one at a time by the Gpu).
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { createGpu } from "../device/gpu.ts";
- * import { createKernels } from "./gpu_kernels.ts";
+ * import { createKernels, KERNELS } from "./gpu_kernels.ts";
  * const gpu = await createGpu();
- * const kernels = await createKernels(gpu);
- * console.log(typeof kernels.matmul.bind); // "function"
+ * const all = await createKernels(gpu);
+ * assert.deepEqual(Object.keys(all).sort(), Object.keys(KERNELS).sort());
+ * const some = await createKernels(gpu, { only: ["matmul", "layerNorm"] });
+ * assert.deepEqual(Object.keys(some), ["matmul", "layerNorm"]);
  * gpu.destroy();
  * ```
  */
-export function createKernels(gpu: Gpu) {
-  return awaitAll({
-    matmul: createMatmul(gpu),
-    embedding: createEmbedding(gpu),
-    rmsNorm: createRmsNorm(gpu),
-    layerNorm: createLayerNorm(gpu),
-    rope: createRope(gpu),
-    attention: createAttention(gpu),
-    kvAppend: createKvAppend(gpu),
-    add: createAdd(gpu),
-    addBias: createAddBias(gpu),
-    swiglu: createSwiglu(gpu),
-    gelu: createGelu(gpu),
-    quickGelu: createQuickGelu(gpu),
-    gatherRows: createGatherRows(gpu),
-    im2col: createIm2col(gpu),
-    sampler: createSampler(gpu),
-    advance: createAdvance(gpu),
-  });
+export async function createKernels<K extends KernelName = KernelName>(
+  gpu: Gpu,
+  options: CreateKernelsOptions<K> = {},
+): Promise<Pick<Kernels, K>> {
+  const names = (options.only ?? Object.keys(KERNELS)) as K[];
+  const compiled = await Promise.all(names.map((name) => KERNELS[name](gpu)));
+  return Object.fromEntries(names.map((name, i) => [name, compiled[i]])) as Pick<Kernels, K>;
 }
-
-/** Awaits every promise of a record, keeping the keys. */
-async function awaitAll<T extends Record<string, Promise<unknown>>>(
-  promises: T,
-): Promise<{ [K in keyof T]: Awaited<T[K]> }> {
-  const keys = Object.keys(promises);
-  const values = await Promise.all(Object.values(promises));
-  return Object.fromEntries(keys.map((key, i) => [key, values[i]])) as { [K in keyof T]: Awaited<T[K]> };
-}
-
-/** All compiled kernels. */
-export type Kernels = Awaited<ReturnType<typeof createKernels>>;

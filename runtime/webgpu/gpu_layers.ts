@@ -29,8 +29,21 @@ export interface LayerActivations {
  * Allocates layer activations for `rows` rows in `set`.
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { allocLayerActivations } from "./gpu_layers.ts";
- * // const act = allocLayerActivations(set, model.config.text, { rows: 8, label: "batch" });
+ * import { BufferSet, createGpu } from "../device/gpu.ts";
+ * import { parseTextConfig } from "../core/config.ts";
+ * const text = parseTextConfig({
+ *   hidden_size: 8, intermediate_size: 16, num_attention_heads: 2, num_hidden_layers: 1,
+ * }, "config.json");
+ * const gpu = await createGpu();
+ * const set = new BufferSet(gpu);
+ * const act = allocLayerActivations(set, text, { rows: 3, label: "batch" });
+ * assert.equal(act.x.size, 3 * 8 * 4); // [rows, C] f32
+ * assert.equal(act.gate.size, 3 * 16 * 4); // [rows, I]
+ * assert.equal(set.liveBytes, 3 * 4 * (2 * 8 + 4 * 8 + 3 * 16)); // x, h; q, k, v, attn; gate, up, act
+ * set.destroy();
+ * gpu.destroy();
  * ```
  */
 export function allocLayerActivations(
@@ -58,8 +71,36 @@ export function allocLayerActivations(
  * h = RMSNorm(x); q, k, v = h·Wq, h·Wk, h·Wv; RoPE on q and k at positions[offset + m].
  * @example
  * ```ts
- * import { bindLayerInput } from "./gpu_layers.ts";
- * // const dispatches = bindLayerInput(model, set, 0, { act, rows: 1, positions: state, positionsOffset: 2 });
+ * import assert from "node:assert/strict";
+ * import { BufferSet } from "../device/gpu.ts";
+ * import { addInPlace, linear, rmsNorm, rope, swiglu } from "../core/cpu_ops.ts";
+ * import { openCheckpoint, readCheckpointTensor } from "../io/checkpoint.ts";
+ * import { createGpuBackend, type GpuBackend } from "./gpu_backend.ts";
+ * import { allocLayerActivations, bindLayerInput } from "./gpu_layers.ts";
+ * const checkpoint = await openCheckpoint("tests/fixtures/out/llama-f32");
+ * const model = await createGpuBackend(checkpoint, { weightDtype: "f32" }) as GpuBackend;
+ * const t = model.config.text, w = (name: string) => readCheckpointTensor(checkpoint, name);
+ * const set = new BufferSet(model.gpu);
+ * const act = allocLayerActivations(set, t, { rows: 2, label: "example" });
+ * const x = new Float32Array(2 * t.hiddenSize).map((_, i) => Math.sin(i)); // [2, C]
+ * model.gpu.device.queue.writeBuffer(act.x, 0, x);
+ * const close = async (buffer: GPUBuffer, want: Float32Array) => {
+ *   const got = new Float32Array(await model.gpu.read(buffer, 0, want.length * 4));
+ *   got.forEach((value, i) => assert.ok(Math.abs(value - want[i]) < 1e-4, `${i}: ${value} vs ${want[i]}`));
+ * };
+ * const positions = set.upload(new Uint32Array([9, 4, 5]), "positions"); // the two rows sit at positions 4 and 5
+ * model.gpu.submit(bindLayerInput(model, set, 0, { act, rows: 2, positions, positionsOffset: 1 }));
+ * // The CPU twin: RMSNorm, the projections, RoPE on q and k.
+ * const h = rmsNorm(x, await w("layers.0.attn_norm"), t.rmsNormEps);
+ * const q = linear(h, await w("layers.0.wq"), { rows: 2 }), k = linear(h, await w("layers.0.wk"), { rows: 2 });
+ * const rotate = { headDim: t.headDim, theta: t.ropeTheta };
+ * rope(q, [4, 5], { heads: t.numHeads, ...rotate });
+ * rope(k, [4, 5], { heads: t.numKvHeads, ...rotate });
+ * await close(act.q, q);
+ * await close(act.k, k);
+ * await close(act.v, linear(h, await w("layers.0.wv"), { rows: 2 }));
+ * set.destroy();
+ * model.dispose();
  * ```
  */
 export function bindLayerInput(
@@ -100,8 +141,34 @@ export function bindLayerInput(
  * x += attn·Wo; x += SwiGLU MLP of RMSNorm(x).
  * @example
  * ```ts
- * import { bindLayerOutput } from "./gpu_layers.ts";
- * // const dispatches = bindLayerOutput(model, set, 0, { act, rows: 1 });
+ * import assert from "node:assert/strict";
+ * import { BufferSet } from "../device/gpu.ts";
+ * import { addInPlace, linear, rmsNorm, rope, swiglu } from "../core/cpu_ops.ts";
+ * import { openCheckpoint, readCheckpointTensor } from "../io/checkpoint.ts";
+ * import { createGpuBackend, type GpuBackend } from "./gpu_backend.ts";
+ * import { allocLayerActivations, bindLayerOutput } from "./gpu_layers.ts";
+ * const checkpoint = await openCheckpoint("tests/fixtures/out/llama-f32");
+ * const model = await createGpuBackend(checkpoint, { weightDtype: "f32" }) as GpuBackend;
+ * const t = model.config.text, w = (name: string) => readCheckpointTensor(checkpoint, name);
+ * const set = new BufferSet(model.gpu);
+ * const act = allocLayerActivations(set, t, { rows: 2, label: "example" });
+ * const x = new Float32Array(2 * t.hiddenSize).map((_, i) => Math.sin(i)); // [2, C]
+ * model.gpu.device.queue.writeBuffer(act.x, 0, x);
+ * const close = async (buffer: GPUBuffer, want: Float32Array) => {
+ *   const got = new Float32Array(await model.gpu.read(buffer, 0, want.length * 4));
+ *   got.forEach((value, i) => assert.ok(Math.abs(value - want[i]) < 1e-4, `${i}: ${value} vs ${want[i]}`));
+ * };
+ * const attn = new Float32Array(2 * t.numHeads * t.headDim).map((_, i) => Math.cos(i)); // an attention output
+ * model.gpu.device.queue.writeBuffer(act.attn, 0, attn);
+ * model.gpu.submit(bindLayerOutput(model, set, 0, { act, rows: 2 }));
+ * // The CPU twin: x += attn·Wo, then x += the SwiGLU MLP of RMSNorm(x).
+ * addInPlace(x, linear(attn, await w("layers.0.wo"), { rows: 2 }));
+ * const h = rmsNorm(x, await w("layers.0.mlp_norm"), t.rmsNormEps);
+ * const mlp = swiglu(linear(h, await w("layers.0.w_gate"), { rows: 2 }), linear(h, await w("layers.0.w_up"), { rows: 2 }));
+ * addInPlace(x, linear(mlp, await w("layers.0.w_down"), { rows: 2 }));
+ * await close(act.x, x);
+ * set.destroy();
+ * model.dispose();
  * ```
  */
 export function bindLayerOutput(
@@ -132,8 +199,30 @@ export function bindLayerOutput(
  * Final RMSNorm and lm_head: logits[i] for rows first .. first + rows - 1 of x.
  * @example
  * ```ts
- * import { bindHead } from "./gpu_layers.ts";
- * // const dispatches = bindHead(model, set, { x, h, logits, first: m - 1, rows: 1 });
+ * import assert from "node:assert/strict";
+ * import { BufferSet } from "../device/gpu.ts";
+ * import { addInPlace, linear, rmsNorm, rope, swiglu } from "../core/cpu_ops.ts";
+ * import { openCheckpoint, readCheckpointTensor } from "../io/checkpoint.ts";
+ * import { createGpuBackend, type GpuBackend } from "./gpu_backend.ts";
+ * import { allocLayerActivations, bindHead } from "./gpu_layers.ts";
+ * const checkpoint = await openCheckpoint("tests/fixtures/out/llama-f32");
+ * const model = await createGpuBackend(checkpoint, { weightDtype: "f32" }) as GpuBackend;
+ * const t = model.config.text, w = (name: string) => readCheckpointTensor(checkpoint, name);
+ * const set = new BufferSet(model.gpu);
+ * const act = allocLayerActivations(set, t, { rows: 2, label: "example" });
+ * const x = new Float32Array(2 * t.hiddenSize).map((_, i) => Math.sin(i)); // [2, C]
+ * model.gpu.device.queue.writeBuffer(act.x, 0, x);
+ * const close = async (buffer: GPUBuffer, want: Float32Array) => {
+ *   const got = new Float32Array(await model.gpu.read(buffer, 0, want.length * 4));
+ *   got.forEach((value, i) => assert.ok(Math.abs(value - want[i]) < 1e-4, `${i}: ${value} vs ${want[i]}`));
+ * };
+ * const logits = set.storage(t.vocabSize * 4, "logits");
+ * model.gpu.submit(bindHead(model, set, { x: act.x, h: act.h, logits, first: 1, rows: 1 })); // row 1 only
+ * // The CPU twin: final RMSNorm, then lm_head.
+ * const h = rmsNorm(x.subarray(t.hiddenSize), await w("norm"), t.rmsNormEps);
+ * await close(logits, linear(h, await w(checkpoint.tensors.has("lm_head") ? "lm_head" : "embed"), { rows: 1 }));
+ * set.destroy();
+ * model.dispose();
  * ```
  */
 export function bindHead(

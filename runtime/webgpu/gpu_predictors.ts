@@ -1,5 +1,5 @@
 /**
- * Dynamic-LLaVA's predictors on the GPU: the same forward passes as runtime/predictors.ts (their
+ * Dynamic-LLaVA's predictors on the GPU: the same forward passes as runtime/core/predictors.ts (their
  * CPU twins), composed from the matmul, LayerNorm, GELU, attention and predictor_ops kernels, so
  * scores and admission decisions stay on the GPU.
  *
@@ -14,20 +14,7 @@
  * dispatches that can be encoded any number of times.
  * @module
  */
-import { type AttentionKernel, createAttention } from "../../kernels/attention.ts";
-import { createGelu, type ElementwiseKernel } from "../../kernels/elementwise.ts";
-import type { ActivationArgs } from "../../kernels/elementwise.ts";
-import { createLayerNorm, type LayerNormKernel } from "../../kernels/layernorm.ts";
-import { createMatmul, type MatmulKernel } from "../../kernels/matmul.ts";
-import {
-  type AdmitFlagKernel,
-  createAdmitFlag,
-  createHalfGlobalConcat,
-  createLogSoftmax2Col0,
-  type HalfGlobalConcatKernel,
-  type LogSoftmax2Col0Kernel,
-} from "../../kernels/predictor_ops.ts";
-import type { BufferSet, Dispatch, Gpu } from "../device/gpu.ts";
+import type { BufferSet, Dispatch } from "../device/gpu.ts";
 import {
   type LinearWeights,
   type NormWeights,
@@ -38,6 +25,7 @@ import {
   type VisionPredictor,
 } from "../core/predictors.ts";
 import { uploadWeight, type WeightTensor } from "../device/weights_gpu.ts";
+import { createKernels, type Kernels } from "./gpu_kernels.ts";
 
 /** A Linear on the GPU: W [out, in] and its optional bias [out]. */
 export interface GpuLinear {
@@ -51,16 +39,19 @@ export interface GpuNorm {
   bias: GPUBuffer;
 }
 
+/** The registered kernels the predictors run on. */
+const PREDICTOR_KERNELS = [
+  "matmul",
+  "layerNorm",
+  "gelu",
+  "attention",
+  "halfGlobalConcat",
+  "logSoftmax2Col0",
+  "admitFlag",
+] as const;
+
 /** The compiled kernels the predictors run on. */
-export interface PredictorKernels {
-  matmul: MatmulKernel;
-  layerNorm: LayerNormKernel;
-  gelu: ElementwiseKernel<ActivationArgs>;
-  attention: AttentionKernel;
-  halfGlobalConcat: HalfGlobalConcatKernel;
-  logSoftmax2Col0: LogSoftmax2Col0Kernel;
-  admitFlag: AdmitFlagKernel;
-}
+export type PredictorKernels = Pick<Kernels, (typeof PREDICTOR_KERNELS)[number]>;
 
 /** One timm block on the GPU; the qkv Linear is split by output rows into q, k and v [d, d]. */
 export interface GpuPredictorBlock {
@@ -127,18 +118,8 @@ export interface TextAdmissionArgs {
   flags: GPUBuffer;
 }
 
-async function createPredictorKernels(gpu: Gpu): Promise<PredictorKernels> {
-  const [matmul, layerNorm, gelu, attention, halfGlobalConcat, logSoftmax2Col0, admitFlag] = await Promise
-    .all([
-      createMatmul(gpu),
-      createLayerNorm(gpu),
-      createGelu(gpu),
-      createAttention(gpu),
-      createHalfGlobalConcat(gpu),
-      createLogSoftmax2Col0(gpu),
-      createAdmitFlag(gpu),
-    ]);
-  return { matmul, layerNorm, gelu, attention, halfGlobalConcat, logSoftmax2Col0, admitFlag };
+function createPredictorKernels(buffers: BufferSet): Promise<PredictorKernels> {
+  return createKernels(buffers.gpu, { only: PREDICTOR_KERNELS });
 }
 
 function uploadLinear(buffers: BufferSet, layer: LinearWeights, label: string): GpuLinear {
@@ -164,9 +145,10 @@ function rowSlice(layer: LinearWeights, from: number, count: number): LinearWeig
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { BufferSet, createGpu } from "../device/gpu.ts";
  * import { bindVisionScores, uploadVisionPredictor } from "./gpu_predictors.ts";
- * import { loadVisionPredictor, visionPredictorTensors } from "../core/predictors.ts";
+ * import { loadVisionPredictor, visionPredictorTensors, visionScores } from "../core/predictors.ts";
  * const sparse = { dModel: 8, nhead: 2, dimFeedforward: 16, numLayers: 1 };
  * const sizes = new Map(visionPredictorTensors(4, sparse).map((t) => [t.name, t.shape.reduce((a, b) => a * b)]));
  * const cpu = loadVisionPredictor((name) => new Float32Array(sizes.get(name)!).fill(0.1), { hidden: 4, sparse });
@@ -176,7 +158,9 @@ function rowSlice(layer: LinearWeights, from: number, count: number): LinearWeig
  * const x = buffers.upload(new Float32Array(3 * 4).fill(1), "x");
  * const scoresOut = buffers.storage(3 * 4, "scores");
  * gpu.submit(bindVisionScores(predictor, buffers, { x, rows: 3, scoresOut }));
- * console.log(new Float32Array(await gpu.read(scoresOut, 0, 12)).length); // 3
+ * const scores = new Float32Array(await gpu.read(scoresOut, 0, 12));
+ * const expected = visionScores(cpu, new Float32Array(3 * 4).fill(1)); // the CPU twin
+ * scores.forEach((score, i) => assert.ok(Math.abs(score - expected[i]) < 1e-3, `${scores} vs ${expected}`));
  * buffers.destroy();
  * gpu.destroy();
  * ```
@@ -186,7 +170,7 @@ export async function uploadVisionPredictor(
   cpuPredictor: VisionPredictor,
 ): Promise<GpuVisionPredictor> {
   const p = cpuPredictor, d = p.dModel, label = (name: string) => VISION_PREDICTOR_PREFIX + name;
-  const kernels = await createPredictorKernels(buffers.gpu);
+  const kernels = await createPredictorKernels(buffers);
   const blocks = p.blocks.map((block, i): GpuPredictorBlock => {
     const name = (part: string) => label(`transformer.${i}.${part}`);
     return {
@@ -223,9 +207,10 @@ export async function uploadVisionPredictor(
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { BufferSet, createGpu } from "../device/gpu.ts";
  * import { bindTextLogits, uploadTextPredictor } from "./gpu_predictors.ts";
- * import { loadTextPredictor, textPredictorTensors } from "../core/predictors.ts";
+ * import { loadTextPredictor, textPredictorLogits, textPredictorTensors } from "../core/predictors.ts";
  * const sparse = { dModel: 8, nhead: 2, dimFeedforward: 16, numLayers: 1 };
  * const sizes = new Map(textPredictorTensors(4, sparse).map((t) => [t.name, t.shape.reduce((a, b) => a * b)]));
  * const cpu = loadTextPredictor((name) => new Float32Array(sizes.get(name)!).fill(0.1), { hidden: 4, sparse });
@@ -235,7 +220,9 @@ export async function uploadVisionPredictor(
  * const x = buffers.upload(new Float32Array([1, 2, 3, 4]), "x");
  * const logitsOut = buffers.storage(2 * 4, "logits");
  * gpu.submit(bindTextLogits(predictor, buffers, { x, rows: 1, logitsOut }));
- * console.log(new Float32Array(await gpu.read(logitsOut, 0, 8)).length); // 2
+ * const logits = new Float32Array(await gpu.read(logitsOut, 0, 8));
+ * const expected = textPredictorLogits(cpu, new Float32Array([1, 2, 3, 4])); // the CPU twin
+ * logits.forEach((logit, i) => assert.ok(Math.abs(logit - expected[i]) < 1e-3, `${logits} vs ${expected}`));
  * buffers.destroy();
  * gpu.destroy();
  * ```
@@ -247,7 +234,7 @@ export async function uploadTextPredictor(
   const p = cpuPredictor, label = (name: string) => TEXT_PREDICTOR_PREFIX + name;
   const [l1, l3, l5, l7] = p.mlp;
   return {
-    kernels: await createPredictorKernels(buffers.gpu),
+    kernels: await createPredictorKernels(buffers),
     hidden: p.hidden,
     dModel: p.dModel,
     norm: uploadNorm(buffers, p.norm, label("output_mlp.0")),
@@ -331,6 +318,7 @@ function bindBlock(
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { BufferSet, createGpu } from "../device/gpu.ts";
  * import { bindVisionScores, uploadVisionPredictor } from "./gpu_predictors.ts";
  * import { loadVisionPredictor, visionPredictorTensors, visionScores } from "../core/predictors.ts";
@@ -344,7 +332,8 @@ function bindBlock(
  * const scoresOut = buffers.storage(5 * 4, "scores");
  * gpu.submit(bindVisionScores(predictor, buffers, { x: buffers.upload(input, "x"), rows: 5, scoresOut }));
  * const scores = new Float32Array(await gpu.read(scoresOut, 0, 20));
- * console.log(Math.abs(scores[0] - visionScores(cpu, input)[0]) < 1e-4); // true
+ * const expected = visionScores(cpu, input); // the CPU twin
+ * scores.forEach((score, i) => assert.ok(Math.abs(score - expected[i]) < 1e-4, `${scores} vs ${expected}`));
  * buffers.destroy();
  * gpu.destroy();
  * ```
@@ -384,9 +373,10 @@ export function bindVisionScores(
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { BufferSet, createGpu } from "../device/gpu.ts";
  * import { bindTextLogits, uploadTextPredictor } from "./gpu_predictors.ts";
- * import { loadTextPredictor, textPredictorTensors } from "../core/predictors.ts";
+ * import { loadTextPredictor, textPredictorLogits, textPredictorTensors } from "../core/predictors.ts";
  * const sparse = { dModel: 8, nhead: 2, dimFeedforward: 16, numLayers: 1 };
  * const sizes = new Map(textPredictorTensors(4, sparse).map((t) => [t.name, t.shape.reduce((a, b) => a * b)]));
  * const cpu = loadTextPredictor((name) => new Float32Array(sizes.get(name)!).fill(0.1), { hidden: 4, sparse });
@@ -395,7 +385,9 @@ export function bindVisionScores(
  * const predictor = await uploadTextPredictor(buffers, cpu);
  * const logitsOut = buffers.storage(3 * 2 * 4, "logits");
  * gpu.submit(bindTextLogits(predictor, buffers, { x: buffers.upload(new Float32Array(12), "x"), rows: 3, logitsOut }));
- * console.log(new Float32Array(await gpu.read(logitsOut, 0, 24)).length); // 6
+ * const logits = new Float32Array(await gpu.read(logitsOut, 0, 24));
+ * const expected = textPredictorLogits(cpu, new Float32Array(12)); // the CPU twin, 3 rows × 2
+ * logits.forEach((logit, i) => assert.ok(Math.abs(logit - expected[i]) < 1e-3, `${logits} vs ${expected}`));
  * buffers.destroy();
  * gpu.destroy();
  * ```
@@ -423,6 +415,7 @@ export function bindTextLogits(p: GpuTextPredictor, buffers: BufferSet, args: Te
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { BufferSet, createGpu } from "../device/gpu.ts";
  * import { bindTextAdmission, uploadTextPredictor } from "./gpu_predictors.ts";
  * import { loadTextPredictor, textPredictorTensors } from "../core/predictors.ts";
@@ -435,7 +428,7 @@ export function bindTextLogits(p: GpuTextPredictor, buffers: BufferSet, args: Te
  * const state = buffers.upload(new Uint32Array([1, 0, 0, 0]), "state");
  * const flags = buffers.upload(new Uint32Array([7, 7, 7, 7]), "flags");
  * gpu.submit(bindTextAdmission(predictor, buffers, { x: buffers.upload(new Float32Array(4), "x"), state, flags }));
- * console.log(new Uint32Array(await gpu.read(flags, 0, 16))[0]); // 7 (only flags[1] is written)
+ * assert.equal(new Uint32Array(await gpu.read(flags, 0, 16))[0], 7); // only flags[1] is written
  * buffers.destroy();
  * gpu.destroy();
  * ```

@@ -39,8 +39,19 @@ export class GpuImageFeatures implements ImageFeatures {
  * Groups the vision tower's uploaded weights by layer.
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { visionLayerWeights } from "./gpu_vision.ts";
- * // const layers = visionLayerWeights(config, (n) => matrices.get(n)!, (n) => vectors.get(n)!);
+ * import { openCheckpoint } from "../io/checkpoint.ts";
+ * import { createGpuBackend, type GpuBackend } from "./gpu_backend.ts";
+ * const model = await createGpuBackend(await openCheckpoint("tests/fixtures/out/llava-f32-dyn"), {
+ *   weightDtype: "f32",
+ * }) as GpuBackend;
+ * const { matrices, vectors } = model.weights;
+ * const layers = visionLayerWeights(model.config, (n) => matrices.get(n)!, (n) => vectors.get(n)!);
+ * assert.equal(layers.length, model.config.vision!.layersToRun); // only the layers the features need
+ * assert.strictEqual(layers[0].q[0], matrices.get("vision.layers.0.q.weight"));
+ * assert.strictEqual(layers[0].ln1[1], vectors.get("vision.layers.0.ln1.bias"));
+ * model.dispose();
  * ```
  */
 export function visionLayerWeights(
@@ -69,8 +80,27 @@ export function visionLayerWeights(
  * Encodes preprocessed images ([3, S, S] each) into projected features, one submission per image.
  * @example
  * ```ts
- * import { encodeImagesGpu } from "./gpu_vision.ts";
- * // const features = await encodeImagesGpu(backend, [pixels]);
+ * import assert from "node:assert/strict";
+ * import { encodeImagesGpu, type GpuImageFeatures } from "./gpu_vision.ts";
+ * import { openCheckpoint, readCheckpointTensor } from "../io/checkpoint.ts";
+ * import { preprocessImage } from "../image/preprocess.ts";
+ * import { encodeImageCpu } from "../cpu/cpu_vision.ts";
+ * import { createGpuBackend, type GpuBackend } from "./gpu_backend.ts";
+ * const checkpoint = await openCheckpoint("tests/fixtures/out/llava-f32-dyn");
+ * const model = await createGpuBackend(checkpoint, { weightDtype: "f32" }) as GpuBackend;
+ * const vision = model.config.vision!;
+ * const image = { width: 3, height: 2, data: new Uint8Array(3 * 2 * 3).map((_, i) => i * 13) };
+ * const pixels = await preprocessImage(image, { imageSize: vision.imageSize, mean: vision.imageMean, std: vision.imageStd });
+ * const features = await encodeImagesGpu(model, [pixels]) as GpuImageFeatures;
+ * assert.equal(features.rows, vision.tokensPerImage);
+ * const got = new Float32Array(await model.gpu.read(features.buffer, 0, features.rows * model.config.text.hiddenSize * 4));
+ * // The CPU twin:
+ * const weights = new Map<string, Float32Array>();
+ * for (const name of checkpoint.tensors.keys()) weights.set(name, await readCheckpointTensor(checkpoint, name));
+ * const want = encodeImageCpu(pixels, model.config, (name) => weights.get(name)!);
+ * got.forEach((value, i) => assert.ok(Math.abs(value - want[i]) < 1e-3, `${i}: ${value} vs ${want[i]}`));
+ * features.dispose();
+ * model.dispose();
  * ```
  */
 export async function encodeImagesGpu(model: GpuBackend, pixels: Float32Array[]): Promise<ImageFeatures> {
