@@ -139,8 +139,8 @@ export const MUTATIONS: Mutation[] = [
   kernel(
     "matmul",
     "the bias is subtracted",
-    "if ((params.flags & 2u) != 0u) { v += bias[column]; }",
-    "if ((params.flags & 2u) != 0u) { v -= bias[column]; }",
+    "if (params.add_bias != 0u) { v += bias[column]; }",
+    "if (params.add_bias != 0u) { v -= bias[column]; }",
     "kernels_lm",
   ),
   kernel(
@@ -153,15 +153,15 @@ export const MUTATIONS: Mutation[] = [
   kernel(
     "predictor_ops",
     "the global half averages over N + 1 rows",
-    "let mean = partial[0] / f32(rows);",
-    "let mean = partial[0] / f32(rows + 1u);",
+    "let mean = workgroup_sum(lid, sum) / f32(rows);",
+    "let mean = workgroup_sum(lid, sum) / f32(rows + 1u);",
     "kernels_misc",
   ),
   kernel(
     "rmsnorm",
     "the mean square divides by C − 1",
-    "partial[0] / f32(params.cols) + params.eps",
-    "partial[0] / f32(params.cols - 1u) + params.eps",
+    "workgroup_sum(lid, sum) / f32(params.cols) + params.eps",
+    "workgroup_sum(lid, sum) / f32(params.cols - 1u) + params.eps",
     "kernels_lm",
   ),
   kernel(
@@ -181,8 +181,8 @@ export const MUTATIONS: Mutation[] = [
   kernel(
     "sample",
     "greedy sampling keeps the smallest logit",
-    "if (v > bestV) { bestV = v; bestI = f32(i); }",
-    "if (v < bestV) { bestV = v; bestI = f32(i); }",
+    "if (v > best_value) { best_value = v; best_index = f32(i); }",
+    "if (v < best_value) { best_value = v; best_index = f32(i); }",
     "sampling",
   ),
 ];
