@@ -1,6 +1,6 @@
 /**
  * Whole-model tests: the WebGPU backend against the CPU backend on every fixture (logits and greedy
- * tokens, both KV modes), and the sparsification rules of DESIGN §1 checked case by case with
+ * tokens, both KV modes), and the Dynamic-LLaVA sparsification rules checked case by case with
  * expectations derived here from the predictors' raw outputs, independently of the runtime's
  * selection code.
  */
@@ -96,7 +96,7 @@ function topK(values: ArrayLike<number>, k: number): number[] {
 }
 
 for (const name of ["llava-f32-dyn", "llava-f16-gqa-dyn-hub"]) {
-  Deno.test(`generate() on ${name}: dynamic policy follows DESIGN §1 in both KV modes on both backends`, async () => {
+  Deno.test(`generate() on ${name}: dynamic policy follows the Dynamic-LLaVA rules in both KV modes on both backends`, async () => {
     const cpu = await open(name, "cpu");
     try {
       const n = 16, N = cpu.config.vision!.tokensPerImage, layers = cpu.config.text.numLayers;
