@@ -20,6 +20,9 @@
  */
 export * from "./core.ts";
 export {
+  type ChatContentPart,
+  type ChatMessage,
+  type ChatRequest,
   type GenerateRequest,
   GenerateRun,
   type ImageInput,
@@ -28,7 +31,13 @@ export {
   type LoadProgress,
   Model,
 } from "./runtime/api/model.ts";
-export type { GenerateEvent, GenerateResult, GenerateStats } from "./runtime/engine/generate.ts";
+export type {
+  FinishReason,
+  GenerateEvent,
+  GenerateResult,
+  GenerateStats,
+  Usage,
+} from "./runtime/engine/generate.ts";
 export {
   loadTokenizer,
   type Tokenizer,
@@ -51,7 +60,12 @@ export {
   type MeteorWeights,
 } from "./runtime/eval/meteor.ts";
 export { loadWordNet, type Synset, type WordNet, type WordNetPos } from "./runtime/eval/wordnet.ts";
-export { encodeWithImages, formatLlavaV1 } from "./runtime/text/template.ts";
+export {
+  type ChatTurn,
+  encodeWithImages,
+  formatLlavaV1,
+  formatLlavaV1Chat,
+} from "./runtime/text/template.ts";
 export { type Checkpoint, type CheckpointTensor, openCheckpoint } from "./runtime/io/checkpoint.ts";
 export type { TensorLocation } from "./runtime/io/shards.ts";
 export type { SafetensorsFile, TensorEntry } from "./runtime/io/safetensors.ts";

@@ -37,16 +37,69 @@
  * count is read from the id (patch14-336 → 576).
  * @module
  */
-import { parseArgs } from "node:util";
 import { join } from "node:path";
 import { type CostEstimate, type CostPlan, estimateCost } from "../runtime/core/cost.ts";
-import { CheckpointError, DynllavaError, InputError } from "../runtime/core/errors.ts";
+import { CheckpointError, InputError } from "../runtime/core/errors.ts";
 import type { GenerateResult } from "../runtime/engine/generate.ts";
 import type { RgbImage } from "../runtime/image/image_decode.ts";
 import { type ImageInput, loadModel, type Model } from "../runtime/api/model.ts";
 import { encodeWithImages, formatLlavaV1 } from "../runtime/text/template.ts";
 import { ensureFixture } from "../tools/make_fixtures.ts";
 import { benchMarkdown, type BenchRow, renderBenchCharts, type Stat } from "./charts.ts";
+import {
+  chooseBackend,
+  type CommandSpec,
+  describeBackend,
+  parseFlags,
+  progressBar,
+  runCommand,
+} from "./cli_options.ts";
+
+/** The command line of the script. */
+export const BENCH_COMMAND: CommandSpec = {
+  usage:
+    "deno task bench [--model DIR] [options] --out DIR  |  deno task bench --cost-only --config FILE [options]",
+  summary: "Measures dense, FastV and Dynamic-LLaVA decoding (with and without KV cache) in one run, or\n" +
+    "estimates FLOPs and KV bytes from a config alone (--cost-only).",
+  options: {
+    model: { type: "string", value: "DIR", description: "checkpoint (default: the tiny test fixture)" },
+    image: { type: "string", value: "FILE", description: "image (default: a generated gradient)" },
+    prompt: { type: "string", value: "TEXT", description: "the question" },
+    policies: {
+      type: "string",
+      value: "LIST",
+      description: "policies to run (default dense,fastv,dynamic)",
+    },
+    kv: { type: "string", value: "both|on|off", description: "KV-cache modes to run (default both)" },
+    "new-tokens": { type: "string", value: "LIST", description: "output lengths (default 64,256,1024)" },
+    batch: {
+      type: "string",
+      value: "LIST",
+      description: "batch sizes (requests decoded together; default 1)",
+    },
+    repeat: { type: "string", value: "N", description: "measured runs per configuration (default 3)" },
+    warmup: { type: "string", value: "N", description: "unmeasured runs before them (default 1)" },
+    backend: {
+      type: "string",
+      value: "webgpu|cpu",
+      description: "compute backend (default: webgpu when an adapter exists, else cpu)",
+    },
+    out: { type: "string", value: "DIR", description: "where bench.json, bench.md and the charts go" },
+    "cost-only": { type: "boolean", description: "estimate from --config alone (no weights, no GPU)" },
+    config: { type: "string", value: "FILE", description: "config.json to estimate (--cost-only)" },
+    policy: { type: "string", value: "NAME", description: "dense, fastv or dynamic (--cost-only)" },
+    "fastv-k": { type: "string", value: "K", description: "FastV layer (--cost-only)" },
+    "fastv-r": { type: "string", value: "R", description: "FastV drop ratio (--cost-only)" },
+    "vision-keep": { type: "string", value: "N", description: "image tokens kept by dynamic (--cost-only)" },
+    "no-kv-cache": { type: "boolean", description: "estimate the no-cache decoding (--cost-only)" },
+    "prompt-tokens": { type: "string", value: "N", description: "text tokens of the prompt (--cost-only)" },
+    json: { type: "boolean", description: "print the estimate as JSON (--cost-only)" },
+  },
+  examples: [
+    "deno task bench --backend cpu --new-tokens 16,64 --out bench-out",
+    "deno task bench --cost-only --config tests/fixtures/configs/llava-v1.5-7b.json --policy dynamic --json",
+  ],
+};
 
 /** A policy the bench runs by name. */
 export type BenchPolicy = "dense" | "fastv" | "dynamic";
@@ -73,7 +126,8 @@ export interface BenchRunArgs extends BenchSweep {
   /** Image file; null = a generated RGB gradient. */
   imagePath: string | null;
   prompt: string;
-  backend: "webgpu" | "cpu";
+  /** "auto": WebGPU when an adapter exists, else the CPU. */
+  backend: "webgpu" | "cpu" | "auto";
   /** Directory for bench.json, bench.md and the charts. */
   outDir: string;
 }
@@ -186,8 +240,8 @@ function parseRunArgs(values: Record<string, string | boolean | undefined>): Ben
     }
   }
   if (text("out") === undefined) throw new InputError("Cannot run bench: --out DIR is required", "--out");
-  const backend = text("backend") ?? "webgpu";
-  if (backend !== "webgpu" && backend !== "cpu") {
+  const backend = text("backend") ?? "auto";
+  if (backend !== "webgpu" && backend !== "cpu" && backend !== "auto") {
     throw new InputError(`Cannot read --backend: expected webgpu or cpu, got "${backend}"`, "--backend");
   }
   return {
@@ -222,38 +276,7 @@ function parseRunArgs(values: Record<string, string | boolean | undefined>): Ben
  * ```
  */
 export function parseBenchArgs(argv: string[]): BenchArgs {
-  let values;
-  try {
-    values = parseArgs({
-      args: argv,
-      options: {
-        "cost-only": { type: "boolean", default: false },
-        config: { type: "string" },
-        policy: { type: "string" },
-        "fastv-k": { type: "string" },
-        "fastv-r": { type: "string" },
-        "vision-keep": { type: "string" },
-        "new-tokens": { type: "string" },
-        "no-kv-cache": { type: "boolean", default: false },
-        batch: { type: "string" },
-        "prompt-tokens": { type: "string" },
-        json: { type: "boolean", default: false },
-        model: { type: "string" },
-        image: { type: "string" },
-        prompt: { type: "string" },
-        policies: { type: "string" },
-        kv: { type: "string" },
-        repeat: { type: "string" },
-        warmup: { type: "string" },
-        backend: { type: "string" },
-        out: { type: "string" },
-      },
-      strict: true,
-      allowPositionals: false,
-    }).values;
-  } catch (error) {
-    throw new InputError(`Cannot read the command line: ${(error as Error).message}`, "argv");
-  }
+  const values = parseFlags(BENCH_COMMAND, argv) as Record<string, string | boolean | undefined>;
   if (values["cost-only"]) {
     for (const flag of ["model", "image", "prompt", "policies", "kv", "repeat", "warmup", "backend", "out"]) {
       if ((values as Record<string, unknown>)[flag] !== undefined) {
@@ -598,8 +621,9 @@ async function loadBenchInputs(args: BenchRunArgs): Promise<{ model: Model; imag
     }
     console.log(`image: ${args.imagePath}`);
   }
-  console.log(`backend: ${args.backend}`);
-  return { model: await loadModel(modelDir, { backend: args.backend }), image };
+  const choice = await chooseBackend(args.backend === "auto" ? undefined : args.backend);
+  console.log(describeBackend(choice));
+  return { model: await loadModel(modelDir, { backend: choice.backend, onProgress: progressBar() }), image };
 }
 
 async function runModelBench(args: BenchRunArgs): Promise<void> {
@@ -618,7 +642,7 @@ async function runModelBench(args: BenchRunArgs): Promise<void> {
     const report = {
       model: args.modelDir ?? "fixture:llava-f32-dyn",
       image: args.imagePath ?? "generated:gradient-336x336",
-      backend: args.backend,
+      backend: model.backendKind,
       prompt: args.prompt,
       promptPositions: promptPositions(model, args.prompt, { images: 1 }),
       rows,
@@ -645,12 +669,4 @@ async function main(argv: string[]): Promise<void> {
   console.log(args.json ? JSON.stringify(estimate, null, 2) : formatCostTable(estimate));
 }
 
-if (import.meta.main) {
-  try {
-    await main(Deno.args);
-  } catch (error) {
-    if (!(error instanceof DynllavaError)) throw error;
-    console.error(`error: ${error.message} (${error.where})`);
-    Deno.exit(2);
-  }
-}
+if (import.meta.main) await runCommand(BENCH_COMMAND, Deno.args, (_flags, args) => main(args));

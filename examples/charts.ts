@@ -14,7 +14,6 @@
  * ```
  * @module
  */
-import { parseArgs } from "node:util";
 import { join } from "node:path";
 // deno-lint-ignore no-import-prefix
 import * as vegaLite from "npm:vega-lite@6.5.0";
@@ -23,6 +22,21 @@ import * as vega from "npm:vega@6.4.0";
 import { type CostPlan, estimateCost } from "../runtime/core/cost.ts";
 import type { ModelConfig } from "../runtime/core/config.ts";
 import { InputError } from "../runtime/core/errors.ts";
+import { type CommandSpec, type Flags, runCommand } from "./cli_options.ts";
+
+/** The command line of the script. */
+export const CHARTS_COMMAND: CommandSpec = {
+  usage: "deno task charts (--config FILE | --rows FILE) [--out DIR]",
+  summary:
+    "Draws the paper's Figure 1 (decode FLOPs without KV cache, KV memory with it, vs output length) as SVG:\n" +
+    "from a checkpoint's config.json alone (cost model), or from a saved bench.json.",
+  options: {
+    config: { type: "string", value: "FILE", description: "config.json to chart with the cost model" },
+    rows: { type: "string", value: "FILE", description: "bench.json (or a JSON array of rows) to redraw" },
+    out: { type: "string", value: "DIR", default: "charts", description: "where the SVGs go" },
+  },
+  examples: ["deno task charts --config tests/fixtures/configs/llava-v1.5-7b.json --out charts"],
+};
 
 /** Median, minimum and maximum of repeated measurements. */
 export interface Stat {
@@ -370,16 +384,8 @@ async function readJson(path: string, flag: string): Promise<unknown> {
   }
 }
 
-async function main(argv: string[]): Promise<void> {
-  const { values } = parseArgs({
-    args: argv,
-    options: {
-      config: { type: "string" },
-      rows: { type: "string" },
-      out: { type: "string", default: "charts" },
-    },
-    strict: true,
-  });
+async function main(flags: Flags): Promise<void> {
+  const values = flags as { config?: string; rows?: string; out: string };
   if (values.config !== undefined) {
     const paths = await renderCostCharts(await readJson(values.config, "--config"), values.out);
     console.log(paths.join("\n"));
@@ -402,4 +408,4 @@ async function main(argv: string[]): Promise<void> {
   }
 }
 
-if (import.meta.main) await main(Deno.args);
+if (import.meta.main) await runCommand(CHARTS_COMMAND, Deno.args, main);

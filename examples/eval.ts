@@ -25,8 +25,7 @@
  * @module
  */
 import { dirname, resolve } from "node:path";
-import { parseArgs } from "node:util";
-import { DynllavaError, ImageError, InputError } from "../runtime/core/errors.ts";
+import { ImageError, InputError } from "../runtime/core/errors.ts";
 import type { GenerateStats } from "../runtime/engine/generate.ts";
 import { decodeImage, type RgbImage } from "../runtime/image/image_decode.ts";
 import { meteorScoreSync } from "../runtime/eval/meteor.ts";
@@ -34,6 +33,52 @@ import { loadModel, type Model } from "../runtime/api/model.ts";
 import { DEFAULT_WORDNET_DIR, loadWordNet } from "../runtime/eval/wordnet.ts";
 import { writeEvalSet } from "../tools/fixtures/eval_set.ts";
 import { ensureFixture } from "../tools/make_fixtures.ts";
+import { chooseBackend, type CommandSpec, describeBackend, parseFlags, runCommand } from "./cli_options.ts";
+
+/** The command line of the script. */
+export const EVAL_COMMAND: CommandSpec = {
+  usage: "deno task eval (--model DIR --data FILE.jsonl | --demo-set) [options]",
+  summary:
+    "Scores the reference answers of an {image, question, answer} JSONL set (perplexity, teacher-forced)\n" +
+    "and the generated ones (METEOR) per policy and KV mode, with what each policy saved.",
+  options: {
+    model: {
+      type: "string",
+      value: "DIR",
+      description: "checkpoint (default with --demo-set: the test fixture)",
+    },
+    data: {
+      type: "string",
+      value: "FILE",
+      description: "LLaVA-style JSONL: {image, question, answer} per line",
+    },
+    "demo-set": { type: "boolean", description: "generate a small set and run on it" },
+    policies: {
+      type: "string",
+      value: "LIST",
+      default: "dense,fastv,dynamic",
+      description: "policies to run",
+    },
+    kv: { type: "string", value: "both|on|off", default: "both", description: "KV-cache modes" },
+    "max-new-tokens": { type: "string", value: "N", description: "longest generated answer" },
+    limit: { type: "string", value: "N", description: "first N items only" },
+    backend: {
+      type: "string",
+      value: "webgpu|cpu",
+      description: "compute backend (default: webgpu when an adapter exists, else cpu)",
+    },
+    json: { type: "string", value: "OUT", description: "also write the report as JSON to OUT" },
+    wordnet: {
+      type: "string",
+      value: "DIR",
+      description: "WordNet directory for METEOR (default /usr/share/wordnet)",
+    },
+  },
+  examples: [
+    "deno task eval --demo-set --backend cpu --limit 2",
+    "deno task eval --model ./ckpt --data set.jsonl",
+  ],
+};
 
 /** The policies the script knows by name. */
 export type EvalPolicy = "dense" | "fastv" | "dynamic";
@@ -410,29 +455,10 @@ function wholeNumber(value: string | undefined, flag: string): number | undefine
  * ```
  */
 export function parseEvalArgs(argv: string[]): { options: EvalOptions; jsonPath?: string } {
-  let values;
-  try {
-    values = parseArgs({
-      args: argv,
-      options: {
-        model: { type: "string" },
-        data: { type: "string" },
-        "demo-set": { type: "boolean", default: false },
-        policies: { type: "string", default: ALL_POLICIES.join(",") },
-        kv: { type: "string", default: "both" },
-        "max-new-tokens": { type: "string" },
-        limit: { type: "string" },
-        backend: { type: "string", default: "webgpu" },
-        json: { type: "string" },
-        wordnet: { type: "string" },
-      },
-      strict: true,
-      allowPositionals: false,
-    }).values;
-  } catch (error) {
-    throw new InputError(`Cannot read the command line: ${(error as Error).message}`, "argv");
-  }
-  const policies = values.policies.split(",").map((p) => p.trim()) as EvalPolicy[];
+  const values = parseFlags(EVAL_COMMAND, argv) as Record<string, string | undefined> & {
+    "demo-set"?: boolean;
+  };
+  const policies = values.policies!.split(",").map((p) => p.trim()) as EvalPolicy[];
   for (const policy of policies) {
     if (!ALL_POLICIES.includes(policy)) {
       throw new InputError(`Cannot read --policies: unknown policy "${policy}"`, "--policies");
@@ -443,7 +469,7 @@ export function parseEvalArgs(argv: string[]): { options: EvalOptions; jsonPath?
     throw new InputError(`Cannot read --kv: expected both, on or off, got "${kv}"`, "--kv");
   }
   const backend = values.backend;
-  if (backend !== "webgpu" && backend !== "cpu") {
+  if (backend !== undefined && backend !== "webgpu" && backend !== "cpu") {
     throw new InputError(`Cannot read --backend: expected webgpu or cpu, got "${backend}"`, "--backend");
   }
   return {
@@ -464,8 +490,11 @@ export function parseEvalArgs(argv: string[]): { options: EvalOptions; jsonPath?
 
 async function main(argv: string[]): Promise<void> {
   const { options, jsonPath } = parseEvalArgs(argv);
+  const choice = await chooseBackend(options.backend);
+  console.error(describeBackend(choice));
   const report = await runEval({
     ...options,
+    backend: choice.backend,
     onProgress: ({ policy, kvCache, item, items }) =>
       console.error(`${policy}, KV cache ${kvCache ? "on" : "off"}: ${item}/${items}`),
   });
@@ -476,12 +505,4 @@ async function main(argv: string[]): Promise<void> {
   }
 }
 
-if (import.meta.main) {
-  try {
-    await main(Deno.args);
-  } catch (error) {
-    if (!(error instanceof DynllavaError)) throw error;
-    console.error(`error: ${error.message} (${error.where})`);
-    Deno.exit(2);
-  }
-}
+if (import.meta.main) await runCommand(EVAL_COMMAND, Deno.args, (_flags, args) => main(args));

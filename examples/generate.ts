@@ -1,23 +1,84 @@
 /**
- * Command-line generation: streams text from a checkpoint, with an image or video, under a
- * sparsification policy, and prints a one-line saving summary.
- *
- *   deno run -A examples/generate.ts --model DIR --prompt TEXT [--image FILE | --video FILE --frames N]
- *     [--max-new-tokens N] [--temperature T] [--top-p P] [--seed S] [--backend webgpu|cpu]
- *     [--policy dense|dynamic|fastv] [--no-kv-cache] [--vision-keep N] [--fastv-k K --fastv-r R] [--json]
- *   deno run -A examples/generate.ts --demo     (the embedded demo checkpoint: random weights)
+ * Command-line generation (`deno task generate --help`): streams text from a checkpoint, with an
+ * image or video, under a sparsification policy, and prints a one-line saving summary.
+ * `deno task demo` runs it on the embedded demo checkpoint (random weights).
  * @module
  */
-import { parseArgs } from "node:util";
 import {
   densePolicy,
   dynamicPolicy,
-  DynllavaError,
   fastvPolicy,
+  ImageError,
   InputError,
   loadModel,
   type Policy,
 } from "../mod.ts";
+import {
+  chooseBackend,
+  type CommandSpec,
+  describeBackend,
+  type Flags,
+  numberFlag,
+  progressBar,
+  runCommand,
+} from "./cli_options.ts";
+
+/** The command line of the script. */
+export const GENERATE_COMMAND: CommandSpec = {
+  usage:
+    "deno task generate (--model DIR|URL | --demo) [--prompt TEXT] [--image FILE | --video FILE] [options]",
+  summary:
+    "Streams an answer from a checkpoint and prints what Dynamic-LLaVA saved (visual tokens, KV rows).",
+  options: {
+    model: { type: "string", value: "DIR|URL", description: "checkpoint directory, file: or http(s): URL" },
+    demo: {
+      type: "boolean",
+      description: "use the bundled demo checkpoint (random weights: gibberish text)",
+    },
+    prompt: { type: "string", value: "TEXT", default: "Describe the image.", description: "the question" },
+    image: { type: "string", value: "FILE", description: "an image (png, jpeg, webp, gif, bmp)" },
+    video: {
+      type: "string",
+      value: "FILE",
+      description: "a video; --frames evenly spaced frames are the images",
+    },
+    frames: { type: "string", value: "N", default: "4", description: "frames taken from --video" },
+    "max-new-tokens": { type: "string", value: "N", default: "64", description: "most tokens to generate" },
+    temperature: {
+      type: "string",
+      value: "T",
+      default: "0",
+      description: "sampling temperature (0: greedy)",
+    },
+    "top-p": { type: "string", value: "P", default: "1", description: "nucleus sampling mass" },
+    seed: { type: "string", value: "S", default: "0", description: "sampling seed" },
+    backend: {
+      type: "string",
+      value: "webgpu|cpu",
+      description: "compute backend (default: webgpu when an adapter exists, else cpu)",
+    },
+    policy: {
+      type: "string",
+      value: "NAME",
+      description:
+        "dense, dynamic or fastv (default: dynamic when the checkpoint has predictors, else dense)",
+    },
+    "no-kv-cache": { type: "boolean", description: "the paper's no-cache decoding (recompute each step)" },
+    "vision-keep": { type: "string", value: "N", description: "image tokens kept (--policy dynamic)" },
+    "fastv-k": { type: "string", value: "K", description: "FastV pruning layer (--policy fastv)" },
+    "fastv-r": {
+      type: "string",
+      value: "R",
+      description: "FastV share of image tokens dropped (--policy fastv)",
+    },
+    json: { type: "boolean", description: "print the whole result as JSON instead of streaming" },
+  },
+  examples: [
+    "deno task demo",
+    "deno task generate --model ./llava-v1.5-7b --image cat.jpg --prompt 'What is it?'",
+    "deno task generate --demo --backend cpu --policy fastv --fastv-k 2 --fastv-r 0.5 --json",
+  ],
+};
 
 /** Builds the policy the flags ask for. */
 function policyFrom(
@@ -45,15 +106,13 @@ function policyFrom(
   );
 }
 
-/** Reads a numeric flag; undefined when absent. */
-function numberFlag(values: Record<string, unknown>, name: string): number | undefined {
-  const text = values[name];
-  if (text === undefined) return undefined;
-  const value = Number(text);
-  if (typeof text !== "string" || text.trim() === "" || !Number.isFinite(value)) {
-    throw new InputError(`Cannot read --${name}: ${JSON.stringify(text)} is not a number`, `--${name}`);
+/** Reads a file named on the command line; a missing or unreadable one is the user's mistake. */
+async function readInput(path: string, flag: string): Promise<Uint8Array> {
+  try {
+    return await Deno.readFile(path);
+  } catch (err) {
+    throw new ImageError(`Cannot read ${flag} ${path}: ${(err as Error).message.split(":")[0]}`, flag);
   }
-  return value;
 }
 
 /** A colourful gradient used when the demo runs without --image. */
@@ -70,76 +129,44 @@ function demoImage() {
   return { width, height, data };
 }
 
-let lastFilled = -1;
-
-/** Draws a progress bar on stderr (redrawn only when it grows). */
-function progressBar(loaded: number, total: number): void {
-  const width = 30, filled = Math.round((loaded / Math.max(1, total)) * width);
-  if (filled === lastFilled && loaded < total) return;
-  lastFilled = filled;
-  const text = `\rloading [${"#".repeat(filled)}${" ".repeat(width - filled)}] ${
-    (loaded / 2 ** 20).toFixed(1)
-  }/${(total / 2 ** 20).toFixed(1)} MiB`;
-  Deno.stderr.writeSync(new TextEncoder().encode(text + (loaded >= total ? "\n" : "")));
-}
-
-async function main(): Promise<void> {
-  const { values } = parseArgs({
-    args: Deno.args,
-    options: {
-      model: { type: "string" },
-      demo: { type: "boolean", default: false },
-      prompt: { type: "string" },
-      image: { type: "string" },
-      video: { type: "string" },
-      frames: { type: "string", default: "4" },
-      "max-new-tokens": { type: "string", default: "64" },
-      temperature: { type: "string", default: "0" },
-      "top-p": { type: "string", default: "1" },
-      seed: { type: "string", default: "0" },
-      backend: { type: "string", default: "webgpu" },
-      policy: { type: "string", default: "dynamic" },
-      "no-kv-cache": { type: "boolean", default: false },
-      "vision-keep": { type: "string" },
-      "fastv-k": { type: "string" },
-      "fastv-r": { type: "string" },
-      json: { type: "boolean", default: false },
-    },
-  });
-  const modelPath = values.model ?? (values.demo ? new URL("../assets/demo/", import.meta.url) : undefined);
+async function main(values: Flags): Promise<void> {
+  const modelPath = (values.model as string | undefined) ??
+    (values.demo ? new URL("../assets/demo/", import.meta.url) : undefined);
   if (!modelPath) throw new InputError("Cannot start: give --model DIR, or --demo", "--model");
-  const backend = values.backend;
-  if (backend !== "cpu" && backend !== "webgpu") {
-    throw new InputError(`Cannot start: --backend must be webgpu or cpu, got ${backend}`, "--backend");
-  }
-  const policy = policyFrom(values.policy, {
-    visionKeep: numberFlag(values, "vision-keep"),
-    fastvK: numberFlag(values, "fastv-k"),
-    fastvR: numberFlag(values, "fastv-r"),
-  });
-  const frames = numberFlag(values, "frames")!;
+  const choice = await chooseBackend(values.backend as string | undefined);
+  const backend = choice.backend;
+  const policyName = values.policy as string | undefined;
+  const policy = policyName === undefined && values["vision-keep"] === undefined &&
+      values["fastv-k"] === undefined && values["fastv-r"] === undefined
+    ? undefined
+    : policyFrom(policyName ?? "dynamic", {
+      visionKeep: numberFlag(values, "vision-keep"),
+      fastvK: numberFlag(values, "fastv-k"),
+      fastvR: numberFlag(values, "fastv-r"),
+    });
+  const frames = numberFlag(values, "frames", { integer: true, min: 1 })!;
   const sampling = {
-    maxNewTokens: numberFlag(values, "max-new-tokens"),
-    temperature: numberFlag(values, "temperature"),
-    topP: numberFlag(values, "top-p"),
-    seed: numberFlag(values, "seed"),
+    maxNewTokens: numberFlag(values, "max-new-tokens", { integer: true, min: 0 }),
+    temperature: numberFlag(values, "temperature", { min: 0 }),
+    topP: numberFlag(values, "top-p", { min: 0, max: 1 }),
+    seed: numberFlag(values, "seed", { integer: true }),
   };
   if (values.demo) {
     console.error("demo checkpoint: tiny model with RANDOM weights — the text is gibberish by design");
   }
-  const model = await loadModel(modelPath, {
-    backend,
-    onProgress: values.json ? undefined : (p) => progressBar(p.loadedBytes, p.totalBytes),
-  });
+  const image = values.image
+    ? await readInput(values.image as string, "--image")
+    : values.demo && !values.video
+    ? demoImage()
+    : undefined;
+  const video = values.video
+    ? { data: await readInput(values.video as string, "--video"), frames }
+    : undefined;
+  if (!values.json) console.error(describeBackend(choice));
+  const model = await loadModel(modelPath, { backend, onProgress: values.json ? undefined : progressBar() });
   try {
-    const image = values.image
-      ? await Deno.readFile(values.image)
-      : values.demo && !values.video && model.config.vision
-      ? demoImage()
-      : undefined;
-    const video = values.video ? { data: await Deno.readFile(values.video), frames } : undefined;
     const run = model.generate({
-      prompt: values.prompt ?? "Describe the image.",
+      prompt: values.prompt as string,
       image,
       video,
       ...sampling,
@@ -163,7 +190,7 @@ async function main(): Promise<void> {
       ? `${s.visualTokens}/${s.visualTokens}`
       : `${s.visualKeptCount}/${s.visualTokens}`;
     console.log(
-      `[${backend} ${values.policy}${
+      `[${backend} ${policyName ?? model.defaultPolicy}${
         values["no-kv-cache"] ? " no-cache" : ""
       }] visual tokens kept ${kept}; ` +
         (values["no-kv-cache"]
@@ -179,12 +206,4 @@ async function main(): Promise<void> {
   }
 }
 
-if (import.meta.main) {
-  try {
-    await main();
-  } catch (err) {
-    if (!(err instanceof DynllavaError)) throw err;
-    console.error(`${err.name}: ${err.message} (${err.where})`);
-    Deno.exit(2);
-  }
-}
+if (import.meta.main) await runCommand(GENERATE_COMMAND, Deno.args, main);

@@ -1,122 +1,112 @@
 /**
- * An HTTP server around one loaded model (`Deno.serve`):
- *
- *   deno run -A examples/serve.ts --model DIR | --demo [--port 8000] [--backend webgpu|cpu]
- *
- * - `GET /health` → `{ layout, backend, vocabSize, visualTokens }`.
- * - `POST /generate` with JSON `{ prompt | inputIds, image?: base64 | base64[], maxNewTokens?, temperature?,
- *   topP?, seed?, stop?, policy?: "dense" | "dynamic" | "fastv", kvCache?, stream? }` → the result as JSON,
- *   or with `stream: true` server-sent events: one `token` event per token (`{ token, text }`), then a
- *   `result` event. Bad requests answer 400 with `{ error, where }`.
- * Requests are served one at a time by the model's own queue.
+ * An OpenAI-compatible server for one checkpoint (`deno task serve --help`): listens at once,
+ * answers `/health` with 503 while the model loads, then serves `POST /v1/chat/completions`
+ * (JSON or streamed) and `GET /v1/models` — see serve/server.ts.
  * @module
  */
-import { parseArgs } from "node:util";
-import { Buffer } from "node:buffer";
-import { DynllavaError, type GenerateRequest, InputError, loadModel, type Model } from "../mod.ts";
+import { basename } from "node:path";
+import { fileURLToPath } from "node:url";
+import { loadModel } from "../mod.ts";
+import { createChatServer } from "../serve/server.ts";
+import {
+  chooseBackend,
+  type CommandSpec,
+  describeBackend,
+  type Flags,
+  numberFlag,
+  progressBar,
+  runCommand,
+} from "./cli_options.ts";
+import { InputError } from "../mod.ts";
 
-/** Body of `POST /generate`. */
-export interface GenerateBody extends Omit<GenerateRequest, "image" | "video" | "signal" | "policy"> {
-  image?: string | string[];
-  policy?: "dense" | "dynamic" | "fastv";
-  stream?: boolean;
-}
-
-function toRequest(body: GenerateBody, signal: AbortSignal): GenerateRequest {
-  if (typeof body !== "object" || body === null) {
-    throw new InputError("Cannot serve: the body is not a JSON object", "body");
-  }
-  const images = body.image === undefined ? [] : Array.isArray(body.image) ? body.image : [body.image];
-  const decoded = images.map((text, i) => {
-    if (typeof text !== "string") {
-      throw new InputError("Cannot serve: an image must be a base64 string", `image[${i}]`);
-    }
-    return new Uint8Array(Buffer.from(text, "base64"));
-  });
-  const { stream: _stream, image: _image, ...rest } = body;
-  return { ...rest, image: decoded.length > 0 ? decoded : undefined, signal };
-}
-
-function json(value: unknown, status = 200): Response {
-  return new Response(JSON.stringify(value), { status, headers: { "content-type": "application/json" } });
-}
-
-/**
- * The request handler for `model` (usable with `Deno.serve` or called directly in tests).
- * @example
- * ```ts
- * import assert from "node:assert/strict";
- * import { createHandler } from "./serve.ts";
- * import { loadModel } from "../mod.ts";
- * const model = await loadModel(new URL("../assets/demo/", import.meta.url), { backend: "cpu" });
- * const handler = createHandler(model);
- * const response = await handler(new Request("http://x/generate", {
- *   method: "POST", body: JSON.stringify({ prompt: "Hi", maxNewTokens: 2 }),
- * }));
- * assert.equal(response.status, 200);
- * const body = await response.json();
- * assert.ok(body.tokens.length >= 1 && body.tokens.length <= 2);
- * model.dispose();
- * ```
- */
-export function createHandler(model: Model): (request: Request) => Promise<Response> {
-  return async (request) => {
-    const url = new URL(request.url);
-    if (request.method === "GET" && url.pathname === "/health") {
-      return json({
-        layout: model.config.layout,
-        backend: model.backendKind,
-        vocabSize: model.config.text.vocabSize,
-        visualTokens: model.config.vision?.tokensPerImage ?? 0,
-      });
-    }
-    if (request.method !== "POST" || url.pathname !== "/generate") return json({ error: "not found" }, 404);
-    try {
-      let body: GenerateBody;
-      try {
-        body = await request.json();
-      } catch {
-        throw new InputError("Cannot serve: the body is not valid JSON", "body");
-      }
-      const run = model.generate(toRequest(body, request.signal));
-      if (!body.stream) return json(await run);
-      const encoder = new TextEncoder();
-      const events = new ReadableStream<Uint8Array>({
-        async start(controller) {
-          const send = (event: string, data: unknown) =>
-            controller.enqueue(encoder.encode(`event: ${event}\ndata: ${JSON.stringify(data)}\n\n`));
-          try {
-            for await (const ev of run) send("token", ev);
-            send("result", await run);
-          } catch (err) {
-            send("error", { error: (err as Error).message });
-          }
-          controller.close();
-        },
-      });
-      return new Response(events, { headers: { "content-type": "text/event-stream" } });
-    } catch (err) {
-      if (err instanceof DynllavaError) return json({ error: err.message, where: err.where }, 400);
-      throw err;
-    }
-  };
-}
-
-if (import.meta.main) {
-  const { values } = parseArgs({
-    args: Deno.args,
-    options: {
-      model: { type: "string" },
-      demo: { type: "boolean", default: false },
-      port: { type: "string", default: "8000" },
-      backend: { type: "string", default: "webgpu" },
+/** The command line of the server. */
+export const SERVE_COMMAND: CommandSpec = {
+  usage: "deno task serve (--model DIR|URL | --demo) [options]",
+  summary:
+    "Serves a checkpoint over an OpenAI-compatible HTTP API: POST /v1/chat/completions (text and image_url parts,\n" +
+    "streaming), GET /v1/models, GET /health. Extra request fields: policy (dense|dynamic|fastv), kv_cache.",
+  options: {
+    model: { type: "string", value: "DIR|URL", description: "checkpoint directory, file: or http(s): URL" },
+    demo: { type: "boolean", description: "serve the bundled demo checkpoint (random weights)" },
+    "model-name": {
+      type: "string",
+      value: "NAME",
+      description: "model id in the API (default: the folder name)",
     },
+    host: { type: "string", value: "HOST", default: "127.0.0.1", description: "address to listen on" },
+    port: {
+      type: "string",
+      value: "PORT",
+      default: "8000",
+      description: "port to listen on (0: any free port)",
+    },
+    backend: {
+      type: "string",
+      value: "webgpu|cpu",
+      description: "compute backend (default: webgpu when an adapter exists, else cpu)",
+    },
+    "api-key": { type: "string", value: "KEY", description: "require `Authorization: Bearer KEY` on /v1/*" },
+    cors: {
+      type: "string",
+      value: "ORIGIN",
+      description: 'allow browser calls from ORIGIN ("*" for any); off by default',
+    },
+    "max-body-mib": {
+      type: "string",
+      value: "MIB",
+      default: "32",
+      description: "largest request body or fetched image",
+    },
+    "max-batch": { type: "string", value: "N", default: "8", description: "most requests decoded together" },
+  },
+  examples: [
+    "deno task serve --demo --backend cpu",
+    "deno task serve --model ./llava-v1.5-7b --port 8080 --api-key secret",
+  ],
+};
+
+async function main(flags: Flags): Promise<void> {
+  const modelPath = typeof flags.model === "string"
+    ? flags.model
+    : flags.demo
+    ? new URL("../assets/demo/", import.meta.url)
+    : undefined;
+  if (!modelPath) throw new InputError("Cannot start: give --model DIR, or --demo", "--model");
+  const port = numberFlag(flags, "port", { integer: true, min: 0, max: 65535 })!;
+  const maxBodyBytes = numberFlag(flags, "max-body-mib", { min: 0.001 })! * 2 ** 20;
+  const maxBatch = numberFlag(flags, "max-batch", { integer: true, min: 1 })!;
+  const modelName = (flags["model-name"] as string | undefined) ??
+    (flags.demo ? "dynllava-demo" : basename(String(modelPath).replace(/\/+$/, "")) || "model");
+  const choice = await chooseBackend(flags.backend as string | undefined);
+  const server = createChatServer({
+    modelName,
+    apiKey: flags["api-key"] as string | undefined,
+    cors: flags.cors as string | undefined,
+    maxBodyBytes,
+    maxBatch,
   });
-  const path = values.model ?? (values.demo ? new URL("../assets/demo/", import.meta.url) : undefined);
-  if (!path) throw new InputError("Cannot start: give --model DIR, or --demo", "--model");
-  if (values.backend !== "cpu" && values.backend !== "webgpu") {
-    throw new InputError(`Cannot start: --backend must be webgpu or cpu, got ${values.backend}`, "--backend");
+  const http = Deno.serve({
+    hostname: flags.host as string,
+    port,
+    onListen: ({ hostname, port }) =>
+      console.error(`listening on http://${hostname}:${port} (model ${modelName})`),
+  }, server.handler);
+  console.error(describeBackend(choice));
+  if (flags.demo) {
+    console.error("demo checkpoint: tiny model with RANDOM weights — the text is gibberish by design");
   }
-  const model = await loadModel(path, { backend: values.backend });
-  Deno.serve({ port: Number(values.port) }, createHandler(model));
+  try {
+    const model = await loadModel(modelPath instanceof URL ? fileURLToPath(modelPath) : modelPath, {
+      backend: choice.backend,
+      onProgress: progressBar(),
+    });
+    server.ready(model);
+    console.error(`ready: ${modelName}, default policy ${model.defaultPolicy}`);
+  } catch (err) {
+    await http.shutdown();
+    throw err;
+  }
+  await http.finished;
 }
+
+if (import.meta.main) await runCommand(SERVE_COMMAND, Deno.args, main);

@@ -23,6 +23,7 @@ const FLOORS: Record<string, number> = {
   "runtime/api/": 4,
   "core.ts": 5,
   "mod.ts": 6,
+  "serve/": 7,
   "tools/fixtures/": 7,
   "tools/make_fixtures.ts": 8,
   "examples/": 9,
@@ -117,7 +118,7 @@ function cycles(graph: Map<string, Set<string>>): string[][] {
 
 async function entryPoints(): Promise<string[]> {
   const entries = ["mod.ts", "core.ts"];
-  for (const dir of ["examples", "tools", "tests"]) {
+  for (const dir of ["examples", "serve", "tools", "tests"]) {
     for await (const entry of Deno.readDir(`${ROOT}${dir}`)) {
       if (entry.isFile && entry.name.endsWith(".ts")) entries.push(`${dir}/${entry.name}`);
     }

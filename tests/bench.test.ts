@@ -204,7 +204,7 @@ Deno.test("parseBenchArgs() reads lists and refuses bad values", () => {
   assert.deepEqual(args.batches, [1, 8]);
   assert.equal(args.repeat, 5);
   assert.equal(args.warmup, 1);
-  assert.equal(args.backend, "webgpu");
+  assert.equal(args.backend, "auto");
   assert.equal(args.modelDir, null);
   const refused = (argv: string[], pattern: RegExp) =>
     assert.throws(

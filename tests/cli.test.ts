@@ -1,4 +1,4 @@
-/** examples/generate.ts as users run it: the demo, JSON output, policies and the saving summary. */
+/** The example scripts as users run them: the demo, JSON output, policies, the saving summary, --help, errors, backend choice. */
 import assert from "node:assert/strict";
 
 async function generate(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
@@ -101,4 +101,77 @@ Deno.test("tools/device_check.ts --shape tiny writes the bench and check reports
   } finally {
     await Deno.remove(out, { recursive: true });
   }
+});
+
+/** Runs an example script with `args` (and extra environment). */
+async function script(
+  name: string,
+  args: string[],
+  env: Record<string, string> = {},
+): Promise<{ code: number; stdout: string; stderr: string }> {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", new URL(`../examples/${name}.ts`, import.meta.url).pathname, ...args],
+    env: { XDG_RUNTIME_DIR: Deno.env.get("XDG_RUNTIME_DIR") ?? "/tmp", NO_COLOR: "1", ...env },
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const text = (b: Uint8Array) => new TextDecoder().decode(b);
+  return { code: out.code, stdout: text(out.stdout), stderr: text(out.stderr) };
+}
+
+Deno.test("every script prints --help from its option table, and a user mistake as one line without a stack", async () => {
+  const flags: Record<string, string[]> = {
+    generate: ["--max-new-tokens N", "--backend webgpu|cpu", "--policy NAME"],
+    bench: ["--new-tokens LIST", "--cost-only", "--out DIR"],
+    eval: ["--demo-set", "--policies LIST"],
+    charts: ["--config FILE", "--rows FILE"],
+    serve: ["--host HOST", "--api-key KEY", "--cors ORIGIN", "--max-body-mib MIB"],
+  };
+  for (const [name, expected] of Object.entries(flags)) {
+    const help = await script(name, ["--help"]);
+    assert.equal(help.code, 0, help.stderr);
+    assert.match(help.stdout, /^Usage: deno task /);
+    for (const flag of [...expected, "--help", "--debug"]) {
+      assert.ok(help.stdout.includes(flag), `${name}: ${flag}`);
+    }
+    const wrong = await script(name, ["--no-such-flag"]);
+    assert.equal(wrong.code, 2);
+    assert.equal(
+      wrong.stderr,
+      "error: Cannot read the command line: unknown option --no-such-flag (see --help)\n",
+    );
+  }
+  const missing = await script("generate", ["--demo", "--backend", "cpu", "--image", "/no/such.png"]);
+  assert.equal(missing.code, 2);
+  assert.match(missing.stderr, /^error: Cannot read --image \/no\/such.png: No such file or directory/m);
+  assert.doesNotMatch(missing.stderr, /\n\s+at /, "no stack trace");
+  const debug = await script("generate", [
+    "--demo",
+    "--backend",
+    "cpu",
+    "--image",
+    "/no/such.png",
+    "--debug",
+  ]);
+  assert.match(debug.stderr, /\n\s+at /, "--debug shows the stack");
+  const badNumber = await script("generate", ["--demo", "--max-new-tokens", "lots"]);
+  assert.equal(badNumber.stderr, 'error: Cannot read --max-new-tokens: "lots" is not a number\n');
+});
+
+Deno.test("without a WebGPU adapter the scripts fall back to the CPU with a notice; --backend webgpu fails clearly", async () => {
+  // No dx12 on Linux: the adapter request finds nothing, as on a machine without Vulkan drivers.
+  const noAdapter = { DENO_WEBGPU_BACKEND: "dx12" };
+  const fallback = await script("generate", ["--demo", "--max-new-tokens", "2"], noAdapter);
+  assert.equal(fallback.code, 0, fallback.stderr);
+  assert.match(
+    fallback.stderr,
+    /no WebGPU adapter found: running on the CPU \(.*mesa-vulkan-drivers.*--backend cpu\)/,
+  );
+  assert.match(fallback.stderr, /backend: cpu/);
+  assert.match(fallback.stdout, /\[cpu dynamic\]/);
+  const forced = await script("generate", ["--demo", "--backend", "webgpu"], noAdapter);
+  assert.equal(forced.code, 2);
+  assert.match(forced.stderr, /^error: Cannot open WebGPU: no adapter found; .*--backend cpu/);
+  const found = await script("generate", ["--demo", "--max-new-tokens", "1"]);
+  assert.match(found.stderr, /backend: webgpu on .+ \((software|hardware)\)/);
 });

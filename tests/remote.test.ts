@@ -1,7 +1,7 @@
 /** Checkpoints by http URL, served by a real local HTTP server. */
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { CheckpointError, loadModel } from "../mod.ts";
+import { CheckpointError, loadModel, type LoadProgress } from "../mod.ts";
 import { ensureFixture } from "../tools/make_fixtures.ts";
 
 /** Serves `root` on a free port; counts requests per path. */
@@ -28,7 +28,22 @@ Deno.test("loadModel() downloads an http checkpoint once (with its vision tower)
     const url = `${base}llava-f32-dyn/`;
     const image = { width: 8, height: 8, data: new Uint8Array(192).fill(90) };
     const request = { prompt: "Hi", image, maxNewTokens: 3, stop: [], policy: "dynamic" as const };
-    const remote = await loadModel(url, { backend: "cpu" });
+    const progress: LoadProgress[] = [];
+    const remote = await loadModel(url, { backend: "cpu", onProgress: (p) => progress.push({ ...p }) });
+    // Download progress per file first, then the weights: every phase reports bytes up to its total.
+    const phases = [...new Set(progress.map((p) => p.phase))];
+    assert.deepEqual(phases, ["download", "weights"]);
+    const weightsFile = progress.filter((p) => p.phase === "download" && p.item === "model.safetensors");
+    const size = (await Deno.stat(join(dir, "model.safetensors"))).size;
+    assert.deepEqual(weightsFile.at(-1), {
+      phase: "download",
+      item: "model.safetensors",
+      loadedBytes: size,
+      totalBytes: size,
+    });
+    const weights = progress.filter((p) => p.phase === "weights");
+    assert.ok(weights.every((p, i) => i === 0 || p.loadedBytes >= weights[i - 1].loadedBytes));
+    assert.equal(weights.at(-1)!.loadedBytes, weights.at(-1)!.totalBytes);
     const local = await loadModel(dir, { backend: "cpu" });
     assert.deepEqual((await remote.generate(request)).tokens, (await local.generate(request)).tokens);
     remote.dispose();

@@ -87,8 +87,8 @@ export const MUTATIONS: Mutation[] = [
     what: "abort is honoured only after 400 tokens",
     edits: [{
       file: "runtime/engine/generate.ts",
-      find: "await yieldThenCheckAbort(request.signal);",
-      replace: "if (tokens.length > 400) await yieldThenCheckAbort(request.signal);",
+      find: "if (abortedNow(request)) {",
+      replace: "if (tokens.length > 400 && abortedNow(request)) {",
       all: true,
     }],
     runs: [["tests/model.test.ts", "--filter", "abort"]],

@@ -1,19 +1,25 @@
 /**
  * `loadModel()` and the {@link Model} users call: `generate()` (awaitable and async-iterable),
- * `generateBatch()`, `logits()`, `logProbs()`, `planPolicy()`, `dispose()`. Turns user requests
- * (prompt or ids, images, policy, sampling) into validated loop requests and runs one call at a time
- * on the chosen backend (a `generateBatch` call runs its requests together).
+ * `chat()`, `generateBatch()`, `streamBatch()`, `logits()`, `logProbs()`, `planPolicy()`,
+ * `dispose()`. Turns user requests (prompt, ids or chat messages, images, policy, sampling) into
+ * validated loop requests and runs one call at a time on the chosen backend (a batch call runs its
+ * requests together, their decode steps shared).
  * @module
  */
 import { fileURLToPath } from "node:url";
-import type { Backend, BackendSession, ImageFeatures, LoadProgress } from "../engine/backend.ts";
-export type { LoadProgress } from "../engine/backend.ts";
+import type { Backend, BackendSession, ImageFeatures } from "../engine/backend.ts";
 import { type Checkpoint, openCheckpoint, readCheckpointTensor } from "../io/checkpoint.ts";
+import { isGgufCheckpoint, openGgufCheckpoint } from "../io/gguf_checkpoint.ts";
 import type { ModelConfig } from "../core/config.ts";
 import { createCpuBackend } from "../cpu/cpu_backend.ts";
 import { logSoftmaxAt } from "../core/cpu_ops.ts";
 import { InputError } from "../core/errors.ts";
-import { type GenerateEvent, type GenerateResult, runGeneration } from "../engine/generate.ts";
+import {
+  type GenerateEvent,
+  type GenerateResult,
+  type LoopRequest,
+  runGeneration,
+} from "../engine/generate.ts";
 import { createGpuBackend } from "../webgpu/gpu_backend.ts";
 import { decodeVideoFrames, type RgbImage } from "../image/image_decode.ts";
 import type { Policy, PolicyModelInfo, PolicyPlan } from "../core/policy.ts";
@@ -22,8 +28,24 @@ import { loadPredictors } from "../core/predictors.ts";
 import { preprocessImage } from "../image/preprocess.ts";
 import { fetchCheckpoint } from "../io/remote.ts";
 import { buildPromptRows, type PromptRows } from "../core/sequence.ts";
-import { encodeWithImages, formatLlavaV1 } from "../text/template.ts";
+import { encodeWithImages, formatLlavaV1, formatLlavaV1Chat } from "../text/template.ts";
 import { loadTokenizer, type Tokenizer } from "../text/tokenizer.ts";
+import { tokenizerFromPieces } from "../text/sentencepiece.ts";
+
+/**
+ * Loading progress, per phase: "download" (files of an http(s) checkpoint, `item` = the file;
+ * bytes of that file) then "weights" (tensors read or uploaded, `item` = the tensor; bytes of all).
+ */
+export interface LoadProgress {
+  /** "download" (an http(s) checkpoint's files) or "weights" (tensors read or uploaded). */
+  phase: "download" | "weights";
+  /** Bytes done: of the current file (download) or of all tensors (weights). */
+  loadedBytes: number;
+  /** Bytes in all: of the current file (download; 0 when the server does not say) or of all tensors. */
+  totalBytes: number;
+  /** The file or tensor just handled. */
+  item: string;
+}
 
 /** Options of {@link loadModel}. */
 export interface LoadOptions {
@@ -59,14 +81,40 @@ export interface GenerateRequest {
   topP?: number;
   /** Seed of the sampler's random numbers (default 0): the same seed gives the same tokens. */
   seed?: number;
-  /** Stop ids; default [`</s>`]; [] never stops early. */
-  stop?: number[];
-  /** Aborts the run; it then rejects with the signal's reason. */
+  /** Stop ids and stop strings (the text ends before the string); default [`</s>`]; [] never stops early. */
+  stop?: (number | string)[];
+  /** Aborts the run within one decode step; see `onAbort`. */
   signal?: AbortSignal;
-  /** Sparsification: "dense" (default), "dynamic" (Dynamic-LLaVA), "fastv", or a custom {@link Policy}. */
+  /** "throw" (default): an abort rejects with the signal's reason; "finish": resolves with what was generated, finishReason "abort". */
+  onAbort?: "throw" | "finish";
+  /**
+   * Sparsification: "dense", "dynamic" (Dynamic-LLaVA), "fastv", or a custom {@link Policy}.
+   * Default: {@link Model.defaultPolicy} (dynamic when the checkpoint has predictors, else dense).
+   */
   policy?: "dense" | "dynamic" | "fastv" | Policy;
   /** false = the paper's no-cache decoding (recompute the context every step). Default true. */
   kvCache?: boolean;
+}
+
+/** A part of a chat message: text, or an image (encoded bytes or decoded RGB). */
+export type ChatContentPart = { type: "text"; text: string } | { type: "image"; image: ImageInput };
+
+/** A chat message. A leading system message replaces the template's system prompt. */
+export interface ChatMessage {
+  /** Who speaks: the system prompt, the user, or an earlier answer of the assistant. */
+  role: "system" | "user" | "assistant";
+  /** Text, or text and image parts in order (each image goes where its part is). */
+  content: string | ChatContentPart[];
+}
+
+/**
+ * A chat request: the conversation, formatted with the checkpoint's chat template (llava_v1 for
+ * LLaVA-1.5 checkpoints of either layout); `stop` adds ids and strings to `</s>`. An abort ends it
+ * with finishReason "abort" unless `onAbort` is "throw".
+ */
+export interface ChatRequest extends Omit<GenerateRequest, "prompt" | "inputIds" | "image" | "video"> {
+  /** The conversation so far; the last message is the user's. */
+  messages: ChatMessage[];
 }
 
 /** A running `generate()`: await it for the result, or iterate it for streamed tokens. */
@@ -123,6 +171,7 @@ export class Model {
   readonly #backend: Backend;
   readonly #policyInfo: PolicyModelInfo;
   #queue: Promise<unknown> = Promise.resolve();
+  #batchGroup: { add(request: GenerateRequest): GenerateRun } | null = null;
   #disposed = false;
 
   /** Use {@link loadModel}. */
@@ -133,8 +182,18 @@ export class Model {
     this.#policyInfo = policyInfo;
   }
 
+  /** The policy a request without one runs: "dynamic" when the checkpoint has its predictors, else "dense". */
+  get defaultPolicy(): "dynamic" | "dense" {
+    try {
+      resolvePolicy("dynamic").plan(this.#policyInfo);
+      return "dynamic";
+    } catch {
+      return "dense";
+    }
+  }
+
   /** Plans a policy for this model (throws PolicyError when it cannot run here). */
-  planPolicy(policy: GenerateRequest["policy"] = "dense"): PolicyPlan {
+  planPolicy(policy: GenerateRequest["policy"] = this.defaultPolicy): PolicyPlan {
     return resolvePolicy(policy).plan(this.#policyInfo);
   }
 
@@ -160,6 +219,140 @@ export class Model {
   }
 
   /**
+   * Answers a conversation: the messages are formatted with the chat template, images go where
+   * their parts are, and the run streams like `generate()`. The result's `text` is the reply,
+   * `finishReason` says why it ended and `usage` counts the tokens.
+   * @example
+   * ```ts
+   * import assert from "node:assert/strict";
+   * import { loadModel } from "../../mod.ts";
+   * const model = await loadModel(new URL("../../assets/demo/", import.meta.url), { backend: "cpu" });
+   * const reply = await model.chat({ messages: [{ role: "user", content: "Hi" }], maxNewTokens: 3, stop: ["zzz"] });
+   * assert.ok(["stop", "length"].includes(reply.finishReason));
+   * assert.equal(reply.usage.completionTokens, reply.tokens.length);
+   * model.dispose();
+   * ```
+   */
+  chat(request: ChatRequest): GenerateRun {
+    return this.generate(this.chatRequest(request));
+  }
+
+  /**
+   * The generate request a chat request runs: prompt ids from the chat template (`<image>` markers
+   * where the image parts are), the images in order, `</s>` plus the request's stops.
+   * @example
+   * ```ts
+   * import assert from "node:assert/strict";
+   * import { loadModel } from "../../mod.ts";
+   * const model = await loadModel(new URL("../../assets/demo/", import.meta.url), { backend: "cpu" });
+   * const request = model.chatRequest({ messages: [{ role: "user", content: "Hi" }], stop: ["."] });
+   * assert.deepEqual(request.stop, [2, "."]);
+   * model.dispose();
+   * ```
+   */
+  chatRequest(request: ChatRequest): GenerateRequest {
+    const { messages, stop, ...rest } = request;
+    if (!Array.isArray(messages) || messages.length === 0) {
+      throw new InputError("Cannot chat: messages must be a non-empty array", "messages");
+    }
+    const images: ImageInput[] = [];
+    const turns = messages.map((message, i) => {
+      if (!["system", "user", "assistant"].includes(message?.role)) {
+        throw new InputError(
+          `Cannot chat: unknown role ${JSON.stringify(message?.role)}`,
+          `messages[${i}].role`,
+        );
+      }
+      if (typeof message.content === "string") return { role: message.role, text: message.content };
+      if (!Array.isArray(message.content)) {
+        throw new InputError(
+          "Cannot chat: content must be a string or an array of parts",
+          `messages[${i}].content`,
+        );
+      }
+      const pieces = message.content.map((part, j) => {
+        if (part?.type === "text" && typeof part.text === "string") return part.text;
+        if (part?.type === "image" && part.image !== undefined) {
+          images.push(part.image);
+          return "<image>";
+        }
+        throw new InputError(
+          'Cannot chat: a part must be { type: "text", text } or { type: "image", image }',
+          `messages[${i}].content[${j}]`,
+        );
+      });
+      return { role: message.role, text: pieces.join("\n") };
+    });
+    const text = formatLlavaV1Chat(turns);
+    if (images.length > 0 && !this.config.vision) {
+      throw new InputError("Cannot use images: this checkpoint has no vision tower", "messages");
+    }
+    return {
+      ...rest,
+      onAbort: rest.onAbort ?? "finish",
+      inputIds: encodeWithImages(this.tokenizer, text),
+      image: images.length > 0 ? images : undefined,
+      stop: [this.tokenizer.eosId, ...(stop ?? [])],
+    };
+  }
+
+  /**
+   * Runs several requests together and streams each: their decode steps share GPU submissions and
+   * readbacks, and every run resolves (or fails) on its own. Requests given to `streamBatch` while
+   * an earlier batch runs join it (they start at once and decode with it); the model takes its next
+   * other call once every member is done. Results equal running them one by one.
+   * @example
+   * ```ts
+   * import assert from "node:assert/strict";
+   * import { loadModel } from "../../mod.ts";
+   * const model = await loadModel(new URL("../../assets/demo/", import.meta.url), { backend: "cpu" });
+   * const runs = model.streamBatch([{ prompt: "Hi", maxNewTokens: 2 }, { inputIds: [1, 99999] }]);
+   * const [joined] = model.streamBatch([{ prompt: "Yo", maxNewTokens: 2 }]); // joins the running batch
+   * assert.equal((await runs[0]).tokens.length <= 2, true);
+   * await assert.rejects(async () => await runs[1]);
+   * assert.equal((await joined).tokens.length <= 2, true);
+   * model.dispose();
+   * ```
+   */
+  streamBatch(requests: GenerateRequest[]): GenerateRun[] {
+    const group = this.#batchGroup ?? this.#openBatchGroup();
+    return requests.map((request) => group.add(request));
+  }
+
+  /** A batch group: one exclusive turn of the model that lasts while any member runs. */
+  #openBatchGroup(): { add(request: GenerateRequest): GenerateRun } {
+    const turn = Promise.withResolvers<void>();
+    const running = new Set<Promise<unknown>>();
+    const group = {
+      add: (request: GenerateRequest) => {
+        const run = new GenerateRun(async (emit) => {
+          await turn.promise;
+          if (this.#disposed) throw new InputError("Cannot run: the model was disposed", "model");
+          return await this.#generate(request, emit);
+        });
+        const settled = run.result.then(() => {}, () => {});
+        running.add(settled);
+        settled.then(() => running.delete(settled));
+        return run;
+      },
+    };
+    this.#batchGroup = group;
+    const close = () => {
+      if (this.#batchGroup === group) this.#batchGroup = null;
+    };
+    this.#exclusive(async () => {
+      turn.resolve();
+      // Members may join until the last one is done; no await between that check and closing.
+      while (running.size > 0) await Promise.all([...running]);
+      close();
+    }).catch((err) => {
+      close();
+      turn.reject(err);
+    });
+    return group;
+  }
+
+  /**
    * Runs several requests together: their decode steps share GPU submissions and readbacks (each
    * sequence keeps its own KV cache, ragged), and results equal running them one by one.
    * @example
@@ -174,9 +367,8 @@ export class Model {
    * ```
    */
   generateBatch(requests: GenerateRequest[]): Promise<GenerateResult[]> {
-    return this.#exclusive(async () => {
-      // Every request finishes before the model takes the next call, even when one fails.
-      const settled = await Promise.allSettled(requests.map((request) => this.#generate(request, () => {})));
+    const runs = this.streamBatch(requests);
+    return Promise.allSettled(runs.map((run) => run.result)).then((settled) => {
       const failed = settled.find((s) => s.status === "rejected");
       if (failed) throw (failed as PromiseRejectedResult).reason;
       return settled.map((s) => (s as PromiseFulfilledResult<GenerateResult>).value);
@@ -366,19 +558,23 @@ export class Model {
   async #generate(request: GenerateRequest, emit: (event: GenerateEvent) => void): Promise<GenerateResult> {
     const { rows, images, plan } = await this.#prepare(request);
     try {
-      return await runGeneration(this.#backend, this.tokenizer, this.config, {
+      const stop = request.stop ?? [this.tokenizer.eosId];
+      if (!Array.isArray(stop)) throw new InputError("Cannot generate: stop must be an array", "stop");
+      const loopRequest: LoopRequest = {
         rows,
         images,
         plan,
         sampling: { temperature: request.temperature ?? 0, topP: request.topP ?? 1, seed: request.seed ?? 0 },
         maxNewTokens: request.maxNewTokens ?? 256,
-        stop: request.stop ?? [this.tokenizer.eosId],
+        stop: stop.filter((s): s is number => typeof s === "number"),
+        stopStrings: stop.filter((s): s is string => typeof s !== "number"),
         kvCache: request.kvCache ?? true,
         signal: request.signal,
-        // GPU steps per submission; the CPU has no submission to amortise, so it steps one at a
-        // time (an abort is then honoured after the token it was raised on).
+        onAbort: request.onAbort,
+        // One step per call on the CPU, so the loop yields (to I/O, timers, aborts) after each token.
         decodeBatch: this.#backend.kind === "cpu" ? 1 : 16,
-      }, emit);
+      };
+      return await runGeneration(this.#backend, this.tokenizer, this.config, loopRequest, emit);
     } finally {
       images?.dispose();
     }
@@ -386,10 +582,14 @@ export class Model {
 }
 
 /** A local directory for a path, a file: URL, or an http(s) URL (downloaded once into a cache). */
-async function localDir(path: string | URL): Promise<string> {
+async function localDir(path: string | URL, onProgress?: (progress: LoadProgress) => void): Promise<string> {
   const text = String(path);
   if (/^file:/.test(text)) return fileURLToPath(text);
-  if (/^https?:/.test(text)) return await fetchCheckpoint(new URL(text));
+  if (/^https?:/.test(text)) {
+    return await fetchCheckpoint(new URL(text), {
+      onProgress: onProgress && ((p) => onProgress({ phase: "download", ...p })),
+    });
+  }
   if (/^[a-z][a-z0-9+.-]*:\/\//i.test(text)) {
     throw new InputError(`Cannot load ${text}: only paths, file: and http(s): URLs are supported`, text);
   }
@@ -398,7 +598,9 @@ async function localDir(path: string | URL): Promise<string> {
 
 /**
  * Loads a checkpoint (any supported layout) onto WebGPU or the CPU. `path` is a directory, a
- * `file:` URL, or an `http(s):` URL whose files are downloaded once into a local cache.
+ * `file:` URL, or an `http(s):` URL whose files are downloaded once into a local cache; or GGUF
+ * files in llama.cpp's conventions (a text-model `.gguf`, or a folder holding it with its `mmproj`
+ * and Dynamic-LLaVA predictor files).
  * @example
  * ```ts
  * import assert from "node:assert/strict";
@@ -411,9 +613,11 @@ async function localDir(path: string | URL): Promise<string> {
  * ```
  */
 export async function loadModel(path: string | URL, options: LoadOptions = {}): Promise<Model> {
-  const dir = await localDir(path);
-  const checkpoint = await openCheckpoint(dir);
-  const tokenizer = await loadTokenizer(checkpoint.tokenizerPath);
+  const dir = await localDir(path, options.onProgress);
+  const checkpoint = await isGgufCheckpoint(dir) ? await openGgufCheckpoint(dir) : await openCheckpoint(dir);
+  const tokenizer = checkpoint.vocab
+    ? tokenizerFromPieces(checkpoint.vocab, checkpoint.tokenizerPath)
+    : await loadTokenizer(checkpoint.tokenizerPath);
   const config = checkpoint.config;
   const policyInfo: PolicyModelInfo = {
     numLayers: config.text.numLayers,
@@ -426,7 +630,14 @@ export async function loadModel(path: string | URL, options: LoadOptions = {}): 
   const backend = options.backend === "cpu"
     ? await loadCpu(checkpoint, options)
     : await createGpuBackend(checkpoint, {
-      onProgress: options.onProgress,
+      onProgress: options.onProgress &&
+        ((p) =>
+          options.onProgress!({
+            phase: "weights",
+            loadedBytes: p.loadedBytes,
+            totalBytes: p.totalBytes,
+            item: p.tensor,
+          })),
       weightDtype: options.weightDtype ?? "auto",
     });
   return new Model(config, tokenizer, backend, policyInfo);
@@ -435,12 +646,12 @@ export async function loadModel(path: string | URL, options: LoadOptions = {}): 
 /** Reads every tensor as f32 into memory and builds the CPU backend. */
 async function loadCpu(checkpoint: Checkpoint, options: LoadOptions): Promise<Backend> {
   const weights = new Map<string, Float32Array>();
-  const total = [...checkpoint.tensors.values()].reduce((n, t) => n + t.location.entry.byteLength, 0);
+  const total = [...checkpoint.tensors.values()].reduce((n, t) => n + t.byteLength, 0);
   let loaded = 0;
   for (const [name, t] of checkpoint.tensors) {
     weights.set(name, await readCheckpointTensor(checkpoint, name));
-    loaded += t.location.entry.byteLength;
-    options.onProgress?.({ loadedBytes: loaded, totalBytes: total, tensor: t.sourceName });
+    loaded += t.byteLength;
+    options.onProgress?.({ phase: "weights", loadedBytes: loaded, totalBytes: total, item: t.sourceName });
   }
   const predictors = loadPredictors(checkpoint.config, (name) => weights.get(name));
   return createCpuBackend(checkpoint.config, weights, predictors);

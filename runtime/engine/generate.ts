@@ -1,7 +1,10 @@
 /**
  * The generation loop, shared by both backends: validates a request, runs prefill and decode (with
- * KV cache) or recompute steps (without), stops on stop ids / maxNewTokens / abort, streams tokens,
- * and assembles the result and its stats from the session's ledger and the cost model.
+ * KV cache) or recompute steps (without), stops on stop ids / stop strings / maxNewTokens / abort,
+ * streams tokens, and assembles the result and its stats from the session's ledger and the cost
+ * model. It yields to the event loop before every decode call, so timers, I/O (a server's other
+ * requests, a client disconnect) and AbortSignal run between steps even on a backend that computes
+ * synchronously (the CPU).
  * @module
  */
 import type { Backend, BackendSession, ImageFeatures } from "./backend.ts";
@@ -48,16 +51,37 @@ export interface GenerateStats {
   rowsComputed: { prefill: number; decode: number };
 }
 
+/**
+ * Why generation ended: "stop" (a stop id was sampled or a stop string appeared), "length"
+ * (maxNewTokens reached) or "abort" (the signal fired; only when the request asks for a partial
+ * result instead of an AbortError).
+ */
+export type FinishReason = "stop" | "length" | "abort";
+
+/** Token counts of one request (image tokens count as prompt tokens). */
+export interface Usage {
+  /** Rows of the prompt (each image counts its tokens). */
+  promptTokens: number;
+  /** Tokens generated. */
+  completionTokens: number;
+  /** promptTokens + completionTokens. */
+  totalTokens: number;
+}
+
 /** The awaited result of `generate()`. */
 export interface GenerateResult {
   /** Generated token ids, the stop id included when one ended the run. */
   tokens: number[];
-  /** The generated tokens decoded, special tokens skipped. */
+  /** The generated tokens decoded, special tokens skipped, cut before the first stop string. */
   text: string;
   /** Indices of the image tokens kept at the prune layer (ascending), or null when nothing was pruned. */
   visualKept: number[] | null;
   /** Per generated token fed back (all but the last): admitted to the KV cache at layers ≥ the sparse layer (KV mode), or kept in the context (no-cache mode). */
   admitted: boolean[];
+  /** Why generation ended. */
+  finishReason: FinishReason;
+  /** Prompt and generated token counts. */
+  usage: Usage;
   /** Counts, timings, FLOPs and memory of the run. */
   stats: GenerateStats;
 }
@@ -69,9 +93,14 @@ export interface LoopRequest {
   plan: PolicyPlan;
   sampling: { temperature: number; topP: number; seed: number };
   maxNewTokens: number;
+  /** Stop ids. */
   stop: number[];
+  /** Stop strings: the text ends before the first one that appears (it is not streamed either). Default none. */
+  stopStrings?: string[];
   kvCache: boolean;
   signal?: AbortSignal;
+  /** "throw" (default): an abort rejects with the signal's reason; "finish": returns what was generated. */
+  onAbort?: "throw" | "finish";
   /** KV mode: decode steps per GPU submission between readbacks. */
   decodeBatch: number;
 }
@@ -80,14 +109,48 @@ function checkAbort(signal?: AbortSignal): void {
   if (signal?.aborted) throw signal.reason ?? new DOMException("The request was aborted", "AbortError");
 }
 
-/**
- * With a signal, lets the caller's pending work (a stream consumer that may abort) run before the
- * next step is submitted, then throws the abort reason if it fired.
- */
-async function yieldThenCheckAbort(signal?: AbortSignal): Promise<void> {
-  if (!signal) return;
-  await new Promise<void>((resolve) => setTimeout(resolve, 0));
-  checkAbort(signal);
+/** True when the loop must end now because of an abort it reports as finishReason "abort". */
+function abortedNow(request: LoopRequest): boolean {
+  if (request.onAbort !== "finish") checkAbort(request.signal);
+  return request.signal?.aborted === true;
+}
+
+/** Resolves on a later turn of the event loop (after pending I/O and timers had their chance). */
+function yieldToEventLoop(): Promise<void> {
+  const immediate = (globalThis as { setImmediate?: (callback: () => void) => void }).setImmediate;
+  if (immediate) return new Promise((resolve) => immediate(resolve));
+  return new Promise((resolve) => {
+    const channel = new MessageChannel();
+    channel.port1.onmessage = () => {
+      channel.port1.close();
+      resolve();
+    };
+    channel.port2.postMessage(null);
+  });
+}
+
+/** Index of the first stop string in `text` (searching from `from`), or -1. */
+function findStopString(text: string, stopStrings: string[], from: number): number {
+  let found = -1;
+  for (const stop of stopStrings) {
+    const at = text.indexOf(stop, from);
+    if (at >= 0 && (found < 0 || at < found)) found = at;
+  }
+  return found;
+}
+
+/** Length of the longest end of `text` that begins some stop string (held back from streaming). */
+function heldBackLength(text: string, stopStrings: string[]): number {
+  let held = 0;
+  for (const stop of stopStrings) {
+    for (let n = Math.min(stop.length - 1, text.length); n > held; n--) {
+      if (text.endsWith(stop.slice(0, n))) {
+        held = n;
+        break;
+      }
+    }
+  }
+  return held;
 }
 
 /**
@@ -138,6 +201,9 @@ export async function runGeneration(
     throw new InputError(`Cannot generate: maxNewTokens must be a non-negative integer`, "maxNewTokens");
   }
   const promptLen = request.rows.ids.length;
+  if ((request.stopStrings ?? []).some((stop) => typeof stop !== "string" || stop === "")) {
+    throw new InputError("Cannot generate: a stop string must be a non-empty string", "stop");
+  }
   if (promptLen + request.maxNewTokens > config.text.maxPositions) {
     throw new InputError(
       `Cannot generate: prompt (${promptLen} rows) + maxNewTokens (${request.maxNewTokens}) exceeds the context of ${config.text.maxPositions}`,
@@ -163,15 +229,27 @@ async function loop(
   const tokens: number[] = [];
   let admitted: boolean[] = [];
   let text = "";
+  let shown = 0;
   let visualKept: number[] | null = null;
-  let done = request.maxNewTokens === 0;
-  const push = (token: number): boolean => {
+  let finishReason: FinishReason | null = request.maxNewTokens === 0 ? "length" : null;
+  const stopStrings = request.stopStrings ?? [];
+  const longestStop = Math.max(0, ...stopStrings.map((stop) => stop.length));
+  /** Records a sampled token, streams the text that is safe to show, and says whether to stop. */
+  const push = (token: number): FinishReason | null => {
     tokens.push(token);
     const full = tokenizer.decode(tokens, { skipSpecialTokens: true });
-    const delta = full.endsWith("\uFFFD") ? "" : full.slice(text.length);
     if (!full.endsWith("\uFFFD")) text = full;
-    emit({ token, text: delta });
-    return request.stop.includes(token) || tokens.length >= request.maxNewTokens;
+    const stopAt = findStopString(text, stopStrings, Math.max(0, shown - longestStop));
+    let reason: FinishReason | null = null;
+    if (stopAt >= 0) {
+      text = text.slice(0, stopAt);
+      reason = "stop";
+    } else if (request.stop.includes(token)) reason = "stop";
+    else if (tokens.length >= request.maxNewTokens) reason = "length";
+    const visible = reason ? text.length : text.length - heldBackLength(text, stopStrings);
+    emit({ token, text: text.slice(shown, Math.max(shown, visible)) });
+    shown = Math.max(shown, visible);
+    return reason;
   };
   const t0 = performance.now();
   let prefillMs = 0;
@@ -179,14 +257,18 @@ async function loop(
     const first = await session.prefill({ wantLogits: false });
     prefillMs = performance.now() - t0;
     visualKept = first.visualKept;
-    if (!done) done = push(first.token);
-    while (!done) {
-      await yieldThenCheckAbort(request.signal);
+    if (!finishReason) finishReason = push(first.token);
+    while (!finishReason) {
+      await yieldToEventLoop();
+      if (abortedNow(request)) {
+        finishReason = "abort";
+        break;
+      }
       const steps = Math.min(request.decodeBatch, request.maxNewTokens - tokens.length);
       const out = await session.decode(steps);
-      for (let i = 0; i < out.tokens.length && !done; i++) {
+      for (let i = 0; i < out.tokens.length && !finishReason; i++) {
         admitted.push(out.admitted[i]);
-        done = push(out.tokens[i]);
+        finishReason = push(out.tokens[i]);
       }
     }
   } else {
@@ -194,12 +276,16 @@ async function loop(
     const first = await session.recompute([]);
     prefillMs = performance.now() - t0;
     visualKept = first.visualKept;
-    if (!done) done = push(first.token);
-    while (!done) {
-      await yieldThenCheckAbort(request.signal);
+    if (!finishReason) finishReason = push(first.token);
+    while (!finishReason) {
+      await yieldToEventLoop();
+      if (abortedNow(request)) {
+        finishReason = "abort";
+        break;
+      }
       const step = await session.recompute(tokens);
       outputKept = step.outputKept;
-      done = push(step.token);
+      finishReason = push(step.token);
     }
     // Final keep decision per generated token except the last, from the last recompute; the token
     // fed last in that recompute was its last row, which is always kept.
@@ -231,6 +317,12 @@ async function loop(
     text,
     visualKept,
     admitted,
+    finishReason,
+    usage: {
+      promptTokens: request.rows.ids.length,
+      completionTokens: tokens.length,
+      totalTokens: request.rows.ids.length + tokens.length,
+    },
     stats: {
       promptTokens: request.rows.ids.length,
       visualTokens: request.rows.imageTokens,

@@ -18,8 +18,9 @@ import { join, resolve } from "node:path";
 import { type ModelConfig, parseModelConfig } from "../core/config.ts";
 import { toFloat32 } from "../core/dtype.ts";
 import { CheckpointError } from "../core/errors.ts";
+import type { GgmlType } from "../core/ggml_quants.ts";
 import { readTensor } from "./safetensors.ts";
-import { openTensorFiles, type TensorFiles, type TensorLocation } from "./shards.ts";
+import { openTensorFiles, type TensorFiles } from "./shards.ts";
 
 /** One tensor the model will load. */
 export interface CheckpointTensor {
@@ -29,8 +30,27 @@ export interface CheckpointTensor {
   sourceName: string;
   /** Torch shape, outermost first. */
   shape: number[];
-  /** The file and header entry holding the tensor's data. */
-  location: TensorLocation;
+  /** Element type as stored in the file. */
+  storedType: GgmlType;
+  /** Bytes in the file. */
+  byteLength: number;
+  /** The file holding it. */
+  path: string;
+  /** Reads it as f32 values in checkpoint order (converted, dequantized, rows un-permuted). */
+  read(): Promise<Float32Array>;
+  /** GGUF tensors: reads its raw block bytes, rows in checkpoint order (un-permuted). */
+  readBlocks?(): Promise<Uint8Array>;
+}
+
+/** A vocabulary stored in the checkpoint's own files (GGUF metadata), SentencePiece style. */
+export interface CheckpointVocab {
+  tokens: string[];
+  scores: number[];
+  types: number[];
+  unkId: number;
+  bosId: number;
+  eosId: number;
+  addDummyPrefix: boolean;
 }
 
 /** An opened checkpoint: config, tokenizer location and the tensors to load (data still on disk). */
@@ -43,6 +63,8 @@ export interface Checkpoint {
   tensors: Map<string, CheckpointTensor>;
   /** Directory or file holding tokenizer.json / tokenizer.model. */
   tokenizerPath: string;
+  /** The vocabulary when the checkpoint's files carry it (GGUF), else undefined. */
+  vocab?: CheckpointVocab;
 }
 
 const PREDICTOR_PREFIXES = ["image_score_predictor.", "output_text_score_predictor."];
@@ -266,7 +288,16 @@ function addTensors(
         location.file.path,
       );
     }
-    into.set(name, { name, sourceName, shape: location.entry.shape, location });
+    const { file, entry } = location;
+    into.set(name, {
+      name,
+      sourceName,
+      shape: entry.shape,
+      storedType: entry.dtype,
+      byteLength: entry.byteLength,
+      path: file.path,
+      read: async () => toFloat32(entry.dtype, await readTensor(file, sourceName)),
+    });
   }
 }
 
@@ -311,7 +342,7 @@ export async function openCheckpoint(dir: string): Promise<Checkpoint> {
     if (t.shape.length !== shape.length || t.shape.some((d, i) => d !== shape[i])) {
       throw new CheckpointError(
         `Cannot load checkpoint: tensor "${t.sourceName}" has shape [${t.shape}], expected [${shape}]`,
-        t.location.file.path,
+        t.path,
       );
     }
   }
@@ -319,7 +350,7 @@ export async function openCheckpoint(dir: string): Promise<Checkpoint> {
     if (!expected.has(name) && !PREDICTOR_PREFIXES.some((p) => name.startsWith(p))) {
       throw new CheckpointError(
         `Cannot load checkpoint: tensor "${t.sourceName}" does not belong to a ${config.layout} model with this config`,
-        t.location.file.path,
+        t.path,
       );
     }
   }
@@ -327,7 +358,7 @@ export async function openCheckpoint(dir: string): Promise<Checkpoint> {
 }
 
 /**
- * Reads one tensor as f32 (F16/BF16 converted), touching only its bytes on disk.
+ * Reads one tensor as f32 (F16/BF16 converted, GGUF blocks dequantized), touching only its bytes on disk.
  * @example
  * ```ts
  * import assert from "node:assert/strict";
@@ -340,6 +371,5 @@ export async function openCheckpoint(dir: string): Promise<Checkpoint> {
 export async function readCheckpointTensor(checkpoint: Checkpoint, name: string): Promise<Float32Array> {
   const t = checkpoint.tensors.get(name);
   if (!t) throw new CheckpointError(`Cannot read tensor "${name}": not in the checkpoint`, checkpoint.dir);
-  const bytes = await readTensor(t.location.file, t.sourceName);
-  return toFloat32(t.location.entry.dtype, bytes);
+  return await t.read();
 }

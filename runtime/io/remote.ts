@@ -36,8 +36,33 @@ async function fetchOrNull(url: URL): Promise<Response | null> {
   return response;
 }
 
+/** Bytes of one file downloaded so far (totalBytes 0 when the server does not say). */
+export interface DownloadProgress {
+  item: string;
+  loadedBytes: number;
+  totalBytes: number;
+}
+
+type OnDownload = ((progress: DownloadProgress) => void) | undefined;
+
+/** The body of `response`, reporting its bytes as they pass. */
+function counted(response: Response, item: string, onProgress: OnDownload): ReadableStream<Uint8Array> {
+  if (!onProgress) return response.body!;
+  const totalBytes = Number(response.headers.get("content-length") ?? 0);
+  let loadedBytes = 0;
+  return response.body!.pipeThrough(
+    new TransformStream<Uint8Array, Uint8Array>({
+      transform(chunk, controller) {
+        loadedBytes += chunk.length;
+        onProgress({ item, loadedBytes, totalBytes: Math.max(totalBytes, loadedBytes) });
+        controller.enqueue(chunk);
+      },
+    }),
+  );
+}
+
 /** Downloads `name` (relative to `base`) into `dir` unless present; false when the server has no such file. */
-async function download(base: URL, name: string, dir: string): Promise<boolean> {
+async function download(base: URL, name: string, dir: string, onProgress?: OnDownload): Promise<boolean> {
   const target = join(dir, name);
   try {
     await Deno.stat(target);
@@ -48,7 +73,7 @@ async function download(base: URL, name: string, dir: string): Promise<boolean> 
   await Deno.mkdir(join(target, ".."), { recursive: true });
   const partial = `${target}.partial-${crypto.randomUUID()}`;
   try {
-    await Deno.writeFile(partial, response.body!);
+    await Deno.writeFile(partial, counted(response, name, onProgress));
     await Deno.rename(partial, target);
   } catch (err) {
     await Deno.remove(partial).catch(() => {});
@@ -72,9 +97,14 @@ async function readJson(path: string, where: string): Promise<Record<string, unk
 }
 
 /** Downloads the weights of one folder: the index and its shards, or model.safetensors. */
-async function downloadWeights(base: URL, prefix: string, dir: string): Promise<void> {
+async function downloadWeights(
+  base: URL,
+  prefix: string,
+  dir: string,
+  onProgress: OnDownload,
+): Promise<void> {
   const index = `${prefix}model.safetensors.index.json`;
-  if (await download(base, index, dir)) {
+  if (await download(base, index, dir, onProgress)) {
     const map = (await readJson(join(dir, index), new URL(index, base).href))["weight_map"];
     if (typeof map !== "object" || map === null) {
       throw new CheckpointError(
@@ -89,7 +119,7 @@ async function downloadWeights(base: URL, prefix: string, dir: string): Promise<
           base.href,
         );
       }
-      if (!(await download(base, prefix + shard, dir))) {
+      if (!(await download(base, prefix + shard, dir, onProgress))) {
         throw new CheckpointError(
           `Cannot download shard: ${shard} not found`,
           new URL(prefix + shard, base).href,
@@ -98,7 +128,7 @@ async function downloadWeights(base: URL, prefix: string, dir: string): Promise<
     }
     return;
   }
-  if (!(await download(base, `${prefix}model.safetensors`, dir))) {
+  if (!(await download(base, `${prefix}model.safetensors`, dir, onProgress))) {
     throw new CheckpointError(
       "Cannot download checkpoint: no model.safetensors or index",
       new URL(prefix, base).href,
@@ -130,7 +160,11 @@ async function downloadWeights(base: URL, prefix: string, dir: string): Promise<
  * await Deno.remove(cache, { recursive: true });
  * ```
  */
-export async function fetchCheckpoint(url: URL): Promise<string> {
+export async function fetchCheckpoint(
+  url: URL,
+  options: { onProgress?: (progress: DownloadProgress) => void } = {},
+): Promise<string> {
+  const onProgress = options.onProgress;
   const base = new URL(url.href.endsWith("/") ? url.href : `${url.href}/`);
   const digest = await crypto.subtle.digest("SHA-256", new TextEncoder().encode(base.href));
   const key = Array.from(new Uint8Array(digest).subarray(0, 12), (b) => b.toString(16).padStart(2, "0")).join(
@@ -138,16 +172,19 @@ export async function fetchCheckpoint(url: URL): Promise<string> {
   );
   const dir = join(cacheRoot(), key);
   await Deno.mkdir(dir, { recursive: true });
-  if (!(await download(base, "config.json", dir))) {
+  if (!(await download(base, "config.json", dir, onProgress))) {
     throw new CheckpointError(
       "Cannot download checkpoint: config.json not found",
       new URL("config.json", base).href,
     );
   }
-  if (!(await download(base, "tokenizer.json", dir)) && !(await download(base, "tokenizer.model", dir))) {
+  if (
+    !(await download(base, "tokenizer.json", dir, onProgress)) &&
+    !(await download(base, "tokenizer.model", dir, onProgress))
+  ) {
     throw new CheckpointError("Cannot download checkpoint: no tokenizer.json or tokenizer.model", base.href);
   }
-  await downloadWeights(base, "", dir);
+  await downloadWeights(base, "", dir, onProgress);
   const config = await readJson(join(dir, "config.json"), new URL("config.json", base).href);
   const tower = config["mm_vision_tower"];
   // A tower stored beside the checkpoint (a relative path) travels with it; hub ids resolve in the HF cache.
@@ -155,7 +192,9 @@ export async function fetchCheckpoint(url: URL): Promise<string> {
     typeof tower === "string" && config["text_config"] === undefined && /^(\.\/)?[\w-][\w.-]*\/?$/.test(tower)
   ) {
     const prefix = `${tower.replace(/^\.\//, "").replace(/\/$/, "")}/`;
-    if (await download(base, `${prefix}config.json`, dir)) await downloadWeights(base, prefix, dir);
+    if (await download(base, `${prefix}config.json`, dir, onProgress)) {
+      await downloadWeights(base, prefix, dir, onProgress);
+    }
   }
   return dir;
 }

@@ -87,7 +87,68 @@ interface ModelProto {
  * ```
  */
 export function parseSentencePieceModel(bytes: Uint8Array, where: string): Tokenizer {
-  const proto = readModelProto(bytes, where);
+  return tokenizerFromProto(readModelProto(bytes, where), where);
+}
+
+/** A vocabulary of SentencePiece pieces (as GGUF's `tokenizer.ggml.*` keys hold one). */
+export interface SentencePieceVocab {
+  /** Piece text per id. */
+  tokens: string[];
+  /** Merge priority per id: the adjacent pair forming the highest-scored piece merges first. */
+  scores: number[];
+  /** SentencePiece.Type per id: NORMAL 1, UNKNOWN 2, CONTROL 3, USER_DEFINED 4, UNUSED 5, BYTE 6. */
+  types: number[];
+  unkId: number;
+  bosId: number;
+  eosId: number;
+  /** Prepend a space to the text (SentencePiece's add_dummy_prefix; default true). */
+  addDummyPrefix?: boolean;
+}
+
+/**
+ * Builds a BPE tokenizer from SentencePiece pieces held in memory (for example a GGUF file's
+ * `tokenizer.ggml.tokens`, `scores` and `token_type`); encodes as {@link parseSentencePieceModel}
+ * does for a `tokenizer.model` with the same pieces (byte fallback when byte pieces exist, no
+ * extra-whitespace removal, as LLaMA's model).
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { tokenizerFromPieces } from "./sentencepiece.ts";
+ * const tokenizer = tokenizerFromPieces({
+ *   tokens: ["<unk>", "<s>", "</s>", "▁", "h", "i", "▁h", "▁hi"],
+ *   scores: [0, 0, 0, -3, -4, -5, -1, -2],
+ *   types: [2, 3, 3, 1, 1, 1, 1, 1],
+ *   unkId: 0, bosId: 1, eosId: 2,
+ * }, "model.gguf");
+ * assert.deepEqual(tokenizer.encode("hi"), [1, 7]);
+ * ```
+ */
+export function tokenizerFromPieces(vocab: SentencePieceVocab, where: string): Tokenizer {
+  const { tokens, scores, types } = vocab;
+  if (scores.length !== tokens.length || types.length !== tokens.length) {
+    throw fail(
+      `${tokens.length} tokens, ${scores.length} scores and ${types.length} token types do not match`,
+      where,
+    );
+  }
+  const pieces = tokens.map((piece, id) => ({ piece, score: scores[id], type: types[id] }));
+  return tokenizerFromProto({
+    pieces,
+    modelType: BPE_MODEL_TYPE,
+    treatWhitespaceAsSuffix: false,
+    byteFallback: types.includes(PieceType.byte),
+    unkId: vocab.unkId,
+    bosId: vocab.bosId,
+    eosId: vocab.eosId,
+    charsmapBytes: 0,
+    addDummyPrefix: vocab.addDummyPrefix ?? true,
+    removeExtraWhitespaces: false,
+    escapeWhitespaces: true,
+  }, where);
+}
+
+function tokenizerFromProto(proto: ModelProto, where: string): Tokenizer {
   validate(proto, where);
   const { pieces } = proto;
 

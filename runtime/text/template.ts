@@ -5,6 +5,7 @@
  * @module
  */
 import { IMAGE_TOKEN_INDEX } from "../core/config.ts";
+import { InputError } from "../core/errors.ts";
 import type { Tokenizer } from "./bpe.ts";
 
 /** The llava_v1 system prompt. */
@@ -27,6 +28,49 @@ export function formatLlavaV1(prompt: string, options: { images: number }): stri
     ? prompt
     : "<image>\n".repeat(options.images) + prompt;
   return `${LLAVA_V1_SYSTEM} USER: ${withImages} ASSISTANT:`;
+}
+
+/** One turn of a conversation; `text` holds an `<image>` marker where each of its images goes. */
+export interface ChatTurn {
+  /** Who speaks. */
+  role: "system" | "user" | "assistant";
+  /** What is said, with an `<image>` marker per image. */
+  text: string;
+}
+
+/**
+ * Formats a conversation with the llava_v1 template: the system prompt (a leading system turn
+ * replaces the default one), then `USER: … ASSISTANT: …</s>` per exchange, ending with
+ * `ASSISTANT:` for the reply to come. One user turn gives exactly {@link formatLlavaV1}'s text.
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { formatLlavaV1, formatLlavaV1Chat } from "./template.ts";
+ * assert.equal(formatLlavaV1Chat([{ role: "user", text: "<image>\nHi" }]), formatLlavaV1("Hi", { images: 1 }));
+ * assert.equal(
+ *   formatLlavaV1Chat([{ role: "system", text: "Be brief." }, { role: "user", text: "Hi" },
+ *     { role: "assistant", text: "Hello." }, { role: "user", text: "Bye" }]),
+ *   "Be brief. USER: Hi ASSISTANT: Hello.</s>USER: Bye ASSISTANT:",
+ * );
+ * ```
+ */
+export function formatLlavaV1Chat(turns: ChatTurn[]): string {
+  const system = turns[0]?.role === "system" ? turns[0].text : LLAVA_V1_SYSTEM;
+  const dialogue = turns[0]?.role === "system" ? turns.slice(1) : turns;
+  if (dialogue.length === 0 || dialogue.at(-1)!.role !== "user") {
+    throw new InputError("Cannot format the chat: the last message must be from the user", "messages");
+  }
+  let text = `${system} `;
+  for (const [i, turn] of dialogue.entries()) {
+    if (turn.role === "system") {
+      throw new InputError(
+        "Cannot format the chat: a system message may only come first",
+        `messages[${i + turns.length - dialogue.length}]`,
+      );
+    }
+    text += turn.role === "user" ? `USER: ${turn.text} ` : `ASSISTANT: ${turn.text}</s>`;
+  }
+  return `${text}ASSISTANT:`;
 }
 
 /**

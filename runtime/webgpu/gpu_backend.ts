@@ -27,25 +27,34 @@ import { DecodeBatcher } from "./gpu_batch.ts";
 import { encodeImagesGpu, type VisionLayerWeights, visionLayerWeights } from "./gpu_vision.ts";
 import { loadPredictors } from "../core/predictors.ts";
 import { uploadWeight, type WeightTensor } from "../device/weights_gpu.ts";
+import { type GpuMatrix, type QuantType, uploadQuantWeight } from "../../kernels/matmul_quant.ts";
 
 /** One decoder layer's weights. */
 export interface LayerWeights {
   attnNorm: GPUBuffer;
   mlpNorm: GPUBuffer;
-  wq: WeightTensor;
-  wk: WeightTensor;
-  wv: WeightTensor;
-  wo: WeightTensor;
-  wGate: WeightTensor;
-  wUp: WeightTensor;
-  wDown: WeightTensor;
+  wq: GpuMatrix;
+  wk: GpuMatrix;
+  wv: GpuMatrix;
+  wo: GpuMatrix;
+  wGate: GpuMatrix;
+  wUp: GpuMatrix;
+  wDown: GpuMatrix;
 }
 
-/** Every weight on the GPU: matrices as WeightTensors, vectors as f32 buffers. */
+/**
+ * Every weight on the GPU: matrices as WeightTensors, vectors as f32 buffers; decoder matrices
+ * stored in GGML blocks (GGUF) stay in their blocks (`quantized`), dequantized inside the matmul.
+ */
 export interface GpuWeights {
   matrices: Map<string, WeightTensor>;
+  quantized: Map<string, GpuMatrix>;
   vectors: Map<string, GPUBuffer>;
 }
+
+const QUANT_TYPES: string[] = ["Q8_0", "Q4_0", "Q4_K", "Q6_K"];
+/** Decoder matrices that may stay quantized (the embedding table is read by rows, in float). */
+const QUANTIZABLE = /^(layers\.\d+\.(wq|wk|wv|wo|w_gate|w_up|w_down)|lm_head)$/;
 
 /**
  * Opens WebGPU and uploads a checkpoint tensor by tensor (each read, converted, uploaded, dropped).
@@ -70,17 +79,31 @@ export async function createGpuBackend(
   checkpoint: Checkpoint,
   options: { onProgress?: (p: LoadProgress) => void; weightDtype: "auto" | "f16" | "f32" },
 ): Promise<Backend> {
-  const sixteenBit = [...checkpoint.tensors.values()].some((t) => t.location.entry.dtype !== "F32");
+  // Quantized blocks dequantize to values f16 cannot hold exactly: those stay f32.
+  const types = [...checkpoint.tensors.values()].map((t) => t.storedType);
+  const sixteenBit = types.some((type) => type === "F16" || type === "BF16") &&
+    types.every((type) => type === "F16" || type === "BF16" || type === "F32");
   const allowF16 = options.weightDtype === "f16" || (options.weightDtype === "auto" && sixteenBit);
   const gpu = await createGpu({ allowF16 });
   const buffers = new BufferSet(gpu);
   try {
     const kernels = await createKernels(gpu);
-    const weights: GpuWeights = { matrices: new Map(), vectors: new Map() };
+    const weights: GpuWeights = { matrices: new Map(), quantized: new Map(), vectors: new Map() };
     const predictorTensors = new Map<string, Float32Array>();
-    const total = [...checkpoint.tensors.values()].reduce((n, t) => n + t.location.entry.byteLength, 0);
+    const total = [...checkpoint.tensors.values()].reduce((n, t) => n + t.byteLength, 0);
     let loaded = 0;
     for (const [name, t] of checkpoint.tensors) {
+      if (t.readBlocks && QUANT_TYPES.includes(t.storedType) && QUANTIZABLE.test(name)) {
+        const [rows, cols] = t.shape;
+        const type = t.storedType as QuantType;
+        weights.quantized.set(
+          name,
+          uploadQuantWeight(buffers, await t.readBlocks(), { rows, cols, type, label: name }),
+        );
+        loaded += t.byteLength;
+        options.onProgress?.({ loadedBytes: loaded, totalBytes: total, tensor: t.sourceName });
+        continue;
+      }
       const values = await readCheckpointTensor(checkpoint, name);
       if (name.includes("_score_predictor.")) predictorTensors.set(name, values);
       else if (t.shape.length >= 2 && name !== "vision.pos_embed") {
@@ -89,7 +112,7 @@ export async function createGpuBackend(
       } else {
         weights.vectors.set(name, buffers.upload(values, name));
       }
-      loaded += t.location.entry.byteLength;
+      loaded += t.byteLength;
       options.onProgress?.({ loadedBytes: loaded, totalBytes: total, tensor: t.sourceName });
     }
     const cpuPredictors = loadPredictors(checkpoint.config, (n) => predictorTensors.get(n));
@@ -123,18 +146,19 @@ export class GpuBackend implements Backend {
   ) {
     const m = (n: string) => weights.matrices.get(n)!;
     const v = (n: string) => weights.vectors.get(n)!;
+    const q = (n: string) => weights.quantized.get(n) ?? m(n);
     this.layers = Array.from({ length: config.text.numLayers }, (_, i) => {
       const p = `layers.${i}.`;
       return {
         attnNorm: v(p + "attn_norm"),
         mlpNorm: v(p + "mlp_norm"),
-        wq: m(p + "wq"),
-        wk: m(p + "wk"),
-        wv: m(p + "wv"),
-        wo: m(p + "wo"),
-        wGate: m(p + "w_gate"),
-        wUp: m(p + "w_up"),
-        wDown: m(p + "w_down"),
+        wq: q(p + "wq"),
+        wk: q(p + "wk"),
+        wv: q(p + "wv"),
+        wo: q(p + "wo"),
+        wGate: q(p + "w_gate"),
+        wUp: q(p + "w_up"),
+        wDown: q(p + "w_down"),
       };
     });
     this.visionLayers = visionLayerWeights(config, m, v);

@@ -16,7 +16,7 @@ import {
 import { createEmbedding } from "../../kernels/embedding.ts";
 import { createKvAppend } from "../../kernels/kv_append.ts";
 import { createLayerNorm } from "../../kernels/layernorm.ts";
-import { createMatmul } from "../../kernels/matmul.ts";
+import { createLinear } from "../../kernels/matmul_quant.ts";
 import { createIm2col } from "../../kernels/patches.ts";
 import {
   createAdmitFlag,
@@ -34,7 +34,7 @@ export const KERNELS = {
   // decoder
   embedding: createEmbedding,
   rmsNorm: createRmsNorm,
-  matmul: createMatmul,
+  matmul: createLinear,
   rope: createRope,
   kvAppend: createKvAppend,
   attention: createAttention,

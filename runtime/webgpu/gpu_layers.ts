@@ -231,7 +231,8 @@ export function bindHead(
   args: { x: GPUBuffer; h: GPUBuffer; logits: GPUBuffer; first: number; rows: number },
 ): Dispatch[] {
   const k = model.kernels, t = model.config.text;
-  const head = model.weights.matrices.get("lm_head") ?? model.matrix("embed");
+  const head = model.weights.quantized.get("lm_head") ?? model.weights.matrices.get("lm_head") ??
+    model.matrix("embed");
   const rows = args.first + args.rows;
   return [
     ...k.rmsNorm.bind(set, {
