@@ -17,7 +17,25 @@ Deno.test("generate.ts --demo describes the sample scene and prints the saving s
   const { code, stdout, stderr } = await generate("--demo", "--max-new-tokens", "12");
   assert.equal(code, 0, stderr);
   assert.match(stdout, /^The image shows /);
-  assert.match(stdout, /\[webgpu dynamic\] visual tokens kept 12\/64; KV rows \d+ vs dense \d+/);
+  const line = stdout.match(
+    /\[webgpu dynamic\] visual tokens kept 12\/64; KV rows (\d+) vs dense (\d+) \(([\d.]+)%\)/,
+  );
+  assert.ok(line, stdout);
+  const [held, dense, percent] = [Number(line[1]), Number(line[2]), Number(line[3])];
+  // The same request as JSON: the printed rows are what the run held, and they follow from its
+  // decisions (layers from the sparse layer on hold neither the 52 pruned image tokens nor the
+  // refused output tokens).
+  const json = await generate("--demo", "--max-new-tokens", "12", "--json");
+  assert.equal(json.code, 0, json.stderr);
+  const result = JSON.parse(json.stdout);
+  const config = JSON.parse(await Deno.readTextFile(new URL("../assets/demo/config.json", import.meta.url)));
+  const sparseLayer: number = config.sparse_config.sparse_layer;
+  const s = result.stats, layers = s.kvCache.rowsPerLayer.length;
+  assert.equal(held, s.kvCache.rowsPerLayer.reduce((a: number, b: number) => a + b, 0));
+  assert.equal(dense, layers * (s.promptTokens + s.newTokens - 1));
+  const refused = result.admitted.filter((a: boolean) => !a).length;
+  assert.equal(held, dense - (layers - sparseLayer) * (64 - 12 + refused));
+  assert.equal(percent, Number((100 * held / dense).toFixed(1)));
 });
 
 Deno.test("demo.ts answers the sample, maps the kept patches and writes the HTML view (the README's demo)", async () => {
@@ -90,7 +108,7 @@ Deno.test("tools/device_check.ts --shape tiny writes the bench and check reports
         "--no-cache-tokens",
         "2",
       ]
-        .concat(["--repeat", "1", "--skip-parity"]),
+        .concat(["--repeat", "1"]),
       env: { XDG_RUNTIME_DIR: Deno.env.get("XDG_RUNTIME_DIR") ?? "/tmp" },
       stdout: "piped",
       stderr: "piped",
@@ -101,6 +119,14 @@ Deno.test("tools/device_check.ts --shape tiny writes the bench and check reports
     assert.ok(bench.rows.every((row: { visualTokens: number }) => row.visualTokens === 36));
     const check = JSON.parse(await Deno.readTextFile(`${out}/check.json`));
     assert.match(check.adapter.name, /\w/);
+    // GPU-vs-CPU parity ran on every fixture and held.
+    assert.equal(check.parity.length, 7);
+    for (const c of check.parity) {
+      assert.ok(
+        c.tokensEqual && c.nmse < 1e-6,
+        `${c.fixture}: NMSE ${c.nmse}, tokens equal ${c.tokensEqual}`,
+      );
+    }
   } finally {
     await Deno.remove(out, { recursive: true });
   }

@@ -12,11 +12,19 @@ import { gatherRows, layerNorm, linear } from "../runtime/core/cpu_ops.ts";
 import { im2col } from "../runtime/core/patches_cpu.ts";
 import { admitFlag, halfGlobalConcat, logSoftmax2Col0 } from "../runtime/core/predictor_cpu_ops.ts";
 import { createKernels, KERNELS } from "../runtime/webgpu/gpu_kernels.ts";
+import { advanceState } from "../runtime/core/sparse_kv.ts";
 import { assertClose, poisoned, randomArray, readF32, withGpu } from "./kernel_util.ts";
 
 /** Bit patterns of f32 values, for exact comparisons of copies. */
 function bits(values: Float32Array): Uint32Array {
   return new Uint32Array(values.buffer, values.byteOffset, values.length);
+}
+
+/** Asserts equal words, naming the first difference (a full diff of large arrays is unreadable). */
+function assertSameWords(actual: Uint32Array, expected: Uint32Array, what: string): void {
+  assert.equal(actual.length, expected.length, `${what}: length`);
+  const at = actual.findIndex((word, i) => word !== expected[i]);
+  assert.equal(at, -1, `${what}: first difference at ${at}: ${actual[at]} vs ${expected[at]}`);
 }
 
 /** Random row indices in [0, sourceRows), with repeats. */
@@ -73,7 +81,7 @@ Deno.test("createGatherRows() copies f32 rows exactly and leaves other rows alon
       gpu.submit(gather.bind(buffers, args));
       const got = await readF32(gpu, out, (rows + 1) * cols);
       const expected = gatherRows(x, cols, ids);
-      assert.deepEqual(bits(got.subarray(0, rows * cols)), bits(expected), `gather [${rows}, ${cols}]`);
+      assertSameWords(bits(got.subarray(0, rows * cols)), bits(expected), `gather [${rows}, ${cols}]`);
       assert.ok(got.subarray(rows * cols).every(Number.isNaN), "row past K written");
     }
   });
@@ -89,7 +97,7 @@ Deno.test("createGatherRows() gathers u32 positions beyond 65535 workgroups", as
     const x = buffers.upload(positions, "positions");
     gpu.submit(gather.bind(buffers, { x, indices: buffers.upload(ids, "ids"), out, rows, cols: 1 }));
     const got = new Uint32Array(await gpu.read(out, 0, rows * 4));
-    assert.deepEqual(got, Uint32Array.from(ids, (i) => positions[i]));
+    assertSameWords(got, Uint32Array.from(ids, (i) => positions[i]), "gathered positions");
   });
 });
 
@@ -151,7 +159,7 @@ Deno.test("createIm2col() matches im2col() for 1 to 576 patches", async () => {
     for (const r of runs) {
       const got = await readF32(gpu, r.out, r.expected.length);
       assert.ok(!got.some(Number.isNaN), `${r.what}: unwritten output`);
-      assert.deepEqual(bits(got), bits(r.expected), r.what);
+      assertSameWords(bits(got), bits(r.expected), r.what);
     }
     const image = buffers.storage(3 * 100 * 4, "image");
     assert.throws(
@@ -240,4 +248,29 @@ Deno.test("every registered kernel compiles on a device without shader-f16 and r
     buffers.destroy();
     gpu.destroy();
   }
+});
+
+Deno.test("createAdvance() matches advanceState() over decode steps with mixed admissions", async () => {
+  await withGpu(async (gpu, buffers) => {
+    const { advance } = await createKernels(gpu, { only: ["advance"] });
+    const flagValues = new Uint32Array([1, 0, 0, 1, 1, 0, 1, 0]);
+    for (
+      const options of [{ layers: 5, admitLayer: 2, admitAll: false }, {
+        layers: 3,
+        admitLayer: 1,
+        admitAll: true,
+      }]
+    ) {
+      const expected = new Uint32Array([0, 42, 17, 9, 30, 30, 12, 12, 12].slice(0, 4 + options.layers));
+      const state = buffers.upload(expected.slice(), "state");
+      const flags = buffers.upload(flagValues, "flags");
+      for (let step = 0; step < flagValues.length; step++) {
+        gpu.submit(advance.bind(buffers, { state, flags, ...options }));
+        advanceState(expected, flagValues, options);
+      }
+      const got = new Uint32Array(await gpu.read(state, 0, expected.byteLength));
+      assert.deepEqual([...got], [...expected], JSON.stringify(options));
+      assert.equal(expected[0], flagValues.length); // the twin did advance
+    }
+  });
 });

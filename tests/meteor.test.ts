@@ -4,10 +4,11 @@ import { InputError } from "../runtime/core/errors.ts";
 import { meteorScore, meteorScoreSync } from "../runtime/eval/meteor.ts";
 import { porterStem } from "../runtime/eval/porter.ts";
 import { loadWordNet, loadWordNetSync, type WordNet } from "../runtime/eval/wordnet.ts";
+import { testNeeding } from "./requirements.ts";
 import { lexnamesText, makeNltkData, nltkAvailable, runNltkScript } from "../tools/fixtures/nltk_data.ts";
 
 const WORDNET_DIR = "/usr/share/wordnet";
-const HAVE_NLTK = await nltkAvailable();
+const NLTK_MISSING = await nltkAvailable() ? null : "python3 with nltk";
 const words = (sentence: string) => sentence.split(" ").filter((word) => word.length > 0);
 
 interface Case {
@@ -212,9 +213,9 @@ function askNltk(): Promise<NltkAnswers> {
   return nltkAnswers;
 }
 
-Deno.test({
+testNeeding({
   name: "porterStem() equals NLTK's PorterStemmer (NLTK_EXTENSIONS) on hundreds of words",
-  ignore: !HAVE_NLTK,
+  missing: NLTK_MISSING,
   async fn() {
     const answers = await askNltk();
     assert.ok(STEM_WORDS.length >= 300, `only ${STEM_WORDS.length} words`);
@@ -224,9 +225,9 @@ Deno.test({
   },
 });
 
-Deno.test({
+testNeeding({
   name: "WordNet.synsets() lists the same synsets and lemma names as NLTK's wordnet.synsets()",
-  ignore: !HAVE_NLTK,
+  missing: NLTK_MISSING,
   async fn() {
     const answers = await askNltk();
     const wordnet = await loadWordNet(WORDNET_DIR);
@@ -242,9 +243,9 @@ Deno.test({
   },
 });
 
-Deno.test({
+testNeeding({
   name: "meteorScore() equals NLTK's meteor_score to 1e-4 on varied sentence pairs",
-  ignore: !HAVE_NLTK,
+  missing: NLTK_MISSING,
   async fn() {
     const answers = await askNltk();
     assert.ok(CASES.length >= 40);

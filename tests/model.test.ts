@@ -1,6 +1,6 @@
 /**
  * Whole-model tests: the WebGPU backend against the CPU backend on every fixture (logits and greedy
- * tokens, both KV modes), and the sparsification rules of DESIGN §1 checked case by case with
+ * tokens, both KV modes), and the Dynamic-LLaVA sparsification rules checked case by case with
  * expectations derived here from the predictors' raw outputs, independently of the runtime's
  * selection code.
  */
@@ -22,20 +22,39 @@ async function open(name: string, backend: "cpu" | "webgpu"): Promise<Model> {
 }
 
 for (const name of Object.keys(FIXTURES)) {
-  Deno.test(`loadModel() on ${name}: WebGPU equals CPU on logits and greedy tokens in both KV modes`, async () => {
+  Deno.test(`loadModel() on ${name}: WebGPU equals CPU on logits, tokens and decisions, every policy, both KV modes`, async () => {
     const cpu = await open(name, "cpu"), gpu = await open(name, "webgpu");
     try {
       const image = cpu.config.vision ? IMAGE : undefined;
-      const request = { prompt: "Tell me a story about a red fox.", image };
-      const [a, b] = [await cpu.logits(request), await gpu.logits(request)];
-      const bound = FIXTURES[name].dtype === "F32" ? 1e-8 : 1e-6;
-      assert.ok(nmse(b, a) < bound, `logits NMSE ${nmse(b, a)} ≥ ${bound}`);
-      for (const kvCache of [true, false]) {
-        const r = { ...request, maxNewTokens: 6, stop: [], kvCache };
-        const [x, y] = [await cpu.generate(r), await gpu.generate(r)];
-        assert.equal(x.tokens.length, 6);
-        assert.deepEqual(y.tokens, x.tokens, `kvCache ${kvCache}`);
-        assert.equal(y.text, x.text);
+      const policies: ("dense" | "fastv" | "dynamic")[] = ["dense"];
+      if (image) policies.push("fastv");
+      if (cpu.config.sparse) policies.push("dynamic");
+      const sixteenBit = FIXTURES[name].dtype !== "F32";
+      for (const policy of policies) {
+        const request = { prompt: "Tell me a story about a red fox.", image, policy };
+        const [a, b] = [await cpu.logits(request), await gpu.logits(request)];
+        const bound = sixteenBit ? 1e-6 : 1e-8;
+        assert.ok(nmse(b, a) < bound, `${policy}: logits NMSE ${nmse(b, a)} ≥ ${bound}`);
+        for (const kvCache of [true, false]) {
+          const what = `${policy}, kvCache ${kvCache}`;
+          const r = { ...request, maxNewTokens: kvCache ? 16 : 8, stop: [], kvCache };
+          const [x, y] = [await cpu.generate(r), await gpu.generate(r)];
+          assert.equal(x.tokens.length, r.maxNewTokens);
+          assert.deepEqual(y.tokens, x.tokens, what);
+          assert.equal(y.text, x.text);
+          assert.deepEqual(y.visualKept, x.visualKept, what);
+          assert.deepEqual(y.admitted, x.admitted, what);
+          assert.deepEqual(y.stats.kvCache.rowsPerLayer, x.stats.kvCache.rowsPerLayer, what);
+          if (!kvCache) continue;
+          // Every decode step's logits, teacher-forced on the same tokens.
+          const target = x.tokens;
+          const [p, q] = [
+            await cpu.logProbs({ ...request, target }),
+            await gpu.logProbs({ ...request, target }),
+          ];
+          const worst = Math.max(...p.map((v, i) => Math.abs(v - q[i])));
+          assert.ok(worst < (sixteenBit ? 1e-2 : 1e-4), `${what}: log-probabilities differ by ${worst}`);
+        }
       }
     } finally {
       cpu.dispose();
@@ -77,7 +96,7 @@ function topK(values: ArrayLike<number>, k: number): number[] {
 }
 
 for (const name of ["llava-f32-dyn", "llava-f16-gqa-dyn-hub"]) {
-  Deno.test(`generate() on ${name}: dynamic policy follows DESIGN §1 in both KV modes on both backends`, async () => {
+  Deno.test(`generate() on ${name}: dynamic policy follows the Dynamic-LLaVA rules in both KV modes on both backends`, async () => {
     const cpu = await open(name, "cpu");
     try {
       const n = 16, N = cpu.config.vision!.tokensPerImage, layers = cpu.config.text.numLayers;
@@ -172,30 +191,51 @@ Deno.test("generate() under dynamic holds fewer KV bytes than dense, in proporti
   }
 });
 
-Deno.test("generate() streams the same tokens it returns, and abort stops within a step", async () => {
+Deno.test("generate() streams the same tokens it returns", async () => {
   const model = await open("llama-f32", "webgpu");
   try {
     const run = model.generate({ prompt: "Count", maxNewTokens: 10, stop: [] });
     const streamed: number[] = [];
     for await (const ev of run) streamed.push(ev.token);
     assert.deepEqual(streamed, (await run).tokens);
-    const controller = new AbortController();
-    const aborted = model.generate({
-      prompt: "Count",
-      maxNewTokens: 500,
-      stop: [],
-      signal: controller.signal,
-    });
-    let seen = 0;
-    await assert.rejects(async () => {
-      for await (const _ of aborted) if (++seen === 3) controller.abort();
-    });
-    assert.ok(seen < 500);
-    assert.equal((await model.generate({ prompt: "Count", maxNewTokens: 2, stop: [] })).tokens.length, 2);
   } finally {
     model.dispose();
   }
 });
+
+/** Steps one submission runs before the next abort check: 16 on WebGPU, 1 on the CPU. */
+const STEPS_PER_SUBMISSION = { webgpu: 16, cpu: 1 };
+
+for (const backend of ["cpu", "webgpu"] as const) {
+  Deno.test(`generate() on ${backend} ends within ${STEPS_PER_SUBMISSION[backend]} step(s) of an abort, with its reason`, async () => {
+    const model = await open("llama-f32", backend);
+    try {
+      for (const [abortAt, kvCache] of [[3, true], [20, true], [5, false]] as const) {
+        const controller = new AbortController();
+        const reason = new Error(`stop at ${abortAt}`);
+        const run = model.generate({
+          prompt: "Count",
+          maxNewTokens: 500,
+          stop: [],
+          kvCache,
+          signal: controller.signal,
+        });
+        let seen = 0;
+        await assert.rejects(async () => {
+          for await (const _ of run) if (++seen === abortAt) controller.abort(reason);
+        }, (e) => e === reason);
+        const bound = abortAt + (kvCache ? STEPS_PER_SUBMISSION[backend] : 1);
+        assert.ok(
+          seen >= abortAt && seen <= bound,
+          `kvCache ${kvCache}: aborted at ${abortAt}, ran to ${seen} > ${bound}`,
+        );
+      }
+      assert.equal((await model.generate({ prompt: "Count", maxNewTokens: 2, stop: [] })).tokens.length, 2);
+    } finally {
+      model.dispose();
+    }
+  });
+}
 
 Deno.test("generate() rejects bad requests with InputError naming the field", async () => {
   const model = await open("llava-f32-dyn", "cpu");
