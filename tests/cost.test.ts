@@ -1,5 +1,5 @@
 /**
- * Tests of the cost model (runtime/cost.ts) and the `--cost-only` mode of examples/bench.ts:
+ * Tests of the cost model (runtime/core/cost.ts) and the `--cost-only` mode of examples/bench.ts:
  * the paper's Table 1 prefill TFLOPs from the real LLaVA-1.5 configs, exact FLOPs against a count
  * written out row by row, KV bytes, rows per layer under each policy, decode with and without cache.
  * @module

@@ -1,5 +1,5 @@
 /**
- * Tests of runtime/dtype.ts: exact bit patterns of f16/bf16 conversions (normal, subnormal, overflow,
+ * Tests of runtime/core/dtype.ts: exact bit patterns of f16/bf16 conversions (normal, subnormal, overflow,
  * ties, infinities, NaN), exhaustive round trips over all 65536 half patterns, round-to-nearest on
  * pseudo-random values, and byte input at unaligned offsets.
  * @module

@@ -1,5 +1,5 @@
 /**
- * Tests of the sparsification policies (runtime/policies.ts) against DESIGN §1, case by case:
+ * Tests of the sparsification policies (runtime/core/policies.ts) against the method's rules (ARCHITECTURE.md), case by case:
  * keep counts, order, ties, untouched text rows, the no-cache output rule, KV admission, FastV
  * ranking, composition, errors; and that the predictors and policies run where WebGPU is absent.
  * @module

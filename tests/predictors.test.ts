@@ -1,5 +1,5 @@
 /**
- * Tests of the CPU predictors (runtime/predictors.ts): forward passes against a straightforward
+ * Tests of the CPU predictors (runtime/core/predictors.ts): forward passes against a straightforward
  * re-computation written here in f64 with explicit loops (its own erf, LayerNorm, timm block), the
  * tensor lists against the official layout, and loading errors.
  * @module

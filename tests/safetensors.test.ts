@@ -1,5 +1,5 @@
 /**
- * Tests of runtime/safetensors.ts and runtime/shards.ts: every kind of malformed or hostile file is
+ * Tests of runtime/io/safetensors.ts and runtime/io/shards.ts: every kind of malformed or hostile file is
  * rejected with a CheckpointError naming the file and saying what is wrong; files round-trip through
  * writeSafetensors → openSafetensors → readTensor in F32, F16 and BF16 (zero-size and scalar
  * tensors included); a file laid out by the reference writer reads back; sharded checkpoints are

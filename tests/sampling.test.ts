@@ -1,5 +1,5 @@
 /**
- * Tests of runtime/sampling.ts (the sampling rule) and kernels/sample.ts (its GPU twin): greedy
+ * Tests of runtime/core/sampling.ts (the sampling rule) and kernels/sample.ts (its GPU twin): greedy
  * ties and -∞, nucleus truncation, draw frequencies against the softmax, the counter-based random
  * stream, and token-for-token GPU/CPU parity over many (logits, seed, step, temperature, topP).
  * @module
