@@ -14,6 +14,7 @@ import { basename, dirname, join } from "node:path";
 import { CLIP_MEAN, CLIP_STD, type ModelConfig, parseModelConfig } from "../core/config.ts";
 import { CheckpointError } from "../core/errors.ts";
 import { dequantize } from "../core/ggml_quants.ts";
+import { isPredictorWeight } from "../core/weights.ts";
 import {
   type Checkpoint,
   type CheckpointTensor,
@@ -241,7 +242,7 @@ function canonicalNames(config: ModelConfig, file: GgufFile): Map<string, string
   const names = new Map<string, string>();
   for (const canonical of expectedShapes(config).keys()) names.set(ggufTensorName(canonical)!, canonical);
   for (const name of file.tensors.keys()) {
-    if (/^(image_score_predictor|output_text_score_predictor)\./.test(name)) names.set(name, name);
+    if (isPredictorWeight(name)) names.set(name, name);
   }
   return names;
 }

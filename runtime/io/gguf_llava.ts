@@ -35,6 +35,7 @@
  * @module
  */
 import type { ModelConfig } from "../core/config.ts";
+import { isPredictorWeight } from "../core/weights.ts";
 
 /** `general.architecture` of each of the three files. */
 export const GGUF_ARCHITECTURES = { text: "llama", mmproj: "clip", predictors: "dynllava" } as const;
@@ -92,13 +93,13 @@ export function ggufTensorName(canonical: string): string | undefined {
     return part[m[2]] ? `v.blk.${m[1]}.${part[m[2]]}.${m[3]}` : undefined;
   }
   if ((m = canonical.match(/^projector\.(\d)\.(weight|bias)$/))) return `mm.${m[1]}.${m[2]}`;
-  if (/^(image_score_predictor|output_text_score_predictor)\./.test(canonical)) return canonical;
+  if (isPredictorWeight(canonical)) return canonical;
   return undefined;
 }
 
 /** Which file of the three a canonical tensor goes to. */
 export function ggufFileOf(canonical: string): keyof typeof GGUF_ARCHITECTURES {
-  if (/^(image_score_predictor|output_text_score_predictor)\./.test(canonical)) return "predictors";
+  if (isPredictorWeight(canonical)) return "predictors";
   if (/^(vision|projector)\./.test(canonical)) return "mmproj";
   return "text";
 }
