@@ -26,10 +26,21 @@ interface Waiting {
   done: PromiseWithResolvers<{ tokens: number[]; admitted: boolean[] }>;
 }
 
+/**
+ * How long a decode call waits, at most, for the model's other open KV sessions to ask too (they are
+ * usually a prefill or an event-loop turn behind). A session that never asks only delays the others
+ * by this much.
+ */
+const GATHER_MS = 40;
+
 /** Collects concurrent decode calls of one model and runs them as batched steps. */
 export class DecodeBatcher implements DecodeQueue {
   readonly model: GpuModel;
   #waiting: Waiting[] = [];
+  /** Open KV-mode sessions that are neither waiting here nor decoding in a running group. */
+  #idle = new Set<GpuSession>();
+  /** When the oldest waiting call arrived (ms), or null when none waits. */
+  #since: number | null = null;
   /** Batched steps run so far (for tests and reports). */
   batchedSteps = 0;
 
@@ -78,9 +89,33 @@ export class DecodeBatcher implements DecodeQueue {
   /** Decodes `steps` tokens for `session`, together with every session that asks at the same time. */
   decode(session: GpuSession, steps: number): Promise<{ tokens: number[]; admitted: boolean[] }> {
     const done = Promise.withResolvers<{ tokens: number[]; admitted: boolean[] }>();
-    if (this.#waiting.length === 0) setTimeout(() => this.#flush(), 0);
+    this.#idle.delete(session);
+    if (this.#since === null) {
+      this.#since = performance.now();
+      setTimeout(() => this.#gather(), 0);
+    }
     this.#waiting.push({ session, remaining: steps, tokens: [], admitted: [], done });
     return done.promise;
+  }
+
+  /** Registers a KV-mode session that will probably decode soon. */
+  open(session: GpuSession): void {
+    this.#idle.add(session);
+  }
+
+  /** Forgets a session (disposed). */
+  close(session: GpuSession): void {
+    this.#idle.delete(session);
+  }
+
+  /** Flushes once every open session asks, or after {@link GATHER_MS}. */
+  #gather(): void {
+    if (this.#idle.size > 0 && performance.now() - this.#since! < GATHER_MS) {
+      setTimeout(() => this.#gather(), 1);
+      return;
+    }
+    this.#since = null;
+    this.#flush();
   }
 
   async #flush(): Promise<void> {
@@ -99,6 +134,7 @@ export class DecodeBatcher implements DecodeQueue {
         });
         for (let i = group.length - 1; i >= 0; i--) {
           if (group[i].remaining > 0) continue;
+          this.#idle.add(group[i].session); // until it asks again or is disposed
           group[i].done.resolve({ tokens: group[i].tokens, admitted: group[i].admitted });
           group.splice(i, 1);
         }

@@ -52,6 +52,10 @@ export interface StepResults {
 /** Runs the decode steps of concurrent sessions of one model together (runtime/webgpu/gpu_batch.ts). */
 export interface DecodeQueue {
   decode(session: GpuSession, steps: number): Promise<{ tokens: number[]; admitted: boolean[] }>;
+  /** A KV-mode session opened: it will probably decode soon (the queue may wait for it briefly). */
+  open(session: GpuSession): void;
+  /** The session is gone: the queue no longer waits for it. */
+  close(session: GpuSession): void;
 }
 
 /** One session's share of a batched decode step; see {@link GpuSession.batchParts}. */
@@ -123,6 +127,7 @@ export class GpuSession implements BackendSession {
   constructor(readonly model: GpuModel, readonly input: SessionInput, readonly queue: DecodeQueue) {
     const t = model.config.text;
     this.#text = t;
+    if (input.kvCache) queue.open(this);
     this.buffers = new BufferSet(model.gpu);
     this.book = new KvRows(t.numLayers, 2 * t.numKvHeads * t.headDim * 4);
     // Decode steps run one row at a time: only no-cache recomputes need room for the whole context.
@@ -286,6 +291,7 @@ export class GpuSession implements BackendSession {
   }
 
   dispose(): void {
+    this.queue.close(this);
     this.#decodeBuffers?.destroy();
     this.#batchBuffers?.destroy();
     this.buffers.destroy();
