@@ -10,10 +10,11 @@
  * const model = await loadModel(new URL("./assets/demo/", import.meta.url), { backend: "cpu" });
  * const result = await model.generate({ prompt: "Describe the image.", maxNewTokens: 8, policy: "dynamic",
  *   image: { width: 2, height: 2, data: new Uint8Array(12).fill(200) } });
- * // Dynamic-LLaVA keeps 20% of the image's tokens (sparse_config.vision_keep_rate) from layer 2 on:
+ * // Dynamic-LLaVA keeps 20% of the image's tokens (sparse_config.vision_keep_rate) from the sparse
+ * // layer on (layer 1 in the demo model), so those layers hold fewer KV rows than layer 0:
  * const { visualTokens, kvCache } = result.stats;
  * assert.equal(result.visualKept?.length, Math.floor(visualTokens * 0.2));
- * assert.ok(kvCache.rowsPerLayer[2] < kvCache.rowsPerLayer[1]);
+ * assert.ok(kvCache.rowsPerLayer[1] < kvCache.rowsPerLayer[0]);
  * model.dispose();
  * ```
  * @module

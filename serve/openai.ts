@@ -258,7 +258,7 @@ function usageOf(result: GenerateResult) {
  * const model = await loadModel(new URL("../assets/demo/", import.meta.url), { backend: "cpu" });
  * const result = await model.generate({ prompt: "Hi", image: { width: 4, height: 4, data: new Uint8Array(48) }, maxNewTokens: 2 });
  * const fields = dynllavaFields(result, { id: "c", created: 0, model: "m", policy: "dynamic", kvCache: true });
- * assert.deepEqual([fields.visual_tokens, fields.visual_kept], [36, 7]);
+ * assert.deepEqual([fields.visual_tokens, fields.visual_kept], [64, 12]);
  * model.dispose();
  * ```
  */
