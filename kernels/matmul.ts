@@ -23,29 +23,12 @@ import {
   type WeightStorage,
   type WeightTensor,
 } from "../runtime/device/weights_gpu.ts";
-import { createMatvecTexture } from "./matvec_texture.ts";
+import { createMatvecTexture, type MatvecTextureArgs } from "./matvec_texture.ts";
 import { defineUniforms, packUniforms } from "./uniforms.ts";
 import { wgslPrelude } from "./wgsl_prelude.ts";
 
-/** Arguments of {@link MatmulKernel.bind}. */
-export interface MatmulArgs {
-  /** f32 [xRowOffset + rows, K]. */
-  x: GPUBuffer;
-  /** W [N, K]. */
-  weight: WeightTensor;
-  /** f32 [N], optional. */
-  bias?: GPUBuffer;
-  /** f32 [outRowOffset + rows, N]. */
-  out: GPUBuffer;
-  /** M: rows of x multiplied. */
-  rows: number;
-  /** out += result instead of out = result. */
-  accumulate?: boolean;
-  /** First row of x read (default 0). */
-  xRowOffset?: number;
-  /** First row of out written (default 0). */
-  outRowOffset?: number;
-}
+/** Arguments of {@link MatmulKernel.bind}: the texture matvec's, which it routes to for few rows. */
+export type MatmulArgs = MatvecTextureArgs;
 
 /** Compiled matmul pipelines. */
 export interface MatmulKernel {
