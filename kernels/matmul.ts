@@ -21,7 +21,6 @@ import {
   weightDtype,
   weightShader,
   type WeightStorage,
-  type WeightTensor,
 } from "../runtime/device/weights_gpu.ts";
 import { createMatvecTexture, type MatvecTextureArgs } from "./matvec_texture.ts";
 import { defineUniforms, packUniforms } from "./uniforms.ts";
