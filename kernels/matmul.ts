@@ -23,7 +23,7 @@ import {
   type WeightStorage,
 } from "../runtime/device/weights_gpu.ts";
 import { createMatvecTexture, type MatvecTextureArgs } from "./matvec_texture.ts";
-import { defineUniforms, packUniforms } from "./uniforms.ts";
+import { checkBufferFloats, defineUniforms, packUniforms } from "./uniforms.ts";
 import { wgslPrelude } from "./wgsl_prelude.ts";
 
 /** Arguments of {@link MatmulKernel.bind}: the texture matvec's, which it routes to for few rows. */
@@ -289,10 +289,5 @@ export async function createMatmul(gpu: Gpu): Promise<MatmulKernel> {
 }
 
 function checkSize(buffer: GPUBuffer, floats: number, name: string): void {
-  if (buffer.size < floats * 4) {
-    throw new InputError(
-      `Cannot bind matmul: ${name} holds ${buffer.size} bytes, needs ${floats * 4}`,
-      `matmul.${name}`,
-    );
-  }
+  checkBufferFloats(buffer, floats, { kernel: "matmul", label: "matmul", name });
 }

@@ -18,7 +18,7 @@ import { GpuError } from "../runtime/core/errors.ts";
 import { ggmlBlock, ggmlBytes, type GgmlType } from "../runtime/core/ggml_quants.ts";
 import type { WeightTensor } from "../runtime/device/weights_gpu.ts";
 import { createMatmul, type MatmulArgs } from "./matmul.ts";
-import { defineUniforms, packUniforms } from "./uniforms.ts";
+import { checkBufferFloats, defineUniforms, packUniforms } from "./uniforms.ts";
 import { wgslPrelude } from "./wgsl_prelude.ts";
 
 /** The block types this kernel dequantizes. */
@@ -272,12 +272,7 @@ export async function createQuantMatmul(gpu: Gpu): Promise<QuantMatmulKernel> {
 }
 
 function checkSize(buffer: GPUBuffer, floats: number, name: string): void {
-  if (buffer.size < floats * 4) {
-    throw new GpuError(
-      `Cannot bind quantized matmul: ${name} holds ${buffer.size} bytes, needs ${floats * 4}`,
-      `matmul_quant.${name}`,
-    );
-  }
+  checkBufferFloats(buffer, floats, { kernel: "matmul_quant", label: "quantized matmul", name });
 }
 
 /** A weight matrix on the GPU: float storage (weights_gpu.ts) or GGML blocks ({@link QuantWeight}). */

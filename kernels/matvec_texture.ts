@@ -18,7 +18,7 @@ import {
   weightShader,
   type WeightTensor,
 } from "../runtime/device/weights_gpu.ts";
-import { defineUniforms, packUniforms } from "./uniforms.ts";
+import { checkBufferFloats, defineUniforms, packUniforms } from "./uniforms.ts";
 import { wgslPrelude } from "./wgsl_prelude.ts";
 
 /** Arguments of {@link MatvecTextureKernel.bind}. */
@@ -188,10 +188,5 @@ export async function createMatvecTexture(gpu: Gpu): Promise<MatvecTextureKernel
 }
 
 function checkSize(buffer: GPUBuffer, floats: number, name: string): void {
-  if (buffer.size < floats * 4) {
-    throw new InputError(
-      `Cannot bind matvec_texture: ${name} holds ${buffer.size} bytes, needs ${floats * 4}`,
-      `matvec_texture.${name}`,
-    );
-  }
+  checkBufferFloats(buffer, floats, { kernel: "matvec_texture", label: "matvec_texture", name });
 }

@@ -99,3 +99,32 @@ function fits(value: number, type: UniformType): boolean {
 function snakeCase(name: string): string {
   return name.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`);
 }
+
+/**
+ * The check every matmul-family wrapper makes before binding: `buffer` holds at least `floats` f32
+ * values. Throws InputError naming the kernel (`label` in the message, `kernel.name` as where).
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { InputError } from "../runtime/core/errors.ts";
+ * import { checkBufferFloats } from "./uniforms.ts";
+ * const small = { size: 8 } as GPUBuffer;
+ * checkBufferFloats(small, 2, { kernel: "matmul", label: "matmul", name: "x" });
+ * assert.throws(
+ *   () => checkBufferFloats(small, 3, { kernel: "matmul", label: "matmul", name: "x" }),
+ *   (e) => e instanceof InputError && e.where === "matmul.x" && /holds 8 bytes, needs 12/.test(e.message),
+ * );
+ * ```
+ */
+export function checkBufferFloats(
+  buffer: GPUBuffer,
+  floats: number,
+  at: { kernel: string; label: string; name: string },
+): void {
+  if (buffer.size < floats * 4) {
+    throw new InputError(
+      `Cannot bind ${at.label}: ${at.name} holds ${buffer.size} bytes, needs ${floats * 4}`,
+      `${at.kernel}.${at.name}`,
+    );
+  }
+}
