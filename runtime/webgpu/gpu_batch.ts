@@ -31,7 +31,7 @@ interface Waiting {
  * usually a prefill or an event-loop turn behind). A session that never asks only delays the others
  * by this much.
  */
-const GATHER_MS = 40;
+const GATHER_MS = 250;
 
 /** Collects concurrent decode calls of one model and runs them as batched steps. */
 export class DecodeBatcher implements DecodeQueue {
