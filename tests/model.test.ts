@@ -298,6 +298,41 @@ Deno.test("generateBatch() of 4 mixed requests equals the 4 run alone, decoding 
   }
 });
 
+Deno.test("streamBatch(): a request started while another decodes joins its batched steps, tokens unchanged", async () => {
+  const model = await open("llava-f32-dyn", "webgpu");
+  try {
+    const long = {
+      prompt: "Tell me everything.",
+      image: IMAGE,
+      maxNewTokens: 96,
+      stop: [],
+      policy: "dynamic" as const,
+    };
+    const late = { prompt: "Count to ten.", maxNewTokens: 20, stop: [], policy: "dense" as const };
+    const [longAlone, lateAlone] = [await model.generate(long), await model.generate(late)];
+    const before = model.batchedSteps;
+    const [running] = model.streamBatch([long]);
+    let lateRun: ReturnType<Model["generate"]> | null = null;
+    let seen = 0, tokensWhenLateStarted = 0;
+    for await (const _event of running) {
+      seen++;
+      if (lateRun === null && seen >= 16) {
+        tokensWhenLateStarted = seen;
+        [lateRun] = model.streamBatch([late]); // as the server does for each new request
+      }
+    }
+    const [longResult, lateResult] = [await running, await lateRun!];
+    assert.ok(tokensWhenLateStarted > 0 && tokensWhenLateStarted < long.maxNewTokens);
+    assert.deepEqual(longResult.tokens, longAlone.tokens);
+    assert.deepEqual(lateResult.tokens, lateAlone.tokens);
+    assert.deepEqual(lateResult.stats.kvCache, lateAlone.stats.kvCache);
+    // Every decode step of the late request after its first ran together with the long one.
+    assert.ok(model.batchedSteps - before >= 8, `batched steps ${model.batchedSteps - before}`);
+  } finally {
+    model.dispose();
+  }
+});
+
 Deno.test("generate() stops at a stop id inside a decode batch and counts only the tokens it returns", async () => {
   for (const backend of ["cpu", "webgpu"] as const) {
     const model = await open("llava-f32-dyn", backend);

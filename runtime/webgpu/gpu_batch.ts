@@ -11,6 +11,16 @@
  *   MLP on B rows → final norm and lm_head on B rows → copy logits rows out → each session samples
  *   and advances its own state.
  * A session alone runs its own single-row step (GpuSession.runSteps).
+ *
+ * One loop runs the group: each round takes in every call that arrived since the last round (a
+ * request that starts while others decode joins them at the next round boundary), runs as many
+ * steps as the shortest call asked for, and resolves the calls that are done. Sessions whose call
+ * was just resolved usually ask again within an event-loop turn (the generation loop yields, then
+ * asks for its next steps): the loop waits up to {@link REJOIN_MS} for them, so that running
+ * requests stay in step instead of alternating alone. While a session opened after the loop started
+ * has not asked yet (its prefill is on its way: each of its GPU round trips queues behind a round),
+ * rounds are at most {@link FRESH_ROUND_STEPS} steps and the loop yields before each, so the
+ * prefill finishes in a few short rounds and the request joins soon instead of after the others.
  * @module
  */
 import { BufferSet, type Dispatch } from "../device/gpu.ts";
@@ -31,7 +41,13 @@ interface Waiting {
  * usually a prefill or an event-loop turn behind). A session that never asks only delays the others
  * by this much.
  */
-const GATHER_MS = 250;
+const GATHER_MS = 40;
+
+/** How long the loop waits, at most, after a round for the sessions it resolved to ask again. */
+const REJOIN_MS = 20;
+
+/** Steps per round while a newly opened session prefills. */
+const FRESH_ROUND_STEPS = 2;
 
 /** Collects concurrent decode calls of one model and runs them as batched steps. */
 export class DecodeBatcher implements DecodeQueue {
@@ -41,6 +57,10 @@ export class DecodeBatcher implements DecodeQueue {
   #idle = new Set<GpuSession>();
   /** When the oldest waiting call arrived (ms), or null when none waits. */
   #since: number | null = null;
+  /** Whether the group loop runs (new calls then join it at its next round). */
+  #running = false;
+  /** Open KV-mode sessions that have not asked for steps yet (their prefill runs). */
+  #fresh = new Set<GpuSession>();
   /** Batched steps run so far (for tests and reports). */
   batchedSteps = 0;
 
@@ -90,7 +110,8 @@ export class DecodeBatcher implements DecodeQueue {
   decode(session: GpuSession, steps: number): Promise<{ tokens: number[]; admitted: boolean[] }> {
     const done = Promise.withResolvers<{ tokens: number[]; admitted: boolean[] }>();
     this.#idle.delete(session);
-    if (this.#since === null) {
+    this.#fresh.delete(session);
+    if (!this.#running && this.#since === null) {
       this.#since = performance.now();
       setTimeout(() => this.#gather(), 0);
     }
@@ -101,11 +122,13 @@ export class DecodeBatcher implements DecodeQueue {
   /** Registers a KV-mode session that will probably decode soon. */
   open(session: GpuSession): void {
     this.#idle.add(session);
+    this.#fresh.add(session);
   }
 
   /** Forgets a session (disposed). */
   close(session: GpuSession): void {
     this.#idle.delete(session);
+    this.#fresh.delete(session);
   }
 
   /** Flushes once every open session asks, or after {@link GATHER_MS}. */
@@ -115,32 +138,58 @@ export class DecodeBatcher implements DecodeQueue {
       return;
     }
     this.#since = null;
-    this.#flush();
+    this.#run();
   }
 
-  async #flush(): Promise<void> {
-    const group = this.#waiting.splice(0);
+  /** The group loop: rounds of shared steps until no call is left (see the module comment). */
+  async #run(): Promise<void> {
+    this.#running = true;
+    const group: Waiting[] = [];
     try {
-      while (group.length > 0) {
-        const steps = Math.min(...group.map((w) => w.remaining));
-        const results = group.length === 1
-          ? [await group[0].session.runSteps(steps, { withLogits: false, stopEarly: true })]
-          : await this.#together(group.map((w) => w.session), steps);
+      while (true) {
+        group.push(...this.#waiting.splice(0));
+        if (group.length === 0) break;
+        let steps = Math.min(...group.map((w) => w.remaining));
+        if (this.#fresh.size > 0) {
+          steps = Math.min(steps, FRESH_ROUND_STEPS);
+          await new Promise((resolve) => setTimeout(resolve, 0));
+        }
+        let results: StepResults[];
+        try {
+          results = group.length === 1
+            ? [await group[0].session.runSteps(steps, { withLogits: false, stopEarly: true })]
+            : await this.#together(group.map((w) => w.session), steps);
+        } catch (err) {
+          for (const w of group.splice(0)) w.done.reject(err);
+          continue;
+        }
         group.forEach((w, i) => {
           w.tokens.push(...results[i].tokens);
           w.admitted.push(...results[i].admitted);
           // A request that sampled a stop id is finished, whatever it asked for.
           w.remaining = results[i].tokens.length < steps ? 0 : w.remaining - steps;
         });
+        const resolved = new Set<GpuSession>();
         for (let i = group.length - 1; i >= 0; i--) {
           if (group[i].remaining > 0) continue;
           this.#idle.add(group[i].session); // until it asks again or is disposed
+          resolved.add(group[i].session);
           group[i].done.resolve({ tokens: group[i].tokens, admitted: group[i].admitted });
           group.splice(i, 1);
         }
+        await this.#awaitRejoin(resolved);
       }
-    } catch (err) {
-      for (const w of group) w.done.reject(err);
+    } finally {
+      this.#running = false;
+    }
+  }
+
+  /** Yields until every session in `resolved` asked again or closed, or {@link REJOIN_MS} passed. */
+  async #awaitRejoin(resolved: Set<GpuSession>): Promise<void> {
+    const start = performance.now();
+    const pending = () => [...resolved].some((session) => this.#idle.has(session));
+    while (pending() && performance.now() - start < REJOIN_MS) {
+      await new Promise((resolve) => setTimeout(resolve, 0));
     }
   }
 

@@ -38,10 +38,13 @@ export interface TrainSequence {
 
 const SHORT_KINDS: QuestionKind[] = ["color", "shape", "count", "exists", "where"];
 
-/** The turns of one sequence: a description alone (2 in 5) or 1–4 short questions. */
+/**
+ * The turns of one sequence: a description alone (3 in 10) or 2–7 short questions (many answers per
+ * image: the vision tower is the expensive part of a step, the extra turns cost little).
+ */
 function chooseTurns(all: Record<QuestionKind, SceneQuestion[]>, random: () => number): SceneQuestion[] {
-  if (random() < 0.4) return all.describe;
-  const wanted = 1 + Math.floor(random() * 4);
+  if (random() < 0.3) return all.describe;
+  const wanted = 2 + Math.floor(random() * 6);
   const turns: SceneQuestion[] = [];
   for (let attempt = 0; turns.length < wanted && attempt < 20; attempt++) {
     const pool = all[SHORT_KINDS[Math.floor(random() * SHORT_KINDS.length)]];

@@ -3,7 +3,10 @@
 Stage 1 (LLaVA-1.5, dense): a CLIP-style ViT (pre-LN, CLS token, quick_gelu; features from the
 second-to-last layer with the CLS token dropped), the mlp2x_gelu projector and a LLaMA decoder,
 trained together from scratch on the tokenised sequences of tools/train/make_data.ts (loss on
-answer tokens only).
+answer tokens only). CLIP's own contrastive pretraining is out of reach here, so the tower also
+gets a per-patch auxiliary loss in both stages (a linear head on the selected features, dropped at
+export): which colour-kind pairs cover each patch, and which object's box centre lies in it. It
+teaches the tower what and where in minutes instead of hours; the LLM still learns only from answers.
 
 Stage 2 (Dynamic-LLaVA): the image score predictor and the output text score predictor read the
 hidden states entering decoder layer l. Their two-class logits go through log_softmax and a
@@ -37,7 +40,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 sys.path.insert(0, os.path.dirname(__file__))
-from scenes_pillow import draw_scene  # noqa: E402
+from scenes_pillow import SCENE_SIZE, draw_scene, shape_polygon  # noqa: E402
+from PIL import ImageDraw  # noqa: E402
 
 IMAGE_TOKEN_INDEX = -200
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -262,7 +266,8 @@ class TinyLlava(nn.Module):
     def embed(self, ids, pixels):
         """ids [B, L] with one -200 each at the same index → embeddings [B, T, C], image start."""
         at = int((ids[0] == IMAGE_TOKEN_INDEX).nonzero()[0, 0])
-        image = self.mm_projector(self.vision(pixels))
+        self.patch_features = self.vision(pixels)  # [B, N, W], read by the auxiliary patch loss
+        image = self.mm_projector(self.patch_features)
         text = self.embed_tokens(ids.clamp(min=0))
         return torch.cat([text[:, :at], image, text[:, at + 1:]], dim=1), at
 
@@ -307,6 +312,57 @@ class TinyLlava(nn.Module):
         return policy, {"image": image_keep, "text": text_masks}
 
 
+class PatchHead(nn.Module):
+    """Training-only head on the tower's selected features [B, N, W]: per patch, 24 coverage logits
+    (colour x kind) and 25 centre logits (none, or the colour-kind whose box centre lies there)."""
+
+    def __init__(self, width):
+        super().__init__()
+        self.cover = nn.Linear(width, 24)
+        self.centre = nn.Linear(width, 25)
+
+    def forward(self, features):
+        return self.cover(features), self.centre(features)
+
+
+COLOUR_ORDER = ["red", "green", "blue", "yellow", "purple", "orange"]
+KIND_ORDER = ["circle", "square", "triangle", "star"]
+
+
+def patch_targets(scene, image_size, patch_size):
+    """Coverage [N, 24] (a pair covers >= 8% of the patch) and centre class [N] of one scene."""
+    grid = image_size // patch_size
+    scale = image_size / SCENE_SIZE
+    label = Image.new("L", (image_size, image_size), 0)
+    draw = ImageDraw.Draw(label)
+    classes = []
+    for i, shape in enumerate(scene["shapes"]):
+        classes.append(COLOUR_ORDER.index(shape["color"]) * 4 + KIND_ORDER.index(shape["kind"]))
+        if shape["kind"] == "circle":
+            r = shape["size"] / 2
+            draw.ellipse([(shape["cx"] - r) * scale, (shape["cy"] - r) * scale,
+                          (shape["cx"] + r) * scale - 1, (shape["cy"] + r) * scale - 1], fill=i + 1)
+        else:
+            draw.polygon([(x * scale, y * scale) for x, y in shape_polygon(shape)], fill=i + 1)
+    cells = np.asarray(label).reshape(grid, patch_size, grid, patch_size).transpose(0, 2, 1, 3)
+    cells = cells.reshape(grid * grid, patch_size * patch_size)
+    cover = np.zeros((grid * grid, 24), dtype=np.float32)
+    centre = np.zeros(grid * grid, dtype=np.int64)
+    for i, shape in enumerate(scene["shapes"]):
+        cover[:, classes[i]] = np.maximum(cover[:, classes[i]], (cells == i + 1).mean(axis=1) >= 0.08)
+        col = min(grid - 1, int(shape["cx"] * scale // patch_size))
+        row = min(grid - 1, int(shape["cy"] * scale // patch_size))
+        centre[row * grid + col] = classes[i] + 1
+    return torch.from_numpy(cover), torch.from_numpy(centre)
+
+
+def patch_loss(head, features, targets):
+    cover_logits, centre_logits = head(features)
+    cover, centre = targets
+    return F.binary_cross_entropy_with_logits(cover_logits, cover) + \
+        F.cross_entropy(centre_logits.reshape(-1, 25), centre.reshape(-1))
+
+
 # ----------------------------------------------------------------------------- data
 
 def load_jsonl(path):
@@ -325,7 +381,9 @@ def collate(sequences, rng, image_size, augment=True):
         pixels = torch.stack([augmented_pixels(s["scene"], rng, image_size) for s in sequences])
     else:
         pixels = torch.stack([preprocess(draw_scene(s["scene"]), image_size) for s in sequences])
-    return ids, labels, pixels, [s["longSpan"] for s in sequences]
+    targets = [patch_targets(s["scene"], image_size, VISION["patch_size"]) for s in sequences]
+    targets = (torch.stack([t[0] for t in targets]), torch.stack([t[1] for t in targets]))
+    return ids, labels, pixels, [s["longSpan"] for s in sequences], targets
 
 
 def answer_loss(model, hidden, ids, labels):
@@ -358,11 +416,14 @@ def cosine_lr(step, total, peak, warmup):
 
 # ----------------------------------------------------------------------------- training
 
-def run_stage(model, data, args, *, stage, steps, log):
+def run_stage(model, head, data, args, *, stage, steps, log):
+    """One stage. Batches hold only descriptions or only short-question sequences (less padding)."""
     dynamic = stage == 2
+    pools = [[s for s in data if s["longSpan"] is not None], [s for s in data if s["longSpan"] is None]]
     predictors = list(model.image_score_predictor.parameters()) + list(model.output_text_score_predictor.parameters())
     predictor_ids = {id(p) for p in predictors}
     base = [p for p in model.parameters() if id(p) not in predictor_ids]
+    base += list(head.parameters())
     groups = [{"params": base, "lr": args.lr1 if not dynamic else args.lr2, "peak": args.lr1 if not dynamic else args.lr2}]
     if dynamic:
         groups.append({"params": predictors, "lr": args.predictor_lr, "peak": args.predictor_lr})
@@ -376,15 +437,17 @@ def run_stage(model, data, args, *, stage, steps, log):
         for group in optimizer.param_groups:
             group["lr"] = cosine_lr(progress, 1.0, group["peak"], 0.03)
         tau = args.tau_start * (args.tau_end / args.tau_start) ** progress
-        batch = [data[rng.randrange(len(data))] for _ in range(args.batch)]
-        ids, labels, pixels, spans = collate(batch, rng, VISION["image_size"])
+        pool = pools[0] if rng.random() < len(pools[0]) / len(data) else pools[1]
+        batch = [pool[rng.randrange(len(pool))] for _ in range(args.batch)]
+        ids, labels, pixels, spans, targets = collate(batch, rng, VISION["image_size"])
         hidden, masks = model(ids, pixels, long_spans=spans, tau=tau, dynamic=dynamic)
         loss = answer_loss(model, hidden, ids, labels)
-        total = loss
+        aux = patch_loss(head, model.patch_features, targets)
+        total = loss + args.patch_loss_weight * aux
         extra = ""
         if dynamic:
             image_l, text_l = mask_loss(masks)
-            total = loss + SPARSE["mask_loss_weight"] * (image_l + text_l)
+            total = total + SPARSE["mask_loss_weight"] * (image_l + text_l)
             text_rate = torch.cat(masks["text"]).mean().item() if masks["text"] else float("nan")
             extra = f" keep img {masks['image'].mean().item():.3f} text {text_rate:.3f} tau {tau:.3f}"
         optimizer.zero_grad(set_to_none=True)
@@ -393,9 +456,13 @@ def run_stage(model, data, args, *, stage, steps, log):
         optimizer.step()
         if step % 100 == 99:
             torch.save(model.state_dict(), os.path.join(args.out, f"latest{stage}.pt"))
+        if step % 500 == 499 and not dynamic:
+            model.eval()
+            log("stage 1 step %d val accuracy (dense): %.3f of %d" % (step, *val_accuracy(model, args.val_items, False, 60)))
+            model.train()
         if step % 20 == 0 or step == steps - 1:
             elapsed = time.time() - start
-            log(f"stage {stage} step {step}/{steps} loss {loss.item():.4f}{extra} ({elapsed:.0f}s)")
+            log(f"stage {stage} step {step}/{steps} loss {loss.item():.4f} patch {aux.item():.4f}{extra} ({elapsed:.0f}s)")
         if budget is not None and time.time() - start > budget:
             log(f"stage {stage}: time budget reached at step {step}")
             break
@@ -571,7 +638,8 @@ def main():
     parser.add_argument("--predictor-lr", type=float, default=1e-3)
     parser.add_argument("--tau-start", type=float, default=1.0)
     parser.add_argument("--tau-end", type=float, default=0.1)
-    parser.add_argument("--budget", type=float, nargs=2, default=[2100, 1260], help="seconds per stage (the schedules follow elapsed time)")
+    parser.add_argument("--patch-loss-weight", type=float, default=1.0)
+    parser.add_argument("--budget", type=float, nargs=2, default=[3300, 1500], help="seconds per stage (the schedules follow elapsed time)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--resume", default=None, help="state dict to start from (skips stage 1)")
@@ -593,6 +661,8 @@ def main():
     train = load_jsonl(os.path.join(args.data, "train.jsonl"))
     val = load_jsonl(os.path.join(args.data, "val.jsonl"))
     model = TinyLlava()
+    head = PatchHead(VISION["hidden_size"])
+    args.val_items = val
     log(f"parameters: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M; train {len(train)} val {len(val)}")
     started = time.time()
     if args.export_from:
@@ -602,13 +672,13 @@ def main():
     if args.resume:
         model.load_state_dict(torch.load(args.resume))
     else:
-        run_stage(model, train, args, stage=1, steps=args.steps1, log=log)
+        run_stage(model, head, train, args, stage=1, steps=args.steps1, log=log)
         torch.save(model.state_dict(), os.path.join(args.out, "stage1.pt"))
         model.eval()
         log("stage 1 val accuracy (dense): %.3f of %d" % val_accuracy(model, val, False, 60))
         model.train()
     stage1_done = time.time()
-    run_stage(model, train, args, stage=2, steps=args.steps2, log=log)
+    run_stage(model, head, train, args, stage=2, steps=args.steps2, log=log)
     torch.save(model.state_dict(), os.path.join(args.out, "stage2.pt"))
     finish(model, val, args, log, limit=60)
     log(f"time: stage 1 {stage1_done - started:.0f}s, stage 2 {time.time() - stage1_done:.0f}s")
