@@ -30,6 +30,7 @@ import { validateRequest } from "../runtime/engine/request.ts";
 import { loadModel, type Model } from "../runtime/api/model.ts";
 import { encodeGif, encodeImage, makeTestImage } from "./fixtures/images.ts";
 import { gifScreenBomb, jpegSegmentBomb, pngBomb } from "./fixtures/bombs.ts";
+import { llamaTokenizerFile } from "./fixtures/tokenizer_data.ts";
 
 /** The input families. */
 export const FUZZ_FAMILIES = [
@@ -227,43 +228,10 @@ interface Harness {
   dispose?(): void;
 }
 
-const TINY_TOKENIZER = {
-  added_tokens: [
-    { id: 0, content: "<unk>", special: true, normalized: false },
-    { id: 1, content: "<s>", special: true, normalized: false },
-    { id: 2, content: "</s>", special: true, normalized: false },
-  ],
-  normalizer: {
-    type: "Sequence",
-    normalizers: [{ type: "Prepend", prepend: "▁" }, {
-      type: "Replace",
-      pattern: { String: " " },
-      content: "▁",
-    }],
-  },
-  pre_tokenizer: null,
-  post_processor: {
-    type: "TemplateProcessing",
-    single: [{ SpecialToken: { id: "<s>", type_id: 0 } }, { Sequence: { id: "A", type_id: 0 } }],
-    special_tokens: { "<s>": { id: "<s>", ids: [1], tokens: ["<s>"] } },
-  },
-  decoder: {
-    type: "Sequence",
-    decoders: [
-      { type: "Replace", pattern: { String: "▁" }, content: " " },
-      { type: "ByteFallback" },
-      { type: "Fuse" },
-      { type: "Strip", content: " ", start: 1, stop: 0 },
-    ],
-  },
-  model: {
-    type: "BPE",
-    unk_token: "<unk>",
-    byte_fallback: true,
-    vocab: { "<unk>": 0, "<s>": 1, "</s>": 2, "<0x41>": 3, "▁": 4, "h": 5, "i": 6, "▁h": 7, "▁hi": 8 },
-    merges: ["▁ h", "▁h i"],
-  },
-};
+const TINY_TOKENIZER = llamaTokenizerFile(
+  { "<unk>": 0, "<s>": 1, "</s>": 2, "<0x41>": 3, "▁": 4, "h": 5, "i": 6, "▁h": 7, "▁hi": 8 },
+  ["▁ h", "▁h i"],
+);
 
 const LLAVA_CONFIG = {
   model_type: "llava_llama",
