@@ -27,3 +27,4 @@ export { advanceState, KvLedger } from "./runtime/core/sparse_kv.ts";
 export * from "./runtime/core/cost.ts";
 export { type SampleOptions, sampleToken, uniformRandom } from "./runtime/core/sampling.ts";
 export { buildPromptRows, type PromptRows } from "./runtime/core/sequence.ts";
+export * from "./runtime/core/files.ts";

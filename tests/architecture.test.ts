@@ -118,7 +118,7 @@ function cycles(graph: Map<string, Set<string>>): string[][] {
 
 async function entryPoints(): Promise<string[]> {
   const entries = ["mod.ts", "core.ts"];
-  for (const dir of ["examples", "serve", "tools", "tests"]) {
+  for (const dir of ["examples", "examples/web", "serve", "tools", "tests"]) {
     for await (const entry of Deno.readDir(`${ROOT}${dir}`)) {
       if (entry.isFile && entry.name.endsWith(".ts")) entries.push(`${dir}/${entry.name}`);
     }

@@ -34,7 +34,10 @@ import { resolvePolicy } from "../core/policies.ts";
 import { loadPredictors } from "../core/predictors.ts";
 import { PREDICTOR_PREFIXES } from "../core/weights.ts";
 import { preprocessImage } from "../image/preprocess.ts";
-import { fetchCheckpoint } from "../io/remote.ts";
+import { diskCache, fetchCheckpoint } from "../io/remote.ts";
+import { pageCache } from "../io/page_cache.ts";
+import type { FileStore } from "../core/files.ts";
+import { hasFileSystem, localFiles } from "../io/files.ts";
 import { buildPromptRows, type PromptRows } from "../core/sequence.ts";
 import { encodeWithImages, formatLlavaV1, formatLlavaV1Chat } from "../text/template.ts";
 import { loadTokenizer, type Tokenizer } from "../text/tokenizer.ts";
@@ -82,6 +85,11 @@ export interface LoadOptions {
    * 16,777,216 = 4096²). Counts a GIF's logical screen, not only its first frame.
    */
   maxImagePixels?: number;
+  /**
+   * Read a checkpoint path through this store instead of the file system (for example
+   * `memoryFiles(...)` over files a page already holds). http(s) URLs are downloaded as always.
+   */
+  files?: FileStore;
 }
 
 /** Options of {@link Model.generateBatch}. */
@@ -663,26 +671,50 @@ export class Model {
   }
 }
 
-/** A local directory for a path, a file: URL, or an http(s) URL (downloaded once into a cache). */
-async function localDir(path: string | URL, onProgress?: (progress: LoadProgress) => void): Promise<string> {
-  const text = String(path);
-  if (/^file:/.test(text)) return fileURLToPath(text);
+/**
+ * Where a checkpoint's files are read: a path or `file:` URL on the file system (or in
+ * `options.files`), or an http(s) URL downloaded once into a cache (a folder on disk in Deno; memory
+ * and Cache Storage in a page, where a relative URL is taken from the page's address).
+ */
+async function checkpointSource(
+  path: string | URL,
+  options: LoadOptions,
+): Promise<{ dir: string; files: FileStore }> {
+  let text = String(path);
+  const page = !hasFileSystem();
+  const hasScheme = /^[a-z][a-z0-9+.-]*:/i.test(text);
+  if (page && !options.files && !hasScheme && typeof location !== "undefined") {
+    text = new URL(text, location.href).href;
+  }
   if (/^https?:/.test(text)) {
-    return await fetchCheckpoint(new URL(text), {
+    const onProgress = options.onProgress;
+    const cache = page ? pageCache() : diskCache();
+    const dir = await fetchCheckpoint(new URL(text), {
+      cache,
       onProgress: onProgress && ((p) => onProgress({ phase: "download", ...p })),
     });
+    return { dir, files: cache.files };
   }
+  if (options.files) return { dir: text, files: options.files };
+  if (page) {
+    throw new InputError(
+      `Cannot load ${text}: a page has no file system; give the checkpoint's http(s) URL or options.files`,
+      text,
+    );
+  }
+  if (/^file:/.test(text)) return { dir: fileURLToPath(text), files: localFiles };
   if (/^[a-z][a-z0-9+.-]*:\/\//i.test(text)) {
     throw new InputError(`Cannot load ${text}: only paths, file: and http(s): URLs are supported`, text);
   }
-  return text;
+  return { dir: text, files: localFiles };
 }
 
 /**
  * Loads a checkpoint (any supported layout) onto WebGPU or the CPU. `path` is a directory, a
  * `file:` URL, or an `http(s):` URL whose files are downloaded once into a local cache; or GGUF
  * files in llama.cpp's conventions (a text-model `.gguf`, or a folder holding it with its `mmproj`
- * and Dynamic-LLaVA predictor files).
+ * and Dynamic-LLaVA predictor files). In a page (the browser bundle) `path` is a URL, relative ones
+ * taken from the page's address; the files are kept in Cache Storage.
  * @example
  * ```ts
  * import assert from "node:assert/strict";
@@ -698,11 +730,13 @@ async function localDir(path: string | URL, onProgress?: (progress: LoadProgress
  */
 export async function loadModel(path: string | URL, options: LoadOptions = {}): Promise<Model> {
   checkLoadOptions(options);
-  const dir = await localDir(path, options.onProgress);
-  const checkpoint = await isGgufCheckpoint(dir) ? await openGgufCheckpoint(dir) : await openCheckpoint(dir);
+  const { dir, files } = await checkpointSource(path, options);
+  const checkpoint = files === localFiles && await isGgufCheckpoint(dir)
+    ? await openGgufCheckpoint(dir)
+    : await openCheckpoint(dir, { files });
   const tokenizer = checkpoint.vocab
     ? tokenizerFromPieces(checkpoint.vocab, checkpoint.tokenizerPath)
-    : await loadTokenizer(checkpoint.tokenizerPath);
+    : await loadTokenizer(checkpoint.tokenizerPath, { files });
   const config = checkpoint.config;
   checkVocabularies(tokenizer, config, checkpoint.dir);
   if (options.checkTensors) await checkFiniteTensors(checkpoint);
@@ -737,6 +771,13 @@ function checkLoadOptions(options: LoadOptions): void {
       `Cannot load: backend must be "webgpu" or "cpu", got ${JSON.stringify(backend)}`,
       "backend",
     );
+  }
+  const files = options.files;
+  if (
+    files !== undefined &&
+    !["stat", "list", "read", "readAt"].every((m) => typeof files?.[m as "read"] === "function")
+  ) {
+    throw new InputError("Cannot load: files must be a FileStore (stat, list, read, readAt)", "files");
   }
   const pixels = options.maxImagePixels;
   if (pixels !== undefined && !(Number.isSafeInteger(pixels) && pixels > 0)) {

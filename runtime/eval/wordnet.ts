@@ -438,6 +438,13 @@ function directoryError(dir: string, error: unknown): InputError {
   return new InputError(`Cannot load WordNet from ${dir}: ${why}`, dir);
 }
 
+function noFilesError(dir: string): InputError {
+  return new InputError(
+    `Cannot load WordNet from ${dir}: it is read from files, which a page does not have`,
+    dir,
+  );
+}
+
 function fileError(path: string, error: unknown): InputError {
   const why = error instanceof Deno.errors.NotFound
     ? "the file is missing"
@@ -468,6 +475,7 @@ function fileNamesOf(pos: WordNetFilePos): { index: string; exceptions: string; 
  * ```
  */
 export function loadWordNet(dir: string = DEFAULT_WORDNET_DIR): Promise<WordNet> {
+  if (typeof Deno === "undefined") return Promise.reject(noFilesError(dir));
   const key = resolve(dir);
   const loaded = loadedByDir.get(key);
   if (loaded !== undefined) return Promise.resolve(loaded);
@@ -523,6 +531,7 @@ export function loadWordNet(dir: string = DEFAULT_WORDNET_DIR): Promise<WordNet>
  * ```
  */
 export function loadWordNetSync(dir: string = DEFAULT_WORDNET_DIR): WordNet {
+  if (typeof Deno === "undefined") throw noFilesError(dir);
   const key = resolve(dir);
   const loaded = loadedByDir.get(key);
   if (loaded !== undefined) return loaded;

@@ -25,6 +25,7 @@
  * @module
  */
 import { ImageError, InputError } from "../core/errors.ts";
+import { canDecodeInPage, decodeInPage } from "./page_decode.ts";
 
 /** An 8-bit RGB image. */
 export interface RgbImage {
@@ -97,7 +98,8 @@ const MAX_JPEG_SEGMENTS = 4096;
 
 /**
  * Decodes one image (PNG, JPEG, WebP, GIF's first frame, BMP) to RGB, as Pillow's
- * `Image.open(f).convert("RGB")` would.
+ * `Image.open(f).convert("RGB")` would. In a page (the browser bundle) the browser's decoder does
+ * it (`page_decode.ts`): the same pixels for opaque PNG, GIF and BMP.
  *
  * @example
  * ```ts
@@ -117,6 +119,8 @@ const MAX_JPEG_SEGMENTS = 4096;
 export async function decodeImage(bytes: Uint8Array, options: DecodeImageOptions = {}): Promise<RgbImage> {
   const header = readImageHeader(bytes);
   checkPixelCount(header.width, header.height, options.maxPixels ?? DEFAULT_MAX_PIXELS, "image");
+  // A page (the browser bundle) has no ffmpeg: the browser's decoder reads the image instead.
+  if (typeof Deno === "undefined" && canDecodeInPage()) return await decodeInPage(bytes, header);
   const inputArgs = [...DEMUXER_ARGS[header.format]];
   if (header.gifTransparentRgb !== undefined) {
     inputArgs.push("-trans_color", String(header.gifTransparentRgb));
@@ -915,6 +919,12 @@ function loadInstance(): Promise<FfmpegInstance> {
 }
 
 async function instantiateCore(): Promise<FfmpegInstance> {
+  if (typeof Deno === "undefined") {
+    throw new ImageError(
+      "Cannot run ffmpeg: the browser build leaves it out (video input needs Deno); pass images as encoded bytes or { width, height, data } RGB",
+      "ffmpeg",
+    );
+  }
   // Literal specifiers, so that Deno resolves and caches the package ahead of time.
   // deno-lint-ignore no-import-prefix
   const { default: createFFmpegCore } = await import("npm:@ffmpeg/core@0.12.10");

@@ -10,6 +10,8 @@ import { type ModelConfig, parseModelConfig } from "../core/config.ts";
 import { toFloat32 } from "../core/dtype.ts";
 import { CheckpointError } from "../core/errors.ts";
 import type { GgmlType } from "../core/ggml_quants.ts";
+import type { FileStore } from "../core/files.ts";
+import { isNotFound, localFiles } from "./files.ts";
 import { readTensor } from "./safetensors.ts";
 import { openTensorFiles, type TensorFiles } from "./shards.ts";
 import {
@@ -74,6 +76,8 @@ export interface Checkpoint {
   tokenizerPath: string;
   /** The vocabulary when the checkpoint's files carry it (GGUF), else undefined. */
   vocab?: CheckpointVocab;
+  /** The store its files are read from (the file system when absent). */
+  files?: FileStore;
 }
 
 /** Source-name patterns of tensors that exist in real checkpoints but are not needed. */
@@ -87,11 +91,12 @@ const IGNORED = [
 /** Largest config.json read (real ones are a few KiB). */
 const MAX_CONFIG_BYTES = 16 * 1024 * 1024;
 
-async function readJson(path: string): Promise<unknown> {
+async function readJson(path: string, files: FileStore): Promise<unknown> {
   let text: string;
   try {
     // A FIFO or device named config.json would block the read forever: only regular files are read.
-    const info = await Deno.stat(path);
+    const info = await files.stat(path);
+    if (info === null) throw new CheckpointError("Cannot load checkpoint: file not found", path);
     if (!info.isFile) throw new CheckpointError("Cannot load checkpoint: not a regular file", path);
     if (info.size > MAX_CONFIG_BYTES) {
       throw new CheckpointError(
@@ -99,10 +104,10 @@ async function readJson(path: string): Promise<unknown> {
         path,
       );
     }
-    text = await Deno.readTextFile(path);
+    text = new TextDecoder().decode(await files.read(path));
   } catch (err) {
     if (err instanceof CheckpointError) throw err;
-    if (err instanceof Deno.errors.NotFound) {
+    if (isNotFound(err)) {
       throw new CheckpointError("Cannot load checkpoint: file not found", path);
     }
     throw new CheckpointError(`Cannot load checkpoint: ${(err as Error).message}`, path, { cause: err });
@@ -114,9 +119,9 @@ async function readJson(path: string): Promise<unknown> {
   }
 }
 
-async function isDir(path: string): Promise<boolean> {
+async function isDir(path: string, files: FileStore): Promise<boolean> {
   try {
-    return (await Deno.stat(path)).isDirectory;
+    return (await files.stat(path))?.isDirectory ?? false;
   } catch {
     return false;
   }
@@ -125,7 +130,8 @@ async function isDir(path: string): Promise<boolean> {
 /**
  * Finds a vision tower named in `mm_vision_tower`: a path (absolute or relative to the checkpoint)
  * or a hub id `org/name` in the local Hugging Face cache (`$HF_HOME/hub`, default
- * `~/.cache/huggingface/hub`).
+ * `~/.cache/huggingface/hub`). `files` is where the checkpoint lies (the file system by default);
+ * elsewhere (a page's downloaded checkpoint) only a folder beside the checkpoint is found.
  * @example
  * ```ts
  * import assert from "node:assert/strict";
@@ -140,16 +146,26 @@ async function isDir(path: string): Promise<boolean> {
  * await Deno.remove(checkpoint, { recursive: true });
  * ```
  */
-export async function resolveVisionTower(tower: string, checkpointDir: string): Promise<string> {
+export async function resolveVisionTower(
+  tower: string,
+  checkpointDir: string,
+  files: FileStore = localFiles,
+): Promise<string> {
   const local = resolve(checkpointDir, tower);
-  if (await isDir(local)) return local;
-  if (await isDir(tower)) return resolve(tower);
+  if (await isDir(local, files)) return local;
+  if (files !== localFiles) {
+    throw new CheckpointError(
+      `Cannot find vision tower "${tower}": not a folder next to the checkpoint`,
+      join(checkpointDir, "config.json"),
+    );
+  }
+  if (await isDir(tower, files)) return resolve(tower);
   const home = Deno.env.get("HF_HOME") ?? join(Deno.env.get("HOME") ?? "/root", ".cache", "huggingface");
   const repo = join(home, "hub", `models--${tower.replaceAll("/", "--")}`);
   const snapshots: string[] = [];
   try {
     const ref = (await Deno.readTextFile(join(repo, "refs", "main"))).trim();
-    if (await isDir(join(repo, "snapshots", ref))) snapshots.push(join(repo, "snapshots", ref));
+    if (await isDir(join(repo, "snapshots", ref), files)) snapshots.push(join(repo, "snapshots", ref));
   } catch { /* no refs/main: scan the snapshots */ }
   try {
     for await (const e of Deno.readDir(join(repo, "snapshots"))) {
@@ -275,7 +291,8 @@ function addTensors(
 
 /**
  * Opens a checkpoint directory (any supported layout) and validates its tensors' names and shapes.
- * Nothing is loaded yet: use {@link readCheckpointTensor} per tensor.
+ * Nothing is loaded yet: use {@link readCheckpointTensor} per tensor. `options.files` is the store
+ * the directory is read from (the file system by default; a page passes its downloaded files).
  * @example
  * ```ts
  * import assert from "node:assert/strict";
@@ -286,23 +303,29 @@ function addTensors(
  * assert.equal(ckpt.tokenizerPath, "tests/fixtures/out/llama-f32");
  * ```
  */
-export async function openCheckpoint(dir: string): Promise<Checkpoint> {
-  if (!(await isDir(dir))) throw new CheckpointError("Cannot load checkpoint: directory not found", dir);
+export async function openCheckpoint(
+  dir: string,
+  options: { files?: FileStore } = {},
+): Promise<Checkpoint> {
+  const files = options.files ?? localFiles;
+  if (!(await isDir(dir, files))) {
+    throw new CheckpointError("Cannot load checkpoint: directory not found", dir);
+  }
   const configPath = join(dir, "config.json");
-  const raw = await readJson(configPath) as Record<string, unknown>;
+  const raw = await readJson(configPath, files) as Record<string, unknown>;
   let towerDir: string | null = null;
   let towerRaw: unknown;
   const isObj = typeof raw === "object" && raw !== null;
   if (isObj && typeof raw["text_config"] !== "object" && typeof raw["mm_vision_tower"] === "string") {
-    towerDir = await resolveVisionTower(raw["mm_vision_tower"], dir);
-    towerRaw = await readJson(join(towerDir, "config.json"));
+    towerDir = await resolveVisionTower(raw["mm_vision_tower"], dir, files);
+    towerRaw = await readJson(join(towerDir, "config.json"), files);
   }
   const config = parseModelConfig(raw, configPath, towerRaw);
   const tensors = new Map<string, CheckpointTensor>();
   const visionLayers = config.vision?.layersToRun ?? 0;
-  addTensors(await openTensorFiles(dir), tensors, { where: dir, visionLayers });
+  addTensors(await openTensorFiles(dir, files), tensors, { where: dir, visionLayers });
   if (towerDir && !tensors.has(WEIGHT_NAMES.patchEmbed)) {
-    addTensors(await openTensorFiles(towerDir), tensors, { where: towerDir, visionLayers });
+    addTensors(await openTensorFiles(towerDir, files), tensors, { where: towerDir, visionLayers });
   }
   const expected = weightList(describeWeights(config));
   for (const [name, { shape }] of expected) {
@@ -325,7 +348,7 @@ export async function openCheckpoint(dir: string): Promise<Checkpoint> {
       );
     }
   }
-  return { dir, config, tensors, tokenizerPath: dir };
+  return { dir, config, tensors, tokenizerPath: dir, files };
 }
 
 /**

@@ -1,9 +1,11 @@
 /**
  * Checkpoints by URL: downloads the files a checkpoint needs (config.json, the tokenizer, the
- * safetensors file or index and shards, and a vision tower stored beside it) into a local cache,
- * once, and returns the local directory. Lets a script imported by `https://` URL load assets that
- * sit next to it (`new URL("../../assets/demo/", import.meta.url)`).
- * Cache: `$DYNLLAVA_CACHE`, else `$XDG_CACHE_HOME/dynllava`, else `~/.cache/dynllava`.
+ * safetensors file or index and shards, and a vision tower stored beside it) into a
+ * {@link DownloadCache}, once, and returns the checkpoint's folder there. Lets a script imported by
+ * `https://` URL load assets that sit next to it (`new URL("../../assets/demo/", import.meta.url)`).
+ * The default cache is a folder on disk ({@link diskCache}): `$DYNLLAVA_CACHE`, else
+ * `$XDG_CACHE_HOME/dynllava`, else `~/.cache/dynllava`; a page uses `page_cache.ts` (memory and
+ * Cache Storage) through the same interface, so both go through the checks below.
  *
  * A checkpoint's server is not trusted:
  * - Only http(s) bases. Every file name (shards from the index, a tower folder from
@@ -26,6 +28,8 @@
 import { createHash } from "node:crypto";
 import { dirname, join } from "node:path";
 import { CheckpointError } from "../core/errors.ts";
+import type { FileStore } from "../core/files.ts";
+import { localFiles } from "./files.ts";
 import { openSafetensors } from "./safetensors.ts";
 
 /** Largest accepted download per kind of file, in bytes. */
@@ -46,6 +50,32 @@ export interface DownloadProgress {
 }
 
 type OnDownload = ((progress: DownloadProgress) => void) | undefined;
+
+/** Where downloaded files are kept: a folder per checkpoint, read back through {@link DownloadCache.files}. */
+export interface DownloadCache {
+  /** Reads what the cache holds (paths as {@link DownloadCache.folder} and the file names make them). */
+  readonly files: FileStore;
+  /** The folder of the checkpoint whose base URL digests to `key`, made when needed. */
+  folder(key: string): Promise<string>;
+  /** Whether `path` (downloaded from `url`) is held and valid, of `sha256` when given; a bad copy is dropped. */
+  holds(path: string, url: URL, sha256: string | undefined): Promise<boolean>;
+  /** Starts receiving the bytes of `path`, downloaded from `url`. */
+  receive(path: string, url: URL): Promise<DownloadSink>;
+}
+
+/** One file being received into a {@link DownloadCache}. */
+export interface DownloadSink {
+  /** Where the bytes written so far can be read through the cache's `files`, once finished. */
+  readonly partial: string;
+  /** Appends bytes. */
+  write(chunk: Uint8Array): Promise<void>;
+  /** Ends writing and returns the sha256 (hex) of all bytes written. */
+  finish(): Promise<string>;
+  /** Puts the finished file at its path, recorded with its sha256. */
+  commit(sha256: string): Promise<void>;
+  /** Drops what was written (after a failure). */
+  discard(): Promise<void>;
+}
 
 /** What a recorded cache entry holds. */
 interface CacheRecord {
@@ -105,17 +135,25 @@ export function safeFileUrl(base: URL, name: unknown, options: { folders?: numbe
 /** In-flight downloads of this process, by cache path: concurrent loaders share one. */
 const inFlight = new Map<string, Promise<boolean>>();
 
-/** Downloads `name` into `dir` unless validly cached; false when the server has no such file. */
+/** Options of one file's download. */
+interface DownloadOptions {
+  kind: keyof typeof MAX_BYTES;
+  sha256?: string;
+  onProgress?: OnDownload;
+}
+
+/** Downloads `name` into `dir` of `cache` unless validly held; false when the server has no such file. */
 function download(
   base: URL,
   name: string,
   dir: string,
-  options: { kind: keyof typeof MAX_BYTES; sha256?: string; onProgress?: OnDownload },
+  cache: DownloadCache,
+  options: DownloadOptions,
 ): Promise<boolean> {
   const target = join(dir, name);
   const running = inFlight.get(target);
   if (running) return running;
-  const job = downloadOnce(base, name, target, options).finally(() => inFlight.delete(target));
+  const job = downloadOnce(base, name, target, cache, options).finally(() => inFlight.delete(target));
   inFlight.set(target, job);
   return job;
 }
@@ -124,17 +162,18 @@ async function downloadOnce(
   base: URL,
   name: string,
   target: string,
-  options: { kind: keyof typeof MAX_BYTES; sha256?: string; onProgress?: OnDownload },
+  cache: DownloadCache,
+  options: DownloadOptions,
 ): Promise<boolean> {
   const url = safeFileUrl(base, name, { folders: 1 });
-  if (await cachedIsValid(target, options.sha256)) return true;
+  if (await cache.holds(target, url, options.sha256)) return true;
   const response = await fetchOrNull(url);
   if (!response) return false;
   const expected = options.sha256 ?? etagSha256(response) ?? await sidecarSha256(url);
-  await Deno.mkdir(dirname(target), { recursive: true });
-  const partial = `${target}.partial-${crypto.randomUUID()}`;
+  let sink: DownloadSink | null = null;
   try {
-    const sha256 = await writeChecked(response, partial, {
+    sink = await cache.receive(target, url);
+    const sha256 = await writeChecked(response, sink, {
       url,
       max: MAX_BYTES[options.kind],
       report: options.onProgress &&
@@ -147,13 +186,10 @@ async function downloadOnce(
         url.href,
       );
     }
-    await checkContent(partial, target, url);
-    await Deno.rename(partial, target);
-    const info = await Deno.stat(target);
-    const record: CacheRecord = { size: info.size, mtimeMs: info.mtime?.getTime() ?? 0, sha256 };
-    await writeRecord(target, record);
+    await checkContent(sink.partial, target, url, cache.files);
+    await sink.commit(sha256);
   } catch (err) {
-    await Deno.remove(partial).catch(() => {});
+    await sink?.discard().catch(() => {});
     if (err instanceof CheckpointError) throw err;
     throw new CheckpointError(`Cannot download checkpoint file: ${(err as Error).message}`, url.href, {
       cause: err,
@@ -190,10 +226,10 @@ async function fetchOrNull(url: URL): Promise<Response | null> {
   return response;
 }
 
-/** Streams the body into `path`, counting and hashing; checks Content-Length and the size cap. */
+/** Streams the body into `sink`, counting; checks Content-Length and the size cap; returns the sha256. */
 async function writeChecked(
   response: Response,
-  path: string,
+  sink: DownloadSink,
   options: { url: URL; max: number; report?: (loadedBytes: number, totalBytes: number) => void },
 ): Promise<string> {
   const declared = response.headers.get("content-length");
@@ -204,34 +240,28 @@ async function writeChecked(
     throw fail(`bad Content-Length ${declared}`);
   }
   if (length !== null && length > options.max) throw fail(`${length} bytes, more than ${options.max}`);
-  const hash = createHash("sha256");
-  const file = await Deno.open(path, { write: true, createNew: true });
   let written = 0;
-  try {
-    if (response.body) {
-      for await (const chunk of response.body) {
-        written += chunk.length;
-        if (written > options.max || (length !== null && written > length)) {
-          await response.body.cancel().catch(() => {});
-          throw fail(`more bytes than ${length ?? options.max}`);
-        }
-        hash.update(chunk);
-        for (let at = 0; at < chunk.length;) at += await file.write(chunk.subarray(at));
-        options.report?.(written, Math.max(length ?? 0, written));
+  if (response.body) {
+    for await (const chunk of response.body) {
+      written += chunk.length;
+      if (written > options.max || (length !== null && written > length)) {
+        await response.body.cancel().catch(() => {});
+        throw fail(`more bytes than ${length ?? options.max}`);
       }
+      await sink.write(chunk);
+      options.report?.(written, Math.max(length ?? 0, written));
     }
-  } finally {
-    file.close();
   }
+  const sha256 = await sink.finish();
   if (length !== null && written !== length) throw fail(`truncated: ${written} of ${length} bytes`);
-  return hash.digest("hex");
+  return sha256;
 }
 
 /** A downloaded file must be usable: JSON parses, safetensors tile exactly. */
-async function checkContent(partial: string, target: string, url: URL): Promise<void> {
+async function checkContent(partial: string, target: string, url: URL, files: FileStore): Promise<void> {
   if (target.endsWith(".json")) {
     try {
-      JSON.parse(await Deno.readTextFile(partial));
+      JSON.parse(new TextDecoder().decode(await files.read(partial)));
     } catch (err) {
       throw new CheckpointError(
         `Cannot download checkpoint file: not valid JSON (${(err as Error).message})`,
@@ -240,7 +270,7 @@ async function checkContent(partial: string, target: string, url: URL): Promise<
     }
   } else if (target.endsWith(".safetensors")) {
     try {
-      await openSafetensors(partial);
+      await openSafetensors(partial, files);
     } catch (err) {
       throw new CheckpointError(`Cannot download checkpoint file: ${(err as Error).message}`, url.href, {
         cause: err,
@@ -335,9 +365,74 @@ async function sha256OfFile(path: string): Promise<string> {
   return hash.digest("hex");
 }
 
-async function readJson(path: string, url: URL): Promise<Record<string, unknown>> {
+/**
+ * The disk cache: one folder per checkpoint under `$DYNLLAVA_CACHE` (else `$XDG_CACHE_HOME/dynllava`,
+ * else `~/.cache/dynllava`); each file written to a temporary name, renamed when whole and checked,
+ * its size, mtime and sha256 recorded beside it (`<file>.dynllava.json`).
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { diskCache } from "./remote.ts";
+ * const root = await Deno.makeTempDir();
+ * Deno.env.set("DYNLLAVA_CACHE", root);
+ * const cache = diskCache();
+ * const dir = await cache.folder("0123abcd");
+ * const url = new URL("https://example.com/m/config.json");
+ * const sink = await cache.receive(`${dir}/config.json`, url);
+ * await sink.write(new TextEncoder().encode("{}"));
+ * await sink.commit(await sink.finish());
+ * assert.equal(await cache.holds(`${dir}/config.json`, url, undefined), true);
+ * assert.equal(await Deno.readTextFile(`${root}/0123abcd/config.json`), "{}");
+ * Deno.env.delete("DYNLLAVA_CACHE");
+ * await Deno.remove(root, { recursive: true });
+ * ```
+ */
+export function diskCache(): DownloadCache {
+  return {
+    files: localFiles,
+    async folder(key) {
+      const dir = join(cacheRoot(), key);
+      await Deno.mkdir(dir, { recursive: true });
+      return dir;
+    },
+    holds: (path, _url, sha256) => cachedIsValid(path, sha256),
+    async receive(path) {
+      await Deno.mkdir(dirname(path), { recursive: true });
+      const partial = `${path}.partial-${crypto.randomUUID()}`;
+      const file = await Deno.open(partial, { write: true, createNew: true });
+      const hash = createHash("sha256");
+      let open = true;
+      const close = () => {
+        if (open) file.close();
+        open = false;
+      };
+      return {
+        partial,
+        async write(chunk) {
+          hash.update(chunk);
+          for (let at = 0; at < chunk.length;) at += await file.write(chunk.subarray(at));
+        },
+        finish() {
+          close();
+          return Promise.resolve(hash.digest("hex"));
+        },
+        async commit(sha256) {
+          await Deno.rename(partial, path);
+          const info = await Deno.stat(path);
+          await writeRecord(path, { size: info.size, mtimeMs: info.mtime?.getTime() ?? 0, sha256 });
+        },
+        async discard() {
+          close();
+          await Deno.remove(partial).catch(() => {});
+        },
+      };
+    },
+  };
+}
+
+async function readJson(path: string, url: URL, files: FileStore): Promise<Record<string, unknown>> {
   try {
-    const value = JSON.parse(await Deno.readTextFile(path));
+    const value = JSON.parse(new TextDecoder().decode(await files.read(path)));
     if (typeof value !== "object" || value === null || Array.isArray(value)) {
       throw new Error("not a JSON object");
     }
@@ -364,12 +459,13 @@ async function downloadWeights(
   base: URL,
   prefix: string,
   dir: string,
+  cache: DownloadCache,
   onProgress: OnDownload,
 ): Promise<void> {
   const index = `${prefix}model.safetensors.index.json`;
-  if (await download(base, index, dir, { kind: "json", onProgress })) {
+  if (await download(base, index, dir, cache, { kind: "json", onProgress })) {
     const indexUrl = safeFileUrl(base, index, { folders: 1 });
-    const json = await readJson(join(dir, index), indexUrl);
+    const json = await readJson(join(dir, index), indexUrl, cache.files);
     const map = json["weight_map"];
     if (typeof map !== "object" || map === null || Array.isArray(map)) {
       throw new CheckpointError(
@@ -382,7 +478,7 @@ async function downloadWeights(
       safeFileUrl(base, shard);
       const name = decodeURIComponent(shard as string);
       if (
-        !(await download(base, prefix + name, dir, {
+        !(await download(base, prefix + name, dir, cache, {
           kind: "weights",
           sha256: indexSha256(json, name),
           onProgress,
@@ -396,7 +492,7 @@ async function downloadWeights(
     }
     return;
   }
-  if (!(await download(base, `${prefix}model.safetensors`, dir, { kind: "weights", onProgress }))) {
+  if (!(await download(base, `${prefix}model.safetensors`, dir, cache, { kind: "weights", onProgress }))) {
     throw new CheckpointError(
       "Cannot download checkpoint: no model.safetensors or index",
       new URL(prefix, base).href,
@@ -405,7 +501,8 @@ async function downloadWeights(
 }
 
 /**
- * Makes a checkpoint given by http(s) URL available locally and returns its directory.
+ * Makes a checkpoint given by http(s) URL available in `options.cache` (the disk cache by default)
+ * and returns its folder there, to be read through the cache's `files`.
  * @example
  * ```ts
  * import assert from "node:assert/strict";
@@ -430,9 +527,10 @@ async function downloadWeights(
  */
 export async function fetchCheckpoint(
   url: URL,
-  options: { onProgress?: (progress: DownloadProgress) => void } = {},
+  options: { onProgress?: (progress: DownloadProgress) => void; cache?: DownloadCache } = {},
 ): Promise<string> {
   const onProgress = options.onProgress;
+  const cache = options.cache ?? diskCache();
   if (url.protocol !== "http:" && url.protocol !== "https:") {
     throw new CheckpointError(`Cannot download checkpoint: only http(s) URLs, got ${url.protocol}`, url.href);
   }
@@ -443,21 +541,21 @@ export async function fetchCheckpoint(
   const key = Array.from(new Uint8Array(digest).subarray(0, 12), (b) => b.toString(16).padStart(2, "0")).join(
     "",
   );
-  const dir = join(cacheRoot(), key);
-  await Deno.mkdir(dir, { recursive: true });
-  if (!(await download(base, "config.json", dir, { kind: "json", onProgress }))) {
+  const dir = await cache.folder(key);
+  if (!(await download(base, "config.json", dir, cache, { kind: "json", onProgress }))) {
     throw new CheckpointError(
       "Cannot download checkpoint: config.json not found",
       new URL("config.json", base).href,
     );
   }
-  const hasTokenizer = await download(base, "tokenizer.json", dir, { kind: "tokenizer", onProgress }) ||
-    await download(base, "tokenizer.model", dir, { kind: "tokenizer", onProgress });
+  const hasTokenizer =
+    await download(base, "tokenizer.json", dir, cache, { kind: "tokenizer", onProgress }) ||
+    await download(base, "tokenizer.model", dir, cache, { kind: "tokenizer", onProgress });
   if (!hasTokenizer) {
     throw new CheckpointError("Cannot download checkpoint: no tokenizer.json or tokenizer.model", base.href);
   }
-  await downloadWeights(base, "", dir, onProgress);
-  const config = await readJson(join(dir, "config.json"), new URL("config.json", base));
+  await downloadWeights(base, "", dir, cache, onProgress);
+  const config = await readJson(join(dir, "config.json"), new URL("config.json", base), cache.files);
   const tower = config["mm_vision_tower"];
   // A tower stored beside the checkpoint (a relative path) travels with it; hub ids resolve in the HF cache.
   if (
@@ -466,8 +564,8 @@ export async function fetchCheckpoint(
     const folder = tower.replace(/^\.\//, "").replace(/\/$/, "");
     safeFileUrl(base, folder);
     const prefix = `${folder}/`;
-    if (await download(base, `${prefix}config.json`, dir, { kind: "json", onProgress })) {
-      await downloadWeights(base, prefix, dir, onProgress);
+    if (await download(base, `${prefix}config.json`, dir, cache, { kind: "json", onProgress })) {
+      await downloadWeights(base, prefix, dir, cache, onProgress);
     }
   }
   return dir;

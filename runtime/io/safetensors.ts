@@ -13,6 +13,8 @@
  */
 import { type DType, dtypeBytes, isDType } from "../core/dtype.ts";
 import { CheckpointError } from "../core/errors.ts";
+import type { FileStore } from "../core/files.ts";
+import { isNotFound, localFiles } from "./files.ts";
 
 /** Largest accepted JSON header, in bytes (as the reference parser). */
 export const MAX_HEADER_BYTES = 100_000_000;
@@ -39,6 +41,8 @@ export interface SafetensorsFile {
   entries: Map<string, TensorEntry>;
   /** The header's `__metadata__` strings ({} when absent). */
   metadata: Record<string, string>;
+  /** The store the file is read from (the file system when absent). */
+  files?: FileStore;
 }
 
 /** A tensor to write with {@link writeSafetensors}. */
@@ -313,7 +317,8 @@ function checkSpansTileData(spans: TensorSpan[], dataBytes: number, where: strin
 }
 
 /**
- * Opens a safetensors file and validates its header; reads only the header from disk.
+ * Opens a safetensors file and validates its header; reads only the header, through `files` (the
+ * file system by default; a page passes the store of the checkpoint it fetched).
  *
  * @example
  * ```ts
@@ -327,25 +332,28 @@ function checkSpansTileData(spans: TensorSpan[], dataBytes: number, where: strin
  * await Deno.remove(path);
  * ```
  */
-export async function openSafetensors(path: string): Promise<SafetensorsFile> {
-  const handle = await openFile(path);
+export async function openSafetensors(path: string, files: FileStore = localFiles): Promise<SafetensorsFile> {
+  let info;
   try {
-    const fileSize = (await handle.stat()).size;
-    const lengthBytes = await readExactly(handle, Math.min(8, fileSize));
-    const headerBytes = readHeaderLength(lengthBytes, fileSize, path);
-    const prefix = new Uint8Array(8 + headerBytes);
-    prefix.set(lengthBytes);
-    await readInto(handle, prefix.subarray(8), path);
-    return parseSafetensorsHeader(prefix, fileSize, path);
-  } finally {
-    handle.close();
+    info = await files.stat(path);
+  } catch (cause) {
+    throw new CheckpointError(`Cannot open safetensors file: ${String(cause)}`, path, { cause });
   }
+  if (info === null) throw new CheckpointError("Cannot open safetensors file: file not found", path);
+  const fileSize = info.size;
+  const lengthBytes = await readRange(files, path, 0, Math.min(8, fileSize), "header");
+  const headerBytes = readHeaderLength(lengthBytes, fileSize, path);
+  const header = await readRange(files, path, 8, headerBytes, "header");
+  const prefix = new Uint8Array(8 + headerBytes);
+  prefix.set(lengthBytes);
+  prefix.set(header, 8);
+  return { ...parseSafetensorsHeader(prefix, fileSize, path), files };
 }
 
 /**
  * Reads one tensor's bytes (little-endian elements, `entry.byteLength` of them) with seek + read.
- * Pass `handle` (an open file of `file.path`) to reuse it across tensors; otherwise the file is
- * opened and closed here.
+ * Pass `handle` (an open file of `file.path`) to reuse it across tensors; otherwise the bytes are
+ * read through the store the file was opened from (`file.files`).
  *
  * @example
  * ```ts
@@ -371,37 +379,38 @@ export async function readTensor(
       file.path,
     );
   }
-  const handle = options.handle ?? await openFile(file.path);
-  try {
-    await handle.seek(entry.byteOffset, Deno.SeekMode.Start);
+  if (options.handle) {
+    await options.handle.seek(entry.byteOffset, Deno.SeekMode.Start);
     const bytes = new Uint8Array(entry.byteLength);
-    await readInto(handle, bytes, file.path, name);
+    await readInto(options.handle, bytes, file.path, name);
     return bytes;
-  } finally {
-    if (!options.handle) handle.close();
   }
+  const what = `tensor ${JSON.stringify(name)}`;
+  return await readRange(file.files ?? localFiles, file.path, entry.byteOffset, entry.byteLength, what);
 }
 
-/** Opens a file for reading; a missing or unreadable file is a CheckpointError. */
-async function openFile(path: string): Promise<Deno.FsFile> {
+/** Reads `length` bytes at `offset` through a store; a failure or a short read is a CheckpointError. */
+async function readRange(
+  files: FileStore,
+  path: string,
+  offset: number,
+  length: number,
+  what: string,
+): Promise<Uint8Array> {
+  let bytes: Uint8Array;
   try {
-    return await Deno.open(path, { read: true });
+    bytes = await files.readAt(path, offset, length);
   } catch (cause) {
-    const why = cause instanceof Deno.errors.NotFound ? "file not found" : String(cause);
-    throw new CheckpointError(`Cannot open safetensors file: ${why}`, path, { cause });
+    const why = isNotFound(cause) ? "file not found" : String(cause);
+    throw new CheckpointError(`Cannot read ${what}: ${why}`, path, { cause });
   }
-}
-
-/** Reads `count` bytes from the current position (the caller knows they exist). */
-async function readExactly(handle: Deno.FsFile, count: number): Promise<Uint8Array> {
-  const bytes = new Uint8Array(count);
-  let filled = 0;
-  while (filled < count) {
-    const read = await handle.read(bytes.subarray(filled));
-    if (read === null) break;
-    filled += read;
+  if (bytes.length < length) {
+    throw new CheckpointError(
+      `Cannot read ${what}: file ended after ${bytes.length} of ${length} bytes (truncated while open?)`,
+      path,
+    );
   }
-  return bytes.subarray(0, filled);
+  return bytes;
 }
 
 /** Fills `target` from the current position; a short read means the file shrank. */

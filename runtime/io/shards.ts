@@ -15,6 +15,8 @@
  */
 import { join } from "node:path";
 import { CheckpointError } from "../core/errors.ts";
+import type { FileStore } from "../core/files.ts";
+import { isNotFound, localFiles } from "./files.ts";
 import {
   findDuplicateJsonKey,
   openSafetensors,
@@ -61,9 +63,9 @@ export interface TensorFiles {
  * await Deno.remove(dir, { recursive: true });
  * ```
  */
-export async function openTensorFiles(dir: string): Promise<TensorFiles> {
-  const fileNames = await listFileNames(dir);
-  if (fileNames.includes(SHARD_INDEX_FILE)) return await openShardedFiles(dir);
+export async function openTensorFiles(dir: string, files: FileStore = localFiles): Promise<TensorFiles> {
+  const fileNames = await listFileNames(dir, files);
+  if (fileNames.includes(SHARD_INDEX_FILE)) return await openShardedFiles(dir, files);
   const safetensorsNames = fileNames.filter((name) => name.endsWith(".safetensors"));
   if (safetensorsNames.length === 0) {
     const pytorchNames = fileNames.filter((name) => /\.(bin|pt|pth)$/.test(name));
@@ -88,40 +90,40 @@ export async function openTensorFiles(dir: string): Promise<TensorFiles> {
     );
   }
   const path = join(dir, single);
-  await requirePlainFile(path, `${single} is not a regular file`);
-  return indexTensors([await openSafetensors(path)]);
+  await requirePlainFile(path, `${single} is not a regular file`, files);
+  return indexTensors([await openSafetensors(path, files)]);
 }
 
 /** Names of the directory's entries that may be files (symlinks included: the HF cache uses them). */
-async function listFileNames(dir: string): Promise<string[]> {
+async function listFileNames(dir: string, files: FileStore): Promise<string[]> {
   const names: string[] = [];
   try {
-    for await (const entry of Deno.readDir(dir)) {
+    for (const entry of await files.list(dir)) {
       if (!entry.isDirectory) names.push(entry.name);
     }
   } catch (cause) {
-    const why = cause instanceof Deno.errors.NotFound ? "directory not found" : String(cause);
+    const why = isNotFound(cause) ? "directory not found" : String(cause);
     throw new CheckpointError(`Cannot load checkpoint: ${why}`, dir, { cause });
   }
   return names.sort();
 }
 
 /** Stats `path` (following symlinks) and requires a regular file. */
-async function requirePlainFile(path: string, problem: string): Promise<void> {
-  let info: Deno.FileInfo;
+async function requirePlainFile(path: string, problem: string, files: FileStore): Promise<void> {
+  let info;
   try {
-    info = await Deno.stat(path);
+    info = await files.stat(path);
   } catch (cause) {
-    const why = cause instanceof Deno.errors.NotFound ? "file not found" : String(cause);
-    throw new CheckpointError(`Cannot load checkpoint: ${problem} (${why})`, path, { cause });
+    throw new CheckpointError(`Cannot load checkpoint: ${problem} (${String(cause)})`, path, { cause });
   }
+  if (info === null) throw new CheckpointError(`Cannot load checkpoint: ${problem} (file not found)`, path);
   if (!info.isFile) throw new CheckpointError(`Cannot load checkpoint: ${problem}`, path);
 }
 
 /** Opens the shards named by the index and cross-checks them against its weight_map. */
-async function openShardedFiles(dir: string): Promise<TensorFiles> {
+async function openShardedFiles(dir: string, store: FileStore): Promise<TensorFiles> {
   const indexPath = join(dir, SHARD_INDEX_FILE);
-  const weightMap = await readWeightMap(indexPath);
+  const weightMap = await readWeightMap(indexPath, store);
   const shardNames = [...new Set(weightMap.values())].sort();
   for (const shardName of shardNames) {
     if (!isPlainFileName(shardName)) {
@@ -135,10 +137,11 @@ async function openShardedFiles(dir: string): Promise<TensorFiles> {
     await requirePlainFile(
       join(dir, shardName),
       `shard ${JSON.stringify(shardName)} named in weight_map is missing`,
+      store,
     );
   }
   const files: SafetensorsFile[] = [];
-  for (const shardName of shardNames) files.push(await openSafetensors(join(dir, shardName)));
+  for (const shardName of shardNames) files.push(await openSafetensors(join(dir, shardName), store));
   for (const [tensorName, shardName] of weightMap) {
     const file = files[shardNames.indexOf(shardName)];
     if (!file.entries.has(tensorName)) {
@@ -175,12 +178,12 @@ async function openShardedFiles(dir: string): Promise<TensorFiles> {
 }
 
 /** Reads the index's weight_map: tensor name → shard file name. */
-async function readWeightMap(indexPath: string): Promise<Map<string, string>> {
+async function readWeightMap(indexPath: string, files: FileStore): Promise<Map<string, string>> {
   const bad = (why: string, cause?: unknown) =>
     new CheckpointError(`Cannot read shard index: ${why}`, indexPath, cause === undefined ? {} : { cause });
   let text: string;
   try {
-    text = await Deno.readTextFile(indexPath);
+    text = new TextDecoder().decode(await files.read(indexPath));
   } catch (cause) {
     throw bad(String(cause), cause);
   }

@@ -18,6 +18,7 @@
  */
 import { join } from "node:path";
 import { TokenizerError } from "../core/errors.ts";
+import type { FileInfo, FileStore } from "../core/files.ts";
 import { parseTokenizerJson } from "./tokenizer_json.ts";
 import { parseSentencePieceModel } from "./sentencepiece.ts";
 import type { Tokenizer } from "./bpe.ts";
@@ -74,6 +75,7 @@ export function tokenizerFromJson(text: string, where: string): Tokenizer {
  * import assert from "node:assert/strict";
  * import { tokenizerFromSentencePiece } from "./tokenizer.ts";
  * import { TokenizerError } from "../core/errors.ts";
+import type { FileInfo, FileStore } from "../core/files.ts";
  * const truncated = new Uint8Array([0x0a, 0xff]);
  * assert.throws(
  *   () => tokenizerFromSentencePiece(truncated, "tokenizer.model"),
@@ -87,9 +89,11 @@ export function tokenizerFromSentencePiece(bytes: Uint8Array, where: string): To
 
 /**
  * Loads the tokenizer of a checkpoint. `path` is a checkpoint directory (its `tokenizer.json` is
- * used, else its `tokenizer.model`) or the path of either file.
+ * used, else its `tokenizer.model`) or the path of either file, read through `options.files` (the
+ * file system when absent; a page passes the store of the checkpoint it fetched).
  *
  * @param path checkpoint directory, `tokenizer.json` or `tokenizer.model`
+ * @param options `files`: the store to read from
  * @example
  * ```ts
  * import assert from "node:assert/strict";
@@ -104,9 +108,10 @@ export function tokenizerFromSentencePiece(bytes: Uint8Array, where: string): To
  * await Deno.remove(checkpoint, { recursive: true });
  * ```
  */
-export async function loadTokenizer(path: string): Promise<Tokenizer> {
-  const file = await findTokenizerFile(path);
-  const bytes = await readTokenizerFile(file);
+export async function loadTokenizer(path: string, options: { files?: FileStore } = {}): Promise<Tokenizer> {
+  const files = options.files ?? denoFiles;
+  const file = await findTokenizerFile(path, files);
+  const bytes = await readTokenizerFile(file, files);
   if (file.endsWith(".json")) {
     const text = decodeUtf8(bytes, file);
     return tokenizerFromJson(text, file);
@@ -114,8 +119,8 @@ export async function loadTokenizer(path: string): Promise<Tokenizer> {
   return tokenizerFromSentencePiece(bytes, file);
 }
 
-async function findTokenizerFile(path: string): Promise<string> {
-  const info = await statOrNull(path);
+async function findTokenizerFile(path: string, files: Pick<FileStore, "stat">): Promise<string> {
+  const info = await statOrNull(path, files);
   if (info === null) {
     throw new TokenizerError("Cannot load tokenizer: no such file or directory", path);
   }
@@ -128,7 +133,7 @@ async function findTokenizerFile(path: string): Promise<string> {
   }
   for (const name of ["tokenizer.json", "tokenizer.model"]) {
     const candidate = join(path, name);
-    const found = await statOrNull(candidate);
+    const found = await statOrNull(candidate, files);
     if (found?.isFile) return candidate;
   }
   throw new TokenizerError(
@@ -137,18 +142,30 @@ async function findTokenizerFile(path: string): Promise<string> {
   );
 }
 
-async function statOrNull(path: string): Promise<Deno.FileInfo | null> {
+/** The file system, for loadTokenizer without a store (this room does not reach runtime/io/). */
+const denoFiles: Pick<FileStore, "stat" | "read"> = {
+  async stat(path) {
+    try {
+      return await Deno.stat(path);
+    } catch (err) {
+      if (err instanceof Deno.errors.NotFound) return null;
+      throw err;
+    }
+  },
+  read: (path) => Deno.readFile(path),
+};
+
+async function statOrNull(path: string, files: Pick<FileStore, "stat">): Promise<FileInfo | null> {
   try {
-    return await Deno.stat(path);
+    return await files.stat(path);
   } catch (err) {
-    if (err instanceof Deno.errors.NotFound) return null;
     throw new TokenizerError(`Cannot load tokenizer: ${(err as Error).message}`, path, { cause: err });
   }
 }
 
-async function readTokenizerFile(file: string): Promise<Uint8Array> {
+async function readTokenizerFile(file: string, files: Pick<FileStore, "read">): Promise<Uint8Array> {
   try {
-    return await Deno.readFile(file);
+    return await files.read(file);
   } catch (err) {
     throw new TokenizerError(`Cannot read tokenizer file: ${(err as Error).message}`, file, { cause: err });
   }
