@@ -173,6 +173,24 @@ export function requestShape(body: unknown): RequestShape {
   };
 }
 
+/** A body's bytes, or null past `limit` bytes (it stops reading there). */
+async function readLimited(
+  stream: ReadableStream<Uint8Array> | null,
+  limit: number,
+): Promise<Uint8Array<ArrayBuffer> | null> {
+  const chunks: Uint8Array[] = [];
+  let size = 0;
+  for await (const chunk of stream ?? []) {
+    size += chunk.length;
+    if (size > limit) return null;
+    chunks.push(chunk);
+  }
+  const bytes = new Uint8Array(size);
+  let at = 0;
+  for (const chunk of chunks) bytes.set(chunk, (at += chunk.length) - chunk.length);
+  return bytes;
+}
+
 function bearerMatches(header: string | null, key: string): boolean {
   const given = new TextEncoder().encode(header ?? "");
   const wanted = new TextEncoder().encode(`Bearer ${key}`);
@@ -456,10 +474,8 @@ export function createEdgeRouter(options: EdgeRouterOptions): EdgeRouter {
     if (length > maxBodyBytes) {
       return apiError(413, `Cannot read the body: over ${maxBodyBytes} bytes`, "too_large");
     }
-    const body = new Uint8Array(await request.arrayBuffer());
-    if (body.length > maxBodyBytes) {
-      return apiError(413, `Cannot read the body: over ${maxBodyBytes} bytes`, "too_large");
-    }
+    const body = await readLimited(request.body, maxBodyBytes);
+    if (body === null) return apiError(413, `Cannot read the body: over ${maxBodyBytes} bytes`, "too_large");
     let parsed: unknown;
     try {
       parsed = JSON.parse(new TextDecoder().decode(body));

@@ -140,7 +140,7 @@ Deno.test("the edge router forwards and spreads, queues what does not fit, skips
   }
 });
 
-Deno.test("the edge router answers 503 with no worker, 404/405 for other routes, 400 for bad JSON", async () => {
+Deno.test("the edge router answers 503 with no worker, 404/405 for other routes, 401 without the key, 400 for bad JSON, 413 past the body limit", async () => {
   const router = createEdgeRouter({ workers: [deadUrl()], apiKey: "sekret" });
   try {
     assert.equal((await router.handler(new Request("http://router/health"))).status, 503);
@@ -165,5 +165,13 @@ Deno.test("the edge router answers 503 with no worker, 404/405 for other routes,
     assert.equal((await noWorker.json()).error.code, "no_worker");
   } finally {
     router.close();
+  }
+  const small = createEdgeRouter({ workers: [], maxBodyBytes: 100 });
+  try {
+    const tooLarge = await small.handler(post(body("x".repeat(200))));
+    assert.equal(tooLarge.status, 413);
+    assert.equal((await tooLarge.json()).error.code, "too_large");
+  } finally {
+    small.close();
   }
 });
