@@ -1,6 +1,7 @@
 /**
  * dynllava's GPU-free core: Dynamic-LLaVA's predictors, the sparsification policies, sparse KV
- * bookkeeping, the cost model, sampling and config parsing, in pure TypeScript. Nothing here
+ * bookkeeping, the cost model (FLOPs, weight and K/V bytes), the memory planner, sampling and
+ * config parsing, in pure TypeScript. Nothing here
  * touches `navigator.gpu`, the file system or ffmpeg, so it runs on edge runtimes (Deno Deploy).
  *
  * @example
@@ -25,6 +26,8 @@ export * from "./runtime/core/policies.ts";
 export * from "./runtime/core/predictors.ts";
 export { advanceState, KvLedger } from "./runtime/core/sparse_kv.ts";
 export * from "./runtime/core/cost.ts";
+export * from "./runtime/core/weight_bytes.ts";
+export * from "./runtime/core/planner.ts";
 export { type SampleOptions, sampleToken, uniformRandom } from "./runtime/core/sampling.ts";
 export { buildPromptRows, type PromptRows } from "./runtime/core/sequence.ts";
 export * from "./runtime/core/files.ts";

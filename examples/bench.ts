@@ -28,12 +28,16 @@
  * buffer" line per configuration (decode ms/token and tokens/s); bench.md holds one table each.
  *
  * `--cost-only` prints the cost model's estimate for a checkpoint's config.json instead (no
- * weights, no GPU): FLOPs by the paper's formula and exactly, and KV-cache bytes.
+ * weights, no GPU): FLOPs by the paper's formula and exactly, and KV-cache bytes. With
+ * `--weight-types` it prints the memory table instead: weights (text model, mmproj, predictors) +
+ * the KV cache at its peak, per weight type and policy, and whether it fits `--budget-gb`.
  *
  * ```sh
  * deno run -A examples/bench.ts --cost-only --config llava-v1.5-7b/config.json --policy dynamic \
- *   [--fastv-k K --fastv-r R] [--vision-keep N] [--new-tokens N] [--no-kv-cache] [--batch B] \
- *   [--prompt-tokens N] [--json]
+ *   [--fastv-k K --fastv-r R] [--vision-keep N] [--new-tokens N | --context N] [--no-kv-cache] \
+ *   [--batch B] [--prompt-tokens N] [--kv-dtype f16|f32] [--json]
+ * deno run -A examples/bench.ts --cost-only --config dynamic-llava-7b/config.json \
+ *   --policy dense,fastv,dynamic --weight-types f16,q8_0,q4_k_m --context 4096 --batch 4 --budget-gb 6
  * ```
  *
  * The config may be a llava_llama config whose `mm_vision_tower` is a hub id: the image token
@@ -41,7 +45,8 @@
  * @module
  */
 import { join } from "node:path";
-import { type CostEstimate, type CostPlan, estimateCost } from "../runtime/core/cost.ts";
+import { type CostEstimate, type CostPlan, estimateCost, type KvDtype } from "../runtime/core/cost.ts";
+import { parseWeightType, type StoredWeightType, type WeightBytes } from "../runtime/core/weight_bytes.ts";
 import { CheckpointError, InputError } from "../runtime/core/errors.ts";
 import type { GenerateResult } from "../runtime/engine/generate.ts";
 import type { RgbImage } from "../runtime/image/image_decode.ts";
@@ -95,17 +100,43 @@ export const BENCH_COMMAND: CommandSpec = {
     out: { type: "string", value: "DIR", description: "where bench.json, bench.md and the charts go" },
     "cost-only": { type: "boolean", description: "estimate from --config alone (no weights, no GPU)" },
     config: { type: "string", value: "FILE", description: "config.json to estimate (--cost-only)" },
-    policy: { type: "string", value: "NAME", description: "dense, fastv or dynamic (--cost-only)" },
+    policy: {
+      type: "string",
+      value: "LIST",
+      description: "dense, fastv or dynamic, or several comma-separated (--cost-only)",
+    },
     "fastv-k": { type: "string", value: "K", description: "FastV layer (--cost-only)" },
     "fastv-r": { type: "string", value: "R", description: "FastV drop ratio (--cost-only)" },
     "vision-keep": { type: "string", value: "N", description: "image tokens kept by dynamic (--cost-only)" },
     "no-kv-cache": { type: "boolean", description: "estimate the no-cache decoding (--cost-only)" },
     "prompt-tokens": { type: "string", value: "N", description: "text tokens of the prompt (--cost-only)" },
+    context: {
+      type: "string",
+      value: "N",
+      description: "fill a context of N positions with generated tokens (--cost-only; not with --new-tokens)",
+    },
+    "kv-dtype": {
+      type: "string",
+      value: "f16|f32",
+      description: "K/V element type (--cost-only; default f16)",
+    },
+    "weight-types": {
+      type: "string",
+      value: "LIST",
+      description: "print weight + KV bytes for f32, f16, bf16, q8_0, q6_k, q4_k_m, q4_k, q4_0 (--cost-only)",
+    },
+    "budget-gb": {
+      type: "string",
+      value: "GB",
+      description: "GPU memory (10^9 bytes) the memory table checks against (--cost-only)",
+    },
     json: { type: "boolean", description: "print the estimate as JSON (--cost-only)" },
   },
   examples: [
     "deno task bench --backend cpu --new-tokens 16,64 --out bench-out",
     "deno task bench --cost-only --config tests/fixtures/configs/llava-v1.5-7b.json --policy dynamic --json",
+    "deno task bench --cost-only --config tests/fixtures/configs/dynamic-llava-7b.json --policy dense,fastv,dynamic " +
+    "--weight-types f16,q8_0,q4_0,q4_k_m --context 4096 --batch 4 --budget-gb 6",
   ],
 };
 
@@ -149,8 +180,14 @@ export interface BenchRunArgs extends BenchSweep {
 export interface BenchCostArgs {
   /** Path of the checkpoint's config.json. */
   configPath: string;
-  /** The request to estimate. */
+  /** The request to estimate (under the first of `policies`). */
   plan: CostPlan;
+  /** Every policy to estimate (`plan.policy` first). */
+  policies: BenchPolicy[];
+  /** Weight types of the memory table (empty: the FLOP table instead). */
+  weightTypes: StoredWeightType[];
+  /** GPU memory the memory table checks against, or null. */
+  budgetBytes: number | null;
   /** Print JSON instead of a table. */
   json: boolean;
 }
@@ -193,14 +230,11 @@ function atLeastOne(value: number, flag: string): number {
   return value;
 }
 
-function policyList(value: string): BenchPolicy[] {
+function policyList(value: string, flag = "--policies"): BenchPolicy[] {
   const names = value.split(",").map((name) => name.trim());
   for (const name of names) {
     if (!POLICIES.includes(name as BenchPolicy)) {
-      throw new InputError(
-        `Cannot read --policies: expected dense, fastv or dynamic, got "${name}"`,
-        "--policies",
-      );
+      throw new InputError(`Cannot read ${flag}: expected dense, fastv or dynamic, got "${name}"`, flag);
     }
   }
   return names as BenchPolicy[];
@@ -231,22 +265,35 @@ function parseCostArgs(values: Record<string, string | boolean | undefined>): Be
   if (text("config") === undefined) {
     throw new InputError("Cannot run bench: --config FILE is required with --cost-only", "--config");
   }
-  const policy = text("policy") ?? "dense";
-  if (!POLICIES.includes(policy as BenchPolicy)) {
-    throw new InputError(
-      `Cannot read --policy: expected dense, fastv or dynamic, got "${policy}"`,
-      "--policy",
-    );
+  const policies = policyList(text("policy") ?? "dense", "--policy");
+  const kvDtype = text("kv-dtype");
+  if (kvDtype !== undefined && kvDtype !== "f16" && kvDtype !== "f32") {
+    throw new InputError(`Cannot read --kv-dtype: expected f16 or f32, got "${kvDtype}"`, "--kv-dtype");
+  }
+  const budget = decimal(text("budget-gb"), "--budget-gb");
+  if (budget !== undefined && !(budget > 0)) {
+    throw new InputError(`Cannot read --budget-gb: expected a size > 0, got ${budget}`, "--budget-gb");
+  }
+  const weightTypes = (text("weight-types")?.split(",") ?? []).map((name) =>
+    parseWeightType(name.trim(), "--weight-types")
+  );
+  if (budget !== undefined && weightTypes.length === 0) {
+    throw new InputError("Cannot read --budget-gb: it needs --weight-types", "--budget-gb");
   }
   return {
     configPath: text("config")!,
     json: values.json === true,
+    policies,
+    weightTypes,
+    budgetBytes: budget === undefined ? null : budget * 1e9,
     plan: {
-      policy: policy as BenchPolicy,
+      policy: policies[0],
       promptTokens: wholeNumber(text("prompt-tokens"), "--prompt-tokens"),
       newTokens: wholeNumber(text("new-tokens"), "--new-tokens"),
+      contextTokens: wholeNumber(text("context"), "--context"),
       kvCache: values["no-kv-cache"] !== true,
       batch: wholeNumber(text("batch"), "--batch"),
+      kvDtype: kvDtype as KvDtype | undefined,
       fastv: { k: wholeNumber(text("fastv-k"), "--fastv-k"), r: decimal(text("fastv-r"), "--fastv-r") },
       dynamic: { visionKeep: wholeNumber(text("vision-keep"), "--vision-keep") },
     },
@@ -255,7 +302,20 @@ function parseCostArgs(values: Record<string, string | boolean | undefined>): Be
 
 function parseRunArgs(values: Record<string, string | boolean | undefined>): BenchRunArgs {
   const text = (flag: string) => values[flag] as string | undefined;
-  for (const flag of ["config", "policy", "fastv-k", "fastv-r", "vision-keep", "prompt-tokens"]) {
+  for (
+    const flag of [
+      "config",
+      "policy",
+      "fastv-k",
+      "fastv-r",
+      "vision-keep",
+      "prompt-tokens",
+      "context",
+      "kv-dtype",
+      "weight-types",
+      "budget-gb",
+    ]
+  ) {
     if (text(flag) !== undefined) {
       throw new InputError(`Cannot read --${flag}: it needs --cost-only`, `--${flag}`);
     }
@@ -341,17 +401,142 @@ export function parseBenchArgs(argv: string[]): BenchArgs {
  * ```
  */
 export async function runCostOnly(configPath: string, plan: CostPlan): Promise<CostEstimate> {
-  let raw: unknown;
+  return estimateCost(await readConfigJson(configPath), plan);
+}
+
+async function readConfigJson(configPath: string): Promise<unknown> {
   try {
-    raw = JSON.parse(await Deno.readTextFile(configPath));
+    return JSON.parse(await Deno.readTextFile(configPath));
   } catch (error) {
     throw new CheckpointError(`Cannot read config: ${(error as Error).message}`, configPath);
   }
-  return estimateCost(raw, plan);
+}
+
+/** One row of the memory table: a weight type under a policy. */
+export interface MemoryRow {
+  weightType: StoredWeightType;
+  policy: BenchPolicy;
+  /** The weights as stored (shared by the batch). */
+  weights: WeightBytes;
+  /** The most K/V bytes held at once, whole batch. */
+  kvPeakBytes: number;
+  /** weights.total + kvPeakBytes. */
+  totalBytes: number;
+  /** Whether totalBytes ≤ the budget (null without one). */
+  fits: boolean | null;
+}
+
+/** The memory table's rows and the request they size. */
+export interface MemoryTable {
+  /** The request as estimated (under the first policy). */
+  plan: CostEstimate["plan"];
+  /** K/V bytes of one dense token in every layer. */
+  kvBytesPerToken: number;
+  /** The budget checked against, or null. */
+  budgetBytes: number | null;
+  rows: MemoryRow[];
+}
+
+/**
+ * Sizes weights + KV cache of a config's request for every weight type × policy (no weights read).
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { memoryTable } from "./bench.ts";
+ * const url = new URL("../tests/fixtures/configs/dynamic-llava-7b.json", import.meta.url);
+ * const table = await memoryTable(url.pathname, {
+ *   plan: { policy: "dynamic", contextTokens: 4096, batch: 4, kvDtype: "f16" },
+ *   policies: ["dense", "dynamic"], weightTypes: ["q4_k_m"], budgetBytes: 6e9,
+ * });
+ * assert.equal(table.rows.length, 2);
+ * assert.equal(table.rows[1].fits, false); // Q4_K_M + dynamic at 4K context, batch 4: over 6 GB
+ * ```
+ */
+export async function memoryTable(
+  configPath: string,
+  args: Pick<BenchCostArgs, "plan" | "policies" | "weightTypes" | "budgetBytes">,
+): Promise<MemoryTable> {
+  const raw = await readConfigJson(configPath);
+  const rows: MemoryRow[] = [];
+  let first: CostEstimate | null = null;
+  for (const weightType of args.weightTypes) {
+    for (const policy of args.policies) {
+      const estimate = estimateCost(raw, { ...args.plan, policy, weightType });
+      first ??= estimate;
+      rows.push({
+        weightType,
+        policy,
+        weights: estimate.weights!,
+        kvPeakBytes: estimate.kv.peakBytes,
+        totalBytes: estimate.totalBytes,
+        fits: args.budgetBytes === null ? null : estimate.totalBytes <= args.budgetBytes,
+      });
+    }
+  }
+  if (first === null) throw new InputError("Cannot size memory: give --weight-types", "--weight-types");
+  return { plan: first.plan, kvBytesPerToken: first.kv.bytesPerToken, budgetBytes: args.budgetBytes, rows };
 }
 
 function mib(bytes: number): string {
   return `${(bytes / 2 ** 20).toFixed(1)} MiB`;
+}
+
+function gib(bytes: number): string {
+  return (bytes / 2 ** 30).toFixed(2);
+}
+
+/**
+ * Formats a memory table (GiB, 2^30 bytes; the budget in GB, 10^9 bytes, as GPUs are sold).
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { formatMemoryTable, memoryTable } from "./bench.ts";
+ * const url = new URL("../tests/fixtures/configs/llava-v1.5-7b.json", import.meta.url);
+ * const table = await memoryTable(url.pathname, {
+ *   plan: { policy: "dense", newTokens: 100 }, policies: ["dense"], weightTypes: ["f16"], budgetBytes: null,
+ * });
+ * assert.match(formatMemoryTable(table), /f16\s+dense\s+12\.55\s+0\.58/);
+ * ```
+ */
+export function formatMemoryTable(table: MemoryTable): string {
+  const plan = table.plan;
+  const context = plan.promptTokens + plan.images * plan.imageTokens + plan.newTokens;
+  const budget = table.budgetBytes === null ? null : `${+(table.budgetBytes / 1e9).toFixed(3)} GB`;
+  const header = [
+    "weights".padEnd(8),
+    "policy".padEnd(8),
+    "text GiB".padStart(9),
+    "mmproj GiB".padStart(11),
+    "predictors MiB".padStart(15),
+    "KV GiB".padStart(8),
+    "total GiB".padStart(10),
+    ...(budget === null ? [] : [`fits ${budget}`]),
+  ];
+  const lines = [
+    `context ${context}: ${plan.promptTokens} text + ${plan.images} × ${plan.imageTokens} image + ` +
+    `${plan.newTokens} generated tokens, ${plan.kvCache ? "KV cache" : "no KV cache"} at ` +
+    `${plan.bytesPerElement} bytes per element, batch ${plan.batch}`,
+    `KV per token (every layer): ${(table.kvBytesPerToken / 2 ** 10).toFixed(0)} KiB; ` +
+    "weights are shared by the batch, the KV cache is per sequence",
+    "",
+    header.join("  "),
+  ];
+  for (const row of table.rows) {
+    const cells = [
+      row.weightType.padEnd(8),
+      row.policy.padEnd(8),
+      gib(row.weights.text).padStart(9),
+      gib(row.weights.mmproj).padStart(11),
+      (row.weights.predictors / 2 ** 20).toFixed(1).padStart(15),
+      gib(row.kvPeakBytes).padStart(8),
+      gib(row.totalBytes).padStart(10),
+      ...(row.fits === null ? [] : [row.fits ? "yes" : "no"]),
+    ];
+    lines.push(cells.join("  "));
+  }
+  return lines.join("\n");
 }
 
 /**
@@ -777,8 +962,17 @@ async function runModelBench(args: BenchRunArgs): Promise<void> {
 async function main(argv: string[]): Promise<void> {
   const args = parseBenchArgs(argv);
   if (!args.costOnly) return await runModelBench(args);
-  const estimate = await runCostOnly(args.configPath, args.plan);
-  console.log(args.json ? JSON.stringify(estimate, null, 2) : formatCostTable(estimate));
+  if (args.weightTypes.length > 0) {
+    const table = await memoryTable(args.configPath, args);
+    console.log(args.json ? JSON.stringify(table, null, 2) : formatMemoryTable(table));
+    return;
+  }
+  const estimates = [];
+  for (const policy of args.policies) {
+    estimates.push(await runCostOnly(args.configPath, { ...args.plan, policy }));
+  }
+  if (args.json) console.log(JSON.stringify(estimates.length === 1 ? estimates[0] : estimates, null, 2));
+  else console.log(estimates.map(formatCostTable).join("\n\n"));
 }
 
 if (import.meta.main) await runCommand(BENCH_COMMAND, Deno.args, (_flags, args) => main(args));

@@ -24,7 +24,8 @@ export const SERVE_COMMAND: CommandSpec = {
   usage: "deno task serve (--model DIR|URL | --demo) [options]",
   summary:
     "Serves a checkpoint over an OpenAI-compatible HTTP API: POST /v1/chat/completions (text and image_url parts,\n" +
-    "streaming), GET /v1/models, GET /health. Extra request fields: policy (dense|dynamic|fastv), kv_cache.",
+    "streaming), GET /v1/models, GET /health, GET /v1/dynllava/status (K/V memory). Extra request fields:\n" +
+    "policy (dense|dynamic|fastv), kv_cache.",
   options: {
     model: { type: "string", value: "DIR|URL", description: "checkpoint directory, file: or http(s): URL" },
     demo: { type: "boolean", description: "serve the bundled demo checkpoint (trained on the shapes task)" },
@@ -58,6 +59,11 @@ export const SERVE_COMMAND: CommandSpec = {
       description: "largest request body or fetched image",
     },
     "max-batch": { type: "string", value: "N", default: "8", description: "most requests decoded together" },
+    "kv-budget-mib": {
+      type: "string",
+      value: "MIB",
+      description: "K/V cache memory the running requests may reserve (default: no limit but --max-batch)",
+    },
   },
   examples: [
     "deno task serve --demo --backend cpu",
@@ -75,6 +81,7 @@ async function main(flags: Flags): Promise<void> {
   const port = numberFlag(flags, "port", { integer: true, min: 0, max: 65535 })!;
   const maxBodyBytes = numberFlag(flags, "max-body-mib", { min: 0.001 })! * 2 ** 20;
   const maxBatch = numberFlag(flags, "max-batch", { integer: true, min: 1 })!;
+  const kvBudgetMib = numberFlag(flags, "kv-budget-mib", { min: 0.001 });
   const modelName = (flags["model-name"] as string | undefined) ??
     (flags.demo ? "dynllava-demo" : basename(String(modelPath).replace(/\/+$/, "")) || "model");
   const choice = await chooseBackend(flags.backend as string | undefined);
@@ -84,6 +91,7 @@ async function main(flags: Flags): Promise<void> {
     cors: flags.cors as string | undefined,
     maxBodyBytes,
     maxBatch,
+    kvBudgetBytes: kvBudgetMib === undefined ? undefined : Math.floor(kvBudgetMib * 2 ** 20),
   });
   const http = Deno.serve({
     hostname: flags.host as string,

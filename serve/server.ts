@@ -2,15 +2,29 @@
  * An OpenAI-compatible HTTP handler around one model, independent of the HTTP server that calls it
  * (`Deno.serve` in examples/serve.ts): `POST /v1/chat/completions` (JSON or server-sent events),
  * `GET /v1/models`, `GET /health` (503 until {@link ChatServer.ready} is called, so a server can
- * listen while the model loads). Bearer API key, CORS for one origin, a body-size limit, OpenAI's
- * error shape with the right status before any stream starts, 405 for a wrong method.
+ * listen while the model loads), `GET /v1/dynllava/status` (its K/V memory: budget, reserved, free,
+ * and the model's config, for an edge router such as examples/edge_router.ts). Bearer API key, CORS
+ * for one origin, a body-size limit, OpenAI's error shape with the right status before any stream
+ * starts, 405 for a wrong method.
  *
  * Every request joins the model's running batch (`model.streamBatch`: decode steps shared), up to
- * `maxBatch` at a time; a client that disconnects aborts its request, which stops within one
- * decode step.
+ * `maxBatch` at a time and, with `kvBudgetBytes`, as many as the memory planner (core's
+ * `MemoryPlanner`) fits in that K/V budget, in arrival order; each reserves its planned K/V bytes
+ * until it ends, and its measured `stats.kvCache` tightens the planner. A request larger than the
+ * whole budget is a 400 (`kv_budget_exceeded`). A client that disconnects aborts its request, which
+ * stops within one decode step.
  * @module
  */
-import type { GenerateRequest, GenerateResult, GenerateRun, Model } from "../mod.ts";
+import {
+  DEFAULT_MAX_NEW_TOKENS,
+  type GenerateRequest,
+  type GenerateResult,
+  type GenerateRun,
+  IMAGE_TOKEN_INDEX,
+  MemoryPlanner,
+  type Model,
+  type PlannedRequest,
+} from "../mod.ts";
 import {
   ApiError,
   apiErrorOf,
@@ -35,6 +49,11 @@ export interface ServerOptions {
   maxBatch?: number;
   /** Reads http(s) image URLs (default: `fetch` with the body limit and a 30 s timeout). */
   fetchImage?: ImageFetcher;
+  /**
+   * K/V cache bytes the running requests may reserve together (the memory planner's budget; K/V
+   * assumed f32 until a request is measured). Default: no limit but `maxBatch`.
+   */
+  kvBudgetBytes?: number;
 }
 
 /** The handler and the switch that makes it serve a model. */
@@ -48,6 +67,7 @@ const ROUTES: Record<string, string[]> = {
   "/health": ["GET"],
   "/v1/models": ["GET"],
   "/v1/chat/completions": ["POST"],
+  "/v1/dynllava/status": ["GET"],
 };
 
 /** Reads a stream into bytes, failing with 413 past `limit` bytes. */
@@ -88,41 +108,100 @@ function urlFetcher(limit: number): ImageFetcher {
   };
 }
 
+/** A queued request: its generate request, its plan and K/V reservation, and its start callback. */
+interface QueuedRequest {
+  request: GenerateRequest;
+  planned: PlannedRequest;
+  bytes: number;
+  start: (started: { run: GenerateRun }) => void;
+}
+
 /**
  * Starts each request in the model's running batch (`streamBatch` joins it, so its decode steps
- * are shared), with at most `maxBatch` running; the others wait their turn in arrival order.
+ * are shared), with at most `maxBatch` running and their K/V reservations within the planner's
+ * budget; the others wait their turn in arrival order.
  */
 class BatchQueue {
   readonly #model: Model;
   readonly #maxBatch: number;
-  #waiting: { request: GenerateRequest; start: (started: { run: GenerateRun }) => void }[] = [];
+  readonly planner: MemoryPlanner;
+  #waiting: QueuedRequest[] = [];
   #running = 0;
+  #reservedBytes = 0;
 
-  constructor(model: Model, maxBatch: number) {
+  constructor(model: Model, maxBatch: number, planner: MemoryPlanner) {
     this.#model = model;
     this.#maxBatch = maxBatch;
+    this.planner = planner;
   }
 
-  /** Resolves with the request's run once it starts (wrapped: a run is itself awaitable). */
-  submit(request: GenerateRequest): Promise<{ run: GenerateRun }> {
+  /** Requests running, waiting, and the K/V bytes each group reserves. */
+  get load(): { running: number; waiting: number; reservedBytes: number; waitingBytes: number } {
+    return {
+      running: this.#running,
+      waiting: this.#waiting.length,
+      reservedBytes: this.#reservedBytes,
+      waitingBytes: this.#waiting.reduce((sum, queued) => sum + queued.bytes, 0),
+    };
+  }
+
+  /**
+   * Resolves with the request's run once it starts (wrapped: a run is itself awaitable); a request
+   * larger than the whole K/V budget is a 400.
+   */
+  submit(request: GenerateRequest, planned: PlannedRequest): Promise<{ run: GenerateRun }> {
+    const bytes = this.planner.requestBytes(planned);
+    if (bytes > this.planner.kvBudgetBytes) {
+      throw new ApiError(
+        400,
+        `Cannot admit the request: its K/V cache is planned at ${bytes} bytes, more than the server's ` +
+          `budget of ${this.planner.kvBudgetBytes}; ask for fewer max_tokens`,
+        { param: "max_tokens", code: "kv_budget_exceeded" },
+      );
+    }
     return new Promise((start) => {
-      this.#waiting.push({ request, start });
+      this.#waiting.push({ request, planned, bytes, start });
       this.#startWaiting();
     });
   }
 
   #startWaiting(): void {
     while (this.#running < this.#maxBatch && this.#waiting.length > 0) {
-      const { request, start } = this.#waiting.shift()!;
+      const { request, planned, bytes, start } = this.#waiting[0];
+      if (this.#reservedBytes + bytes > this.planner.kvBudgetBytes) return; // no overtaking
+      this.#waiting.shift();
       const [run] = this.#model.streamBatch([request]);
       this.#running++;
-      run.result.catch(() => {}).finally(() => {
+      this.#reservedBytes += bytes;
+      run.result.then(
+        (result) => this.planner.observe(planned, result.stats),
+        () => {},
+      ).finally(() => {
         this.#running--;
+        this.#reservedBytes -= bytes;
         this.#startWaiting();
       });
       start({ run });
     }
   }
+}
+
+/** The planner's view of a chat request: text tokens, images, length, policy, KV mode. */
+function plannedRequest(
+  request: GenerateRequest,
+  policy: string,
+  imageTokenId: number | null,
+): PlannedRequest {
+  const ids = request.inputIds ?? [];
+  const isImage = (id: number) => id === IMAGE_TOKEN_INDEX || id === imageTokenId;
+  return {
+    id: "request",
+    policy: policy === "dense" || policy === "fastv" ? policy : "dynamic",
+    promptTokens: ids.filter((id) => !isImage(id)).length,
+    images: ids.filter(isImage).length,
+    maxNewTokens: request.maxNewTokens ?? DEFAULT_MAX_NEW_TOKENS,
+    kvCache: request.kvCache ?? true,
+  };
 }
 
 function bearerMatches(header: string | null, key: string): boolean {
@@ -207,6 +286,15 @@ export function createChatServer(options: ServerOptions): ChatServer {
         code: "invalid_api_key",
       });
     }
+    if (path === "/v1/dynllava/status") {
+      if (!model || !queue) {
+        throw new ApiError(503, "Cannot answer yet: the model is loading", {
+          code: "loading",
+          type: "server_error",
+        });
+      }
+      return json(statusOf(model, queue));
+    }
     if (modelPath === "/v1/models") {
       const card = { id: options.modelName, object: "model", created, owned_by: "dynllava" };
       if (path === "/v1/models") return json({ object: "list", data: [card] });
@@ -254,7 +342,8 @@ export function createChatServer(options: ServerOptions): ChatServer {
       policy: typeof generateRequest.policy === "string" ? generateRequest.policy : model.defaultPolicy,
       kvCache: generateRequest.kvCache ?? true,
     };
-    const { run } = await queue.submit(generateRequest);
+    const planned = plannedRequest(generateRequest, meta.policy, model.config.imageTokenId);
+    const { run } = await queue.submit(generateRequest, planned);
     const events = run[Symbol.asyncIterator]();
     // Failures before the first token (bad image, prompt too long, policy) get their own status.
     const first = await events.next();
@@ -299,6 +388,25 @@ export function createChatServer(options: ServerOptions): ChatServer {
     });
   }
 
+  function statusOf(model: Model, queue: BatchQueue) {
+    const load = queue.load, budget = queue.planner.kvBudgetBytes;
+    return {
+      object: "dynllava.status",
+      model: options.modelName,
+      default_policy: model.defaultPolicy,
+      max_batch: options.maxBatch ?? 8,
+      running: load.running,
+      waiting: load.waiting,
+      kv_budget_bytes: Number.isFinite(budget) ? budget : null,
+      kv_reserved_bytes: load.reservedBytes,
+      kv_waiting_bytes: load.waitingBytes,
+      kv_free_bytes: Number.isFinite(budget) ? budget - load.reservedBytes : null,
+      kv_bytes_per_element: queue.planner.bytesPerElement,
+      text_keep_rate: queue.planner.textKeepRate,
+      config: model.config,
+    };
+  }
+
   return {
     async handler(request) {
       try {
@@ -312,7 +420,12 @@ export function createChatServer(options: ServerOptions): ChatServer {
     },
     ready(loaded) {
       model = loaded;
-      queue = new BatchQueue(loaded, options.maxBatch ?? 8);
+      const planner = new MemoryPlanner({
+        config: loaded.config,
+        budgetBytes: options.kvBudgetBytes ?? Infinity,
+        kvDtype: "f32",
+      });
+      queue = new BatchQueue(loaded, options.maxBatch ?? 8, planner);
     },
   };
 }

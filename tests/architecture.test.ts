@@ -159,6 +159,19 @@ Deno.test("the ground floor touches neither Deno, the GPU nor files", async () =
   assert.deepEqual(offenders, []);
 });
 
+Deno.test("the edge router reaches only core.ts and the ground floor (it runs without a GPU or files)", () => {
+  const reached = new Set<string>();
+  const visit = (path: string) => {
+    if (reached.has(path)) return;
+    reached.add(path);
+    for (const next of graph.get(path) ?? []) visit(next);
+  };
+  visit("examples/edge_router.ts");
+  reached.delete("examples/edge_router.ts");
+  assert.deepEqual([...reached].filter((path) => path !== "core.ts" && roomOf(path) !== "runtime/core/"), []);
+  assert.ok(reached.has("core.ts"));
+});
+
 Deno.test("cycles() finds a planted cycle and roomOf() refuses a stray file", () => {
   const planted = new Map([["a.ts", new Set(["b.ts"])], ["b.ts", new Set(["a.ts"])], [
     "c.ts",

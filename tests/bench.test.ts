@@ -218,6 +218,21 @@ Deno.test("parseBenchArgs() reads lists and refuses bad values", () => {
   refused(["--policies", "dense"], /--out DIR is required/);
   refused(["--cost-only", "--config", "c.json", "--out", "o"], /--out: it does not go with --cost-only/);
   refused(["--policy", "dense", "--out", "o"], /--policy: it needs --cost-only/);
+  refused(["--context", "4096", "--out", "o"], /--context: it needs --cost-only/);
+  const cost = (...flags: string[]) => ["--cost-only", "--config", "c.json", ...flags];
+  refused(cost("--kv-dtype", "f8"), /--kv-dtype: expected f16 or f32, got "f8"/);
+  refused(cost("--budget-gb", "6"), /--budget-gb: it needs --weight-types/);
+  refused(cost("--weight-types", "f16", "--budget-gb", "0"), /--budget-gb: expected a size > 0/);
+  refused(cost("--policy", "dense,sparse"), /--policy: .*got "sparse"/);
+  const memory = parseBenchArgs(
+    cost("--policy", "dense,dynamic", "--weight-types", "q4_k_m,f16", "--budget-gb", "6"),
+  );
+  assert.ok(memory.costOnly);
+  assert.deepEqual([memory.policies, memory.weightTypes, memory.budgetBytes], [["dense", "dynamic"], [
+    "q4_k_m",
+    "f16",
+  ], 6e9]);
+  assert.equal(memory.plan.policy, "dense");
 });
 
 Deno.test("ratioLines() compares each policy with dense at the longest output length", () => {

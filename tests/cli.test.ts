@@ -151,10 +151,10 @@ async function script(
 Deno.test("every script prints --help from its option table, and a user mistake as one line without a stack", async () => {
   const flags: Record<string, string[]> = {
     generate: ["--max-new-tokens N", "--backend webgpu|cpu", "--policy NAME"],
-    bench: ["--new-tokens LIST", "--cost-only", "--out DIR"],
+    bench: ["--new-tokens LIST", "--cost-only", "--out DIR", "--weight-types LIST", "--kv-dtype f16|f32"],
     eval: ["--demo-set", "--policies LIST"],
     charts: ["--config FILE", "--rows FILE"],
-    serve: ["--host HOST", "--api-key KEY", "--cors ORIGIN", "--max-body-mib MIB"],
+    serve: ["--host HOST", "--api-key KEY", "--cors ORIGIN", "--max-body-mib MIB", "--kv-budget-mib MIB"],
   };
   for (const [name, expected] of Object.entries(flags)) {
     const help = await script(name, ["--help"]);

@@ -1,7 +1,9 @@
 /**
  * Tests of the cost model (runtime/core/cost.ts) and the `--cost-only` mode of examples/bench.ts:
  * the paper's Table 1 prefill TFLOPs from the real LLaVA-1.5 configs, exact FLOPs against a count
- * written out row by row, KV bytes, rows per layer under each policy, decode with and without cache.
+ * written out row by row, KV bytes, rows per layer under each policy, decode with and without cache;
+ * weight bytes per weight type (a small config and LLaVA-1.5-7B against hand counts), K/V bytes per
+ * K/V type, memory totals, and the memory table of `--cost-only --weight-types`.
  * @module
  */
 import assert from "node:assert/strict";
@@ -16,6 +18,7 @@ import {
   visionPredictorFlops,
 } from "../runtime/core/cost.ts";
 import { CheckpointError, InputError } from "../runtime/core/errors.ts";
+import { parseWeightType, STORED_WEIGHT_TYPES, weightBytes } from "../runtime/core/weight_bytes.ts";
 
 const CONFIGS = new URL("./fixtures/configs/", import.meta.url);
 
@@ -28,6 +31,7 @@ const raw13b = await readConfig("llava-v1.5-13b.json");
 const clip = await readConfig("clip-vit-large-patch14-336.json");
 const parsed7b = parseModelConfig(raw7b, "llava-v1.5-7b.json", clip);
 const parsed13b = parseModelConfig(raw13b, "llava-v1.5-13b.json", clip);
+const rawDynamic7b = await readConfig("dynamic-llava-7b.json");
 
 /** Bytes of one K/V row across a layer for LLaVA-1.5-7B in f16: 2 × 4096 × 2. */
 const ROW_BYTES_7B = 2 * 4096 * 2;
@@ -316,4 +320,174 @@ Deno.test("bench.ts --cost-only --json prints the estimate for a llava_llama con
   assert.equal(fastv.decode.steps, 8);
   const table = await run("--policy", "dynamic", "--vision-keep", "115");
   assert.match(table, /prefill\s+2\.488/);
+});
+
+// A small grouped-query decoder: C = 64, 4 heads × 16, 2 KV heads, I = 128, 2 layers, vocab 96, untied.
+const small = parseModelConfig({
+  model_type: "llama",
+  hidden_size: 64,
+  intermediate_size: 128,
+  num_attention_heads: 4,
+  num_key_value_heads: 2,
+  num_hidden_layers: 2,
+  vocab_size: 96,
+}, "small/config.json");
+
+Deno.test("weightBytes() of a small decoder equals a hand count for every weight type", () => {
+  // Matrices: embed + lm_head 2 × 96 × 64; per layer wq 64², wk and wv 32 × 64, wo 64², gate, up, down 128 × 64.
+  const elements = 2 * 96 * 64 + 2 * (64 * 64 + 2 * 32 * 64 + 64 * 64 + 3 * 128 * 64);
+  assert.equal(elements, 86016);
+  const norms = 4 * 64 * (1 + 2 * 2); // final norm + 2 per layer, F32
+  const expected: Record<string, number> = {
+    f32: 4 * elements + norms,
+    f16: 2 * elements + norms,
+    bf16: 2 * elements + norms,
+    q8_0: (elements / 32) * 34 + norms,
+    q4_0: (elements / 32) * 18 + norms, // 49664
+    // Rows of 64 and 128 are not whole 256-element blocks: the K-quants fall back to Q8_0.
+    q4_k: (elements / 32) * 34 + norms,
+    q6_k: (elements / 32) * 34 + norms,
+    q4_k_m: (elements / 32) * 34 + norms,
+  };
+  assert.equal(expected.q4_0, 49664);
+  for (const type of STORED_WEIGHT_TYPES) {
+    const bytes = weightBytes(small, type);
+    assert.deepEqual(bytes, { text: expected[type], mmproj: 0, predictors: 0, total: expected[type] }, type);
+  }
+});
+
+Deno.test("weightBytes() of LLaVA-1.5-7B: text model, mmproj and predictors against hand counts", () => {
+  const C = 4096, I = 11008, L = 32, vocab = 32000;
+  const elements = 2 * vocab * C + L * (4 * C * C + 3 * C * I);
+  const norms = 4 * C * (1 + 2 * L);
+  assert.equal(weightBytes(parsed7b, "q4_0").text, (elements / 32) * 18 + norms); // 3,791,273,984
+  assert.equal(weightBytes(parsed7b, "q4_0").text, 3_791_273_984);
+  assert.equal(weightBytes(parsed7b, "q8_0").text, (elements / 32) * 34 + norms);
+  assert.equal(weightBytes(parsed7b, "f16").text, 2 * elements + norms);
+  assert.equal(weightBytes(parsed7b, "q4_k").text, (elements / 256) * 144 + norms);
+  assert.equal(weightBytes(parsed7b, "q6_k").text, (elements / 256) * 210 + norms);
+  // Q4_K_M: Q6_K for lm_head and for wv / w_down of layers 0-3, 28-31 and every third from 4 (6, 9, …, 27).
+  const moreBits = [0, 1, 2, 3, 6, 9, 12, 15, 18, 21, 24, 27, 28, 29, 30, 31];
+  const q6 = vocab * C + moreBits.length * (C * C + C * I);
+  assert.equal(
+    weightBytes(parsed7b, "q4_k_m").text,
+    ((elements - q6) / 256) * 144 + (q6 / 256) * 210 + norms,
+  );
+  // CLIP ViT-L/14-336 up to hidden_states[-2] (23 of 24 layers) and the mlp2x_gelu projector, F16 matrices.
+  const V = 1024, VI = 4096, grid = 24;
+  const towerMatrices = V * 3 * 14 * 14 + (grid * grid + 1) * V + 23 * (4 * V * V + 2 * V * VI);
+  const towerVectors = V + 2 * V + 23 * (4 * V + 4 * V + VI + V);
+  const projector = 2 * (C * V + C * C) + 4 * 2 * C;
+  const mmproj = 2 * towerMatrices + 4 * towerVectors + projector;
+  assert.equal(weightBytes(parsed7b, "q4_k_m").mmproj, mmproj);
+  assert.equal(
+    weightBytes(parsed7b, "f32").mmproj,
+    4 * towerMatrices + 4 * towerVectors + 2 * projector - 4 * 2 * C,
+  );
+  // Dynamic-LLaVA's predictors (d = 512, 2 blocks of width 2048): F16 matrices, F32 vectors.
+  const d = 512, f = 2048;
+  const visionMatrices = d * C + 2 * (3 * d * d + d * d + 2 * d * f) + (d / 2) * d + (d / 4) * (d / 2) +
+    2 * (d / 4);
+  const visionVectors = 2 * C + d + 2 * (2 * d + d + 2 * d + f + d) + d / 2 + d / 4 + 2;
+  const textMatrices = d * C + (d / 2) * d + (d / 4) * (d / 2) + 2 * (d / 4);
+  const textVectors = 2 * C + d + d / 2 + d / 4 + 2;
+  const dynamic7b = estimateCost(rawDynamic7b, { policy: "dynamic", weightType: "q4_k_m" }).weights!;
+  assert.equal(dynamic7b.predictors, 2 * (visionMatrices + textMatrices) + 4 * (visionVectors + textVectors));
+  assert.equal(dynamic7b.total, dynamic7b.text + dynamic7b.mmproj + dynamic7b.predictors);
+  // A raw config names its tower by id: "large" sizes it as the tower's own config does.
+  assert.deepEqual(
+    estimateCost(raw7b, { policy: "dense", weightType: "q8_0" }).weights,
+    weightBytes(parsed7b, "q8_0"),
+  );
+});
+
+Deno.test("estimateCost() counts K/V at f16 as half of f32, fills a context, and adds the weights", () => {
+  const plan = { policy: "dynamic" as const, contextTokens: 4096, batch: 4 };
+  const f16 = estimateCost(rawDynamic7b, { ...plan, kvDtype: "f16" });
+  const f32 = estimateCost(rawDynamic7b, { ...plan, kvDtype: "f32" });
+  assert.equal(f16.kv.peakBytes * 2, f32.kv.peakBytes);
+  assert.equal(f16.kv.bytesPerToken, 32 * ROW_BYTES_7B); // 512 KiB per token, every layer
+  assert.equal(f32.kv.bytesPerToken, 2 * f16.kv.bytesPerToken);
+  assert.equal(f16.plan.newTokens, 4096 - 48 - 576);
+  // 4095 rows fed (the last token never is): layers 0-1 hold them all, layers 2-31 115 image tokens
+  // and floor(3471 × 0.5) = 1735 of the generated ones; × batch 4.
+  const rows = 2 * (48 + 576 + 3471) + 30 * (48 + 115 + 1735);
+  assert.equal(f16.kv.peakBytes, 4 * rows * ROW_BYTES_7B);
+  assert.equal(f16.weights, null);
+  assert.equal(f16.totalBytes, f16.kv.peakBytes);
+  const q4km = estimateCost(rawDynamic7b, { ...plan, kvDtype: "f16", weightType: "q4_k_m" });
+  assert.equal(q4km.totalBytes, q4km.weights!.total + f16.kv.peakBytes);
+  assert.ok(q4km.totalBytes > 6e9, "Q4_K_M + dynamic at 4K context, batch 4, does not fit 6 GB");
+  assert.equal(
+    estimateCost(rawDynamic7b, { ...plan, batch: 1, kvDtype: "f16", weightType: "q4_k_m" }).totalBytes <= 6e9,
+    true,
+  );
+});
+
+Deno.test("estimateCost() and parseWeightType() refuse unknown types and contradicting sizes", () => {
+  const refused = (plan: Record<string, unknown>, where: string) =>
+    assert.throws(
+      () => estimateCost(raw7b, { policy: "dense", ...plan }),
+      (error: unknown) => error instanceof InputError && error.where === where,
+      where,
+    );
+  refused({ weightType: "q3_k" }, "plan.weightType");
+  refused({ kvDtype: "f8" }, "plan.kvDtype");
+  refused({ kvDtype: "f32", bytesPerElement: 2 }, "plan.bytesPerElement");
+  refused({ contextTokens: 4097 }, "plan.contextTokens"); // beyond the model's 4096 positions
+  refused({ contextTokens: 600 }, "plan.contextTokens"); // shorter than the 624-row prompt
+  refused({ contextTokens: 1000, newTokens: 5 }, "plan.contextTokens");
+  assert.throws(() => parseWeightType("Q4_K_M", "--weight-types"), /"Q4_K_M" is not one of f32, f16/);
+  assert.throws(() => weightBytes(parsed7b, "int4" as "f16"), InputError);
+  // A tower id with no ViT size sizes the tokens but not the weights.
+  const unsized = { ...raw7b, mm_vision_tower: "my-org/my-tower-patch14-336" };
+  assert.equal(estimateCost(unsized, { policy: "dense" }).plan.imageTokens, 576);
+  assert.throws(() => estimateCost(unsized, { policy: "dense", weightType: "f16" }), CheckpointError);
+});
+
+Deno.test("bench.ts --cost-only --weight-types prints weight + KV bytes per type and policy", async () => {
+  const bench = fileURLToPath(new URL("../examples/bench.ts", import.meta.url));
+  const config = fileURLToPath(new URL("dynamic-llava-7b.json", CONFIGS));
+  const run = async (...flags: string[]) => {
+    const output = await new Deno.Command(Deno.execPath(), {
+      args: ["run", "-A", bench, "--cost-only", "--config", config, ...flags],
+    }).output();
+    return {
+      code: output.code,
+      stdout: new TextDecoder().decode(output.stdout),
+      stderr: new TextDecoder().decode(output.stderr),
+    };
+  };
+  const flags = [
+    "--policy",
+    "dense,fastv,dynamic",
+    "--weight-types",
+    "f16,q4_k_m",
+    "--context",
+    "4096",
+    "--batch",
+    "4",
+  ];
+  const table = await run(...flags, "--budget-gb", "6");
+  assert.equal(table.code, 0, table.stderr);
+  assert.match(table.stdout, /context 4096: 48 text \+ 1 × 576 image \+ 3472 generated tokens/);
+  assert.match(table.stdout, /q4_k_m\s+dynamic\s+3\.80\s+0\.58\s+20\.7\s+3\.98\s+8\.38\s+no/);
+  assert.match(table.stdout, /f16\s+dense\s+12\.55\s+0\.58\s+20\.7\s+8\.00\s+21\.15\s+no/);
+  const json = JSON.parse((await run(...flags, "--kv-dtype", "f32", "--json")).stdout);
+  assert.equal(json.rows.length, 6);
+  const dynamic = json.rows.find((r: { weightType: string; policy: string }) =>
+    r.weightType === "q4_k_m" && r.policy === "dynamic"
+  );
+  const expected = estimateCost(rawDynamic7b, {
+    policy: "dynamic",
+    contextTokens: 4096,
+    batch: 4,
+    kvDtype: "f32",
+    weightType: "q4_k_m",
+  });
+  assert.equal(dynamic.totalBytes, expected.totalBytes);
+  assert.equal(dynamic.fits, null);
+  const bad = await run("--weight-types", "q3_k");
+  assert.equal(bad.code, 2);
+  assert.match(bad.stderr, /weight type "q3_k" is not one of/);
 });

@@ -12,6 +12,7 @@ import { type GenerateRequest, type GenerateRun, loadModel, type Model } from ".
 import { createChatServer } from "../serve/server.ts";
 import { encodeImage, makeTestImage } from "../tools/fixtures/images.ts";
 import { ensureFixture } from "../tools/make_fixtures.ts";
+import { startServer } from "./serve_util.ts";
 
 const DEMO = new URL("../assets/demo/", import.meta.url);
 const PNG = await encodeImage(makeTestImage(20, 16), "png");
@@ -20,38 +21,6 @@ const userTurn = (text: string) => ({
   role: "user" as const,
   content: [{ type: "image_url" as const, image_url: { url: DATA_URI } }, { type: "text" as const, text }],
 });
-
-/** Starts `deno task serve` and resolves with its base URL once /health says ok. */
-async function startServer(args: string[]): Promise<{ url: string; stop: () => Promise<void> }> {
-  const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", new URL("../examples/serve.ts", import.meta.url).pathname, ...args, "--port", "0"],
-    stdout: "null",
-    stderr: "piped",
-  }).spawn();
-  const reader = child.stderr.pipeThrough(new TextDecoderStream()).getReader();
-  let log = "", url = "";
-  while (!url) {
-    const { value, done } = await reader.read();
-    if (done) throw new Error(`server exited: ${log}`);
-    log += value;
-    url = /listening on (http:\/\/\S+)/.exec(log)?.[1] ?? "";
-  }
-  // Drain the rest of stderr so the child never blocks on it.
-  const drained = (async () => {
-    while (!(await reader.read()).done) { /* progress lines */ }
-  })();
-  while ((await fetch(`${url}/health`).then(async (r) => (await r.body?.cancel(), r.status))) !== 200) {
-    await new Promise((resolve) => setTimeout(resolve, 50));
-  }
-  return {
-    url,
-    stop: async () => {
-      child.kill("SIGTERM");
-      await child.status;
-      await drained;
-    },
-  };
-}
 
 Deno.test("the openai client against `serve --demo` gets generate()'s text, as a completion and as a stream", async () => {
   const server = await startServer(["--demo", "--backend", "cpu", "--api-key", "sekret"]);

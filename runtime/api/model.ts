@@ -32,6 +32,7 @@ import { decodeVideoFrames, DEFAULT_MAX_PIXELS } from "../image/image_decode.ts"
 import { checkedPlan, type PolicyModelInfo, type PolicyPlan } from "../core/policy.ts";
 import { resolvePolicy } from "../core/policies.ts";
 import { loadPredictors } from "../core/predictors.ts";
+import { DEFAULT_MAX_NEW_TOKENS } from "../core/planner.ts";
 import { PREDICTOR_PREFIXES } from "../core/weights.ts";
 import { preprocessImage } from "../image/preprocess.ts";
 import { diskCache, fetchCheckpoint } from "../io/remote.ts";
@@ -655,7 +656,7 @@ export class Model {
         images,
         plan,
         sampling: { temperature: request.temperature ?? 0, topP: request.topP ?? 1, seed: request.seed ?? 0 },
-        maxNewTokens: request.maxNewTokens ?? 256,
+        maxNewTokens: request.maxNewTokens ?? DEFAULT_MAX_NEW_TOKENS,
         stop: stop.filter((s): s is number => typeof s === "number"),
         stopStrings: stop.filter((s): s is string => typeof s !== "number"),
         kvCache: request.kvCache ?? true,

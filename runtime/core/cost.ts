@@ -16,6 +16,10 @@
  * Predictor FLOPs (Dynamic-LLaVA's vision and output-text predictors) are reported separately
  * (`predictorFlops`), never folded into the decoder's counts.
  *
+ * Memory: the KV cache at `kvDtype` (f16: 2 bytes per element, f32: 4), and with a `weightType`
+ * the weights as stored (text model, vision tower + projector, predictors; weight_bytes.ts), so
+ * `totalBytes` answers whether a model, a policy, a context length and a batch fit a GPU.
+ *
  * Building blocks the runtime calls with the row counts that actually ran: {@link passFlops} over
  * one forward pass's {@link LayerRows}, {@link kvBytes} over the rows a cache holds,
  * {@link visionPredictorFlops} and {@link textPredictorFlops}. {@link estimateCost} plans a whole
@@ -30,6 +34,7 @@
  */
 import { CheckpointError, InputError } from "./errors.ts";
 import { type ModelConfig, parseModelConfig, type TextConfig } from "./config.ts";
+import { parseWeightType, type StoredWeightType, type WeightBytes, weightBytes } from "./weight_bytes.ts";
 
 /** Text tokens of a typical LLaVA-1.5 prompt, BOS included, image excluded (see {@link CostPlan}). */
 export const DEFAULT_PROMPT_TOKENS = 48;
@@ -37,6 +42,12 @@ export const DEFAULT_PROMPT_TOKENS = 48;
 const RMSNORM_FLOPS_PER_ELEMENT = 4;
 const LAYERNORM_FLOPS_PER_ELEMENT = 7;
 const EPSILON = 1e-9;
+
+/** Element type of the K/V cache. */
+export type KvDtype = "f32" | "f16";
+
+/** Bytes per cached K/V element of each {@link KvDtype}. */
+export const KV_DTYPE_BYTES: Readonly<Record<KvDtype, number>> = { f32: 4, f16: 2 };
 
 /** Rows one decoder layer handled in one forward pass. */
 export interface LayerRows {
@@ -91,8 +102,13 @@ export interface CostPlan {
    * implies one image unless `images` says otherwise.
    */
   imageTokens?: number;
-  /** Generated tokens (default 0: prefill only). */
+  /** Generated tokens (default 0: prefill only; excludes `contextTokens`). */
   newTokens?: number;
+  /**
+   * Fill a context of this many positions: newTokens = contextTokens − text − images × image
+   * tokens (an InputError when the prompt does not fit it or it exceeds the model's positions).
+   */
+  contextTokens?: number;
   /** Decode with a KV cache (default true) or recompute the context every step. */
   kvCache?: boolean;
   /** Sequences decoded together; every FLOP and byte count is multiplied by it (default 1). */
@@ -113,8 +129,12 @@ export interface CostPlan {
      */
     textKeepRate?: number;
   };
-  /** Bytes per cached K/V element (default 2: f16). */
+  /** Bytes per cached K/V element (default 2: f16; excludes a different `kvDtype`). */
   bytesPerElement?: number;
+  /** The K/V element type: "f16" (2 bytes, the default) or "f32" (4). */
+  kvDtype?: KvDtype;
+  /** How the weights are stored; with it the estimate counts their bytes (`weights`, `totalBytes`). */
+  weightType?: StoredWeightType;
 }
 
 /** The plan with every default filled in, as {@link estimateCost} used it. */
@@ -141,6 +161,8 @@ export interface ResolvedCostPlan {
   textKeepRate: number;
   /** Bytes per cached K/V element. */
   bytesPerElement: number;
+  /** How the weights are stored, or null when not asked. */
+  weightType: StoredWeightType | null;
 }
 
 /** FLOPs of a phase (prefill, decode or both); every count covers the whole batch. */
@@ -173,6 +195,8 @@ export interface CostEstimate {
   };
   /** The KV cache. */
   kv: {
+    /** Bytes of one token's K and V in every layer (a dense row; one sequence). */
+    bytesPerToken: number;
     /** Rows each layer's KV cache holds at the end (all 0 without a KV cache). */
     rowsPerLayer: number[];
     /** Bytes the KV cache holds at the end. */
@@ -185,6 +209,10 @@ export interface CostEstimate {
   };
   /** Prefill and decode together. */
   total: PhaseFlops;
+  /** The weights' bytes as `plan.weightType` stores them (shared by the batch), or null. */
+  weights: WeightBytes | null;
+  /** Weights (0 without `weightType`) + the most K/V bytes held at once, batch included. */
+  totalBytes: number;
 }
 
 /**
@@ -323,8 +351,27 @@ export function kvBytes(
       "rowsPerLayer",
     );
   }
-  const rowBytes = 2 * text.numKvHeads * text.headDim * (options.bytesPerElement ?? 2);
+  const rowBytes = kvRowBytes(text, options);
   return rowsPerLayer.reduce((sum, rows) => sum + rows * rowBytes, 0);
+}
+
+/**
+ * Bytes of one row of one layer's KV cache: 2 (K and V) × numKvHeads × headDim × bytesPerElement
+ * (default 2).
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { KV_DTYPE_BYTES, kvRowBytes } from "./cost.ts";
+ * import { parseTextConfig } from "./config.ts";
+ * const text = parseTextConfig({
+ *   hidden_size: 4096, intermediate_size: 11008, num_attention_heads: 32, num_hidden_layers: 32,
+ * }, "config.json");
+ * assert.equal(kvRowBytes(text, { bytesPerElement: KV_DTYPE_BYTES.f16 }), 16384); // LLaVA-1.5-7B: 16 KiB a layer
+ * ```
+ */
+export function kvRowBytes(text: TextConfig, options: { bytesPerElement?: number } = {}): number {
+  return 2 * text.numKvHeads * text.headDim * (options.bytesPerElement ?? 2);
 }
 
 /**
@@ -408,8 +455,19 @@ function isModelConfig(value: unknown): value is ModelConfig {
     typeof value["text"]["hiddenSize"] === "number";
 }
 
-/** A CLIP tower's image and patch size read from its id, e.g. "openai/clip-vit-large-patch14-336". */
-function towerFromId(raw: Json): Json {
+/** Sizes of the standard ViT widths (ViT-B, ViT-L, ViT-H) that CLIP tower ids name. */
+const VIT_SIZES: Record<string, Json> = {
+  base: { hidden_size: 768, num_hidden_layers: 12, num_attention_heads: 12, intermediate_size: 3072 },
+  large: { hidden_size: 1024, num_hidden_layers: 24, num_attention_heads: 16, intermediate_size: 4096 },
+  huge: { hidden_size: 1280, num_hidden_layers: 32, num_attention_heads: 16, intermediate_size: 5120 },
+};
+
+/**
+ * A CLIP tower's config read from its id, e.g. "openai/clip-vit-large-patch14-336": image and
+ * patch size always; the widths and depth when the id names a standard ViT size (base, large,
+ * huge), else only enough for token counts (`sized: false`).
+ */
+function towerFromId(raw: Json): { tower: Json; sized: boolean } {
   const id = raw["mm_vision_tower"] ?? raw["vision_tower"];
   const name = typeof id === "string" ? id.split("/").filter((part) => part !== "").at(-1) ?? "" : "";
   const match = /patch(\d+)(?:-(\d+))?/.exec(name);
@@ -420,22 +478,50 @@ function towerFromId(raw: Json): Json {
       "config.json mm_vision_tower",
     );
   }
+  const size = /-(base|large|huge)-/.exec(name)?.[1];
   return {
-    patch_size: Number(match[1]),
-    image_size: match[2] === undefined ? 224 : Number(match[2]),
-    hidden_size: raw["mm_hidden_size"] ?? 1024,
-    num_attention_heads: 16,
+    tower: {
+      patch_size: Number(match[1]),
+      image_size: match[2] === undefined ? 224 : Number(match[2]),
+      hidden_size: raw["mm_hidden_size"] ?? 1024,
+      num_attention_heads: 16,
+      ...(size === undefined ? {} : VIT_SIZES[size]),
+    },
+    sized: size !== undefined,
   };
 }
 
-function resolveConfig(config: unknown): ModelConfig {
-  if (isModelConfig(config)) return config;
+/**
+ * The {@link ModelConfig} the cost model reads from `config`: a parsed config as is, or a raw
+ * config.json object (a llava_llama config whose tower is a hub id is read without the tower's
+ * config, as {@link estimateCost} reads it).
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { costConfig } from "./cost.ts";
+ * const config = costConfig({
+ *   model_type: "llava_llama", hidden_size: 64, intermediate_size: 128, num_attention_heads: 4,
+ *   num_hidden_layers: 2, mm_vision_tower: "openai/clip-vit-large-patch14-336", mm_hidden_size: 1024,
+ * });
+ * assert.equal(config.vision?.tokensPerImage, 576);
+ * ```
+ */
+export function costConfig(config: ModelConfig | unknown): ModelConfig {
+  return resolveConfig(config).model;
+}
+
+/** The parsed config, and whether its weights can be sized (a tower known only by a bare id cannot). */
+function resolveConfig(config: unknown): { model: ModelConfig; sized: boolean } {
+  if (isModelConfig(config)) return { model: config, sized: true };
   if (!isObject(config)) {
     throw new CheckpointError("Cannot read config: expected a JSON object", "config.json");
   }
   const type = config["model_type"];
   const needsTower = type === "llava_llama" || (type === "llama" && config["mm_vision_tower"] != null);
-  return parseModelConfig(config, "config.json", needsTower ? towerFromId(config) : undefined);
+  if (!needsTower) return { model: parseModelConfig(config, "config.json"), sized: true };
+  const { tower, sized } = towerFromId(config);
+  return { model: parseModelConfig(config, "config.json", tower), sized };
 }
 
 function count(value: number | undefined, fallback: number, where: string, minimum = 0): number {
@@ -494,18 +580,63 @@ function resolveImages(config: ModelConfig, plan: CostPlan): { images: number; i
   return { images, imageTokens };
 }
 
+/** Generated tokens: `newTokens`, or what fills `contextTokens` after the prompt's rows. */
+function resolveNewTokens(config: ModelConfig, plan: CostPlan, promptRows: number): number {
+  if (plan.contextTokens === undefined) return count(plan.newTokens, 0, "plan.newTokens");
+  if (plan.newTokens !== undefined) {
+    throw new InputError(
+      "Cannot estimate cost: give plan.newTokens or plan.contextTokens, not both",
+      "plan.contextTokens",
+    );
+  }
+  const context = count(plan.contextTokens, 0, "plan.contextTokens", 1);
+  const positions = config.text.maxPositions;
+  if (context > positions || context < promptRows) {
+    throw new InputError(
+      `Cannot estimate cost: plan.contextTokens ${context} must hold the prompt's ${promptRows} rows ` +
+        `and stay within the model's ${positions} positions`,
+      "plan.contextTokens",
+    );
+  }
+  return context - promptRows;
+}
+
+/** Bytes per K/V element from `kvDtype` or `bytesPerElement` (which must agree when both are given). */
+function resolveBytesPerElement(plan: CostPlan): number {
+  if (plan.kvDtype === undefined) return count(plan.bytesPerElement, 2, "plan.bytesPerElement", 1);
+  const bytes = Object.hasOwn(KV_DTYPE_BYTES, plan.kvDtype) ? KV_DTYPE_BYTES[plan.kvDtype] : undefined;
+  if (bytes === undefined) {
+    throw new InputError(
+      `Cannot estimate cost: plan.kvDtype ${JSON.stringify(plan.kvDtype)} is not f32 or f16`,
+      "plan.kvDtype",
+    );
+  }
+  if (plan.bytesPerElement !== undefined && plan.bytesPerElement !== bytes) {
+    throw new InputError(
+      `Cannot estimate cost: plan.bytesPerElement ${plan.bytesPerElement} contradicts plan.kvDtype ${plan.kvDtype}`,
+      "plan.bytesPerElement",
+    );
+  }
+  return bytes;
+}
+
 /** Fills the plan's defaults from the model config and checks every value. */
 function resolvePlan(config: ModelConfig, plan: CostPlan): ResolvedCostPlan {
   const numLayers = config.text.numLayers;
   const { images, imageTokens } = resolveImages(config, plan);
+  const weightType = plan.weightType === undefined
+    ? null
+    : parseWeightType(plan.weightType, "plan.weightType");
+  const promptTokens = count(plan.promptTokens, DEFAULT_PROMPT_TOKENS, "plan.promptTokens");
   const common = {
-    promptTokens: count(plan.promptTokens, DEFAULT_PROMPT_TOKENS, "plan.promptTokens"),
+    promptTokens,
     images,
     imageTokens,
-    newTokens: count(plan.newTokens, 0, "plan.newTokens"),
+    newTokens: resolveNewTokens(config, plan, promptTokens + images * imageTokens),
     kvCache: plan.kvCache ?? true,
     batch: count(plan.batch, 1, "plan.batch", 1),
-    bytesPerElement: count(plan.bytesPerElement, 2, "plan.bytesPerElement", 1),
+    bytesPerElement: resolveBytesPerElement(plan),
+    weightType,
   };
   if (plan.policy === "dense") {
     return { ...common, policy: "dense", pruneLayer: numLayers, visualKept: imageTokens, textKeepRate: 1 };
@@ -630,7 +761,8 @@ function phase(flops: PassFlops, predictorFlops: number, batch: number): PhaseFl
  * rows. Decode with KV cache: each fed token runs through all layers attending to the cache;
  * under `dynamic`, layers ≥ l hold only the admitted output tokens. Decode without KV cache:
  * every step recomputes the context (image pruned as at prefill, `dynamic` also keeping
- * `textKeepRate` of the earlier output tokens at layers ≥ l).
+ * `textKeepRate` of the earlier output tokens at layers ≥ l). With `weightType` it adds the
+ * weights' bytes (`weights`, `totalBytes`); `kvDtype` sets the K/V element size.
  *
  * @example
  * ```ts
@@ -646,10 +778,14 @@ function phase(flops: PassFlops, predictorFlops: number, batch: number): PhaseFl
  * assert.equal(dense.prefill.tflopsPaper.toFixed(1), "10.1"); // the paper's Table 1
  * assert.equal(dynamic.prefill.tflopsPaper.toFixed(1), "2.5");
  * assert.deepEqual(dynamic.prefill.rowsPerLayer.slice(1, 3), [48 + 576, 48 + 115]); // pruned at layer 2
+ * // Memory: Q4_K_M weights + an f16 KV cache filling a 4K context, batch 4.
+ * const fit = estimateCost(config, { policy: "dynamic", weightType: "q4_k_m", kvDtype: "f16", contextTokens: 4096, batch: 4 });
+ * assert.equal(fit.plan.newTokens, 4096 - 48 - 576);
+ * assert.ok(fit.totalBytes > 6e9); // does not fit 6 GB
  * ```
  */
 export function estimateCost(config: ModelConfig | unknown, plan: CostPlan): CostEstimate {
-  const model = resolveConfig(config);
+  const { model, sized } = resolveConfig(config);
   const text = model.text;
   const resolved = resolvePlan(model, plan);
   const shape = layout(text.numLayers, resolved);
@@ -694,6 +830,14 @@ export function estimateCost(config: ModelConfig | unknown, plan: CostPlan): Cos
   if (resolved.kvCache) peakBytes = cacheBytes;
 
   const batch = resolved.batch;
+  if (resolved.weightType !== null && !sized) {
+    throw new CheckpointError(
+      "Cannot size the weights: the vision tower's id names no standard ViT size; " +
+        "pass a ModelConfig parsed with the tower's config",
+      "config.json mm_vision_tower",
+    );
+  }
+  const weights = resolved.weightType === null ? null : weightBytes(model, resolved.weightType);
   const prefill = phase(prefillFlops, imagePredictor, batch);
   const decode = phase(decodeFlops, decodePredictor, batch);
   return {
@@ -705,7 +849,12 @@ export function estimateCost(config: ModelConfig | unknown, plan: CostPlan): Cos
       rowsPerLayer: decodeRows,
       tokensComputed: decodeRows.reduce((sum, rows) => sum + rows, 0) * batch,
     },
-    kv: { rowsPerLayer: cacheRows, bytes: cacheBytes * batch, peakBytes: peakBytes * batch },
+    kv: {
+      bytesPerToken: text.numLayers * kvRowBytes(text, { bytesPerElement }),
+      rowsPerLayer: cacheRows,
+      bytes: cacheBytes * batch,
+      peakBytes: peakBytes * batch,
+    },
     total: phase(
       {
         flopsPaper: prefillFlops.flopsPaper + decodeFlops.flopsPaper,
@@ -714,5 +863,7 @@ export function estimateCost(config: ModelConfig | unknown, plan: CostPlan): Cos
       imagePredictor + decodePredictor,
       batch,
     ),
+    weights,
+    totalBytes: (weights?.total ?? 0) + peakBytes * batch,
   };
 }
