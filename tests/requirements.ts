@@ -32,3 +32,17 @@ export function testNeeding(
     },
   });
 }
+
+/**
+ * Whether the WebGPU adapter offers `shader-f16` (f16 KV caches need it); false without WebGPU.
+ * @example
+ * ```ts
+ * import { adapterHasShaderF16 } from "./requirements.ts";
+ * console.log(await adapterHasShaderF16());
+ * ```
+ */
+export async function adapterHasShaderF16(): Promise<boolean> {
+  const gpu = (globalThis.navigator as Navigator | undefined)?.gpu;
+  const adapter = await gpu?.requestAdapter({ powerPreference: "high-performance" });
+  return adapter?.features.has("shader-f16") ?? false;
+}
