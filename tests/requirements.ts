@@ -37,8 +37,9 @@ export function testNeeding(
  * Whether the WebGPU adapter offers `shader-f16` (f16 KV caches need it); false without WebGPU.
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { adapterHasShaderF16 } from "./requirements.ts";
- * console.log(await adapterHasShaderF16());
+ * assert.equal(typeof await adapterHasShaderF16(), "boolean");
  * ```
  */
 export async function adapterHasShaderF16(): Promise<boolean> {

@@ -64,12 +64,10 @@ async function main(): Promise<void> {
   const backend = values.backend as "cpu" | "webgpu";
   if (backend !== "cpu" && backend !== "webgpu") throw new Error("--backend must be cpu or webgpu");
   const tokens = Number(values.tokens);
-  const models: [string, string | URL][] = values.model
-    ? [[values.model, values.model]]
-    : [
-      ...Object.keys(FIXTURES).map((name): [string, string] => [name, name]),
-      ["demo", new URL("../assets/demo/", import.meta.url)],
-    ];
+  const models: [string, string | URL][] = values.model ? [[values.model, values.model]] : [
+    ...Object.keys(FIXTURES).map((name): [string, string] => [name, name]),
+    ["demo", new URL("../assets/demo/", import.meta.url)],
+  ];
   for (const [label, where] of models) {
     const dir = typeof where === "string" && where in FIXTURES ? await ensureFixture(where) : where;
     if (typeof where === "string" && FIXTURES[where]?.tower === "hub") Deno.env.set("HF_HOME", `${dir}/hf`);
