@@ -12,7 +12,7 @@
 import { type BufferSet, type Dispatch, type Gpu, grid } from "../runtime/device/gpu.ts";
 import { InputError } from "../runtime/core/errors.ts";
 import { type KvDtype, kvElementBytes } from "../runtime/core/sparse_kv.ts";
-import { kvCacheShader } from "./kv_cache.ts";
+import { KV_ELEMENTS_PER_WORD, kvCacheShader } from "./kv_cache.ts";
 import { defineUniforms, packUniforms } from "./uniforms.ts";
 import { wgslPrelude } from "./wgsl_prelude.ts";
 
@@ -106,7 +106,7 @@ export async function createKvAppend(gpu: Gpu): Promise<KvAppendKernel> {
         packUniforms(PARAMS, { rows, cols, countIndex, capacity }),
         "kv_append params",
       );
-      const words = Math.ceil(rows * cols / (dtype === "f16" ? 2 : 1));
+      const words = Math.ceil(rows * cols / KV_ELEMENTS_PER_WORD[dtype]);
       return [
         gpu.dispatch(pipeline, [params, args.src, args.counts, args.cache], grid(Math.ceil(words / THREADS))),
       ];

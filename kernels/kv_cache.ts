@@ -17,6 +17,9 @@
  */
 import type { KvDtype } from "../runtime/core/sparse_kv.ts";
 
+/** Cache elements per stored 4-byte word, by element type. */
+export const KV_ELEMENTS_PER_WORD: Readonly<Record<KvDtype, number>> = { f32: 1, f16: 2 };
+
 /** Options of {@link kvCacheShader}. */
 export interface KvCacheShaderOptions {
   /** The buffer's WGSL name (snake_case), also the accessors' prefix. */
@@ -43,7 +46,7 @@ export function kvCacheShader(dtype: KvDtype, options: KvCacheShaderOptions): st
   const { name, binding, view } = options;
   const at = `@group(0) @binding(${binding})`;
   if (view === "store") {
-    const perWord = dtype === "f16" ? 2 : 1;
+    const perWord = KV_ELEMENTS_PER_WORD[dtype];
     const word = dtype === "f16" ? "u32" : "f32";
     const pack = dtype === "f16" ? "pack2x16float(vec2f(src[e], src[e + 1u]))" : "src[e]";
     return `${at} var<storage, read_write> ${name}: array<${word}>;
