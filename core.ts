@@ -24,7 +24,14 @@ export * from "./runtime/core/config.ts";
 export * from "./runtime/core/policy.ts";
 export * from "./runtime/core/policies.ts";
 export * from "./runtime/core/predictors.ts";
-export { advanceState, KvLedger } from "./runtime/core/sparse_kv.ts";
+export {
+  advanceState,
+  KV_DTYPES,
+  type KvDtype,
+  kvElementBytes,
+  KvLedger,
+  kvRowBytes,
+} from "./runtime/core/sparse_kv.ts";
 export * from "./runtime/core/cost.ts";
 export * from "./runtime/core/weight_bytes.ts";
 export * from "./runtime/core/planner.ts";

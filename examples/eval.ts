@@ -135,6 +135,8 @@ export interface EvalOptions {
   limit?: number;
   /** Backend when `model` is a path: "webgpu" (default) or "cpu". */
   backend?: "webgpu" | "cpu";
+  /** KV cache element type when `model` is a path (`loadModel`'s `kvDtype`, default "auto"). */
+  kvDtype?: "auto" | "f16" | "f32";
   /** WordNet 3.0 database directory (default /usr/share/wordnet). */
   wordnetDir?: string;
   /** Called after each item of each run. */
@@ -395,7 +397,7 @@ export async function runEval(options: EvalOptions): Promise<EvalReport> {
   }
   const model = typeof options.model === "object"
     ? options.model
-    : await loadModel(modelPath!, { backend: options.backend });
+    : await loadModel(modelPath!, { backend: options.backend, kvDtype: options.kvDtype });
   try {
     for (const policy of policies) model.planPolicy(policy); // fail before any run
     const rows: EvalRow[] = [];

@@ -8,16 +8,22 @@
  * beforehand), counts[countIndex] when not (vision); clamped to the capacity. The row count is
  * read on the GPU, so a decode step re-encodes the same dispatches.
  *
- * Two attention pipelines, each written out whole: `DECODE_WGSL` (rows < 8: a workgroup
- * serves one query row of one head) and `PREFILL_WGSL` (a workgroup serves 8 query rows of
+ * Two attention pipelines, each written out whole: `decodeSource` (rows < 8: a workgroup
+ * serves one query row of one head) and `prefillSource` (a workgroup serves 8 query rows of
  * one head). Either way its 64 lanes walk the visible keys in tiles of 64: lane j scores key j,
  * every lane keeps the online softmax (running max and sum), and lane t accumulates output dims t
  * and t + 64. headDim is a multiple of 4, at most 128. Two more pipelines give one query row's
  * head-averaged probabilities (FastV's signal): per-head max and exp-sum, then the mean.
+ *
+ * Each pipeline comes in two variants from one source, by the cache's element type (`kvDtype`,
+ * kernels/kv_cache.ts): f32, or f16 widened to f32 as it is read (scores, softmax and the weighted
+ * sum stay f32). The f16 variants exist on devices with `shader-f16`.
  * @module
  */
 import { type BufferSet, type Dispatch, type Gpu, grid } from "../runtime/device/gpu.ts";
 import { InputError } from "../runtime/core/errors.ts";
+import { type KvDtype, kvElementBytes } from "../runtime/core/sparse_kv.ts";
+import { kvCacheShader } from "./kv_cache.ts";
 import { defineUniforms, packUniforms } from "./uniforms.ts";
 import { wgslPrelude } from "./wgsl_prelude.ts";
 
@@ -25,10 +31,12 @@ import { wgslPrelude } from "./wgsl_prelude.ts";
 export interface AttentionArgs {
   /** f32 [M, heads, headDim]. */
   q: GPUBuffer;
-  /** f32 [capacity, kvHeads, headDim]. */
+  /** [capacity, kvHeads, headDim] of `kvDtype`. */
   keys: GPUBuffer;
-  /** f32 [capacity, kvHeads, headDim]. */
+  /** [capacity, kvHeads, headDim] of `kvDtype`. */
   values: GPUBuffer;
+  /** Element type of keys and values (default "f32"). */
+  kvDtype?: KvDtype;
   /** f32 [M, heads, headDim]. */
   out: GPUBuffer;
   /** u32 key-row counts; counts[countIndex] rows precede this call's rows. */
@@ -46,8 +54,10 @@ export interface AttentionProbsMeanArgs {
   /** f32 [M, heads, headDim]; only row `row` is used. */
   q: GPUBuffer;
   row: number;
-  /** f32 [capacity, kvHeads, headDim]. */
+  /** [capacity, kvHeads, headDim] of `kvDtype`. */
   keys: GPUBuffer;
+  /** Element type of keys (default "f32"). */
+  kvDtype?: KvDtype;
   /** f32 [visible(row)]: mean over heads of the row's softmax probabilities. */
   out: GPUBuffer;
   counts: GPUBuffer;
@@ -119,10 +129,11 @@ fn kv_head_of(h: u32) -> u32 {
  *    its score into a probability;
  * 3. lane t accumulates output dims t and t + 64 over the tile's values.
  */
-const DECODE_WGSL = /* wgsl */ `${wgslPrelude({ workgroupSize: LANES })}
+function decodeSource(kvDtype: KvDtype): string {
+  return /* wgsl */ `${wgslPrelude({ workgroupSize: LANES })}
 ${ATTENTION_COMMON}
-@group(0) @binding(2) var<storage, read> keys: array<vec4f>;
-@group(0) @binding(3) var<storage, read> values: array<f32>;
+${kvCacheShader(kvDtype, { name: "keys", binding: 2, view: "vec4" })}
+${kvCacheShader(kvDtype, { name: "values", binding: 3, view: "scalar" })}
 @group(0) @binding(4) var<storage, read> counts: array<u32>;
 @group(0) @binding(5) var<storage, read_write> out: array<f32>;
 var<workgroup> q_tile: array<vec4f, MAX_HEAD_DIM / 4u>;   // q · scale, [d / 4] as vec4 over d
@@ -155,7 +166,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
     if (lid < tile_keys) {
       let k_base = key_offset(r0 + lid, kvh) / 4u;
       var dot_qk = 0.0;
-      for (var d4 = 0u; d4 < d_len / 4u; d4++) { dot_qk += dot(q_tile[d4], keys[k_base + d4]); }
+      for (var d4 = 0u; d4 < d_len / 4u; d4++) { dot_qk += dot(q_tile[d4], keys_vec4(k_base + d4)); }
       s = dot_qk;
       s_tile[lid] = s;
     }
@@ -172,9 +183,9 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
     for (var j = 0u; j < tile_keys; j++) {
       let v_base = key_offset(r0 + j, kvh);
       // Lanes past head_dim read a valid element and accumulate junk that is never written.
-      let v0 = values[v_base + min(d0, d_len - 1u)];
+      let v0 = values_at(v_base + min(d0, d_len - 1u));
       var v1 = 0.0;
-      if (d_len > WORKGROUP_SIZE) { v1 = values[v_base + min(d1, d_len - 1u)]; }
+      if (d_len > WORKGROUP_SIZE) { v1 = values_at(v_base + min(d1, d_len - 1u)); }
       let p = p_tile[j];
       run_sum += p;
       out0 += p * v0;
@@ -187,6 +198,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
   if (d1 < d_len) { out[base + d1] = out1 * inv; }
 }
 `;
+}
 
 /**
  * Prefill (rows ≥ 8): workgroup (block of 8 query rows, head h), the decode steps for 8 queries
@@ -194,10 +206,11 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
  * fixed variables, no indexed private arrays, which some drivers spill or compile very slowly.
  * Keys and values are read once per block.
  */
-const PREFILL_WGSL = /* wgsl */ `${wgslPrelude({ workgroupSize: LANES })}
+function prefillSource(kvDtype: KvDtype): string {
+  return /* wgsl */ `${wgslPrelude({ workgroupSize: LANES })}
 ${ATTENTION_COMMON}
-@group(0) @binding(2) var<storage, read> keys: array<vec4f>;
-@group(0) @binding(3) var<storage, read> values: array<f32>;
+${kvCacheShader(kvDtype, { name: "keys", binding: 2, view: "vec4" })}
+${kvCacheShader(kvDtype, { name: "values", binding: 3, view: "scalar" })}
 @group(0) @binding(4) var<storage, read> counts: array<u32>;
 @group(0) @binding(5) var<storage, read_write> out: array<f32>;
 const BLOCK = ${PREFILL_BLOCK}u;
@@ -260,7 +273,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
       var dot_a = vec4f(0.0);
       var dot_b = vec4f(0.0);
       for (var d4 = 0u; d4 < d_len / 4u; d4++) {
-        let k = keys[k_base + d4];
+        let k = keys_vec4(k_base + d4);
         dot_a += score4(d4, 0u, k);
         dot_b += score4(d4, 1u, k);
       }
@@ -294,9 +307,9 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
     for (var j = 0u; j < tile_keys; j++) {
       let v_base = key_offset(r0 + j, kvh);
       // Lanes past head_dim read a valid element and accumulate junk that is never written.
-      let v0 = values[v_base + min(d0, d_len - 1u)];
+      let v0 = values_at(v_base + min(d0, d_len - 1u));
       var v1 = 0.0;
-      if (d_len > WORKGROUP_SIZE) { v1 = values[v_base + min(d1, d_len - 1u)]; }
+      if (d_len > WORKGROUP_SIZE) { v1 = values_at(v_base + min(d1, d_len - 1u)); }
       let p_a = p_tile[j * 2u];
       run_sum_a += p_a;
       out0_a += p_a * v0;
@@ -322,11 +335,13 @@ fn write_rows(m: u32, h: u32, d0: u32, sums: vec4f, out0: vec4f, out1: vec4f) {
   }
 }
 `;
+}
 
 /** Probs mean, pass 1: workgroup h finds the max and the exp-sum of row `row`'s scores. */
-const STATS_WGSL = /* wgsl */ `${wgslPrelude({ workgroupSize: LANES, reductions: ["max", "sum"] })}
+function statsSource(kvDtype: KvDtype): string {
+  return /* wgsl */ `${wgslPrelude({ workgroupSize: LANES, reductions: ["max", "sum"] })}
 ${ATTENTION_COMMON}
-@group(0) @binding(2) var<storage, read> keys: array<f32>;
+${kvCacheShader(kvDtype, { name: "keys", binding: 2, view: "scalar" })}
 @group(0) @binding(3) var<storage, read> counts: array<u32>;
 @group(0) @binding(4) var<storage, read_write> stats: array<f32>;   // [heads][max, sum]
 
@@ -341,7 +356,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid:
   for (var r = lid; r < n; r += WORKGROUP_SIZE) {
     let k_base = key_offset(r, kvh);
     var s = 0.0;
-    for (var d = 0u; d < params.head_dim; d++) { s += q[q_base + d] * keys[k_base + d]; }
+    for (var d = 0u; d < params.head_dim; d++) { s += q[q_base + d] * keys_at(k_base + d); }
     s *= params.scale;
     let new_max = max(run_max, s);
     run_sum = run_sum * exp(run_max - new_max) + exp(s - new_max);
@@ -355,11 +370,13 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid:
   }
 }
 `;
+}
 
 /** Probs mean, pass 2: thread r averages key r's probability over heads. */
-const MEAN_WGSL = /* wgsl */ `${wgslPrelude({ workgroupSize: LANES })}
+function meanSource(kvDtype: KvDtype): string {
+  return /* wgsl */ `${wgslPrelude({ workgroupSize: LANES })}
 ${ATTENTION_COMMON}
-@group(0) @binding(2) var<storage, read> keys: array<f32>;
+${kvCacheShader(kvDtype, { name: "keys", binding: 2, view: "scalar" })}
 @group(0) @binding(3) var<storage, read> counts: array<u32>;
 @group(0) @binding(4) var<storage, read> stats: array<f32>;
 @group(0) @binding(5) var<storage, read_write> out: array<f32>;
@@ -374,12 +391,13 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
     let q_base = (params.row * params.heads + h) * params.head_dim;
     let k_base = key_offset(r, kv_head_of(h));
     var s = 0.0;
-    for (var d = 0u; d < params.head_dim; d++) { s += q[q_base + d] * keys[k_base + d]; }
+    for (var d = 0u; d < params.head_dim; d++) { s += q[q_base + d] * keys_at(k_base + d); }
     mean += exp(s * params.scale - stats[2u * h]) / stats[2u * h + 1u];
   }
   out[r] = mean / f32(params.heads);
 }
 `;
+}
 
 /**
  * Compiles the attention pipelines.
@@ -407,14 +425,30 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
  * ```
  */
 export async function createAttention(gpu: Gpu): Promise<AttentionKernel> {
-  const [decode, prefill, stats, mean] = await Promise.all([
-    gpu.pipeline("attention_decode", DECODE_WGSL),
-    gpu.pipeline("attention_prefill", PREFILL_WGSL),
-    gpu.pipeline("attention_probs_stats", STATS_WGSL),
-    gpu.pipeline("attention_probs_mean", MEAN_WGSL),
-  ]);
+  const compile = async (kvDtype: KvDtype): Promise<AttentionPipelines> => {
+    const suffix = kvDtype === "f16" ? "_f16" : "";
+    const [decode, prefill, stats, mean] = await Promise.all([
+      gpu.pipeline(`attention_decode${suffix}`, decodeSource(kvDtype)),
+      gpu.pipeline(`attention_prefill${suffix}`, prefillSource(kvDtype)),
+      gpu.pipeline(`attention_probs_stats${suffix}`, statsSource(kvDtype)),
+      gpu.pipeline(`attention_probs_mean${suffix}`, meanSource(kvDtype)),
+    ]);
+    return { decode, prefill, stats, mean };
+  };
+  const [f32, f16] = await Promise.all([compile("f32"), gpu.shaderF16 ? compile("f16") : null]);
+  const pipelinesFor = (kvDtype: KvDtype = "f32"): AttentionPipelines => {
+    const pipelines = kvDtype === "f16" ? f16 : f32;
+    if (!pipelines) {
+      throw new InputError(
+        `Cannot bind attention: an f16 cache needs a device with shader-f16 (${gpu.adapterName} has none)`,
+        "attention.kvDtype",
+      );
+    }
+    return pipelines;
+  };
   return {
     bind(buffers: BufferSet, args: AttentionArgs): Dispatch[] {
+      const { decode, prefill } = pipelinesFor(args.kvDtype);
       const params = paramsBuffer(buffers, args, 0);
       const bindings = [params, args.q, args.keys, args.values, args.counts, args.out];
       if (args.rows < PREFILL_ROWS) return [gpu.dispatch(decode, bindings, grid(args.rows * args.heads))];
@@ -422,6 +456,7 @@ export async function createAttention(gpu: Gpu): Promise<AttentionKernel> {
       return [gpu.dispatch(prefill, bindings, grid(blocks))];
     },
     bindProbsMean(buffers: BufferSet, args: AttentionProbsMeanArgs): Dispatch[] {
+      const { stats, mean } = pipelinesFor(args.kvDtype);
       const params = paramsBuffer(buffers, { ...args, rows: args.row + 1 }, args.row);
       const statsBuffer = buffers.storage(args.heads * 2 * 4, "attention probs stats");
       const capacity = keyCapacity(args);
@@ -437,9 +472,18 @@ export async function createAttention(gpu: Gpu): Promise<AttentionKernel> {
   };
 }
 
+/** The four attention pipelines for one cache element type. */
+interface AttentionPipelines {
+  decode: GPUComputePipeline;
+  prefill: GPUComputePipeline;
+  stats: GPUComputePipeline;
+  mean: GPUComputePipeline;
+}
+
 /** The shape and cache of one attention call. */
 interface Shape {
   keys: GPUBuffer;
+  kvDtype?: KvDtype;
   rows: number;
   heads: number;
   kvHeads: number;
@@ -478,6 +522,10 @@ function paramsBuffer(buffers: BufferSet, shape: Shape, row: number): GPUBuffer 
 }
 
 /** Key rows that fit in the cache buffer (a row counted from its 16-byte padding still lies inside it). */
-function keyCapacity(shape: { keys: GPUBuffer; kvHeads: number; headDim: number }): number {
-  return Math.floor(shape.keys.size / (shape.kvHeads * shape.headDim * 4));
+function keyCapacity(
+  shape: { keys: GPUBuffer; kvDtype?: KvDtype; kvHeads: number; headDim: number },
+): number {
+  return Math.floor(
+    shape.keys.size / (shape.kvHeads * shape.headDim * kvElementBytes(shape.kvDtype ?? "f32")),
+  );
 }

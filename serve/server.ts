@@ -423,7 +423,7 @@ export function createChatServer(options: ServerOptions): ChatServer {
       const planner = new MemoryPlanner({
         config: loaded.config,
         budgetBytes: options.kvBudgetBytes ?? Infinity,
-        kvDtype: "f32",
+        kvDtype: loaded.kvDtype,
       });
       queue = new BatchQueue(loaded, options.maxBatch ?? 8, planner);
     },

@@ -169,7 +169,8 @@ Deno.test("runEval() on WebGPU matches the CPU backend's perplexities and answer
     const model = await ensureFixture(FIXTURE);
     const reports: EvalReport[] = [];
     for (const backend of ["cpu", "webgpu"] as const) {
-      const options: EvalOptions = { model, backend, data: set.jsonlPath, kv: "off", maxNewTokens: 3 };
+      const data = set.jsonlPath;
+      const options: EvalOptions = { model, backend, kvDtype: "f32", data, kv: "off", maxNewTokens: 3 };
       reports.push(await runEval({ ...options, policies: ["dense", "dynamic"] }));
     }
     const [cpu, gpu] = reports;

@@ -159,7 +159,7 @@ Deno.test("loadModel() of a Q8_0 GGUF: WebGPU, on the blocks as stored, equals t
   const dir = await converted("llava-f32-dyn", "q8_0");
   try {
     const cpu = await loadModel(dir, { backend: "cpu" });
-    const gpu = await loadModel(dir, { backend: "webgpu" });
+    const gpu = await loadModel(dir, { backend: "webgpu", kvDtype: "f32" });
     try {
       const request = { prompt: "What is in the picture?", image: IMAGE, policy: "dynamic" as const };
       const e = nmse(await gpu.logits(request), await cpu.logits(request));

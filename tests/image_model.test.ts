@@ -16,7 +16,8 @@ for (const format of ["png", "webp", "jpeg"] as const) encoded[format] = await e
 for (const name of ["llava-f32-dyn", "llava-hf-f32"]) {
   Deno.test(`generate() on ${name} with PNG, WebP and JPEG input: WebGPU and CPU agree`, async () => {
     const dir = await ensureFixture(name);
-    const cpu = await loadModel(dir, { backend: "cpu" }), gpu = await loadModel(dir, { backend: "webgpu" });
+    const cpu = await loadModel(dir, { backend: "cpu" });
+    const gpu = await loadModel(dir, { backend: "webgpu", kvDtype: "f32" });
     try {
       for (const [format, bytes] of Object.entries(encoded)) {
         const request = { prompt: "What is in this picture?", image: bytes };
@@ -69,7 +70,8 @@ Deno.test("generate() with two images and with video frames: each frame is one i
   Deno.env.set("HF_HOME", `${dir}/hf`);
   const frames = [1, 2, 3, 4, 5, 6].map((seed) => makeTestImage(24, 24, { pattern: "noise", seed }));
   const video = await encodeVideo(frames);
-  const cpu = await loadModel(dir, { backend: "cpu" }), gpu = await loadModel(dir, { backend: "webgpu" });
+  const cpu = await loadModel(dir, { backend: "cpu" });
+  const gpu = await loadModel(dir, { backend: "webgpu", kvDtype: "f32" });
   try {
     const two = {
       prompt: "<image>\nCompare with <image>\n",

@@ -1,7 +1,9 @@
 /**
  * Parity of the language-model kernels with their CPU twins (runtime/core/cpu_ops.ts): random inputs,
  * outputs poisoned with NaN before each run, NMSE against the twin, awkward shapes. Runs on f16
- * weights (when the adapter has `shader-f16` and DYNLLAVA_NO_F16 is unset) and on f32 weights.
+ * weights (when the adapter has `shader-f16` and DYNLLAVA_NO_F16 is unset) and on f32 weights; the
+ * KV-cache kernels also with an f16 cache (when the adapter has `shader-f16`), against their twins
+ * on the f16-rounded cache.
  *
  * Bounds (NMSE): {@link EXACT} for kernels whose only error is f32 rounding (matmul against the
  * twin run on the stored, f16-rounded weights; norms, attention, elementwise); {@link ROPE} for
@@ -23,6 +25,8 @@ import { storedWeightValues, uploadWeight, weightDtype } from "../runtime/device
 import { createKernels, type Kernels } from "../runtime/webgpu/gpu_kernels.ts";
 import { assertClose, poisoned, randomArray, readF32, testGpu } from "./kernel_util.ts";
 import { testNeeding } from "./requirements.ts";
+import { f16ToFloat32, float32ToF16 } from "../runtime/core/dtype.ts";
+import type { KvDtype } from "../runtime/core/sparse_kv.ts";
 
 /** NMSE bound where the GPU differs from the twin by f32 rounding only (measured ≤ 3e-12). */
 const EXACT = 1e-10;
@@ -58,6 +62,33 @@ function gpuTest(name: string, fn: (gpu: Gpu, k: Kernels, buffers: BufferSet) =>
     });
   }
   if (F16_MISSING) testNeeding({ name: `${name} [f16 weights]`, missing: F16_MISSING, fn: () => {} });
+}
+
+/** Why f16 KV caches cannot run here, or null (reported as ignored; a failure under CI=true). */
+const KV_F16_MISSING = gpus[0].shaderF16 ? null : "an adapter with shader-f16";
+
+/** Registers `fn` with an f16 KV cache on the first device (ignored where it lacks shader-f16). */
+function kvF16Test(name: string, fn: (gpu: Gpu, k: Kernels, buffers: BufferSet) => Promise<void>): void {
+  const gpu = gpus[0];
+  testNeeding({
+    name: `${name} [f16 KV]`,
+    missing: KV_F16_MISSING,
+    fn: async () => {
+      const buffers = new BufferSet(gpu);
+      try {
+        await fn(gpu, kernelsOf.get(gpu)!, buffers);
+      } finally {
+        buffers.destroy();
+      }
+    },
+  });
+}
+
+/** A cache's values as stored in `kvDtype`: the data to upload and the f32 values it reads back as. */
+function storedKv(values: Float32Array, kvDtype: KvDtype): { data: ArrayBufferView; read: Float32Array } {
+  if (kvDtype === "f32") return { data: values, read: values };
+  const bits = float32ToF16(values);
+  return { data: bits, read: f16ToFloat32(bits) };
 }
 
 /** Runs dispatches and reads `floats` f32 of `out`. */
@@ -288,17 +319,25 @@ interface AttentionCase {
   causal: boolean;
 }
 
-async function checkAttention(gpu: Gpu, k: Kernels, buffers: BufferSet, c: AttentionCase, seed: number) {
+async function checkAttention(
+  gpu: Gpu,
+  k: Kernels,
+  buffers: BufferSet,
+  c: AttentionCase,
+  seed: number,
+  kvDtype: KvDtype = "f32",
+) {
   const { rows, heads, kvHeads, headDim } = c;
   const q = randomArray(rows * heads * headDim, seed, 2);
-  const keys = randomArray(c.capacity * kvHeads * headDim, seed + 1, 2);
-  const values = randomArray(c.capacity * kvHeads * headDim, seed + 2);
+  const keys = storedKv(randomArray(c.capacity * kvHeads * headDim, seed + 1, 2), kvDtype);
+  const values = storedKv(randomArray(c.capacity * kvHeads * headDim, seed + 2), kvDtype);
   const out = poisoned(buffers, q.length, "out");
   const counts = buffers.upload(new Uint32Array([5, c.cached, 9]), "counts");
   const dispatches = k.attention.bind(buffers, {
     q: buffers.upload(q, "q"),
-    keys: buffers.upload(keys, "keys"),
-    values: buffers.upload(values, "values"),
+    keys: buffers.upload(keys.data, "keys"),
+    values: buffers.upload(values.data, "values"),
+    kvDtype,
     out,
     counts,
     countIndex: 1,
@@ -314,100 +353,43 @@ async function checkAttention(gpu: Gpu, k: Kernels, buffers: BufferSet, c: Atten
     { length: rows },
     (_, m) => Math.min(c.capacity, c.causal ? c.cached + m + 1 : c.cached),
   );
-  const expected = cpu.attention(q, keys, values, { heads, kvHeads, headDim, visible });
-  assertClose(actual, expected, EXACT, `attention ${JSON.stringify(c)}`);
+  const expected = cpu.attention(q, keys.read, values.read, { heads, kvHeads, headDim, visible });
+  assertClose(actual, expected, EXACT, `attention ${kvDtype} KV ${JSON.stringify(c)}`);
 }
 
-gpuTest("createAttention() decode (M < 8) matches attention() with GQA over cached rows", async (
-  gpu,
-  k,
-  buffers,
-) => {
-  const base = { heads: 4, causal: true };
-  await checkAttention(gpu, k, buffers, {
-    ...base,
-    rows: 1,
-    kvHeads: 2,
-    headDim: 16,
-    cached: 200,
-    capacity: 300,
-  }, 150);
-  await checkAttention(gpu, k, buffers, {
-    ...base,
-    rows: 7,
-    kvHeads: 1,
-    headDim: 8,
-    cached: 63,
-    capacity: 70,
-  }, 160);
-  await checkAttention(gpu, k, buffers, {
-    ...base,
-    rows: 1,
-    kvHeads: 1,
-    headDim: 64,
-    cached: 3000,
-    capacity: 3001,
-  }, 170);
-  await checkAttention(gpu, k, buffers, {
-    ...base,
-    rows: 1,
-    kvHeads: 4,
-    headDim: 128,
-    cached: 0,
-    capacity: 1,
-  }, 180);
-  await checkAttention(gpu, k, buffers, {
-    rows: 2,
-    heads: 2,
-    kvHeads: 2,
-    headDim: 24,
-    cached: 65,
-    capacity: 65,
-    causal: false,
-  }, 190);
-});
+/** Decode-variant cases (M < 8) with their seeds: GQA, long caches, head dims 8..128, non-causal. */
+const DECODE_CASES: [AttentionCase, number][] = [
+  [{ rows: 1, heads: 4, kvHeads: 2, headDim: 16, cached: 200, capacity: 300, causal: true }, 150],
+  [{ rows: 7, heads: 4, kvHeads: 1, headDim: 8, cached: 63, capacity: 70, causal: true }, 160],
+  [{ rows: 1, heads: 4, kvHeads: 1, headDim: 64, cached: 3000, capacity: 3001, causal: true }, 170],
+  [{ rows: 1, heads: 4, kvHeads: 4, headDim: 128, cached: 0, capacity: 1, causal: true }, 180],
+  [{ rows: 2, heads: 2, kvHeads: 2, headDim: 24, cached: 65, capacity: 65, causal: false }, 190],
+];
 
-gpuTest(
-  "createAttention() prefill (M ≥ 8) matches attention(), causal and not, clamped to the capacity",
-  async (gpu, k, buffers) => {
-    await checkAttention(gpu, k, buffers, {
-      rows: 65,
-      heads: 4,
-      kvHeads: 2,
-      headDim: 16,
-      cached: 7,
-      capacity: 80,
-      causal: true,
-    }, 200);
-    await checkAttention(gpu, k, buffers, {
-      rows: 9,
-      heads: 4,
-      kvHeads: 1,
-      headDim: 128,
-      cached: 40,
-      capacity: 49,
-      causal: true,
-    }, 210);
-    await checkAttention(gpu, k, buffers, {
-      rows: 63,
-      heads: 2,
-      kvHeads: 2,
-      headDim: 40,
-      cached: 63,
-      capacity: 63,
-      causal: false,
-    }, 220);
-    await checkAttention(gpu, k, buffers, {
-      rows: 9,
-      heads: 2,
-      kvHeads: 1,
-      headDim: 12,
-      cached: 60,
-      capacity: 64,
-      causal: true,
-    }, 225);
-  },
-);
+/** Prefill-variant cases (M ≥ 8): blocks off the 8-row grid, causal and not, clamped to the capacity. */
+const PREFILL_CASES: [AttentionCase, number][] = [
+  [{ rows: 65, heads: 4, kvHeads: 2, headDim: 16, cached: 7, capacity: 80, causal: true }, 200],
+  [{ rows: 9, heads: 4, kvHeads: 1, headDim: 128, cached: 40, capacity: 49, causal: true }, 210],
+  [{ rows: 63, heads: 2, kvHeads: 2, headDim: 40, cached: 63, capacity: 63, causal: false }, 220],
+  [{ rows: 9, heads: 2, kvHeads: 1, headDim: 12, cached: 60, capacity: 64, causal: true }, 225],
+];
+
+for (const kvTest of [gpuTest, kvF16Test]) {
+  const kvDtype: KvDtype = kvTest === kvF16Test ? "f16" : "f32";
+  kvTest("createAttention() decode (M < 8) matches attention() with GQA over cached rows", async (
+    gpu,
+    k,
+    buffers,
+  ) => {
+    for (const [c, seed] of DECODE_CASES) await checkAttention(gpu, k, buffers, c, seed, kvDtype);
+  });
+  kvTest(
+    "createAttention() prefill (M ≥ 8) matches attention(), causal and not, clamped to the capacity",
+    async (gpu, k, buffers) => {
+      for (const [c, seed] of PREFILL_CASES) await checkAttention(gpu, k, buffers, c, seed, kvDtype);
+    },
+  );
+}
 
 gpuTest("createAttention() without visible keys writes zeros like attention()", async (gpu, k, buffers) => {
   for (const rows of [1, 9]) {
@@ -452,36 +434,40 @@ gpuTest(
   },
 );
 
-gpuTest("bindProbsMean() matches attentionProbsMean() and writes only visible keys", async (
-  gpu,
-  k,
-  buffers,
-) => {
-  const [rows, heads, kvHeads, headDim, capacity] = [9, 4, 2, 16, 64];
-  const q = randomArray(rows * heads * headDim, 240, 2);
-  const keys = randomArray(capacity * kvHeads * headDim, 241, 2);
-  const counts = buffers.upload(new Uint32Array([20, 33]), "counts");
-  for (const [row, countIndex, causal, visible] of [[8, 0, true, 29], [0, 1, false, 33]] as const) {
-    const out = poisoned(buffers, capacity, "out");
-    const dispatches = k.attention.bindProbsMean(buffers, {
-      q: buffers.upload(q, "q"),
-      row,
-      keys: buffers.upload(keys, "keys"),
-      out,
-      counts,
-      countIndex,
-      heads,
-      kvHeads,
-      headDim,
-      causal,
-    });
-    const actual = await run(gpu, dispatches, out, capacity);
-    const qRow = q.subarray(row * heads * headDim, (row + 1) * heads * headDim);
-    const expected = cpu.attentionProbsMean(qRow, keys, { heads, kvHeads, headDim, visible });
-    assertClose(actual.subarray(0, visible), expected, EXACT, `probs mean row ${row}`);
-    assert.ok(actual.subarray(visible).every(Number.isNaN), "a key past the visible ones was written");
-  }
-});
+for (const kvTest of [gpuTest, kvF16Test]) {
+  const kvDtype: KvDtype = kvTest === kvF16Test ? "f16" : "f32";
+  kvTest("bindProbsMean() matches attentionProbsMean() and writes only visible keys", async (
+    gpu,
+    k,
+    buffers,
+  ) => {
+    const [rows, heads, kvHeads, headDim, capacity] = [9, 4, 2, 16, 64];
+    const q = randomArray(rows * heads * headDim, 240, 2);
+    const keys = storedKv(randomArray(capacity * kvHeads * headDim, 241, 2), kvDtype);
+    const counts = buffers.upload(new Uint32Array([20, 33]), "counts");
+    for (const [row, countIndex, causal, visible] of [[8, 0, true, 29], [0, 1, false, 33]] as const) {
+      const out = poisoned(buffers, capacity, "out");
+      const dispatches = k.attention.bindProbsMean(buffers, {
+        q: buffers.upload(q, "q"),
+        row,
+        keys: buffers.upload(keys.data, "keys"),
+        kvDtype,
+        out,
+        counts,
+        countIndex,
+        heads,
+        kvHeads,
+        headDim,
+        causal,
+      });
+      const actual = await run(gpu, dispatches, out, capacity);
+      const qRow = q.subarray(row * heads * headDim, (row + 1) * heads * headDim);
+      const expected = cpu.attentionProbsMean(qRow, keys.read, { heads, kvHeads, headDim, visible });
+      assertClose(actual.subarray(0, visible), expected, EXACT, `probs mean row ${row}`);
+      assert.ok(actual.subarray(visible).every(Number.isNaN), "a key past the visible ones was written");
+    }
+  });
+}
 
 // ---- elementwise -----------------------------------------------------------------------------
 
@@ -568,35 +554,50 @@ gpuTest("createGelu() and createQuickGelu() match gelu() and quickGelu()", async
 
 // ---- kv_append -------------------------------------------------------------------------------
 
-/** CPU reference of kv_append (no twin in cpu_ops): rows of src into cache from `base`, capped. */
-function appendRows(cache: Float32Array, src: Float32Array, options: { base: number; cols: number }) {
-  const capacity = cache.length / options.cols;
-  const rows = Math.min(src.length / options.cols, capacity - options.base);
-  cache.set(src.subarray(0, rows * options.cols), options.base * options.cols);
-}
+/** Halves whose rounding to f16 is a tie or next to one, subnormal, signed zero, and the largest. */
+const F16_EDGES = [
+  1 + 2 ** -11,
+  1 + 3 * 2 ** -11,
+  -(1 + 2 ** -11),
+  1 + 2 ** -11 + 2 ** -20,
+  2 ** -24,
+  3 * 2 ** -25,
+];
+F16_EDGES.push(2 ** -14 - 2 ** -25, -0, 65504, 0.1, -1 / 3, 1e-9);
 
-gpuTest("createKvAppend() writes rows after counts[countIndex] and nowhere else", async (gpu, k, buffers) => {
-  const [capacity, cols] = [20, 12];
-  for (const [base, rows] of [[5, 3], [0, 1], [19, 3]]) {
-    const start = randomArray(capacity * cols, 280 + base);
-    const src = randomArray(rows * cols, 281 + base);
-    const cache = buffers.upload(start, "cache");
-    const counts = buffers.upload(new Uint32Array([1, 2, base]), "counts");
-    const dispatches = k.kvAppend.bind(buffers, {
-      src: buffers.upload(src, "src"),
-      cache,
-      counts,
-      countIndex: 2,
-      rows,
-      cols,
-    });
-    const actual = await run(gpu, dispatches, cache, capacity * cols);
-    const expected = start.slice();
-    appendRows(expected, src, { base, cols });
-    assert.deepEqual(actual, expected, `append ${rows} rows at ${base}`);
-    assert.deepEqual(new Uint32Array(await gpu.read(counts, 0, 12)), new Uint32Array([1, 2, base]));
-  }
-});
+for (const kvTest of [gpuTest, kvF16Test]) {
+  const kvDtype: KvDtype = kvTest === kvF16Test ? "f16" : "f32";
+  kvTest(
+    "createKvAppend() writes rows after counts[countIndex] and nowhere else",
+    async (gpu, k, buffers) => {
+      const [capacity, cols] = [20, 12];
+      for (const [base, rows] of [[5, 3], [0, 1], [19, 3]]) {
+        const start = storedKv(randomArray(capacity * cols, 280 + base), kvDtype);
+        const src = randomArray(rows * cols, 281 + base);
+        src.set(F16_EDGES.slice(0, src.length));
+        const cache = buffers.upload(start.data, "cache");
+        const counts = buffers.upload(new Uint32Array([1, 2, base]), "counts");
+        const dispatches = k.kvAppend.bind(buffers, {
+          src: buffers.upload(src, "src"),
+          cache,
+          kvDtype,
+          counts,
+          countIndex: 2,
+          rows,
+          cols,
+        });
+        gpu.submit(dispatches);
+        const expected = start.read.slice();
+        cpu.kvAppend(expected, src, { base, cols, kvDtype });
+        // Bit for bit: the GPU's f16 words are the twin's rounding (to nearest, ties to even).
+        const bytes = await gpu.read(cache, 0, start.data.byteLength);
+        const actual = kvDtype === "f16" ? f16ToFloat32(new Uint16Array(bytes)) : new Float32Array(bytes);
+        assert.deepEqual(actual, expected, `append ${rows} rows at ${base}`);
+        assert.deepEqual(new Uint32Array(await gpu.read(counts, 0, 12)), new Uint32Array([1, 2, base]));
+      }
+    },
+  );
+}
 
 // ---- bound once, run per decode step ---------------------------------------------------------
 
@@ -652,8 +653,8 @@ gpuTest(
       const actual = await run(gpu, step, out, heads * headDim);
       cpu.rope(qv, [position], { heads, headDim, theta: 10000 });
       cpu.rope(kv, [position], { heads: kvHeads, headDim, theta: 10000 });
-      appendRows(cpuKeys, kv, { base: cached, cols: kvCols });
-      appendRows(cpuValues, vv, { base: cached, cols: kvCols });
+      cpu.kvAppend(cpuKeys, kv, { base: cached, cols: kvCols, kvDtype: "f32" });
+      cpu.kvAppend(cpuValues, vv, { base: cached, cols: kvCols, kvDtype: "f32" });
       const expected = cpu.attention(qv, cpuKeys, cpuValues, {
         heads,
         kvHeads,
@@ -698,6 +699,19 @@ gpuTest("bind() rejects caller mistakes with InputError naming the kernel", (gpu
           countIndex: -1,
           rows: 1,
           cols: 4,
+        }),
+    ],
+    [
+      "kv_append",
+      () =>
+        k.kvAppend.bind(buffers, {
+          src: small,
+          cache: small,
+          kvDtype: "f16",
+          counts: small,
+          countIndex: 0,
+          rows: 1,
+          cols: 3,
         }),
     ],
     ["add", () => k.add.bind(buffers, { a: small, b: small, count: -4 })],

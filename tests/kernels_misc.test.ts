@@ -232,11 +232,12 @@ Deno.test("createAdmitFlag() writes admitFlag() at flags[step] only", async () =
   });
 });
 
-Deno.test("every registered kernel compiles on a device without shader-f16 and runs", async () => {
-  const gpu = await createGpu({ allowF16: false });
+Deno.test("every registered kernel compiles on a device without shader-f16 and runs; f16 KV is refused", async () => {
+  const gpu = await createGpu({ allowF16: false, shaderF16: false });
   const buffers = new BufferSet(gpu);
   try {
     assert.equal(gpu.f16, false);
+    assert.equal(gpu.shaderF16, false);
     const kernels = await createKernels(gpu);
     assert.deepEqual(Object.keys(kernels).sort(), Object.keys(KERNELS).sort());
     const x = buffers.upload(new Float32Array([1, 2, 3, 4]), "x");
@@ -244,6 +245,25 @@ Deno.test("every registered kernel compiles on a device without shader-f16 and r
     writeBuffer(gpu, out, 0, new Float32Array(4).fill(NaN));
     gpu.submit(kernels.halfGlobalConcat.bind(buffers, { x, out, rows: 2, cols: 2 }));
     assert.deepEqual([...await readF32(gpu, out, 4)], [1, 3, 3, 3]);
+    // f16 KV caches need shader-f16: refused by name, never silently stored as f32.
+    const kv = { counts: x, countIndex: 0, rows: 1, heads: 1, kvHeads: 1, headDim: 4, causal: true };
+    assert.throws(
+      () => kernels.attention.bind(buffers, { ...kv, q: x, keys: x, values: x, out, kvDtype: "f16" }),
+      (err: unknown) => err instanceof InputError && err.where === "attention.kvDtype",
+    );
+    assert.throws(
+      () =>
+        kernels.kvAppend.bind(buffers, {
+          src: x,
+          cache: out,
+          counts: x,
+          countIndex: 0,
+          rows: 1,
+          cols: 4,
+          kvDtype: "f16",
+        }),
+      (err: unknown) => err instanceof InputError && err.where === "kv_append.kvDtype",
+    );
   } finally {
     buffers.destroy();
     gpu.destroy();

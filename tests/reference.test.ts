@@ -151,8 +151,8 @@ for (const [name, fixture] of Object.entries(golden.fixtures)) {
           `${run.policy} kvCache ${run.kvCache}: trusted ${run.trustedTokens} without a recorded near-tie`,
         );
       }
-      // f32 weights everywhere: the reference computes with the checkpoint's values, unrounded.
-      const model = await loadModel(dir, { backend, weightDtype: "f32" });
+      // f32 weights and KV cache everywhere: the reference computes with the checkpoint's values, unrounded.
+      const model = await loadModel(dir, { backend, weightDtype: "f32", kvDtype: "f32" });
       try {
         const logits = await prefillLogits(name, model.config.text.vocabSize);
         let kvRun = 0;
@@ -163,8 +163,8 @@ for (const [name, fixture] of Object.entries(golden.fixtures)) {
         model.dispose();
       }
       if (backend === "webgpu" && fixture.dtype !== "F32") {
-        // The default on a 16-bit checkpoint: every weight rounded to f16 on the device.
-        const f16 = await loadModel(dir, { backend });
+        // The default on a 16-bit checkpoint: every weight rounded to f16 on the device (KV in f32).
+        const f16 = await loadModel(dir, { backend, kvDtype: "f32" });
         try {
           const run = fixture.runs[0];
           const ours = await f16.logits({

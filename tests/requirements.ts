@@ -32,3 +32,18 @@ export function testNeeding(
     },
   });
 }
+
+/**
+ * Whether the WebGPU adapter offers `shader-f16` (f16 KV caches need it); false without WebGPU.
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { adapterHasShaderF16 } from "./requirements.ts";
+ * assert.equal(typeof await adapterHasShaderF16(), "boolean");
+ * ```
+ */
+export async function adapterHasShaderF16(): Promise<boolean> {
+  const gpu = (globalThis.navigator as Navigator | undefined)?.gpu;
+  const adapter = await gpu?.requestAdapter({ powerPreference: "high-performance" });
+  return adapter?.features.has("shader-f16") ?? false;
+}

@@ -23,8 +23,8 @@ for (const name of ["llava-f32-dyn", "llama-f16-gqa"]) {
     const dir = await ensureFixture(name);
     const cpu = await loadModel(dir, { backend: "cpu" });
     const gpus: [string, Model][] = [
-      ["buffer", await loadModel(dir, { backend: "webgpu", weightStorage: "buffer" })],
-      ["texture", await loadModel(dir, { backend: "webgpu", weightStorage: "texture" })],
+      ["buffer", await loadModel(dir, { backend: "webgpu", weightStorage: "buffer", kvDtype: "f32" })],
+      ["texture", await loadModel(dir, { backend: "webgpu", weightStorage: "texture", kvDtype: "f32" })],
     ];
     try {
       const image = cpu.config.vision ? IMAGE : undefined;

@@ -3,7 +3,7 @@
  * module cache holds this script's imports). It:
  * 1. prints the adapter and whether shader-f16 is granted;
  * 2. checks WebGPU against the CPU backend on every tiny fixture (logits NMSE, greedy tokens, both
- *    KV modes) — correctness on real hardware;
+ *    KV modes; the CPU's KV cache in the GPU's default kvDtype) — correctness on real hardware;
  * 3. writes a random-weight checkpoint of a real shape (`--shape 7b`: LLaVA-1.5-7B's decoder with
  *    CLIP ViT-L/14-336 and Dynamic-LLaVA predictors; `1b`: a smaller decoder; `tiny`: the fixture
  *    sizes, to try the script here), F16;
@@ -79,7 +79,9 @@ async function parity(): Promise<{ fixture: string; nmse: number; tokensEqual: b
   for (const name of Object.keys(FIXTURES)) {
     const dir = await ensureFixture(name);
     if (FIXTURES[name].tower === "hub") Deno.env.set("HF_HOME", `${dir}/hf`);
-    const cpu = await loadModel(dir, { backend: "cpu" }), gpu = await loadModel(dir, { backend: "webgpu" });
+    // The CPU holds its KV cache as the GPU does (f16 where the device has shader-f16).
+    const gpu = await loadModel(dir, { backend: "webgpu" });
+    const cpu = await loadModel(dir, { backend: "cpu", kvDtype: gpu.kvDtype });
     try {
       const request = { prompt: "Describe the picture.", image: cpu.config.vision ? image : undefined };
       const error = nmse(await gpu.logits(request), await cpu.logits(request));
@@ -97,7 +99,9 @@ async function parity(): Promise<{ fixture: string; nmse: number; tokensEqual: b
       }
       out.push({ fixture: name, nmse: error, tokensEqual });
       console.log(
-        `parity ${name}: logits NMSE ${error.toExponential(2)}, tokens ${tokensEqual ? "equal" : "DIFFER"}`,
+        `parity ${name} (${gpu.kvDtype} KV): logits NMSE ${error.toExponential(2)}, tokens ${
+          tokensEqual ? "equal" : "DIFFER"
+        }`,
       );
     } finally {
       cpu.dispose();

@@ -125,8 +125,15 @@ export const MUTATIONS: Mutation[] = [
   kernel(
     "kv_append",
     "K/V rows land one row late",
-    "let row = counts[params.count_index] + i / params.cols;",
-    "let row = counts[params.count_index] + i / params.cols + 1u;",
+    "let row = counts[params.count_index] + e / params.cols;",
+    "let row = counts[params.count_index] + e / params.cols + 1u;",
+    "kernels_lm",
+  ),
+  kernel(
+    "kv_cache",
+    "an f16 cache reads the two halves of a word swapped",
+    "return select(pair.x, pair.y, (i & 1u) == 1u);",
+    "return select(pair.y, pair.x, (i & 1u) == 1u);",
     "kernels_lm",
   ),
   kernel(

@@ -40,6 +40,7 @@ import { pageCache } from "../io/page_cache.ts";
 import type { FileStore } from "../core/files.ts";
 import { hasFileSystem, localFiles } from "../io/files.ts";
 import { buildPromptRows, type PromptRows } from "../core/sequence.ts";
+import { KV_DTYPES, type KvDtype } from "../core/sparse_kv.ts";
 import { encodeWithImages, formatLlavaV1, formatLlavaV1Chat } from "../text/template.ts";
 import { loadTokenizer, type Tokenizer } from "../text/tokenizer.ts";
 import { tokenizerFromPieces } from "../text/sentencepiece.ts";
@@ -76,6 +77,14 @@ export interface LoadOptions {
    * or "texture" force it. Results do not depend on it.
    */
   weightStorage?: "auto" | "buffer" | "texture";
+  /**
+   * Element type of the KV cache, the default of every request (a request's `kvDtype` overrides
+   * it): "auto" (default) is "f16" on a WebGPU device with `shader-f16` (half the KV bytes;
+   * attention still sums in f32) and "f32" elsewhere and on the CPU backend. "f16" on a WebGPU
+   * device without `shader-f16` is an InputError naming `kvDtype`; the CPU backend holds both
+   * (its f16 cache rounds every value as the GPU does, so the two backends agree).
+   */
+  kvDtype?: "auto" | KvDtype;
   /**
    * Scan every weight for NaN and ±Inf while loading (reads each tensor once more; off by default).
    * A non-finite weight is a CheckpointError naming the tensor and its file.
@@ -203,10 +212,31 @@ export class Model {
       tokensPerImage: config.vision?.tokensPerImage ?? 0,
       hasVision: config.vision !== null,
       maxPromptChars: config.text.maxPositions * longestTokenChars(tokenizer),
+      kvDtypes: backend.kvDtypes,
       specialTexts: [tokenizer.bosId, tokenizer.eosId, tokenizer.unkId]
         .map((id) => (id >= 0 ? tokenizer.idToToken(id) : undefined))
         .filter((text): text is string => text !== undefined),
     };
+  }
+
+  /**
+   * The KV cache's element type of requests that do not choose one (`loadModel`'s `kvDtype`,
+   * "auto" resolved: "f16" on WebGPU devices with `shader-f16`, else "f32").
+   * @example
+   * ```ts
+   * import assert from "node:assert/strict";
+   * import { loadModel } from "../../mod.ts";
+   * const demo = new URL("../../assets/demo/", import.meta.url);
+   * const model = await loadModel(demo, { backend: "cpu" });
+   * assert.equal(model.kvDtype, "f32"); // the CPU backend's default
+   * const f32 = await model.generate({ prompt: "Hi", maxNewTokens: 2 });
+   * const f16 = await model.generate({ prompt: "Hi", maxNewTokens: 2, kvDtype: "f16" });
+   * assert.equal(f16.stats.kvCache.bytes * 2, f32.stats.kvCache.bytes); // half the bytes, same rows
+   * model.dispose();
+   * ```
+   */
+  get kvDtype(): KvDtype {
+    return this.#backend.kvDtype;
   }
 
   /** The policy a request without one runs: "dynamic" when the checkpoint has its predictors, else "dense". */
@@ -471,16 +501,18 @@ export class Model {
    * ```
    */
   logits(
-    request: Pick<GenerateRequest, "prompt" | "inputIds" | "image" | "video" | "policy">,
+    request: Pick<GenerateRequest, "prompt" | "inputIds" | "image" | "video" | "policy" | "kvDtype">,
   ): Promise<Float32Array> {
-    return this.#exclusive(() =>
-      this.#withSession(validateRequest(request, "", { limits: this.limits }), {
+    return this.#exclusive(() => {
+      const checked = validateRequest(request, "", { limits: this.limits });
+      return this.#withSession(checked, {
         maxNewTokens: 1,
         kvCache: true,
+        kvDtype: checked.kvDtype,
       }, async (session) => {
         return (await session.prefill({ wantLogits: true })).logits!;
-      })
-    );
+      });
+    });
   }
 
   /**
@@ -502,9 +534,9 @@ export class Model {
    * ```
    */
   logProbs(
-    request: Pick<GenerateRequest, "prompt" | "inputIds" | "image" | "video" | "policy" | "kvCache"> & {
-      target: number[];
-    },
+    request:
+      & Pick<GenerateRequest, "prompt" | "inputIds" | "image" | "video" | "policy" | "kvCache" | "kvDtype">
+      & { target: number[] },
   ): Promise<number[]> {
     return this.#exclusive(async () => {
       const { target } = request;
@@ -522,7 +554,7 @@ export class Model {
       const kvCache = checked.kvCache ?? true;
       return await this.#withSession(
         checked,
-        { maxNewTokens: target.length + 1, kvCache },
+        { maxNewTokens: target.length + 1, kvCache, kvDtype: checked.kvDtype },
         async (session, rows) => {
           if (rows.ids.length + target.length > this.config.text.maxPositions) {
             throw new InputError("Cannot score: prompt + target exceed the context", "target");
@@ -573,7 +605,7 @@ export class Model {
   /** Prepares `request`, opens a session for it, runs `body`, and frees both whatever happens. */
   async #withSession<T>(
     request: Pick<GenerateRequest, "prompt" | "inputIds" | "image" | "video" | "policy">,
-    options: { maxNewTokens: number; kvCache: boolean },
+    options: { maxNewTokens: number; kvCache: boolean; kvDtype?: KvDtype },
     body: (session: BackendSession, rows: PromptRows) => Promise<T>,
   ): Promise<T> {
     const { rows, images, plan } = await this.#prepare(request);
@@ -660,6 +692,7 @@ export class Model {
         stop: stop.filter((s): s is number => typeof s === "number"),
         stopStrings: stop.filter((s): s is string => typeof s !== "number"),
         kvCache: request.kvCache ?? true,
+        kvDtype: request.kvDtype,
         signal: request.signal,
         onAbort: request.onAbort,
         // One step per call on the CPU, so the loop yields (to I/O, timers, aborts) after each token.
@@ -761,6 +794,7 @@ export async function loadModel(path: string | URL, options: LoadOptions = {}): 
           })),
       weightDtype: options.weightDtype ?? "auto",
       weightStorage: options.weightStorage ?? "auto",
+      kvDtype: options.kvDtype ?? "auto",
     });
   return new Model(config, tokenizer, backend, policyInfo, { maxImagePixels: options.maxImagePixels });
 }
@@ -779,6 +813,13 @@ function checkLoadOptions(options: LoadOptions): void {
     !["stat", "list", "read", "readAt"].every((m) => typeof files?.[m as "read"] === "function")
   ) {
     throw new InputError("Cannot load: files must be a FileStore (stat, list, read, readAt)", "files");
+  }
+  const kvDtype = options.kvDtype ?? "auto";
+  if (kvDtype !== "auto" && !KV_DTYPES.includes(kvDtype)) {
+    throw new InputError(
+      `Cannot load: kvDtype must be "auto", "f16" or "f32", got ${JSON.stringify(kvDtype)}`,
+      "kvDtype",
+    );
   }
   const pixels = options.maxImagePixels;
   if (pixels !== undefined && !(Number.isSafeInteger(pixels) && pixels > 0)) {
@@ -844,5 +885,7 @@ async function loadCpu(checkpoint: Checkpoint, options: LoadOptions): Promise<Ba
     options.onProgress?.({ phase: "weights", loadedBytes: loaded, totalBytes: total, item: t.sourceName });
   }
   const predictors = loadPredictors(checkpoint.config, (name) => weights.get(name));
-  return createCpuBackend(checkpoint.config, weights, predictors);
+  // "auto" is f32 on the CPU: f16 would round without saving time or memory there.
+  const kvDtype = options.kvDtype === "f16" ? "f16" : "f32";
+  return createCpuBackend(checkpoint.config, weights, predictors, { kvDtype });
 }

@@ -4,6 +4,8 @@
  * GPU-free. Shapes are given as [rows, cols]; "Linear" weights follow torch: W [out, in].
  * @module
  */
+import { f16ToFloat32, float32ToF16 } from "./dtype.ts";
+import type { KvDtype } from "./sparse_kv.ts";
 
 /**
  * y[M,N] = x[M,K] · W[N,K]ᵀ (+ bias[N]).
@@ -122,6 +124,31 @@ export function rope(
       }
     }
   }
+}
+
+/**
+ * KV-cache append (twin of kernels/kv_append.ts): src [M, cols] into cache [capacity, cols] at rows
+ * [base, base + M); rows past the capacity are dropped. An f16 cache holds each value rounded to
+ * f16 (to nearest, ties to even, as the GPU packs it) and kept here as the f32 it reads back as, so
+ * attention over it computes what the GPU computes.
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { kvAppend } from "./cpu_ops.ts";
+ * const cache = new Float32Array(6); // capacity 3, cols 2
+ * kvAppend(cache, new Float32Array([0.1, 2, 7, 8]), { base: 2, cols: 2, kvDtype: "f16" }); // the second row is dropped
+ * assert.deepEqual(cache, new Float32Array([0, 0, 0, 0, 0.0999755859375, 2])); // 0.1 as an f16
+ * ```
+ */
+export function kvAppend(
+  cache: Float32Array,
+  src: Float32Array,
+  options: { base: number; cols: number; kvDtype: KvDtype },
+): void {
+  const { base, cols } = options;
+  const rows = Math.max(0, Math.min(src.length / cols, cache.length / cols - base));
+  const kept = src.subarray(0, rows * cols);
+  cache.set(options.kvDtype === "f16" ? f16ToFloat32(float32ToF16(kept)) : kept, base * cols);
 }
 
 /**

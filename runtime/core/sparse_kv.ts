@@ -1,9 +1,43 @@
 /**
  * Sparse KV cache bookkeeping, GPU-free: which original positions each decoder layer holds, how
- * many bytes that is now and at peak. Both backends keep one ledger per request and report from it;
- * the GPU backend feeds it the admission flags it reads back in batches.
+ * many bytes that is now and at peak, and the element type of the cache ({@link KvDtype}: f32, or
+ * f16 at half the bytes). Both backends keep one ledger per request and report from it; the GPU
+ * backend feeds it the admission flags it reads back in batches.
  * @module
  */
+
+/** Element type of a KV cache: "f32", or "f16" (half the bytes; attention still sums in f32). */
+export type KvDtype = "f16" | "f32";
+
+/** The KV element types, in the order options name them. */
+export const KV_DTYPES: readonly KvDtype[] = ["f16", "f32"];
+
+/**
+ * Bytes one row of one layer's cache takes: K and V, each kvHeads × headDim elements of `dtype`.
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { kvRowBytes } from "./sparse_kv.ts";
+ * assert.equal(kvRowBytes({ numKvHeads: 32, headDim: 128 }, "f32"), 32768); // LLaVA-1.5-7B
+ * assert.equal(kvRowBytes({ numKvHeads: 32, headDim: 128 }, "f16"), 16384);
+ * ```
+ */
+export function kvRowBytes(text: { numKvHeads: number; headDim: number }, dtype: KvDtype): number {
+  return 2 * text.numKvHeads * text.headDim * kvElementBytes(dtype);
+}
+
+/**
+ * Bytes of one cache element of `dtype`.
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { kvElementBytes } from "./sparse_kv.ts";
+ * assert.deepEqual([kvElementBytes("f16"), kvElementBytes("f32")], [2, 4]);
+ * ```
+ */
+export function kvElementBytes(dtype: KvDtype): number {
+  return dtype === "f16" ? 2 : 4;
+}
 
 /** Rows held per layer, with their original positions. */
 export class KvLedger {

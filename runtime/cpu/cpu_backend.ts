@@ -1,6 +1,7 @@
 /**
- * The CPU backend: the whole model in plain TypeScript (f32). It is the reference the GPU backend
- * is tested against and the fallback where no GPU exists. A pass reads top to bottom: embed rows →
+ * The CPU backend: the whole model in plain TypeScript (f32; the KV cache f32, or rounded to f16
+ * as the GPU stores it with `kvDtype: "f16"`, held in f32 arrays). It is the reference the GPU
+ * backend is tested against and the fallback where no GPU exists. A pass reads top to bottom: embed rows →
  * the layers (runtime/engine/pass.ts walks them: pruning, admission, row accounting; this file
  * runs one layer: RMSNorm, q/k/v, RoPE, attention over the layer's cache, out-proj, SwiGLU MLP) →
  * final norm → lm_head on the last row → sample.
@@ -13,6 +14,7 @@ import {
   attention,
   attentionProbsMean,
   gatherRows,
+  kvAppend,
   linear,
   logSoftmaxAt,
   rmsNorm,
@@ -28,7 +30,7 @@ import {
   visionScores,
 } from "../core/predictors.ts";
 import { sampleToken } from "../core/sampling.ts";
-import type { KvLedger } from "../core/sparse_kv.ts";
+import { KV_DTYPES, type KvDtype, type KvLedger, kvRowBytes } from "../core/sparse_kv.ts";
 import { contextRows, fedTokensKept, type RowMeta } from "../core/sequence.ts";
 import {
   bindWeights,
@@ -49,11 +51,14 @@ class CpuImageFeatures implements ImageFeatures {
   dispose(): void {}
 }
 
-/** One layer's cache storage: K and V rows [capacity, kvHeads·D], grown by doubling. */
+/**
+ * One layer's cache storage: K and V rows [capacity, kvHeads·D], grown by doubling; an f16 cache
+ * holds the f16-rounded values (kernels/kv_append.ts's twin).
+ */
 class LayerCache {
   keys: Float32Array;
   values: Float32Array;
-  constructor(readonly width: number) {
+  constructor(readonly width: number, readonly kvDtype: KvDtype) {
     this.keys = new Float32Array(width * 16);
     this.values = new Float32Array(width * 16);
   }
@@ -70,8 +75,9 @@ class LayerCache {
       this.keys = grow(this.keys);
       this.values = grow(this.values);
     }
-    this.keys.set(k, at * this.width);
-    this.values.set(v, at * this.width);
+    const where = { base: at, cols: this.width, kvDtype: this.kvDtype };
+    kvAppend(this.keys, k.subarray(0, rows * this.width), where);
+    kvAppend(this.values, v.subarray(0, rows * this.width), where);
   }
 }
 
@@ -80,11 +86,13 @@ class CpuBackend implements Backend {
   readonly kind = "cpu" as const;
   readonly readbacks = 0;
   readonly batchedSteps = 0;
+  readonly kvDtypes = KV_DTYPES;
   #weights: CpuWeights | null;
   constructor(
     readonly config: ModelConfig,
     weights: CpuWeights,
     readonly predictors: { vision: VisionPredictor | null; text: TextPredictor | null },
+    readonly kvDtype: KvDtype,
   ) {
     this.#weights = weights;
   }
@@ -113,7 +121,8 @@ class CpuBackend implements Backend {
 }
 
 /**
- * Builds the CPU backend from f32 weights by canonical name (runtime/core/weights.ts).
+ * Builds the CPU backend from f32 weights by canonical name (runtime/core/weights.ts); sessions
+ * keep their KV cache in `options.kvDtype` unless they choose (default "f32").
  * @example
  * ```ts
  * import assert from "node:assert/strict";
@@ -149,6 +158,7 @@ export function createCpuBackend(
   config: ModelConfig,
   weights: Map<string, Float32Array>,
   predictors: { vision: VisionPredictor | null; text: TextPredictor | null },
+  options: { kvDtype?: KvDtype } = {},
 ): Backend {
   const get = (spec: WeightSpec) => {
     const tensor = weights.get(spec.name);
@@ -159,6 +169,7 @@ export function createCpuBackend(
     config,
     bindWeights(describeWeights(config), { matrix: get, vector: get }),
     predictors,
+    options.kvDtype ?? "f32",
   );
 }
 
@@ -177,11 +188,13 @@ class CpuSession implements BackendSession {
   /** Tokens fed back so far in KV mode. */
   #decoded = 0;
   #text: TextConfig;
+  readonly #kvDtype: KvDtype;
 
   constructor(readonly backend: CpuBackend, readonly input: SessionInput) {
     const t = backend.config.text;
     this.#text = t;
-    this.book = new KvRows(t.numLayers, 2 * t.numKvHeads * t.headDim * 4);
+    this.#kvDtype = input.kvDtype ?? backend.kvDtype;
+    this.book = new KvRows(t.numLayers, kvRowBytes(t, this.#kvDtype));
   }
 
   get ledger(): KvLedger {
@@ -258,7 +271,7 @@ class CpuSession implements BackendSession {
 
   #freshCaches(): LayerCache[] {
     const width = this.#text.numKvHeads * this.#text.headDim;
-    return Array.from({ length: this.#text.numLayers }, () => new LayerCache(width));
+    return Array.from({ length: this.#text.numLayers }, () => new LayerCache(width, this.#kvDtype));
   }
 
   /** Prompt rows (+ generated tokens as output rows) embedded: x [M, C]. */

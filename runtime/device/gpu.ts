@@ -2,8 +2,8 @@
  * WebGPU device, pipelines, buffers and readback: the only file that talks to `navigator.gpu`
  * directly. Everything here is shared by all kernels and the GPU runtime.
  *
- * - {@link createGpu} picks the adapter, requests its buffer limits and `shader-f16` when offered,
- *   and turns device loss into a {@link GpuError} for all pending and later work.
+ * - {@link createGpu} picks the adapter, requests its buffer limits and `shader-f16` when offered
+ *   (f16 weights where allowed, f16 KV caches), and turns device loss into a {@link GpuError} for all pending and later work.
  * - {@link Gpu.pipeline} compiles a WGSL compute shader once per source text and caches it; a
  *   compile error names the kernel.
  * - {@link BufferSet} creates buffers and tracks their bytes (live and peak), so a request can
@@ -24,8 +24,13 @@ export interface Dispatch {
 
 /** Options of {@link createGpu}. */
 export interface GpuOptions {
-  /** Use f16 weights when the adapter offers `shader-f16` (default true). */
+  /** Use f16 weights when the device has `shader-f16` (default true). */
   allowF16?: boolean;
+  /**
+   * Request `shader-f16` when the adapter offers it (default true); false opens a device without
+   * it: no f16 weights, no f16 KV caches.
+   */
+  shaderF16?: boolean;
   /** Adapter power preference. */
   powerPreference?: GPUPowerPreference;
 }
@@ -43,8 +48,10 @@ export const MAX_GRID = 65535;
 /** An open WebGPU device with a pipeline cache. */
 export class Gpu {
   readonly device: GPUDevice;
-  /** True when f16 storage and arithmetic are available (the `shader-f16` feature was granted). */
+  /** True when weights go in f16: the `shader-f16` feature was granted and f16 weights allowed. */
   readonly f16: boolean;
+  /** True when the device has `shader-f16` (requested whenever the adapter offers it): f16 KV caches. */
+  readonly shaderF16: boolean;
   /** Adapter description, for reports. */
   readonly adapterName: string;
   readonly maxBindingBytes: number;
@@ -55,9 +62,10 @@ export class Gpu {
   #lostPromise: Promise<never>;
 
   /** Use {@link createGpu}. */
-  constructor(device: GPUDevice, f16: boolean, adapterName: string) {
+  constructor(device: GPUDevice, f16: boolean, adapterName: string, shaderF16: boolean = f16) {
     this.device = device;
     this.f16 = f16;
+    this.shaderF16 = shaderF16;
     this.adapterName = adapterName;
     this.maxBindingBytes = Math.min(device.limits.maxStorageBufferBindingSize, device.limits.maxBufferSize);
     this.#lostPromise = device.lost.then((info) => {
@@ -273,6 +281,7 @@ export class Gpu {
  * const gpu = await createGpu();
  * assert.equal(typeof gpu.adapterName, "string");
  * assert.equal(typeof gpu.f16, "boolean"); // true when the adapter has shader-f16 and it was allowed
+ * assert.ok(gpu.shaderF16 || !gpu.f16); // the device has shader-f16 whenever the adapter offers it
  * gpu.destroy();
  * ```
  */
@@ -283,10 +292,11 @@ export async function createGpu(options: GpuOptions = {}): Promise<Gpu> {
     powerPreference: options.powerPreference ?? "high-performance",
   });
   if (!adapter) throw new GpuError("Cannot open WebGPU: no adapter found", "navigator.gpu.requestAdapter");
-  const f16 = (options.allowF16 ?? true) && adapter.features.has("shader-f16");
+  const shaderF16 = (options.shaderF16 ?? true) && adapter.features.has("shader-f16");
+  const f16 = (options.allowF16 ?? true) && shaderF16;
   const lim = adapter.limits;
   const device = await adapter.requestDevice({
-    requiredFeatures: f16 ? ["shader-f16"] : [],
+    requiredFeatures: shaderF16 ? ["shader-f16"] : [],
     requiredLimits: {
       maxStorageBufferBindingSize: lim.maxStorageBufferBindingSize,
       maxBufferSize: lim.maxBufferSize,
@@ -296,7 +306,8 @@ export async function createGpu(options: GpuOptions = {}): Promise<Gpu> {
       maxComputeWorkgroupSizeX: lim.maxComputeWorkgroupSizeX,
     },
   });
-  return new Gpu(device, f16, adapter.info?.description || adapter.info?.vendor || "unknown adapter");
+  const name = adapter.info?.description || adapter.info?.vendor || "unknown adapter";
+  return new Gpu(device, f16, name, shaderF16);
 }
 
 /** Creates GPU buffers, counts their bytes (live and peak) and destroys them together. */

@@ -6,7 +6,7 @@
  */
 import type { PolicyPlan } from "../core/policy.ts";
 import type { PromptRows } from "../core/sequence.ts";
-import type { KvLedger } from "../core/sparse_kv.ts";
+import type { KvDtype, KvLedger } from "../core/sparse_kv.ts";
 import type { PassRecord } from "./pass.ts";
 
 /** Loading progress: bytes of tensors loaded so far out of the total. */
@@ -44,6 +44,8 @@ export interface SessionInput {
   maxNewTokens: number;
   /** false when the session will only `recompute` (sizes buffers for the whole context). */
   kvCache: boolean;
+  /** Element type of the KV cache (default: the backend's `kvDtype`; one of its `kvDtypes`). */
+  kvDtype?: KvDtype;
   /** Stop ids: `decode` returns early after sampling one (its later steps are neither kept nor counted). */
   stop?: number[];
 }
@@ -96,6 +98,10 @@ export interface BackendSession {
 /** A loaded model on one device. */
 export interface Backend {
   readonly kind: "cpu" | "webgpu";
+  /** The KV cache's element type of sessions that do not choose one. */
+  readonly kvDtype: KvDtype;
+  /** The KV element types this backend can hold (f16 on WebGPU needs `shader-f16`). */
+  readonly kvDtypes: readonly KvDtype[];
   /** Runs the vision tower and projector on preprocessed images ([3, S, S] each). */
   encodeImages(pixels: Float32Array[]): Promise<ImageFeatures>;
   openSession(input: SessionInput): BackendSession;

@@ -13,6 +13,7 @@ import { kvBytes, type PassFlops, passFlops } from "../core/cost.ts";
 import { InputError } from "../core/errors.ts";
 import type { PolicyPlan } from "../core/policy.ts";
 import type { PromptRows } from "../core/sequence.ts";
+import type { KvDtype } from "../core/sparse_kv.ts";
 import type { Tokenizer } from "../text/tokenizer.ts";
 import type { Phase } from "./pass.ts";
 
@@ -99,6 +100,8 @@ export interface LoopRequest {
   /** Stop strings: the text ends before the first one that appears (it is not streamed either). Default none. */
   stopStrings?: string[];
   kvCache: boolean;
+  /** Element type of the KV cache (default: the backend's). */
+  kvDtype?: KvDtype;
   signal?: AbortSignal;
   /** "throw" (default): an abort rejects with the signal's reason; "finish": returns what was generated. */
   onAbort?: "throw" | "finish";

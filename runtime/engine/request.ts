@@ -15,6 +15,7 @@
 import { InputError } from "../core/errors.ts";
 import { IMAGE_TOKEN_INDEX } from "../core/config.ts";
 import type { Policy } from "../core/policy.ts";
+import { KV_DTYPES, type KvDtype } from "../core/sparse_kv.ts";
 import type { RgbImage } from "../image/image_decode.ts";
 
 /** An image: encoded bytes (PNG, JPEG, WebP, GIF, BMP) or decoded RGB. */
@@ -54,6 +55,11 @@ export interface GenerateRequest {
   policy?: "dense" | "dynamic" | "fastv" | Policy;
   /** false = the paper's no-cache decoding (recompute the context every step). Default true. */
   kvCache?: boolean;
+  /**
+   * Element type of this request's KV cache: "f16" (half the bytes) or "f32". Default: the model's
+   * (`loadModel`'s `kvDtype`); "f16" on WebGPU needs a device with `shader-f16`.
+   */
+  kvDtype?: KvDtype;
 }
 
 /** What a loaded model allows; every field is optional (absent: not checked). */
@@ -70,6 +76,8 @@ export interface RequestLimits {
   maxPromptChars?: number;
   /** Texts of special tokens (`<s>`, `</s>`): never in decoded text, so refused as stop strings. */
   specialTexts?: readonly string[];
+  /** The KV element types the backend can hold (others are refused). */
+  kvDtypes?: readonly KvDtype[];
 }
 
 /** Options of {@link validateRequest}. */
@@ -94,6 +102,7 @@ const KNOWN_KEYS = new Set([
   "onAbort",
   "policy",
   "kvCache",
+  "kvDtype",
 ]);
 
 /** Most ids a request may carry (prompt ids or stop ids), whatever the model. */
@@ -179,6 +188,7 @@ export function validateRequest(raw: unknown, where: string, options: ValidateOp
     }
     out.kvCache = r.kvCache;
   }
+  if (r.kvDtype !== undefined) out.kvDtype = checkKvDtype(r.kvDtype, at("kvDtype"), limits);
   const rows = (out.inputIds?.length ?? 0) + (out.maxNewTokens ?? 0);
   if (limits.maxPositions !== undefined && rows > limits.maxPositions) {
     throw new InputError(
@@ -190,6 +200,21 @@ export function validateRequest(raw: unknown, where: string, options: ValidateOp
   }
   for (const key of extra) if (key in r) (out as Record<string, unknown>)[key] = r[key];
   return out;
+}
+
+/** A KV element type the backend holds: "f16" (needs shader-f16 on WebGPU) or "f32". */
+function checkKvDtype(value: unknown, where: string, limits: RequestLimits): KvDtype {
+  if (!KV_DTYPES.includes(value as KvDtype)) {
+    throw new InputError(`Cannot generate: kvDtype must be "f16" or "f32", got ${show(value)}`, where);
+  }
+  const kvDtype = value as KvDtype;
+  if (limits.kvDtypes && !limits.kvDtypes.includes(kvDtype)) {
+    throw new InputError(
+      `Cannot generate: kvDtype "${kvDtype}" needs a WebGPU device with shader-f16, which this one lacks`,
+      where,
+    );
+  }
+  return kvDtype;
 }
 
 function checkPromptOrIds(

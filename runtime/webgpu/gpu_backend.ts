@@ -33,6 +33,8 @@ import {
 import { uploadWeight, type WeightStorage, type WeightTensor } from "../device/weights_gpu.ts";
 import { type GpuMatrix, type QuantType, uploadQuantWeight } from "../../kernels/matmul_quant.ts";
 import { chooseWeightStorage, type WeightStorageOption } from "./weight_storage.ts";
+import { InputError } from "../core/errors.ts";
+import { KV_DTYPES, type KvDtype } from "../core/sparse_kv.ts";
 
 const QUANT_TYPES: string[] = ["Q8_0", "Q4_0", "Q4_K", "Q6_K"];
 
@@ -71,6 +73,11 @@ export async function createGpuBackend(
     weightDtype: "auto" | "f16" | "f32";
     /** Matrix storage: measured per adapter ("auto", default) or forced (runtime/webgpu/weight_storage.ts). */
     weightStorage?: WeightStorageOption;
+    /**
+     * KV cache element type of sessions that do not choose one: "auto" (default) f16 where the
+     * device has `shader-f16`, else f32; "f16" there only (InputError naming `kvDtype` elsewhere).
+     */
+    kvDtype?: "auto" | KvDtype;
   },
 ): Promise<Backend> {
   // Quantized blocks dequantize to values f16 cannot hold exactly: those stay f32.
@@ -81,6 +88,10 @@ export async function createGpuBackend(
   const gpu = await createGpu({ allowF16 });
   const buffers = new BufferSet(gpu);
   try {
+    const kvDtype = options.kvDtype === undefined || options.kvDtype === "auto"
+      ? (gpu.shaderF16 ? "f16" : "f32")
+      : options.kvDtype;
+    checkKvDtype(gpu.shaderF16, kvDtype, gpu.adapterName);
     const kernels = await createKernels(gpu);
     const storage = await chooseWeightStorage(gpu, kernels, options.weightStorage ?? "auto");
     const specs = describeWeights(checkpoint.config), roles = weightList(specs);
@@ -125,11 +136,22 @@ export async function createGpuBackend(
       vector: (spec) => vectors.get(spec.name)!,
     });
     const weights: GpuWeights = { ...bound, embed: matrices.get(specs.embed.name)! };
-    return new GpuBackend({ gpu, buffers, config: checkpoint.config, weights, kernels, predictors }, storage);
+    const model = { gpu, buffers, config: checkpoint.config, weights, kernels, predictors };
+    return new GpuBackend(model, storage, kvDtype);
   } catch (err) {
     buffers.destroy();
     gpu.destroy();
     throw err;
+  }
+}
+
+/** Refuses an f16 KV cache on a device without `shader-f16` (InputError naming `kvDtype`). */
+function checkKvDtype(shaderF16: boolean, kvDtype: KvDtype, adapterName: string): void {
+  if (kvDtype === "f16" && !shaderF16) {
+    throw new InputError(
+      `Cannot use kvDtype "f16": the WebGPU device (${adapterName}) has no shader-f16; use "f32" or "auto"`,
+      "kvDtype",
+    );
   }
 }
 
@@ -138,12 +160,17 @@ export class GpuBackend implements Backend {
   readonly kind = "webgpu" as const;
   /** Runs the decode steps of concurrent requests together (generateBatch). */
   readonly batcher: DecodeBatcher;
+  readonly kvDtypes: readonly KvDtype[];
   constructor(
     readonly model: GpuModel,
     /** Where the matrices (all but the embedding table) live. */
     readonly weightStorage: WeightStorage = "buffer",
+    /** The KV cache element type of sessions that do not choose one. */
+    readonly kvDtype: KvDtype = "f32",
   ) {
     this.batcher = new DecodeBatcher(model);
+    this.kvDtypes = model.gpu.shaderF16 ? KV_DTYPES : ["f32"];
+    checkKvDtype(model.gpu.shaderF16, kvDtype, model.gpu.adapterName);
   }
 
   encodeImages(pixels: Float32Array[]): Promise<ImageFeatures> {
@@ -151,7 +178,9 @@ export class GpuBackend implements Backend {
   }
 
   openSession(input: SessionInput): BackendSession {
-    return new GpuSession(this.model, input, this.batcher);
+    const kvDtype = input.kvDtype ?? this.kvDtype;
+    checkKvDtype(this.model.gpu.shaderF16, kvDtype, this.model.gpu.adapterName);
+    return new GpuSession(this.model, { ...input, kvDtype }, this.batcher);
   }
 
   get readbacks(): number {

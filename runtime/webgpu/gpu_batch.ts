@@ -7,7 +7,7 @@
  * [B, KvH·D], gate/up/act [B, I], logits [B, V]; tokens and positions u32 [B]):
  *   copy each session's fed token and position in → embed B rows → per layer: (at a session's
  *   admission layer: copy its x row out, admission flag) → norm, q/k/v, RoPE on B rows → copy
- *   q/k/v rows out → each session's KV append + attention → copy attention rows in → out-proj and
+ *   q/k/v rows out → each session's KV append + attention (in its own kvDtype) → copy attention rows in → out-proj and
  *   MLP on B rows → final norm and lm_head on B rows → copy logits rows out → each session samples
  *   and advances its own state.
  * A session alone runs its own single-row step (GpuSession.runSteps).

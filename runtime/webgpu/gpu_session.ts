@@ -10,8 +10,8 @@
  * Buffers (f32 unless noted; M = rows of the pass, C hidden, Q = heads·D, K = kvHeads·D, I inter.):
  * x/x2 [M, C] residual stream (x2 its pruned copy), h [M, C], q [M, Q], k/v [M, K], attn [M, Q],
  * gate/up/act [M, I], positions/positions2 u32 [M], keep u32 [M], logits [V], kv cache per layer
- * K/V [capacity_l, K], state u32 [4 + layers] (kernels/decode_state.ts), tokens u32 [maxNew + 2],
- * flags u32 [maxNew + 2].
+ * K/V [capacity_l, K] in the session's kvDtype (f32, or f16 packed in pairs: kernels/kv_cache.ts),
+ * state u32 [4 + layers] (kernels/decode_state.ts), tokens u32 [maxNew + 2], flags u32 [maxNew + 2].
  * @module
  */
 import type { BackendSession, PassResult, SessionInput } from "../engine/backend.ts";
@@ -29,7 +29,7 @@ import type { GpuModel } from "./gpu_model.ts";
 import { bindTextAdmission, bindTextLogits, bindVisionScores } from "./gpu_predictors.ts";
 import type { GpuImageFeatures } from "./gpu_vision.ts";
 import type { PruneSignals, RowKind } from "../core/policy.ts";
-import type { KvLedger } from "../core/sparse_kv.ts";
+import { type KvDtype, kvElementBytes, type KvLedger, kvRowBytes } from "../core/sparse_kv.ts";
 import { contextRows, fedTokensKept, type RowMeta } from "../core/sequence.ts";
 import {
   decodeStep,
@@ -103,6 +103,8 @@ export class GpuSession implements BackendSession {
   readonly book: KvRows;
   readonly buffers: BufferSet;
   readonly #text: TextConfig;
+  /** Element type of this session's KV cache. */
+  readonly #kvDtype: KvDtype;
   readonly #act: Activations;
   /** Decode state u32 [4 + layers]; tokens and flags u32 [maxNew + 2]. */
   readonly #state: GPUBuffer;
@@ -127,9 +129,10 @@ export class GpuSession implements BackendSession {
   constructor(readonly model: GpuModel, readonly input: SessionInput, readonly queue: DecodeQueue) {
     const t = model.config.text;
     this.#text = t;
+    this.#kvDtype = input.kvDtype ?? "f32";
     if (input.kvCache) queue.open(this);
     this.buffers = new BufferSet(model.gpu);
-    this.book = new KvRows(t.numLayers, 2 * t.numKvHeads * t.headDim * 4);
+    this.book = new KvRows(t.numLayers, kvRowBytes(t, this.#kvDtype));
     // Decode steps run one row at a time: only no-cache recomputes need room for the whole context.
     const m = input.rows.ids.length + (input.kvCache ? 0 : input.maxNewTokens) + 1;
     const b = this.buffers, f = (n: number, label: string) => b.storage(n * 4, label);
@@ -403,6 +406,7 @@ export class GpuSession implements BackendSession {
         q: this.#act.q,
         row: rows - 1,
         keys: this.#keys[l],
+        kvDtype: this.#kvDtype,
         out: this.#act.probs,
         counts: this.#state,
         countIndex: STATE_COUNTS + l,
@@ -616,14 +620,16 @@ export class GpuSession implements BackendSession {
   #attention(set: BufferSet, l: number, rows: number): Dispatch[] {
     const k = this.model.kernels, t = this.#text, a = this.#act;
     const kw = t.numKvHeads * t.headDim;
-    const counts = this.#state, countIndex = STATE_COUNTS + l;
+    const counts = this.#state, countIndex = STATE_COUNTS + l, kvDtype = this.#kvDtype;
+    const append = { counts, countIndex, rows, cols: kw, kvDtype };
     return [
-      ...k.kvAppend.bind(set, { src: a.k, cache: this.#keys[l], counts, countIndex, rows, cols: kw }),
-      ...k.kvAppend.bind(set, { src: a.v, cache: this.#values[l], counts, countIndex, rows, cols: kw }),
+      ...k.kvAppend.bind(set, { src: a.k, cache: this.#keys[l], ...append }),
+      ...k.kvAppend.bind(set, { src: a.v, cache: this.#values[l], ...append }),
       ...k.attention.bind(set, {
         q: a.q,
         keys: this.#keys[l],
         values: this.#values[l],
+        kvDtype,
         out: a.attn,
         counts,
         countIndex,
@@ -655,7 +661,7 @@ export class GpuSession implements BackendSession {
 
   /** Makes layer l's cache hold at least `need[l]` rows, keeping the `held[l]` rows it has. */
   #ensureCapacity(need: number[], held: number[]): void {
-    const t = this.#text, width = t.numKvHeads * t.headDim * 4;
+    const t = this.#text, width = t.numKvHeads * t.headDim * kvElementBytes(this.#kvDtype);
     const grow = need.flatMap((rows, l) => rows > this.#capacity[l] ? [l] : []);
     if (grow.length === 0) return;
     const enc = this.model.gpu.device.createCommandEncoder();
