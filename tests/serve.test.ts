@@ -26,13 +26,13 @@ Deno.test("the openai client against `serve --demo` gets generate()'s text, as a
   const server = await startServer(["--demo", "--backend", "cpu", "--api-key", "sekret"]);
   const model = await loadModel(DEMO, { backend: "cpu" });
   try {
-    const direct = await model.generate({ prompt: "What is it?", image: PNG, maxNewTokens: 12 });
+    const direct = await model.generate({ prompt: "Describe the image in detail.", image: PNG, maxNewTokens: 12 });
     const client = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: "sekret" });
     const models = await client.models.list();
     assert.deepEqual(models.data.map((m) => m.id), ["dynllava-demo"]);
     const completion = await client.chat.completions.create({
       model: "dynllava-demo",
-      messages: [userTurn("What is it?")],
+      messages: [userTurn("Describe the image in detail.")],
       max_tokens: 12,
     });
     assert.equal(completion.choices[0].message.content, direct.text);
@@ -49,7 +49,7 @@ Deno.test("the openai client against `serve --demo` gets generate()'s text, as a
 
     const stream = await client.chat.completions.create({
       model: "dynllava-demo",
-      messages: [userTurn("What is it?")],
+      messages: [userTurn("Describe the image in detail.")],
       max_completion_tokens: 12,
       stream: true,
       stream_options: { include_usage: true },
@@ -68,7 +68,7 @@ Deno.test("the openai client against `serve --demo` gets generate()'s text, as a
     const stop = direct.text.slice(5, 8);
     const stopped = await client.chat.completions.create({
       model: "dynllava-demo",
-      messages: [userTurn("What is it?")],
+      messages: [userTurn("Describe the image in detail.")],
       max_tokens: 12,
       stop: [stop],
     });
