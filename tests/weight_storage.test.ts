@@ -1,14 +1,24 @@
 /**
  * GPU weight storage does not change results: the same fixture loaded with weights in storage
- * buffers and in storage textures gives the CPU backend's greedy tokens (dense and dynamic, alone
- * and in a decode batch) and logits within f32 rounding; "auto" picks textures on Mesa's lavapipe.
+ * buffers and in storage textures (with the fused decode kernels and without) gives the CPU
+ * backend's greedy tokens (dense and dynamic, alone and in a decode batch) and logits within f32
+ * rounding; "auto" picks textures on Mesa's lavapipe.
  * @module
  */
 import assert from "node:assert/strict";
 import { ensureFixture } from "../tools/make_fixtures.ts";
 import { dynamicPolicy, loadModel, type Model } from "../mod.ts";
 import { createGpu } from "../runtime/device/gpu.ts";
+import { BufferSet } from "../runtime/device/gpu.ts";
+import { openCheckpoint } from "../runtime/io/checkpoint.ts";
+import { createGpuBackend, type GpuBackend } from "../runtime/webgpu/gpu_backend.ts";
 import { createKernels } from "../runtime/webgpu/gpu_kernels.ts";
+import {
+  allocLayerActivations,
+  bindHead,
+  bindLayerInput,
+  bindLayerOutput,
+} from "../runtime/webgpu/gpu_layers.ts";
 import { chooseWeightStorage, measureWeightStorage } from "../runtime/webgpu/weight_storage.ts";
 import { nmse } from "./kernel_util.ts";
 
@@ -19,12 +29,16 @@ const IMAGE = (() => {
 })();
 
 for (const name of ["llava-f32-dyn", "llama-f16-gqa"]) {
-  Deno.test(`loadModel() on ${name}: weights in buffers and in textures both give the CPU's results`, async () => {
+  Deno.test(`loadModel() on ${name}: weights in buffers and in textures, fused or not, give the CPU's results`, async () => {
     const dir = await ensureFixture(name);
     const cpu = await loadModel(dir, { backend: "cpu" });
     const gpus: [string, Model][] = [
       ["buffer", await loadModel(dir, { backend: "webgpu", weightStorage: "buffer" })],
       ["texture", await loadModel(dir, { backend: "webgpu", weightStorage: "texture" })],
+      [
+        "texture, unfused",
+        await loadModel(dir, { backend: "webgpu", weightStorage: "texture", fusedKernels: false }),
+      ],
     ];
     try {
       const image = cpu.config.vision ? IMAGE : undefined;
@@ -69,5 +83,36 @@ Deno.test("chooseWeightStorage() keeps a forced choice and, on lavapipe, picks t
     }
   } finally {
     gpu.destroy();
+  }
+});
+
+Deno.test("fused decode kernels: a layer binds 6 dispatches instead of 12, the head 1 instead of 2", async () => {
+  const checkpoint = await openCheckpoint(await ensureFixture("llama-f16-gqa"));
+  // [fused, rows, layer dispatches, head dispatches]: fused up to 8 rows (the texture matvec's)
+  const cases = [[true, 1, 6, 1], [true, 8, 6, 1], [true, 9, 12, 2], [false, 1, 12, 2]] as const;
+  for (const [fusedKernels, rows, layerDispatches, headDispatches] of cases) {
+    const backend = await createGpuBackend(checkpoint, {
+      weightDtype: "auto",
+      weightStorage: "texture",
+      fusedKernels,
+    }) as GpuBackend;
+    const model = backend.model, set = new BufferSet(model.gpu);
+    try {
+      const act = allocLayerActivations(set, model.config.text, { rows, label: "count" });
+      const positions = set.storage(rows * 4, "positions");
+      const logits = set.storage(rows * model.config.text.vocabSize * 4, "logits");
+      // fused: norm+q/k/v, RoPE q, RoPE k | o, norm+gate/up+SwiGLU, down
+      const layer = [
+        ...bindLayerInput(model, set, 0, { act, rows, positions, positionsOffset: 0 }),
+        ...bindLayerOutput(model, set, 0, { act, rows }),
+      ];
+      const head = bindHead(model, set, { x: act.x, h: act.h, logits, first: 0, rows });
+      const what = `fused ${fusedKernels}, ${rows} rows`;
+      assert.equal(layer.length, layerDispatches, what);
+      assert.equal(head.length, headDispatches, what);
+    } finally {
+      set.destroy();
+      backend.dispose();
+    }
   }
 });

@@ -73,6 +73,12 @@ export interface LoadOptions {
    */
   weightStorage?: "auto" | "buffer" | "texture";
   /**
+   * GPU decode kernels: true (default) folds each RMSNorm into the matrix products after it and
+   * computes q, k, v in one dispatch and gate/up with SwiGLU in one, where matrices sit in storage
+   * textures; false runs one kernel per op, for comparisons. Results agree within f32 rounding.
+   */
+  fusedKernels?: boolean;
+  /**
    * Scan every weight for NaN and ±Inf while loading (reads each tensor once more; off by default).
    * A non-finite weight is a CheckpointError naming the tensor and its file.
    */
@@ -726,6 +732,7 @@ export async function loadModel(path: string | URL, options: LoadOptions = {}): 
           })),
       weightDtype: options.weightDtype ?? "auto",
       weightStorage: options.weightStorage ?? "auto",
+      fusedKernels: options.fusedKernels ?? true,
     });
   return new Model(config, tokenizer, backend, policyInfo, { maxImagePixels: options.maxImagePixels });
 }

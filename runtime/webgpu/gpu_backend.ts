@@ -71,6 +71,8 @@ export async function createGpuBackend(
     weightDtype: "auto" | "f16" | "f32";
     /** Matrix storage: measured per adapter ("auto", default) or forced (runtime/webgpu/weight_storage.ts). */
     weightStorage?: WeightStorageOption;
+    /** Fused decode kernels where they apply (default true; {@link GpuModel.fused}). */
+    fusedKernels?: boolean;
   },
 ): Promise<Backend> {
   // Quantized blocks dequantize to values f16 cannot hold exactly: those stay f32.
@@ -125,7 +127,11 @@ export async function createGpuBackend(
       vector: (spec) => vectors.get(spec.name)!,
     });
     const weights: GpuWeights = { ...bound, embed: matrices.get(specs.embed.name)! };
-    return new GpuBackend({ gpu, buffers, config: checkpoint.config, weights, kernels, predictors }, storage);
+    const fused = options.fusedKernels ?? true;
+    return new GpuBackend(
+      { gpu, buffers, config: checkpoint.config, weights, kernels, predictors, fused },
+      storage,
+    );
   } catch (err) {
     buffers.destroy();
     gpu.destroy();

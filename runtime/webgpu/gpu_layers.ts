@@ -6,10 +6,20 @@
  *
  * Activations (f32, M rows): x [M, C] residual stream, h [M, C], q [M, H·D], k/v [M, KvH·D],
  * attn [M, H·D] (attention output), gate/up/act [M, I], logits [rows, V].
+ *
+ * Few rows (decode steps, batched or not) over weights in single textures take the fused kernels
+ * (kernels/matvec_texture_norm.ts) unless the model was loaded without them: RMSNorm is folded into
+ * the projections that follow it (h is not written), q, k and v are one dispatch, and gate/up with
+ * SwiGLU another (gate and up are not written). Per layer that is 6 dispatches instead of 12 besides
+ * the attention's, and the head's norm and lm_head one instead of two.
  * @module
  */
 import type { TextConfig } from "../core/config.ts";
 import type { BufferSet, Dispatch } from "../device/gpu.ts";
+import type { WeightTensor } from "../device/weights_gpu.ts";
+import type { GpuMatrix } from "../../kernels/matmul_quant.ts";
+import { MATVEC_TEXTURE_MAX_ROWS } from "../../kernels/matvec_texture.ts";
+import { inOneTexture } from "../../kernels/matvec_texture_norm.ts";
 import type { GpuModel } from "./gpu_model.ts";
 
 /** The activation buffers a layer reads and writes. */
@@ -123,6 +133,20 @@ export function bindLayerInput(
       headDim: t.headDim,
       theta: t.ropeTheta,
     });
+  const projections = [W.wq, W.wk, W.wv];
+  if (foldsNorm(model, rows, projections)) {
+    const [wq, wk, wv] = projections;
+    return [
+      ...k.normMatvecTexture.bind(set, {
+        x: a.x,
+        norm: { weight: W.attnNorm, eps: t.rmsNormEps },
+        projections: [{ weight: wq, out: a.q }, { weight: wk, out: a.k }, { weight: wv, out: a.v }],
+        rows,
+      }),
+      ...rope(a.q, t.numHeads),
+      ...rope(a.k, t.numKvHeads),
+    ];
+  }
   return [
     ...k.rmsNorm.bind(set, {
       x: a.x,
@@ -184,6 +208,21 @@ export function bindLayerOutput(
   args: { act: LayerActivations; rows: number },
 ): Dispatch[] {
   const k = model.kernels, t = model.config.text, W = model.weights.layers[l], { act: a, rows } = args;
+  const gateUp = [W.wGate, W.wUp];
+  if (foldsNorm(model, rows, gateUp)) {
+    return [
+      ...k.matmul.bind(set, { x: a.attn, weight: W.wo, out: a.x, rows, accumulate: true }),
+      ...k.normSwigluTexture.bind(set, {
+        x: a.x,
+        norm: { weight: W.mlpNorm, eps: t.rmsNormEps },
+        gate: gateUp[0],
+        up: gateUp[1],
+        out: a.act,
+        rows,
+      }),
+      ...k.matmul.bind(set, { x: a.act, weight: W.wDown, out: a.x, rows, accumulate: true }),
+    ];
+  }
   return [
     ...k.matmul.bind(set, { x: a.attn, weight: W.wo, out: a.x, rows, accumulate: true }),
     ...k.rmsNorm.bind(set, {
@@ -240,6 +279,16 @@ export function bindHead(
   args: { x: GPUBuffer; h: GPUBuffer; logits: GPUBuffer; first: number; rows: number },
 ): Dispatch[] {
   const k = model.kernels, t = model.config.text, W = model.weights;
+  const lmHead = [W.lmHead ?? W.embed];
+  if (foldsNorm(model, args.rows, lmHead)) {
+    return k.normMatvecTexture.bind(set, {
+      x: args.x,
+      norm: { weight: W.norm, eps: t.rmsNormEps },
+      projections: [{ weight: lmHead[0], out: args.logits }],
+      rows: args.rows,
+      xRowOffset: args.first,
+    });
+  }
   const rows = args.first + args.rows;
   return [
     ...k.rmsNorm.bind(set, {
@@ -258,4 +307,13 @@ export function bindHead(
       xRowOffset: args.first,
     }),
   ];
+}
+
+/**
+ * Whether `rows` rows through `weights` take the norm-folded texture kernels: the model fuses, the
+ * rows are few enough for the texture matvec, and every weight is a float matrix in one texture.
+ */
+function foldsNorm(model: GpuModel, rows: number, weights: GpuMatrix[]): weights is WeightTensor[] {
+  return model.fused && rows <= MATVEC_TEXTURE_MAX_ROWS &&
+    weights.every((weight) => !("type" in weight) && inOneTexture(weight));
 }
