@@ -218,7 +218,10 @@ Deno.test("parseBenchArgs() reads lists and refuses bad values", () => {
   refused(["--policies", "dense,sparse", "--out", "o"], /--policies: .*got "sparse"/);
   refused(["--kv", "maybe", "--out", "o"], /--kv: expected both, on or off/);
   refused(["--fused", "yes", "--out", "o"], /--fused: expected on, off or both/);
-  refused(["--cost-only", "--config", "c.json", "--fused", "off"], /--fused: it does not go with --cost-only/);
+  refused(
+    ["--cost-only", "--config", "c.json", "--fused", "off"],
+    /--fused: it does not go with --cost-only/,
+  );
   refused(["--new-tokens", "64,0", "--out", "o"], /--new-tokens: every value must be ≥ 1/);
   refused(["--repeat", "0", "--out", "o"], /--repeat: expected at least 1/);
   refused(["--policies", "dense"], /--out DIR is required/);
