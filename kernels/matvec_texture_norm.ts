@@ -107,7 +107,7 @@ const MATVEC_PARAMS = defineUniforms("norm_matvec_texture", {
   inCols: "u32", //      C
   xRowOffset: "u32",
   eps: "f32",
-  blocks0: "u32", //     64-row blocks of each projection (0: slot unused)
+  blocks0: "u32", //     64-row blocks of each projection (0 past the projections)
   blocks1: "u32",
   blocks2: "u32",
   outCols0: "u32", //    N of each projection
@@ -154,9 +154,16 @@ ${dots.join("\n")}
   let scale = 1.0 / sqrt((squares.x + squares.y + squares.z + squares.w) / f32(params.in_cols) + params.eps);`;
 }
 
-function normMatvecSource(dtype: WeightDtype): string {
-  const slots = Array.from({ length: MAX_NORM_PROJECTIONS }, (_, i) => i);
+/** The norm-matvec shader for `count` projections (a pipeline per count: no binding is bound twice). */
+function normMatvecSource(dtype: WeightDtype, count: number): string {
+  const slots = Array.from({ length: count }, (_, i) => i);
   const rowsPerLane = ROW_BLOCK / MATVEC_TEXTURE_LANES;
+  // The workgroups of projection i follow those of projections 0..i-1.
+  const before = (i: number) => slots.slice(0, i).map((j) => `params.blocks${j}`).join(" + ") || "0u";
+  const dispatch = slots.map((i) => {
+    const call = `project_${i}(m, block - (${before(i)}), x_base, lid);`;
+    return i === count - 1 ? `{\n    ${call}\n  }` : `if (block < ${before(i + 1)}) {\n    ${call}\n  }`;
+  }).join(" else ");
   const project = (i: number) => `
 // Rows of block \`block\` of W${i} for row m of x, into out${i}.
 fn project_${i}(m: u32, block: u32, x_base: u32, lid: u32) {
@@ -168,33 +175,26 @@ ${normedLaneLoop(dtype, [`w${i}`])}
     if (row0 + 4u + j < params.out_cols${i}) { out${i}[at + row0 + 4u + j] = w${i}_hi[j] * scale; }
   }
 }`;
+  const outs = slots.map((i) =>
+    `@group(0) @binding(${3 + count + i}) var<storage, read_write> out${i}: array<f32>;`
+  );
   return `${wgslPrelude({ workgroupSize: MATVEC_TEXTURE_LANES })}
 ${MATVEC_PARAMS.wgsl}
 ${NORMED_INPUTS}
 ${slots.map((i) => weightTextureShader(dtype, 3 + i, `w${i}`)).join("")}
-${
-    slots.map((i) =>
-      `@group(0) @binding(${3 + MAX_NORM_PROJECTIONS + i}) var<storage, read_write> out${i}: array<f32>;`
-    ).join("\n")
-  }
+${outs.join("\n")}
 ${slots.map(project).join("\n")}
 
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
         @builtin(local_invocation_index) lid: u32) {
-  let blocks = params.blocks0 + params.blocks1 + params.blocks2;
+  let blocks = ${before(count)};
   let g = workgroup_index(wid, nwg);
   if (g >= blocks * params.rows) { return; }
   let m = g / blocks;
   let block = g % blocks;
   let x_base = (params.x_row_offset + m) * (params.in_cols >> 2u);
-  if (block < params.blocks0) {
-    project_0(m, block, x_base, lid);
-  } else if (block < params.blocks0 + params.blocks1) {
-    project_1(m, block - params.blocks0, x_base, lid);
-  } else {
-    project_2(m, block - params.blocks0 - params.blocks1, x_base, lid);
-  }
+  ${dispatch}
 }
 `;
 }
@@ -260,7 +260,12 @@ ${normedLaneLoop(dtype, ["gate", "up"])}
  */
 export async function createNormMatvecTexture(gpu: Gpu): Promise<NormMatvecTextureKernel> {
   const dtype = weightDtype(gpu);
-  const pipeline = await gpu.pipeline(`norm_matvec_texture_${dtype}`, normMatvecSource(dtype));
+  const pipelines = await Promise.all(
+    Array.from(
+      { length: MAX_NORM_PROJECTIONS },
+      (_, i) => gpu.pipeline(`norm_matvec_texture_${i + 1}_${dtype}`, normMatvecSource(dtype, i + 1)),
+    ),
+  );
   return {
     bind(buffers: BufferSet, args: NormMatvecTextureArgs): Dispatch[] {
       const { projections, rows } = args, kernel = "norm_matvec_texture";
@@ -276,8 +281,7 @@ export async function createNormMatvecTexture(gpu: Gpu): Promise<NormMatvecTextu
         checkBufferFloats(out, rows * weight.rows, { kernel, label: kernel, name: `projections[${i}].out` });
       });
       checkInputs(kernel, args, (xRowOffset + rows) * cols, cols);
-      // Unused slots repeat the last projection with no blocks: bound, never read or written.
-      const slot = (i: number) => projections[Math.min(i, projections.length - 1)];
+      // Fields of slots past the projections are 0 (the pipeline for their count has no such slot).
       const blocks = (i: number) =>
         i < projections.length ? Math.ceil(projections[i].weight.rows / ROW_BLOCK) : 0;
       const params = packUniforms(MATVEC_PARAMS, {
@@ -288,18 +292,17 @@ export async function createNormMatvecTexture(gpu: Gpu): Promise<NormMatvecTextu
         blocks0: blocks(0),
         blocks1: blocks(1),
         blocks2: blocks(2),
-        outCols0: slot(0).weight.rows,
-        outCols1: slot(1).weight.rows,
-        outCols2: slot(2).weight.rows,
+        outCols0: projections[0].weight.rows,
+        outCols1: projections[1]?.weight.rows ?? 0,
+        outCols2: projections[2]?.weight.rows ?? 0,
       });
-      const slots = Array.from({ length: MAX_NORM_PROJECTIONS }, (_, i) => slot(i));
       const groups = (blocks(0) + blocks(1) + blocks(2)) * rows;
-      return [gpu.dispatch(pipeline, [
+      return [gpu.dispatch(pipelines[projections.length - 1], [
         buffers.uniform(params, `${kernel} params`),
         args.x,
         args.norm.weight,
-        ...slots.map((p) => p.weight.textures![0].view),
-        ...slots.map((p) => p.out),
+        ...projections.map((p) => p.weight.textures![0].view),
+        ...projections.map((p) => p.out),
       ], grid(groups))];
     },
   };

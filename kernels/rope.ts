@@ -47,11 +47,21 @@ const PARAMS = defineUniforms("rope", {
   secondHeads: "u32", //  heads of x2 (0: none)
 });
 
-const SOURCE = /* wgsl */ `${wgslPrelude({ workgroupSize: THREADS })}
+/**
+ * The RoPE shader: x alone, or x then x2 (`paired`; no binding is bound twice), one thread per
+ * (m, head, i) of each.
+ */
+function ropeSource(paired: boolean): string {
+  const turn = (buffer: string) =>
+    `    let a = ${buffer}[base + i];
+    let b = ${buffer}[base + i + half];
+    ${buffer}[base + i] = a * c - b * s;
+    ${buffer}[base + i + half] = b * c + a * s;`;
+  return `${wgslPrelude({ workgroupSize: THREADS })}
 ${PARAMS.wgsl}
 @group(0) @binding(1) var<storage, read> positions: array<u32>;
 @group(0) @binding(2) var<storage, read_write> x: array<f32>;
-@group(0) @binding(3) var<storage, read_write> x2: array<f32>;
+${paired ? "@group(0) @binding(3) var<storage, read_write> x2: array<f32>;" : ""}
 
 const TWO_PI_HI = 6.28125;                  // 8 significant bits: k · TWO_PI_HI is exact for k < 2^16
 const TWO_PI_LO = 0.0019353071795864769;    // 2π - TWO_PI_HI
@@ -81,22 +91,13 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
   let c = cos(reduced);
   let s = sin(reduced);
   let base = mh * params.head_dim;
-  if (in_second) {
-    let a = x2[base + i];
-    let b = x2[base + i + half];
-    x2[base + i] = a * c - b * s;
-    x2[base + i + half] = b * c + a * s;
-  } else {
-    let a = x[base + i];
-    let b = x[base + i + half];
-    x[base + i] = a * c - b * s;
-    x[base + i + half] = b * c + a * s;
-  }
+${paired ? `  if (in_second) {\n${turn("x2")}\n  } else {\n${turn("x")}\n  }` : `  {\n${turn("x")}\n  }`}
 }
 `;
+}
 
 /**
- * Compiles the RoPE pipeline.
+ * Compiles the RoPE pipelines (one tensor, or two at the same positions).
  * @example
  * ```ts
  * import assert from "node:assert/strict";
@@ -114,7 +115,10 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
  * ```
  */
 export async function createRope(gpu: Gpu): Promise<RopeKernel> {
-  const pipeline = await gpu.pipeline("rope", SOURCE);
+  const [single, paired] = await Promise.all([
+    gpu.pipeline("rope", ropeSource(false)),
+    gpu.pipeline("rope_paired", ropeSource(true)),
+  ]);
   return {
     bind(buffers: BufferSet, args: RopeArgs): Dispatch[] {
       const { rows, heads, headDim } = args;
@@ -128,9 +132,10 @@ export async function createRope(gpu: Gpu): Promise<RopeKernel> {
       };
       const params = buffers.uniform(packUniforms(PARAMS, values), "rope params");
       const threads = args.rows * (args.heads + values.secondHeads) * (args.headDim / 2);
-      // Without a second tensor, x stands in for its (unused) binding.
-      const bindings = [params, args.positions, args.x, args.second?.x ?? args.x];
-      return [gpu.dispatch(pipeline, bindings, grid(Math.ceil(threads / THREADS)))];
+      const groups = grid(Math.ceil(threads / THREADS));
+      return args.second
+        ? [gpu.dispatch(paired, [params, args.positions, args.x, args.second.x], groups)]
+        : [gpu.dispatch(single, [params, args.positions, args.x], groups)];
     },
   };
 }
