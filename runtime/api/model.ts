@@ -73,9 +73,9 @@ export interface LoadOptions {
    */
   weightStorage?: "auto" | "buffer" | "texture";
   /**
-   * GPU decode kernels: true (default) folds each RMSNorm into the matrix products after it and
-   * computes q, k, v in one dispatch and gate/up with SwiGLU in one, where matrices sit in storage
-   * textures; false runs one kernel per op, for comparisons. Results agree within f32 rounding.
+   * GPU decode kernels: true (default) computes q, k, v in one dispatch, gate/up with SwiGLU in
+   * one, and RoPE on q and k in one, where matrices sit in storage textures; false runs one kernel
+   * per op, for comparisons. Results agree within f32 rounding.
    */
   fusedKernels?: boolean;
   /**

@@ -221,56 +221,26 @@ export function swiglu(gate: Float32Array, up: Float32Array): Float32Array {
 }
 
 /**
- * Projections of the RMSNorm of x: linear(rmsNorm(x, norm, eps), W) for each W, the same normed
- * rows for all. x [M, C], norm [C], each W [N_i, C] → one [M, N_i] per W. The twin of the fused
- * norm-matvec kernel (kernels/matvec_texture_norm.ts: q, k, v in one dispatch; lm_head).
+ * The SwiGLU MLP's hidden activation: silu(x·W_gateᵀ) · (x·W_upᵀ). x [M, C], W_gate and W_up
+ * [I, C] → [M, I]. The twin of the gate/up-SwiGLU texture kernel (kernels/matvec_texture_fused.ts).
  * @example
  * ```ts
  * import assert from "node:assert/strict";
- * import { normLinear } from "./cpu_ops.ts";
- * // x = [3, 4]: rms = √12.5, so the normed row is [0.8485, 1.1314]
- * const [sum, first] = normLinear(new Float32Array([3, 4]), new Float32Array([1, 1]), 0, [
- *   new Float32Array([1, 1]),
- *   new Float32Array([1, 0, 0, 2]),
- * ]);
- * assert.ok(Math.abs(sum[0] - 1.9799) < 1e-4);
- * assert.deepEqual(Array.from(first, (v) => +v.toFixed(4)), [0.8485, 2.2627]);
- * ```
- */
-export function normLinear(
-  x: Float32Array,
-  norm: Float32Array,
-  eps: number,
-  weights: Float32Array[],
-): Float32Array[] {
-  const h = rmsNorm(x, norm, eps), rows = x.length / norm.length;
-  return weights.map((weight) => linear(h, weight, { rows }));
-}
-
-/**
- * The SwiGLU MLP's hidden activation from the residual stream: silu(h·W_gateᵀ) · (h·W_upᵀ) with
- * h = rmsNorm(x, norm, eps). x [M, C], norm [C], W_gate and W_up [I, C] → [M, I]. The twin of the
- * fused norm-gate/up kernel (kernels/matvec_texture_norm.ts).
- * @example
- * ```ts
- * import assert from "node:assert/strict";
- * import { normSwiglu } from "./cpu_ops.ts";
- * // x = [1, 1] is its own RMSNorm: gate = [2, 0], up = [2, 3]
- * const act = normSwiglu(new Float32Array([1, 1]), new Float32Array([1, 1]), 0, {
+ * import { swigluLinear } from "./cpu_ops.ts";
+ * // gate = [2, 0], up = [2, 3]
+ * const act = swigluLinear(new Float32Array([1, 1]), {
  *   gate: new Float32Array([1, 1, 0, 0]),
  *   up: new Float32Array([1, 1, 3, 0]),
- * });
+ * }, { rows: 1 });
  * assert.deepEqual(Array.from(act, (v) => +v.toFixed(4)), [3.5232, 0]); // silu(2)·2, silu(0)·3
  * ```
  */
-export function normSwiglu(
+export function swigluLinear(
   x: Float32Array,
-  norm: Float32Array,
-  eps: number,
   weights: { gate: Float32Array; up: Float32Array },
+  options: { rows: number },
 ): Float32Array {
-  const [gate, up] = normLinear(x, norm, eps, [weights.gate, weights.up]);
-  return swiglu(gate, up);
+  return swiglu(linear(x, weights.gate, options), linear(x, weights.up, options));
 }
 
 /**

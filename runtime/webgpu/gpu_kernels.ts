@@ -19,7 +19,7 @@ import { createLayerNorm } from "../../kernels/layernorm.ts";
 import { createMatmul } from "../../kernels/matmul.ts";
 import { createLinear, createQuantMatmul } from "../../kernels/matmul_quant.ts";
 import { createMatvecTexture } from "../../kernels/matvec_texture.ts";
-import { createNormMatvecTexture, createNormSwigluTexture } from "../../kernels/matvec_texture_norm.ts";
+import { createMatvecTextureMulti, createSwigluTexture } from "../../kernels/matvec_texture_fused.ts";
 import { createIm2col } from "../../kernels/patches.ts";
 import {
   createAdmitFlag,
@@ -41,8 +41,8 @@ export const KERNELS = {
   floatMatmul: createMatmul,
   quantMatmul: createQuantMatmul,
   matvecTexture: createMatvecTexture,
-  normMatvecTexture: createNormMatvecTexture, // decode: RMSNorm folded into q/k/v (or lm_head)
-  normSwigluTexture: createNormSwigluTexture, // decode: RMSNorm, gate/up and SwiGLU in one
+  matvecTextureMulti: createMatvecTextureMulti, // decode: q, k and v in one dispatch
+  swigluTexture: createSwigluTexture, // decode: gate/up and SwiGLU in one
   rope: createRope,
   kvAppend: createKvAppend,
   attention: createAttention,

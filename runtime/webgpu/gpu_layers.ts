@@ -8,11 +8,10 @@
  * attn [M, H·D] (attention output), gate/up/act [M, I], logits [rows, V].
  *
  * Few rows (decode steps, batched or not) over weights in single textures take the fused kernels
- * (kernels/matvec_texture_norm.ts) unless the model was loaded without them: RMSNorm is folded into
- * the projections that follow it (h is not written), q, k and v are one dispatch, and gate/up with
- * SwiGLU another (gate and up are not written), and RoPE turns q and k in one dispatch (for any
- * number of rows). Per layer that is 5 dispatches instead of 12 besides the attention's, and the
- * head's norm and lm_head one instead of two.
+ * (kernels/matvec_texture_fused.ts) unless the model was loaded without them: q, k and v are one
+ * dispatch, gate/up with SwiGLU another (gate and up are not written), and RoPE turns q and k in one
+ * dispatch (for any number of rows). Per layer that is 7 dispatches instead of 12 besides the
+ * attention's.
  * @module
  */
 import type { TextConfig } from "../core/config.ts";
@@ -20,7 +19,7 @@ import type { BufferSet, Dispatch } from "../device/gpu.ts";
 import type { WeightTensor } from "../device/weights_gpu.ts";
 import type { GpuMatrix } from "../../kernels/matmul_quant.ts";
 import { MATVEC_TEXTURE_MAX_ROWS } from "../../kernels/matvec_texture.ts";
-import { inOneTexture } from "../../kernels/matvec_texture_norm.ts";
+import { inOneTexture } from "../../kernels/matvec_texture_fused.ts";
 import type { GpuModel } from "./gpu_model.ts";
 
 /** The activation buffers a layer reads and writes. */
@@ -140,18 +139,21 @@ export function bindLayerInput(
         ...k.rope.bind(set, { ...rotate, x: a.k, heads: t.numKvHeads }),
       ];
   const projections = [W.wq, W.wk, W.wv];
-  if (foldsNorm(model, rows, projections)) {
-    const [wq, wk, wv] = projections;
-    return [
-      ...k.normMatvecTexture.bind(set, {
-        x: a.x,
-        norm: { weight: W.attnNorm, eps: t.rmsNormEps },
-        projections: [{ weight: wq, out: a.q }, { weight: wk, out: a.k }, { weight: wv, out: a.v }],
-        rows,
-      }),
-      ...rope(),
+  const qkv = fuses(model, rows, projections)
+    ? k.matvecTextureMulti.bind(set, {
+      x: a.h,
+      projections: [
+        { weight: projections[0], out: a.q },
+        { weight: projections[1], out: a.k },
+        { weight: projections[2], out: a.v },
+      ],
+      rows,
+    })
+    : [
+      ...k.matmul.bind(set, { x: a.h, weight: W.wq, out: a.q, rows }),
+      ...k.matmul.bind(set, { x: a.h, weight: W.wk, out: a.k, rows }),
+      ...k.matmul.bind(set, { x: a.h, weight: W.wv, out: a.v, rows }),
     ];
-  }
   return [
     ...k.rmsNorm.bind(set, {
       x: a.x,
@@ -161,9 +163,7 @@ export function bindLayerInput(
       cols: t.hiddenSize,
       eps: t.rmsNormEps,
     }),
-    ...k.matmul.bind(set, { x: a.h, weight: W.wq, out: a.q, rows }),
-    ...k.matmul.bind(set, { x: a.h, weight: W.wk, out: a.k, rows }),
-    ...k.matmul.bind(set, { x: a.h, weight: W.wv, out: a.v, rows }),
+    ...qkv,
     ...rope(),
   ];
 }
@@ -213,20 +213,13 @@ export function bindLayerOutput(
 ): Dispatch[] {
   const k = model.kernels, t = model.config.text, W = model.weights.layers[l], { act: a, rows } = args;
   const gateUp = [W.wGate, W.wUp];
-  if (foldsNorm(model, rows, gateUp)) {
-    return [
-      ...k.matmul.bind(set, { x: a.attn, weight: W.wo, out: a.x, rows, accumulate: true }),
-      ...k.normSwigluTexture.bind(set, {
-        x: a.x,
-        norm: { weight: W.mlpNorm, eps: t.rmsNormEps },
-        gate: gateUp[0],
-        up: gateUp[1],
-        out: a.act,
-        rows,
-      }),
-      ...k.matmul.bind(set, { x: a.act, weight: W.wDown, out: a.x, rows, accumulate: true }),
+  const mlp = fuses(model, rows, gateUp)
+    ? k.swigluTexture.bind(set, { x: a.h, gate: gateUp[0], up: gateUp[1], out: a.act, rows })
+    : [
+      ...k.matmul.bind(set, { x: a.h, weight: W.wGate, out: a.gate, rows }),
+      ...k.matmul.bind(set, { x: a.h, weight: W.wUp, out: a.up, rows }),
+      ...k.swiglu.bind(set, { gate: a.gate, up: a.up, out: a.act, count: rows * t.intermediateSize }),
     ];
-  }
   return [
     ...k.matmul.bind(set, { x: a.attn, weight: W.wo, out: a.x, rows, accumulate: true }),
     ...k.rmsNorm.bind(set, {
@@ -237,9 +230,7 @@ export function bindLayerOutput(
       cols: t.hiddenSize,
       eps: t.rmsNormEps,
     }),
-    ...k.matmul.bind(set, { x: a.h, weight: W.wGate, out: a.gate, rows }),
-    ...k.matmul.bind(set, { x: a.h, weight: W.wUp, out: a.up, rows }),
-    ...k.swiglu.bind(set, { gate: a.gate, up: a.up, out: a.act, count: rows * t.intermediateSize }),
+    ...mlp,
     ...k.matmul.bind(set, { x: a.act, weight: W.wDown, out: a.x, rows, accumulate: true }),
   ];
 }
@@ -283,16 +274,6 @@ export function bindHead(
   args: { x: GPUBuffer; h: GPUBuffer; logits: GPUBuffer; first: number; rows: number },
 ): Dispatch[] {
   const k = model.kernels, t = model.config.text, W = model.weights;
-  const lmHead = [W.lmHead ?? W.embed];
-  if (foldsNorm(model, args.rows, lmHead)) {
-    return k.normMatvecTexture.bind(set, {
-      x: args.x,
-      norm: { weight: W.norm, eps: t.rmsNormEps },
-      projections: [{ weight: lmHead[0], out: args.logits }],
-      rows: args.rows,
-      xRowOffset: args.first,
-    });
-  }
   const rows = args.first + args.rows;
   return [
     ...k.rmsNorm.bind(set, {
@@ -314,10 +295,10 @@ export function bindHead(
 }
 
 /**
- * Whether `rows` rows through `weights` take the norm-folded texture kernels: the model fuses, the
- * rows are few enough for the texture matvec, and every weight is a float matrix in one texture.
+ * Whether `rows` rows through `weights` take the fused texture kernels: the model fuses, the rows
+ * are few enough for the texture matvec, and every weight is a float matrix in one texture.
  */
-function foldsNorm(model: GpuModel, rows: number, weights: GpuMatrix[]): weights is WeightTensor[] {
+function fuses(model: GpuModel, rows: number, weights: GpuMatrix[]): weights is WeightTensor[] {
   return model.fused && rows <= MATVEC_TEXTURE_MAX_ROWS &&
     weights.every((weight) => !("type" in weight) && inOneTexture(weight));
 }
