@@ -41,8 +41,8 @@ export interface GpuModel {
   readonly kernels: Kernels;
   readonly predictors: GpuPredictors;
   /**
-   * Whether decoder layers and the head take the fused kernels where they apply (few rows, weights
-   * in single textures: runtime/webgpu/gpu_layers.ts); false runs one kernel per op (comparisons).
+   * Whether decoder layers take the fused kernels where they apply (few rows, weights in single
+   * textures: runtime/webgpu/gpu_layers.ts); false runs one kernel per op (comparisons).
    */
   readonly fused: boolean;
 }
