@@ -6,7 +6,8 @@
  * ```sh
  * deno run -A examples/bench.ts [--model DIR] [--image FILE] [--prompt TEXT] \
  *   --policies dense,fastv,dynamic --kv both|on|off --new-tokens 64,256,1024 [--batch 1,8] \
- *   [--repeat N] [--warmup N] [--backend webgpu|cpu] [--weight-storage auto|buffer|texture|LIST] --out DIR
+ *   [--repeat N] [--warmup N] [--backend webgpu|cpu] [--weight-storage auto|buffer|texture|LIST] \
+ *   [--fused on|off|both] --out DIR
  * ```
  *
  * Without `--model` it runs the tiny `llava-f32-dyn` test fixture (written on first use); without
@@ -26,6 +27,8 @@
  * A text-only checkpoint (plain LLaMA) runs without the image. `--weight-storage buffer,texture`
  * loads the model once per GPU weight storage, runs the sweep on each and prints one "ratio vs
  * buffer" line per configuration (decode ms/token and tokens/s); bench.md holds one table each.
+ * `--fused both` does the same for the fused decode kernels (loadModel's `fusedKernels`): unfused
+ * first, then fused, with "ratio … fused kernels vs … unfused kernels" lines.
  *
  * `--cost-only` prints the cost model's estimate for a checkpoint's config.json instead (no
  * weights, no GPU): FLOPs by the paper's formula and exactly, and KV-cache bytes. With
@@ -96,6 +99,11 @@ export const BENCH_COMMAND: CommandSpec = {
       type: "string",
       value: "LIST",
       description: "GPU weight storage(s) to run: auto, buffer, texture (default auto)",
+    },
+    fused: {
+      type: "string",
+      value: "on|off|both",
+      description: "fused GPU decode kernels: on, off, or both for an A/B in one run (default on)",
     },
     out: { type: "string", value: "DIR", description: "where bench.json, bench.md and the charts go" },
     "cost-only": { type: "boolean", description: "estimate from --config alone (no weights, no GPU)" },
@@ -172,6 +180,8 @@ export interface BenchRunArgs extends BenchSweep {
   backend: "webgpu" | "cpu" | "auto";
   /** GPU weight storages to run, each on a fresh load (loadModel's `weightStorage`). */
   weightStorages: BenchWeightStorage[];
+  /** Fused-kernel modes to run for each storage, each on a fresh load (loadModel's `fusedKernels`). */
+  fusedKernels: boolean[];
   /** Directory for bench.json, bench.md and the charts. */
   outDir: string;
 }
@@ -251,6 +261,15 @@ function weightStorageList(value: string): BenchWeightStorage[] {
     );
   }
   return list as BenchWeightStorage[];
+}
+
+function fusedModes(value: string): boolean[] {
+  const modes: Record<string, boolean[]> = { on: [true], off: [false], both: [false, true] };
+  const found = modes[value];
+  if (!found) {
+    throw new InputError(`Cannot read --fused: expected on, off or both, got "${value}"`, "--fused");
+  }
+  return found;
 }
 
 function kvModes(value: string): boolean[] {
@@ -336,6 +355,7 @@ function parseRunArgs(values: Record<string, string | boolean | undefined>): Ben
     prompt: text("prompt") ?? DEFAULT_PROMPT,
     backend,
     weightStorages: weightStorageList(text("weight-storage") ?? "auto"),
+    fusedKernels: fusedModes(text("fused") ?? "on"),
     outDir: text("out")!,
     policies: policyList(text("policies") ?? POLICIES.join(",")),
     kvModes: kvModes(text("kv") ?? "both"),
@@ -376,6 +396,7 @@ export function parseBenchArgs(argv: string[]): BenchArgs {
         "warmup",
         "backend",
         "weight-storage",
+        "fused",
         "out",
       ]
     ) {
@@ -850,22 +871,32 @@ async function benchInputs(args: BenchRunArgs): Promise<{ modelDir: string; imag
   return { modelDir, image };
 }
 
-/** One weight storage's sweep: its model report fields and rows. */
+/** One load's sweep (a weight storage and kernel mode): its model report fields and rows. */
 interface StorageRun {
+  /** What the load differs in, as the report names it ("texture weights, fused kernels"). */
+  label: string;
   weightStorage: BenchWeightStorage;
+  fusedKernels: boolean;
   backend: "cpu" | "webgpu";
   promptPositions: number;
   rows: BenchRow[];
 }
 
-/** Loads the model with `weightStorage` and runs the sweep (text-only models without the image). */
+/** Loads the model with `weightStorage` and `fusedKernels` and runs the sweep (text-only models without the image). */
 async function runStorage(
   args: BenchRunArgs,
   inputs: { modelDir: string; image: ImageInput; backend: "webgpu" | "cpu" },
-  weightStorage: BenchWeightStorage,
+  load: { weightStorage: BenchWeightStorage; fusedKernels: boolean },
 ): Promise<StorageRun> {
-  const { modelDir, backend } = inputs;
-  const model = await loadModel(modelDir, { backend, weightStorage, onProgress: progressBar() });
+  const { modelDir, backend } = inputs, { weightStorage, fusedKernels } = load;
+  const label = `${weightStorage} weights` +
+    (args.fusedKernels.length > 1 ? `, ${fusedKernels ? "fused" : "unfused"} kernels` : "");
+  const model = await loadModel(modelDir, {
+    backend,
+    weightStorage,
+    fusedKernels,
+    onProgress: progressBar(),
+  });
   try {
     const image = model.config.vision ? inputs.image : undefined;
     const rows = await runBench(model, args, {
@@ -874,20 +905,27 @@ async function runStorage(
       onRow: (row) =>
         console.error(
           `${row.policy}, ${row.kvCache ? "KV cache" : "no KV cache"}, batch ${row.batch}, ` +
-            `${row.newTokens} tokens, weights in ${weightStorage}: decode ` +
+            `${row.newTokens} tokens, ${label}: decode ` +
             `${row.decodeMsPerToken.median.toFixed(2)} ms/token`,
         ),
     });
     const promptPositionCount = promptPositions(model, args.prompt, { images: image ? 1 : 0 });
-    return { weightStorage, backend: model.backendKind, promptPositions: promptPositionCount, rows };
+    return {
+      label,
+      weightStorage,
+      fusedKernels,
+      backend: model.backendKind,
+      promptPositions: promptPositionCount,
+      rows,
+    };
   } finally {
     model.dispose();
   }
 }
 
 /**
- * One "ratio vs <first storage>" line per configuration of each later storage: decode ms/token
- * and tokens/s (medians).
+ * One "ratio vs <first load>" line per configuration of each later load (weight storage, kernel
+ * mode): decode ms/token and tokens/s (medians).
  * @example
  * ```ts
  * import assert from "node:assert/strict";
@@ -899,12 +937,12 @@ async function runStorage(
  *   flopsExact: { prefill: 1, decode: 1 }, tokensComputed: 64, visualKept: 0, visualTokens: 0,
  * });
  * assert.deepEqual(storageRatioLines([
- *   { weightStorage: "buffer", rows: [row(200, 5)] },
- *   { weightStorage: "texture", rows: [row(50, 20)] },
- * ]), ["ratio texture vs buffer weights: dense, KV cache, batch 1, 64 new tokens: decode ms/token ×0.250, tokens/s ×4.000"]);
+ *   { label: "buffer weights", rows: [row(200, 5)] },
+ *   { label: "texture weights", rows: [row(50, 20)] },
+ * ]), ["ratio texture weights vs buffer weights: dense, KV cache, batch 1, 64 new tokens: decode ms/token ×0.250, tokens/s ×4.000"]);
  * ```
  */
-export function storageRatioLines(runs: Pick<StorageRun, "weightStorage" | "rows">[]): string[] {
+export function storageRatioLines(runs: Pick<StorageRun, "label" | "rows">[]): string[] {
   const [base, ...others] = runs;
   const lines: string[] = [];
   for (const run of others) {
@@ -915,7 +953,7 @@ export function storageRatioLines(runs: Pick<StorageRun, "weightStorage" | "rows
       );
       if (!ref) continue;
       lines.push(
-        `ratio ${run.weightStorage} vs ${base.weightStorage} weights: ${row.policy}, ` +
+        `ratio ${run.label} vs ${base.label}: ${row.policy}, ` +
           `${row.kvCache ? "KV cache" : "no KV cache"}, batch ${row.batch}, ${row.newTokens} new tokens: ` +
           `decode ms/token ${ratio(row.decodeMsPerToken.median, ref.decodeMsPerToken.median)}, ` +
           `tokens/s ${ratio(row.tokensPerSecond.median, ref.tokensPerSecond.median)}`,
@@ -931,13 +969,15 @@ async function runModelBench(args: BenchRunArgs): Promise<void> {
   console.log(describeBackend(choice));
   const runs: StorageRun[] = [];
   for (const weightStorage of args.weightStorages) {
-    runs.push(await runStorage(args, { modelDir, image, backend: choice.backend }, weightStorage));
+    for (const fusedKernels of args.fusedKernels) {
+      runs.push(
+        await runStorage(args, { modelDir, image, backend: choice.backend }, { weightStorage, fusedKernels }),
+      );
+    }
   }
   await Deno.mkdir(args.outDir, { recursive: true });
   const several = runs.length > 1;
-  const tables = runs.map((run) =>
-    (several ? `### weights in ${run.weightStorage}\n\n` : "") + benchMarkdown(run.rows)
-  );
+  const tables = runs.map((run) => (several ? `### ${run.label}\n\n` : "") + benchMarkdown(run.rows));
   const report = {
     model: args.modelDir ?? "fixture:llava-f32-dyn",
     image: args.imagePath ?? "generated:gradient-336x336",
@@ -945,7 +985,15 @@ async function runModelBench(args: BenchRunArgs): Promise<void> {
     prompt: args.prompt,
     promptPositions: runs[0].promptPositions,
     rows: runs[0].rows,
-    ...(several ? { weightStorages: runs.map(({ weightStorage, rows }) => ({ weightStorage, rows })) } : {}),
+    ...(several
+      ? {
+        weightStorages: runs.map(({ weightStorage, fusedKernels, rows }) => ({
+          weightStorage,
+          fusedKernels,
+          rows,
+        })),
+      }
+      : {}),
   };
   await Deno.writeTextFile(join(args.outDir, "bench.json"), JSON.stringify(report, null, 2) + "\n");
   await Deno.writeTextFile(join(args.outDir, "bench.md"), tables.join("\n"));

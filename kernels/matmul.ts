@@ -22,7 +22,7 @@ import {
   weightShader,
   type WeightStorage,
 } from "../runtime/device/weights_gpu.ts";
-import { createMatvecTexture, type MatvecTextureArgs } from "./matvec_texture.ts";
+import { createMatvecTexture, MATVEC_TEXTURE_MAX_ROWS, type MatvecTextureArgs } from "./matvec_texture.ts";
 import { checkBufferFloats, defineUniforms, packUniforms } from "./uniforms.ts";
 import { wgslPrelude } from "./wgsl_prelude.ts";
 
@@ -36,8 +36,6 @@ export interface MatmulKernel {
 }
 
 const GEMV_COLUMNS = 4;
-/** Up to this many rows of x, texture-stored weights go through the texture matvec. */
-const TEXTURE_MATVEC_ROWS = 8;
 const TILE = 64;
 
 const PARAMS = defineUniforms("matmul", {
@@ -251,7 +249,7 @@ export async function createMatmul(gpu: Gpu): Promise<MatmulKernel> {
       checkSize(args.x, (xRowOffset + rows) * weight.cols, "x");
       checkSize(args.out, (outRowOffset + rows) * weight.rows, "out");
       if (args.bias) checkSize(args.bias, weight.rows, "bias");
-      if (weight.textures && rows <= TEXTURE_MATVEC_ROWS) return matvecTexture.bind(buffers, args);
+      if (weight.textures && rows <= MATVEC_TEXTURE_MAX_ROWS) return matvecTexture.bind(buffers, args);
       const vectorized = weight.cols % 8 === 0;
       const gemv = rows === 1 && !weight.textures;
       const pipeline = weight.textures

@@ -47,8 +47,12 @@ export interface MatvecTextureKernel {
   bind(buffers: BufferSet, args: MatvecTextureArgs): Dispatch[];
 }
 
-const LANES = 8;
-const ROWS_PER_LANE = ROW_BLOCK / LANES;
+/** Up to this many rows of x, texture-stored weights go through the texture matvecs. */
+export const MATVEC_TEXTURE_MAX_ROWS = 8;
+
+/** Invocations per workgroup of the texture matvecs: each owns 8 rows of a 64-row weight block. */
+export const MATVEC_TEXTURE_LANES = 8;
+const ROWS_PER_LANE = ROW_BLOCK / MATVEC_TEXTURE_LANES;
 
 const PARAMS = defineUniforms("matvec_texture", {
   rows: "u32", //          M
@@ -62,16 +66,39 @@ const PARAMS = defineUniforms("matvec_texture", {
   addBias: "u32", //       1: result + bias
 });
 
-function matvecTextureSource(dtype: WeightDtype): string {
-  const per = texelsPerSlice(dtype);
-  const dots = Array.from(
+/**
+ * WGSL of one K slice of a texture matvec lane: the lane's 8 rows of the texture declared as
+ * `texture` (runtime/device/weights_texture.ts), starting at texel `t`, dotted with the slice's x
+ * values `xa`, `xb` (vec4f each), rows 0..3 added to the vec4f `lo` and rows 4..7 to `hi`.
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { laneSliceDots } from "./matvec_texture.ts";
+ * const wgsl = laneSliceDots("f32", { texture: "up", xa: "ya", xb: "yb", lo: "up_lo", hi: "up_hi" });
+ * assert.ok(wgsl.includes("let up_w1 = up_slice(t + 2u);")); // f32: 2 texels per slice and row
+ * assert.ok(wgsl.includes("up_hi += vec4f(up_d4, up_d5, up_d6, up_d7);"));
+ * ```
+ */
+export function laneSliceDots(
+  dtype: WeightDtype,
+  names: { texture: string; xa: string; xb: string; lo: string; hi: string },
+): string {
+  const { texture: w, xa, xb } = names, per = texelsPerSlice(dtype);
+  const rows = Array.from(
     { length: ROWS_PER_LANE },
     (_, j) =>
-      `    let w${j} = weight_slice(t + ${
-        j * per
-      }u);\n    let d${j} = dot(w${j}[0], xa) + dot(w${j}[1], xb);`,
-  ).join("\n");
-  return `${wgslPrelude({ workgroupSize: LANES })}
+      `    let ${w}_w${j} = ${w}_slice(t + ${j * per}u);\n` +
+      `    let ${w}_d${j} = dot(${w}_w${j}[0], ${xa}) + dot(${w}_w${j}[1], ${xb});`,
+  );
+  const sums = (from: number) => Array.from({ length: 4 }, (_, j) => `${w}_d${from + j}`).join(", ");
+  return `${rows.join("\n")}
+    ${names.lo} += vec4f(${sums(0)});
+    ${names.hi} += vec4f(${sums(4)});`;
+}
+
+function matvecTextureSource(dtype: WeightDtype): string {
+  const per = texelsPerSlice(dtype);
+  return `${wgslPrelude({ workgroupSize: MATVEC_TEXTURE_LANES })}
 ${PARAMS.wgsl}
 @group(0) @binding(1) var<storage, read> x: array<vec4f>;
 @group(0) @binding(2) var<storage, read> bias: array<f32>;
@@ -106,9 +133,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
     let xa = x[x_base + 2u * s];
     let xb = x[x_base + 2u * s + 1u];
     let t = first + s * ${ROW_BLOCK * per}u;
-${dots}
-    lo += vec4f(d0, d1, d2, d3);
-    hi += vec4f(d4, d5, d6, d7);
+${laneSliceDots(dtype, { texture: "weight", xa: "xa", xb: "xb", lo: "lo", hi: "hi" })}
   }
   let row0 = block * ${ROW_BLOCK}u + lid * ${ROWS_PER_LANE}u;
   for (var j = 0u; j < 4u; j++) {

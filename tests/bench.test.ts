@@ -206,6 +206,10 @@ Deno.test("parseBenchArgs() reads lists and refuses bad values", () => {
   assert.equal(args.warmup, 1);
   assert.equal(args.backend, "auto");
   assert.equal(args.modelDir, null);
+  assert.deepEqual(args.fusedKernels, [true]);
+  const ab = parseBenchArgs(["--fused", "both", "--weight-storage", "texture", "--out", "out"]);
+  assert.ok(!ab.costOnly);
+  assert.deepEqual(ab.fusedKernels, [false, true]); // unfused first: the ratios read fused vs unfused
   const refused = (argv: string[], pattern: RegExp) =>
     assert.throws(
       () => parseBenchArgs(argv),
@@ -213,6 +217,11 @@ Deno.test("parseBenchArgs() reads lists and refuses bad values", () => {
     );
   refused(["--policies", "dense,sparse", "--out", "o"], /--policies: .*got "sparse"/);
   refused(["--kv", "maybe", "--out", "o"], /--kv: expected both, on or off/);
+  refused(["--fused", "yes", "--out", "o"], /--fused: expected on, off or both/);
+  refused(
+    ["--cost-only", "--config", "c.json", "--fused", "off"],
+    /--fused: it does not go with --cost-only/,
+  );
   refused(["--new-tokens", "64,0", "--out", "o"], /--new-tokens: every value must be ≥ 1/);
   refused(["--repeat", "0", "--out", "o"], /--repeat: expected at least 1/);
   refused(["--policies", "dense"], /--out DIR is required/);

@@ -307,6 +307,37 @@ gpuTest("createRope() matches rope() for positions up to 4096 read at an offset"
   }
 });
 
+gpuTest(
+  "createRope() turns a second tensor (k with q) at the same positions in the same dispatch",
+  async (gpu, k, buffers) => {
+    for (const [rows, heads, kvHeads, headDim] of [[1, 4, 2, 64], [3, 5, 5, 16], [8, 2, 1, 128]]) {
+      const q = randomArray(rows * heads * headDim, 150 + rows);
+      const kNew = randomArray(rows * kvHeads * headDim, 151 + rows);
+      const positions = randomIntegers(rows, 152 + rows, 4097);
+      const state = buffers.upload(new Uint32Array([7, ...positions]), "positions");
+      const [qBuffer, kBuffer] = [buffers.upload(q, "q"), buffers.upload(kNew, "k")];
+      const dispatches = k.rope.bind(buffers, {
+        x: qBuffer,
+        second: { x: kBuffer, heads: kvHeads },
+        positions: state,
+        positionsOffset: 1,
+        rows,
+        heads,
+        headDim,
+        theta: 10000,
+      });
+      assert.equal(dispatches.length, 1);
+      const actualQ = await run(gpu, dispatches, qBuffer, q.length);
+      const actualK = await readF32(gpu, kBuffer, kNew.length);
+      const rotate = { headDim, theta: 10000 };
+      cpu.rope(q, positions, { heads, ...rotate });
+      cpu.rope(kNew, positions, { heads: kvHeads, ...rotate });
+      assertClose(actualQ, q, ROPE, `rope q ${rows}×${heads}×${headDim}`);
+      assertClose(actualK, kNew, ROPE, `rope k ${rows}×${kvHeads}×${headDim}`);
+    }
+  },
+);
+
 // ---- attention -------------------------------------------------------------------------------
 
 interface AttentionCase {

@@ -1,6 +1,7 @@
 /**
  * Texture-stored weights: the texel layout, and parity of the texture matvec (kernels/matvec_texture.ts)
- * and of the matmul's texture path with the CPU twin `linear` on awkward shapes, f16 (when the
+ * and of the matmul's texture path with the CPU twin `linear`, and of the fused matvecs
+ * (kernels/matvec_texture_fused.ts) with `linear` and `swigluLinear`, on awkward shapes, f16 (when the
  * adapter has `shader-f16` and DYNLLAVA_NO_F16 is unset) and f32 weights. Outputs are poisoned with
  * NaN, so a row not written fails.
  * @module
@@ -26,7 +27,12 @@ const gpus: Gpu[] = [await testGpu()];
 if (gpus[0].f16) gpus.push(await createGpu({ allowF16: false }));
 const kernelsOf = new Map<Gpu, Kernels>();
 for (const gpu of gpus) {
-  kernelsOf.set(gpu, await createKernels(gpu, { only: ["matmul", "matvecTexture"] }) as Kernels);
+  kernelsOf.set(
+    gpu,
+    await createKernels(gpu, {
+      only: ["matmul", "matvecTexture", "matvecTextureMulti", "swigluTexture"],
+    }) as Kernels,
+  );
 }
 
 function gpuTest(name: string, fn: (gpu: Gpu, k: Kernels, buffers: BufferSet) => Promise<void>): void {
@@ -176,3 +182,130 @@ gpuTest("texture matvec rejects buffer-stored weights and short buffers", (_gpu,
   );
   return Promise.resolve();
 });
+
+/** A texture-stored W [rows, cols] of random values (in as many textures as `maxTexelRows` makes). */
+function textureWeight(
+  gpu: Gpu,
+  buffers: BufferSet,
+  shape: { rows: number; cols: number; seed: number; maxTexelRows?: number },
+): { weight: WeightTensor; stored: Float32Array } {
+  const dtype = weightDtype(gpu);
+  const values = randomArray(shape.rows * shape.cols, shape.seed, 0.5);
+  const textures = uploadWeightTextures(buffers, values, { ...shape, dtype, label: `w${shape.seed}` });
+  return {
+    weight: { rows: shape.rows, cols: shape.cols, dtype, chunks: [], textures },
+    stored: storedWeightValues(values, dtype),
+  };
+}
+
+interface MultiCase {
+  rows: number;
+  inCols: number;
+  /** Rows of each projected weight. */
+  outCols: number[];
+}
+
+gpuTest("multi-projection matvec matches linear() for one to three projections", async (gpu, k, buffers) => {
+  const cases: MultiCase[] = [
+    { rows: 1, inCols: 8, outCols: [1] },
+    { rows: 1, inCols: 72, outCols: [65, 63] },
+    { rows: 3, inCols: 1000, outCols: [130, 64, 1] },
+    { rows: 8, inCols: 24, outCols: [128, 70, 70] },
+  ];
+  for (const c of cases) {
+    const seed = c.rows * 7919 + c.inCols * 31 + c.outCols.length;
+    const x = randomArray(c.rows * c.inCols, seed, 3);
+    const weights = c.outCols.map((rows, i) =>
+      textureWeight(gpu, buffers, { rows, cols: c.inCols, seed: seed + 2 + i })
+    );
+    const outs = c.outCols.map((n, i) => poisoned(buffers, c.rows * n, `out${i}`));
+    const dispatches = k.matvecTextureMulti.bind(buffers, {
+      x: buffers.upload(x, "x"),
+      projections: weights.map(({ weight }, i) => ({ weight, out: outs[i] })),
+      rows: c.rows,
+    });
+    assert.equal(dispatches.length, 1);
+    gpu.submit(dispatches);
+    for (const [i, out] of outs.entries()) {
+      const actual = await readF32(gpu, out, c.rows * c.outCols[i]);
+      const expected = cpu.linear(x, weights[i].stored, { rows: c.rows });
+      assertClose(actual, expected, EXACT, `matvecTextureMulti projection ${i} of ${JSON.stringify(c)}`);
+    }
+  }
+});
+
+gpuTest("gate/up-SwiGLU matvec matches swigluLinear()", async (gpu, k, buffers) => {
+  for (
+    const c of [{ rows: 1, inCols: 8, outCols: 1 }, { rows: 3, inCols: 72, outCols: 130 }, {
+      rows: 8,
+      inCols: 1000,
+      outCols: 65,
+    }]
+  ) {
+    const seed = c.rows * 7919 + c.inCols * 31 + c.outCols;
+    const x = randomArray(c.rows * c.inCols, seed, 3);
+    const gate = textureWeight(gpu, buffers, { rows: c.outCols, cols: c.inCols, seed: seed + 2 });
+    const up = textureWeight(gpu, buffers, { rows: c.outCols, cols: c.inCols, seed: seed + 3 });
+    const out = poisoned(buffers, c.rows * c.outCols, "act");
+    const dispatches = k.swigluTexture.bind(buffers, {
+      x: buffers.upload(x, "x"),
+      gate: gate.weight,
+      up: up.weight,
+      out,
+      rows: c.rows,
+    });
+    assert.equal(dispatches.length, 1);
+    gpu.submit(dispatches);
+    const expected = cpu.swigluLinear(x, { gate: gate.stored, up: up.stored }, { rows: c.rows });
+    assertClose(
+      await readF32(gpu, out, c.rows * c.outCols),
+      expected,
+      EXACT,
+      `swigluTexture ${JSON.stringify(c)}`,
+    );
+  }
+});
+
+gpuTest(
+  "fused texture matvecs refuse weights outside one texture and mismatched shapes",
+  (gpu, k, buffers) => {
+    const x = buffers.upload(randomArray(512, 5), "x");
+    const out = buffers.storage(4 * 4096, "out");
+    // 512 columns, one texture row per texture: 200 rows need several textures
+    const split = textureWeight(gpu, buffers, { rows: 200, cols: 512, seed: 6, maxTexelRows: 1 }).weight;
+    const fine = textureWeight(gpu, buffers, { rows: 64, cols: 512, seed: 7 }).weight;
+    const narrow = textureWeight(gpu, buffers, { rows: 64, cols: 256, seed: 8 }).weight;
+    const inBuffers = uploadWeight(buffers, randomArray(64 * 512, 9), { rows: 64, cols: 512, label: "w" });
+    const project = (...weights: WeightTensor[]) =>
+      k.matvecTextureMulti.bind(buffers, {
+        x,
+        rows: 1,
+        projections: weights.map((weight) => ({ weight, out })),
+      });
+    assert.throws(() => project(fine, split), /projections\[1\]\.weight is .* in \d+ textures/);
+    assert.throws(() => project(inBuffers), /in buffers/);
+    assert.throws(() => project(fine, narrow), /\[64, 256\]/);
+    assert.throws(() => project(fine, fine, fine, fine), /4 projections, expected 1 to 3/);
+    assert.throws(() => project(), InputError);
+    const swiglu = (gate: WeightTensor, up: WeightTensor) =>
+      k.swigluTexture.bind(buffers, { x, rows: 1, gate, up, out });
+    assert.throws(() => swiglu(split, split), InputError);
+    assert.throws(
+      () => swiglu(fine, textureWeight(gpu, buffers, { rows: 65, cols: 512, seed: 10 }).weight),
+      /up has 65 rows, gate 64/,
+    );
+    assert.throws(
+      () =>
+        k.swigluTexture.bind(buffers, {
+          x,
+          rows: 1,
+          gate: fine,
+          up: fine,
+          out: buffers.storage(16, "small"),
+        }),
+      /out holds 16 bytes, needs 256/,
+    );
+    assert.equal(project(fine).length, 1);
+    return Promise.resolve();
+  },
+);

@@ -86,6 +86,12 @@ export interface LoadOptions {
    */
   kvDtype?: "auto" | KvDtype;
   /**
+   * GPU decode kernels: true (default) computes q, k, v in one dispatch, gate/up with SwiGLU in
+   * one, and RoPE on q and k in one, where matrices sit in storage textures; false runs one kernel
+   * per op, for comparisons. Results agree within f32 rounding.
+   */
+  fusedKernels?: boolean;
+  /**
    * Scan every weight for NaN and ±Inf while loading (reads each tensor once more; off by default).
    * A non-finite weight is a CheckpointError naming the tensor and its file.
    */
@@ -795,6 +801,7 @@ export async function loadModel(path: string | URL, options: LoadOptions = {}): 
       weightDtype: options.weightDtype ?? "auto",
       weightStorage: options.weightStorage ?? "auto",
       kvDtype: options.kvDtype ?? "auto",
+      fusedKernels: options.fusedKernels ?? true,
     });
   return new Model(config, tokenizer, backend, policyInfo, { maxImagePixels: options.maxImagePixels });
 }

@@ -248,6 +248,29 @@ export function swiglu(gate: Float32Array, up: Float32Array): Float32Array {
 }
 
 /**
+ * The SwiGLU MLP's hidden activation: silu(x·W_gateᵀ) · (x·W_upᵀ). x [M, C], W_gate and W_up
+ * [I, C] → [M, I]. The twin of the gate/up-SwiGLU texture kernel (kernels/matvec_texture_fused.ts).
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { swigluLinear } from "./cpu_ops.ts";
+ * // gate = [2, 0], up = [2, 3]
+ * const act = swigluLinear(new Float32Array([1, 1]), {
+ *   gate: new Float32Array([1, 1, 0, 0]),
+ *   up: new Float32Array([1, 1, 3, 0]),
+ * }, { rows: 1 });
+ * assert.deepEqual(Array.from(act, (v) => +v.toFixed(4)), [3.5232, 0]); // silu(2)·2, silu(0)·3
+ * ```
+ */
+export function swigluLinear(
+  x: Float32Array,
+  weights: { gate: Float32Array; up: Float32Array },
+  options: { rows: number },
+): Float32Array {
+  return swiglu(linear(x, weights.gate, options), linear(x, weights.up, options));
+}
+
+/**
  * Error function from the Chebyshev-fitted erfc of Numerical Recipes (|error| < 1.2e-7); the GELU
  * kernel evaluates the same formula.
  * @example

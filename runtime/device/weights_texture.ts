@@ -151,7 +151,9 @@ export function uploadWeightTextures(
  * WGSL declaring a weight texture at `@group(0) @binding(binding)` and its accessors:
  * `weight_texel(i: u32) -> vec4u` (linear texel i), `weight_slice(texel: u32) -> mat2x4f` (the 8
  * elements of the slice starting at that texel) and `weight_block8(row, block, cols) -> mat2x4f`
- * (the same contract as the storage-buffer accessor of runtime/device/weights_gpu.ts).
+ * (the same contract as the storage-buffer accessor of runtime/device/weights_gpu.ts), and the
+ * constant `WEIGHT_TEXELS_PER_SLICE`. A kernel reading several weight textures gives each a `name`
+ * (snake_case), which replaces `weight` in every one of these (`up_slice`, `UP_TEXELS_PER_SLICE`).
  * @example
  * ```ts
  * import assert from "node:assert/strict";
@@ -159,27 +161,31 @@ export function uploadWeightTextures(
  * const wgsl = weightTextureShader("f16", 3);
  * assert.ok(wgsl.includes("@group(0) @binding(3) var weight_tex: texture_storage_2d<rgba32uint, read>;"));
  * assert.ok(wgsl.includes("fn weight_block8(row: u32, block: u32, cols: u32) -> mat2x4f"));
+ * const up = weightTextureShader("f32", 4, "up");
+ * assert.ok(up.includes("var up_tex: texture_storage_2d<rgba32uint, read>;"));
+ * assert.ok(up.includes("const UP_TEXELS_PER_SLICE = 2u;") && up.includes("fn up_slice(texel: u32) -> mat2x4f"));
  * ```
  */
-export function weightTextureShader(dtype: "f16" | "f32", binding: number): string {
+export function weightTextureShader(dtype: "f16" | "f32", binding: number, name = "weight"): string {
   const slice = dtype === "f16"
-    ? `  let w = weight_texel(texel);
+    ? `  let w = ${name}_texel(texel);
   return mat2x4f(
     vec4f(unpack2x16float(w.x), unpack2x16float(w.y)),
     vec4f(unpack2x16float(w.z), unpack2x16float(w.w)),
   );`
-    : `  return mat2x4f(bitcast<vec4f>(weight_texel(texel)), bitcast<vec4f>(weight_texel(texel + 1u)));`;
-  return `@group(0) @binding(${binding}) var weight_tex: texture_storage_2d<rgba32uint, read>;
-const WEIGHT_TEXELS_PER_SLICE = ${texelsPerSlice(dtype)}u;
-fn weight_texel(i: u32) -> vec4u {
-  return textureLoad(weight_tex, vec2u(i % ${TEXTURE_WIDTH}u, i / ${TEXTURE_WIDTH}u));
+    : `  return mat2x4f(bitcast<vec4f>(${name}_texel(texel)), bitcast<vec4f>(${name}_texel(texel + 1u)));`;
+  const per = `${name.toUpperCase()}_TEXELS_PER_SLICE`;
+  return `@group(0) @binding(${binding}) var ${name}_tex: texture_storage_2d<rgba32uint, read>;
+const ${per} = ${texelsPerSlice(dtype)}u;
+fn ${name}_texel(i: u32) -> vec4u {
+  return textureLoad(${name}_tex, vec2u(i % ${TEXTURE_WIDTH}u, i / ${TEXTURE_WIDTH}u));
 }
-fn weight_slice(texel: u32) -> mat2x4f {
+fn ${name}_slice(texel: u32) -> mat2x4f {
 ${slice}
 }
-fn weight_block8(row: u32, block: u32, cols: u32) -> mat2x4f {
+fn ${name}_block8(row: u32, block: u32, cols: u32) -> mat2x4f {
   let slot = (row / ${ROW_BLOCK}u) * (cols >> 3u) * ${ROW_BLOCK}u + block * ${ROW_BLOCK}u + row % ${ROW_BLOCK}u;
-  return weight_slice(slot * WEIGHT_TEXELS_PER_SLICE);
+  return ${name}_slice(slot * ${per});
 }
 `;
 }

@@ -78,6 +78,8 @@ export async function createGpuBackend(
      * device has `shader-f16`, else f32; "f16" there only (InputError naming `kvDtype` elsewhere).
      */
     kvDtype?: "auto" | KvDtype;
+    /** Fused decode kernels where they apply (default true; {@link GpuModel.fused}). */
+    fusedKernels?: boolean;
   },
 ): Promise<Backend> {
   // Quantized blocks dequantize to values f16 cannot hold exactly: those stay f32.
@@ -136,7 +138,8 @@ export async function createGpuBackend(
       vector: (spec) => vectors.get(spec.name)!,
     });
     const weights: GpuWeights = { ...bound, embed: matrices.get(specs.embed.name)! };
-    const model = { gpu, buffers, config: checkpoint.config, weights, kernels, predictors };
+    const fused = options.fusedKernels ?? true;
+    const model = { gpu, buffers, config: checkpoint.config, weights, kernels, predictors, fused };
     return new GpuBackend(model, storage, kvDtype);
   } catch (err) {
     buffers.destroy();

@@ -19,6 +19,7 @@ import { createLayerNorm } from "../../kernels/layernorm.ts";
 import { createMatmul } from "../../kernels/matmul.ts";
 import { createLinear, createQuantMatmul } from "../../kernels/matmul_quant.ts";
 import { createMatvecTexture } from "../../kernels/matvec_texture.ts";
+import { createMatvecTextureMulti, createSwigluTexture } from "../../kernels/matvec_texture_fused.ts";
 import { createIm2col } from "../../kernels/patches.ts";
 import {
   createAdmitFlag,
@@ -40,6 +41,8 @@ export const KERNELS = {
   floatMatmul: createMatmul,
   quantMatmul: createQuantMatmul,
   matvecTexture: createMatvecTexture,
+  matvecTextureMulti: createMatvecTextureMulti, // decode: q, k and v in one dispatch
+  swigluTexture: createSwigluTexture, // decode: gate/up and SwiGLU in one
   rope: createRope,
   kvAppend: createKvAppend,
   attention: createAttention,

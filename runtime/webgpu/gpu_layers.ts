@@ -6,10 +6,20 @@
  *
  * Activations (f32, M rows): x [M, C] residual stream, h [M, C], q [M, H·D], k/v [M, KvH·D],
  * attn [M, H·D] (attention output), gate/up/act [M, I], logits [rows, V].
+ *
+ * Few rows (decode steps, batched or not) over weights in single textures take the fused kernels
+ * (kernels/matvec_texture_fused.ts) unless the model was loaded without them: q, k and v are one
+ * dispatch, gate/up with SwiGLU another (gate and up are not written), and RoPE turns q and k in one
+ * dispatch (for any number of rows). Per layer that is 7 dispatches instead of 12 besides the
+ * attention's.
  * @module
  */
 import type { TextConfig } from "../core/config.ts";
 import type { BufferSet, Dispatch } from "../device/gpu.ts";
+import type { WeightTensor } from "../device/weights_gpu.ts";
+import type { GpuMatrix } from "../../kernels/matmul_quant.ts";
+import { MATVEC_TEXTURE_MAX_ROWS } from "../../kernels/matvec_texture.ts";
+import { inOneTexture } from "../../kernels/matvec_texture_fused.ts";
 import type { GpuModel } from "./gpu_model.ts";
 
 /** The activation buffers a layer reads and writes. */
@@ -113,16 +123,37 @@ export function bindLayerInput(
   args: { act: LayerActivations; rows: number; positions: GPUBuffer; positionsOffset: number },
 ): Dispatch[] {
   const k = model.kernels, t = model.config.text, W = model.weights.layers[l], { act: a, rows } = args;
-  const rope = (x: GPUBuffer, heads: number) =>
-    k.rope.bind(set, {
-      x,
-      positions: args.positions,
-      positionsOffset: args.positionsOffset,
+  const rotate = {
+    positions: args.positions,
+    positionsOffset: args.positionsOffset,
+    rows,
+    headDim: t.headDim,
+    theta: t.ropeTheta,
+  };
+  // RoPE on q and k: one dispatch, or one each without fusion.
+  const rope = () =>
+    model.fused
+      ? k.rope.bind(set, { ...rotate, x: a.q, heads: t.numHeads, second: { x: a.k, heads: t.numKvHeads } })
+      : [
+        ...k.rope.bind(set, { ...rotate, x: a.q, heads: t.numHeads }),
+        ...k.rope.bind(set, { ...rotate, x: a.k, heads: t.numKvHeads }),
+      ];
+  const projections = [W.wq, W.wk, W.wv];
+  const qkv = fuses(model, rows, projections)
+    ? k.matvecTextureMulti.bind(set, {
+      x: a.h,
+      projections: [
+        { weight: projections[0], out: a.q },
+        { weight: projections[1], out: a.k },
+        { weight: projections[2], out: a.v },
+      ],
       rows,
-      heads,
-      headDim: t.headDim,
-      theta: t.ropeTheta,
-    });
+    })
+    : [
+      ...k.matmul.bind(set, { x: a.h, weight: W.wq, out: a.q, rows }),
+      ...k.matmul.bind(set, { x: a.h, weight: W.wk, out: a.k, rows }),
+      ...k.matmul.bind(set, { x: a.h, weight: W.wv, out: a.v, rows }),
+    ];
   return [
     ...k.rmsNorm.bind(set, {
       x: a.x,
@@ -132,11 +163,8 @@ export function bindLayerInput(
       cols: t.hiddenSize,
       eps: t.rmsNormEps,
     }),
-    ...k.matmul.bind(set, { x: a.h, weight: W.wq, out: a.q, rows }),
-    ...k.matmul.bind(set, { x: a.h, weight: W.wk, out: a.k, rows }),
-    ...k.matmul.bind(set, { x: a.h, weight: W.wv, out: a.v, rows }),
-    ...rope(a.q, t.numHeads),
-    ...rope(a.k, t.numKvHeads),
+    ...qkv,
+    ...rope(),
   ];
 }
 
@@ -184,6 +212,14 @@ export function bindLayerOutput(
   args: { act: LayerActivations; rows: number },
 ): Dispatch[] {
   const k = model.kernels, t = model.config.text, W = model.weights.layers[l], { act: a, rows } = args;
+  const gateUp = [W.wGate, W.wUp];
+  const mlp = fuses(model, rows, gateUp)
+    ? k.swigluTexture.bind(set, { x: a.h, gate: gateUp[0], up: gateUp[1], out: a.act, rows })
+    : [
+      ...k.matmul.bind(set, { x: a.h, weight: W.wGate, out: a.gate, rows }),
+      ...k.matmul.bind(set, { x: a.h, weight: W.wUp, out: a.up, rows }),
+      ...k.swiglu.bind(set, { gate: a.gate, up: a.up, out: a.act, count: rows * t.intermediateSize }),
+    ];
   return [
     ...k.matmul.bind(set, { x: a.attn, weight: W.wo, out: a.x, rows, accumulate: true }),
     ...k.rmsNorm.bind(set, {
@@ -194,9 +230,7 @@ export function bindLayerOutput(
       cols: t.hiddenSize,
       eps: t.rmsNormEps,
     }),
-    ...k.matmul.bind(set, { x: a.h, weight: W.wGate, out: a.gate, rows }),
-    ...k.matmul.bind(set, { x: a.h, weight: W.wUp, out: a.up, rows }),
-    ...k.swiglu.bind(set, { gate: a.gate, up: a.up, out: a.act, count: rows * t.intermediateSize }),
+    ...mlp,
     ...k.matmul.bind(set, { x: a.act, weight: W.wDown, out: a.x, rows, accumulate: true }),
   ];
 }
@@ -258,4 +292,13 @@ export function bindHead(
       xRowOffset: args.first,
     }),
   ];
+}
+
+/**
+ * Whether `rows` rows through `weights` take the fused texture kernels: the model fuses, the rows
+ * are few enough for the texture matvec, and every weight is a float matrix in one texture.
+ */
+function fuses(model: GpuModel, rows: number, weights: GpuMatrix[]): weights is WeightTensor[] {
+  return model.fused && rows <= MATVEC_TEXTURE_MAX_ROWS &&
+    weights.every((weight) => !("type" in weight) && inOneTexture(weight));
 }

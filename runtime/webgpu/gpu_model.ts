@@ -40,4 +40,9 @@ export interface GpuModel {
   readonly weights: GpuWeights;
   readonly kernels: Kernels;
   readonly predictors: GpuPredictors;
+  /**
+   * Whether decoder layers take the fused kernels where they apply (few rows, weights in single
+   * textures: runtime/webgpu/gpu_layers.ts); false runs one kernel per op (comparisons).
+   */
+  readonly fused: boolean;
 }
