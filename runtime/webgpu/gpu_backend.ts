@@ -32,6 +32,7 @@ import {
 } from "../core/weights.ts";
 import { uploadWeight, type WeightStorage, type WeightTensor } from "../device/weights_gpu.ts";
 import { type GpuMatrix, type QuantType, uploadQuantWeight } from "../../kernels/matmul_quant.ts";
+import { prepareQuantTextureMatvec } from "../../kernels/matvec_quant_texture.ts";
 import { chooseWeightStorage, type WeightStorageOption } from "./weight_storage.ts";
 
 const QUANT_TYPES: string[] = ["Q8_0", "Q4_0", "Q4_K", "Q6_K"];
@@ -95,7 +96,7 @@ export async function createGpuBackend(
         const type = t.storedType as QuantType;
         quantized.set(
           name,
-          uploadQuantWeight(buffers, await t.readBlocks(), { rows, cols, type, label: name }),
+          uploadQuantWeight(buffers, await t.readBlocks(), { rows, cols, type, label: name, storage }),
         );
         loaded += t.byteLength;
         options.onProgress?.({ loadedBytes: loaded, totalBytes: total, tensor: t.sourceName });
@@ -119,6 +120,9 @@ export async function createGpuBackend(
       vision: cpuPredictors.vision ? await uploadVisionPredictor(buffers, cpuPredictors.vision) : null,
       text: cpuPredictors.text ? await uploadTextPredictor(buffers, cpuPredictors.text) : null,
     };
+    // Decode reads x through a uniform binding for each quantized texture shape (compiled once).
+    const shapes = [...quantized.values()].flatMap((w) => "type" in w && w.textures ? [w] : []);
+    await prepareQuantTextureMatvec(gpu, shapes);
     await gpu.sync();
     const bound = bindWeights(specs, {
       matrix: (spec): GpuMatrix => quantized.get(spec.name) ?? matrices.get(spec.name)!,

@@ -19,6 +19,7 @@ import { createLayerNorm } from "../../kernels/layernorm.ts";
 import { createMatmul } from "../../kernels/matmul.ts";
 import { createLinear, createQuantMatmul } from "../../kernels/matmul_quant.ts";
 import { createMatvecTexture } from "../../kernels/matvec_texture.ts";
+import { createQuantTextureMatvec } from "../../kernels/matvec_quant_texture.ts";
 import { createIm2col } from "../../kernels/patches.ts";
 import {
   createAdmitFlag,
@@ -36,10 +37,11 @@ export const KERNELS = {
   // decoder
   embedding: createEmbedding,
   rmsNorm: createRmsNorm,
-  matmul: createLinear, // by the weight's kind: floatMatmul (texture weights: matvecTexture) or quantMatmul
+  matmul: createLinear, // by the weight's kind: floatMatmul (texture weights: matvecTexture) or quantMatmul (texture weights: quantMatvecTexture)
   floatMatmul: createMatmul,
   quantMatmul: createQuantMatmul,
   matvecTexture: createMatvecTexture,
+  quantMatvecTexture: createQuantTextureMatvec,
   rope: createRope,
   kvAppend: createKvAppend,
   attention: createAttention,
