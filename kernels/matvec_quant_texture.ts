@@ -22,7 +22,7 @@ import {
   quantTextureShader,
   type QuantTextureType,
 } from "../runtime/device/weights_quant_texture.ts";
-import { checkBufferFloats, defineUniforms, packUniforms } from "./uniforms.ts";
+import { checkBufferFloats, defineUniforms, packUniforms, uniformInput } from "./uniforms.ts";
 import { wgslPrelude } from "./wgsl_prelude.ts";
 
 /** A quantized W [rows, cols] in storage textures. */
@@ -249,15 +249,15 @@ ${accumulate}
 function source(type: QuantTextureType, tile: number, uniformCols?: number): string {
   const perTile = range(tile);
   const xDeclaration = uniformCols
-    ? `var<uniform> x: array<vec4f, ${uniformCols / 4}>;`
-    : "var<storage, read> x: array<vec4f>;";
+    ? uniformInput(1, "x", uniformCols / 4)
+    : "@group(0) @binding(1) var<storage, read> x: array<vec4f>;";
   const xBase = (i: number) =>
     uniformCols
       ? `  let x_base${i} = 0u; // the binding starts at the row`
       : `  let x_base${i} = (params.x_row_offset + min(m0 + ${i}u, params.rows - 1u)) * (params.in_cols >> 2u);`;
   return `${wgslPrelude({ workgroupSize: LANES })}
 ${PARAMS.wgsl}
-@group(0) @binding(1) ${xDeclaration}
+${xDeclaration}
 @group(0) @binding(2) var<storage, read> bias: array<f32>;
 ${quantTextureShader(type, 3)}
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
