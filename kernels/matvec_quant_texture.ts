@@ -244,16 +244,16 @@ ${accumulate}
 
 /**
  * The kernel's WGSL: `tile` rows of x per workgroup, x read from a storage buffer, or (`uniformCols`
- * set, tile 1) one row of that many columns bound as a uniform buffer.
+ * set) the tile's rows of that many columns bound as a uniform buffer (one tile per dispatch).
  */
 function source(type: QuantTextureType, tile: number, uniformCols?: number): string {
   const perTile = range(tile);
   const xDeclaration = uniformCols
-    ? uniformInput(1, "x", uniformCols / 4)
+    ? uniformInput(1, "x", (tile * uniformCols) / 4)
     : "@group(0) @binding(1) var<storage, read> x: array<vec4f>;";
   const xBase = (i: number) =>
     uniformCols
-      ? `  let x_base${i} = 0u; // the binding starts at the row`
+      ? `  let x_base${i} = ${(i * uniformCols) / 4}u; // the binding starts at the tile`
       : `  let x_base${i} = (params.x_row_offset + min(m0 + ${i}u, params.rows - 1u)) * (params.in_cols >> 2u);`;
   return `${wgslPrelude({ workgroupSize: LANES })}
 ${PARAMS.wgsl}
@@ -319,14 +319,15 @@ ${
 `;
 }
 
-/** Uniform-x pipelines compiled for a device, by `${type}/${cols}` (see {@link prepareQuantTextureMatvec}). */
+/** Uniform-x pipelines compiled for a device, by `${type}/${cols}/${tile}` (see {@link prepareQuantTextureMatvec}). */
 const uniformPipelines = new WeakMap<Gpu, Map<string, GPUComputePipeline>>();
 
 /**
- * Compiles the decode variant that reads x through a uniform binding for each (type, cols) given;
- * without it {@link QuantTextureMatvecKernel.bind} reads x from storage (same results, slower on
- * adapters such as lavapipe, which loads storage buffers lane by lane). The loader calls it once
- * per model for the shapes of its quantized matrices.
+ * Compiles the variants that read x through a uniform binding for each (type, cols) given (a
+ * decode row, and tiles of rows where they fit the binding limit); without them
+ * {@link QuantTextureMatvecKernel.bind} reads x from storage (same results, slower on adapters such
+ * as lavapipe, which loads storage buffers lane by lane). The loader calls it once per model for
+ * the shapes of its quantized matrices.
  * @example
  * ```ts
  * import { createGpu } from "../runtime/device/gpu.ts";
@@ -343,17 +344,18 @@ export async function prepareQuantTextureMatvec(
   let compiled = uniformPipelines.get(gpu);
   if (!compiled) uniformPipelines.set(gpu, compiled = new Map());
   for (const { type, cols } of shapes) {
-    const key = `${type}/${cols}`;
-    if (compiled.has(key) || !uniformFits(gpu, cols)) continue;
-    const label = `matvec_quant_texture_${type}_uniform${cols}`;
-    compiled.set(key, await gpu.pipeline(label, source(type, 1, cols)));
+    for (const tile of [1, WIDE_TILE]) {
+      const key = `${type}/${cols}/${tile}`;
+      if (compiled.has(key) || !uniformFits(gpu, tile * cols)) continue;
+      const label = `matvec_quant_texture_${type}_x${tile}_uniform${cols}`;
+      compiled.set(key, await gpu.pipeline(label, source(type, tile, cols)));
+    }
   }
 }
 
-/** A row of `cols` f32 fits one uniform binding, at offsets the device can bind. */
-function uniformFits(gpu: Gpu, cols: number): boolean {
-  const limits = gpu.device.limits;
-  return cols % 4 === 0 && cols * 4 <= limits.maxUniformBufferBindingSize;
+/** `floats` f32 fit one uniform binding. */
+function uniformFits(gpu: Gpu, floats: number): boolean {
+  return floats % 4 === 0 && floats * 4 <= gpu.device.limits.maxUniformBufferBindingSize;
 }
 
 /**
@@ -428,31 +430,37 @@ export async function createQuantTextureMatvec(gpu: Gpu): Promise<QuantTextureMa
         ];
         return gpu.dispatch(use, bindings, grid(groups));
       };
-      // Decode: each row of x bound as a uniform buffer, when prepared and the offsets allow it.
+      // Each tile of x rows bound as a uniform buffer (a dispatch per tile), where prepared and the
+      // offsets allow it; a last, shorter tile and everything else read x from storage.
       const rowBytes = weight.cols * 4;
-      const uniform = uniformPipelines.get(gpu)?.get(`${weight.type}/${weight.cols}`);
-      const aligned = range(rows).every((m) =>
-        ((xRowOffset + m) * rowBytes) % gpu.device.limits.minUniformBufferOffsetAlignment === 0
-      );
-      if (tile === 1 && uniform && aligned && (args.x.usage & GPUBufferUsage.UNIFORM) !== 0) {
-        return range(rows).flatMap((m) =>
-          weight.textures.map((chunk) =>
-            dispatch(
-              chunk,
-              uniform,
-              { buffer: args.x, offset: (xRowOffset + m) * rowBytes, size: rowBytes },
-              {
-                rows: 1,
-                xRowOffset: 0,
-                outRowOffset: outRowOffset + m,
-              },
-            )
-          )
+      const uniform = uniformPipelines.get(gpu)?.get(`${weight.type}/${weight.cols}/${tile}`);
+      const alignment = gpu.device.limits.minUniformBufferOffsetAlignment;
+      const full = Math.floor(rows / tile);
+      const aligned = range(full).every((t) => ((xRowOffset + t * tile) * rowBytes) % alignment === 0);
+      if (!uniform || full === 0 || !aligned || (args.x.usage & GPUBufferUsage.UNIFORM) === 0) {
+        return weight.textures.map((chunk) =>
+          dispatch(chunk, pipeline, args.x, { rows, xRowOffset, outRowOffset })
         );
       }
-      return weight.textures.map((chunk) =>
-        dispatch(chunk, pipeline, args.x, { rows, xRowOffset, outRowOffset })
+      const dispatches = range(full).flatMap((t) =>
+        weight.textures.map((chunk) => {
+          const offset = (xRowOffset + t * tile) * rowBytes;
+          return dispatch(chunk, uniform, { buffer: args.x, offset, size: tile * rowBytes }, {
+            rows: tile,
+            xRowOffset: 0,
+            outRowOffset: outRowOffset + t * tile,
+          });
+        })
       );
+      const rest = rows - full * tile, first = full * tile;
+      if (rest === 0) return dispatches;
+      return dispatches.concat(weight.textures.map((chunk) =>
+        dispatch(chunk, pipeline, args.x, {
+          rows: rest,
+          xRowOffset: xRowOffset + first,
+          outRowOffset: outRowOffset + first,
+        })
+      ));
     },
   };
 }
