@@ -142,11 +142,11 @@ export function packQuantTexels(
  * import { uploadQuantTextures } from "./weights_quant_texture.ts";
  * const gpu = await createGpu();
  * const buffers = new BufferSet(gpu);
- * const bytes = quantize("Q4_K", new Float32Array(100 * 256).fill(0.25));
+ * const bytes = quantize("Q4_K", new Float32Array(1000 * 256).fill(0.25));
  * // a row block of Q4_K [·, 256] takes 576 texels: 14 fit one texture row of 8192
  * const chunks = uploadQuantTextures(buffers, bytes, { rows: 1000, cols: 256, type: "Q4_K", label: "w", maxTexelRows: 1 });
  * assert.deepEqual(chunks.map((c) => [c.rowStart, c.rows]), [[0, 896], [896, 104]]);
- * assert.throws(() => uploadQuantTextures(buffers, bytes, { rows: 99, cols: 256, type: "Q4_K", label: "w" }));
+ * assert.throws(() => uploadQuantTextures(buffers, bytes, { rows: 999, cols: 256, type: "Q4_K", label: "w" }));
  * buffers.destroy();
  * gpu.destroy();
  * ```
