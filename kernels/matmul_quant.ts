@@ -6,18 +6,26 @@
  * dequantized values are the twin's bit for bit (each is one f32 rounding of an exact product), so
  * results differ by summation order only.
  *
- * Storage ({@link uploadQuantWeight}): W's rows of block bytes, split by rows into chunks that fit the
- * binding limit, each chunk one storage buffer read as `array<u32>` (bytes addressed inside words).
- * One workgroup of 64 threads per (row of x, output column): threads stride over K, decode their
- * elements, and reduce. Block layouts: see runtime/core/ggml_quants.ts. {@link createLinear} routes
- * each matmul to this kernel or to kernels/matmul.ts by the weight's kind.
+ * Storage ({@link uploadQuantWeight}), chosen per adapter like float weights
+ * (runtime/webgpu/weight_storage.ts):
+ * - `"buffer"`: W's rows of block bytes, split by rows into chunks that fit the binding limit, each
+ *   chunk one storage buffer read as `array<u32>` (bytes addressed inside words). One workgroup of
+ *   64 threads per (row of x, output column): threads stride over K, decode their elements, and
+ *   reduce (this file).
+ * - `"texture"`: the blocks repacked into storage textures (runtime/device/weights_quant_texture.ts),
+ *   multiplied by kernels/matvec_quant_texture.ts, which this kernel's bind routes to.
+ * Block layouts: see runtime/core/ggml_quants.ts. {@link createLinear} routes each matmul to this
+ * kernel or to kernels/matmul.ts by the weight's kind.
  * @module
  */
 import { type BufferSet, type Dispatch, type Gpu, grid } from "../runtime/device/gpu.ts";
 import { GpuError } from "../runtime/core/errors.ts";
 import { ggmlBlock, ggmlBytes, type GgmlType } from "../runtime/core/ggml_quants.ts";
-import type { WeightTensor } from "../runtime/device/weights_gpu.ts";
+import type { WeightStorage, WeightTensor } from "../runtime/device/weights_gpu.ts";
+import type { WeightTextureChunk } from "../runtime/device/weights_texture.ts";
+import { uploadQuantTextures } from "../runtime/device/weights_quant_texture.ts";
 import { createMatmul, type MatmulArgs } from "./matmul.ts";
+import { createQuantTextureMatvec } from "./matvec_quant_texture.ts";
 import { checkBufferFloats, defineUniforms, packUniforms } from "./uniforms.ts";
 import { wgslPrelude } from "./wgsl_prelude.ts";
 
@@ -29,11 +37,15 @@ export interface QuantWeight {
   rows: number;
   cols: number;
   type: QuantType;
+  /** Storage-buffer chunks of block bytes (empty when the weight lives in textures). */
   chunks: { buffer: GPUBuffer; rowStart: number; rows: number }[];
+  /** Storage-texture chunks (runtime/device/weights_quant_texture.ts), when stored as textures. */
+  textures?: WeightTextureChunk[];
 }
 
 /**
- * Uploads W's block bytes (rows × ggmlBytes(type, cols)) as a {@link QuantWeight}.
+ * Uploads W's block bytes (rows × ggmlBytes(type, cols)) as a {@link QuantWeight}: in storage
+ * buffers, or repacked into storage textures with `storage: "texture"`.
  * @example
  * ```ts
  * import assert from "node:assert/strict";
@@ -45,6 +57,8 @@ export interface QuantWeight {
  * const bytes = quantize("Q8_0", new Float32Array(3 * 64).fill(0.5));
  * const w = uploadQuantWeight(buffers, bytes, { rows: 3, cols: 64, type: "Q8_0", label: "w", maxChunkBytes: 136 });
  * assert.deepEqual(w.chunks.map((c) => c.rows), [2, 1]);
+ * const t = uploadQuantWeight(buffers, bytes, { rows: 3, cols: 64, type: "Q8_0", label: "t", storage: "texture" });
+ * assert.deepEqual([t.chunks.length, t.textures?.length], [0, 1]);
  * buffers.destroy();
  * gpu.destroy();
  * ```
@@ -52,7 +66,15 @@ export interface QuantWeight {
 export function uploadQuantWeight(
   buffers: BufferSet,
   bytes: Uint8Array,
-  options: { rows: number; cols: number; type: QuantType; label: string; maxChunkBytes?: number },
+  options: {
+    rows: number;
+    cols: number;
+    type: QuantType;
+    label: string;
+    maxChunkBytes?: number;
+    /** Where the blocks live (default "buffer"). */
+    storage?: WeightStorage;
+  },
 ): QuantWeight {
   const { rows, cols, type, label } = options;
   const rowBytes = ggmlBytes(type, cols);
@@ -61,6 +83,15 @@ export function uploadQuantWeight(
       `Cannot upload weight ${label}: ${bytes.length} bytes do not fill ${type} [${rows}, ${cols}]`,
       label,
     );
+  }
+  if (options.storage === "texture") {
+    return {
+      rows,
+      cols,
+      type,
+      chunks: [],
+      textures: uploadQuantTextures(buffers, bytes, { rows, cols, type, label }),
+    };
   }
   const limit = Math.min(buffers.gpu.maxBindingBytes, options.maxChunkBytes ?? Infinity);
   const rowsPerChunk = Math.floor(limit / rowBytes);
@@ -210,7 +241,8 @@ export interface QuantMatmulKernel {
 }
 
 /**
- * Compiles the quantized matmul pipelines.
+ * Compiles the quantized matmul pipelines (storage-buffer blocks here; texture-stored weights go
+ * to kernels/matvec_quant_texture.ts).
  * @example
  * ```ts
  * import assert from "node:assert/strict";
@@ -232,10 +264,16 @@ export interface QuantMatmulKernel {
  */
 export async function createQuantMatmul(gpu: Gpu): Promise<QuantMatmulKernel> {
   const types: QuantType[] = ["Q8_0", "Q4_0", "Q4_K", "Q6_K"];
-  const pipelines = await Promise.all(types.map((type) => gpu.pipeline(`matmul_${type}`, source(type))));
+  const [pipelines, textureMatvec] = await Promise.all([
+    Promise.all(types.map((type) => gpu.pipeline(`matmul_${type}`, source(type)))),
+    createQuantTextureMatvec(gpu),
+  ]);
   return {
     bind(buffers: BufferSet, args: QuantMatmulArgs): Dispatch[] {
       const { weight, rows } = args;
+      if (weight.textures) {
+        return textureMatvec.bind(buffers, { ...args, weight: { ...weight, textures: weight.textures } });
+      }
       const pipeline = pipelines[types.indexOf(weight.type)];
       if (!pipeline || weight.cols % ggmlBlock(weight.type).elements !== 0) {
         throw new GpuError(

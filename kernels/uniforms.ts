@@ -50,6 +50,23 @@ export function defineUniforms<const F extends UniformFields>(kernel: string, fi
 }
 
 /**
+ * WGSL declaring a read-only input of `vec4s` vec4f at `@group(0) @binding(binding)` as a uniform
+ * buffer (not a parameter: the wrapper binds a byte range of a storage buffer made by
+ * `BufferSet.storage`). For small inputs that every lane reads whole at the same addresses, such as
+ * the row of x in a decode matvec: software adapters (lavapipe) load uniform data once per
+ * workgroup but storage-buffer data lane by lane.
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { uniformInput } from "./uniforms.ts";
+ * assert.equal(uniformInput(1, "x", 256), "@group(0) @binding(1) var<uniform> x: array<vec4f, 256>;");
+ * ```
+ */
+export function uniformInput(binding: number, name: string, vec4s: number): string {
+  return `@group(0) @binding(${binding}) var<uniform> ${name}: array<vec4f, ${vec4s}>;`;
+}
+
+/**
  * Packs `values` in the layout's order (bytes for a uniform buffer, a multiple of 16 long).
  * @example
  * ```ts

@@ -1,6 +1,7 @@
 /**
  * The kernels' shared dialect, checked on their source text and on the registry: parameters only
- * through kernels/uniforms.ts (so the uniform is binding 0 and packed by name), snake_case WGSL,
+ * through kernels/uniforms.ts (so the uniform is binding 0 and packed by name; uniform inputs are
+ * declared there too), snake_case WGSL,
  * workgroup tree reductions only in the prelude (the sampler's argmax and 15-way sums excepted),
  * and every kernel compile function registered once in runtime/webgpu/gpu_kernels.ts.
  * @module

@@ -135,7 +135,8 @@ export class Gpu {
   }
 
   /**
-   * Builds a {@link Dispatch}: binds `buffers` (buffers or texture views) to bindings 0..n-1 of group 0.
+   * Builds a {@link Dispatch}: binds `buffers` (buffers, byte ranges of buffers or texture views) to
+   * bindings 0..n-1 of group 0.
    * @example
    * ```ts
    * import assert from "node:assert/strict";
@@ -154,7 +155,7 @@ export class Gpu {
    */
   dispatch(
     pipeline: GPUComputePipeline,
-    buffers: (GPUBuffer | GPUTextureView)[],
+    buffers: (GPUBuffer | GPUTextureView | GPUBufferBinding)[],
     workgroups: [number, number, number],
   ): Dispatch {
     for (const n of workgroups) {
@@ -299,6 +300,7 @@ export async function createGpu(options: GpuOptions = {}): Promise<Gpu> {
     requiredFeatures: shaderF16 ? ["shader-f16"] : [],
     requiredLimits: {
       maxStorageBufferBindingSize: lim.maxStorageBufferBindingSize,
+      maxUniformBufferBindingSize: lim.maxUniformBufferBindingSize,
       maxBufferSize: lim.maxBufferSize,
       maxStorageBuffersPerShaderStage: lim.maxStorageBuffersPerShaderStage,
       maxComputeWorkgroupStorageSize: lim.maxComputeWorkgroupStorageSize,
@@ -345,11 +347,15 @@ export class BufferSet {
     if (this.parent) this.parent.#count(bytes);
   }
 
-  /** A storage buffer (read/write, copyable) of at least `bytes` bytes (rounded up to 16). */
+  /**
+   * A storage buffer (read/write, copyable) of at least `bytes` bytes (rounded up to 16). It may
+   * also be bound as a uniform buffer: kernels read small inputs that every lane shares that way
+   * where it is faster (kernels/matvec_quant_texture.ts).
+   */
   storage(bytes: number, label: string): GPUBuffer {
     return this.create(
       bytes,
-      GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST,
+      GPUBufferUsage.STORAGE | GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST,
       label,
     );
   }

@@ -131,20 +131,45 @@ export function uploadWeightTextures(
     const chunkRows = Math.min(blocksPerChunk * ROW_BLOCK, rows - rowStart);
     const part = values.subarray(rowStart * cols, (rowStart + chunkRows) * cols);
     const words = packWeightTexels(part, { rows: chunkRows, cols, dtype });
-    const height = words.length / (TEXTURE_WIDTH * 4);
-    const texture = buffers.texture({
-      label: chunks.length === 0 ? label : `${label}#${chunks.length}`,
-      size: [TEXTURE_WIDTH, height],
-      format: "rgba32uint",
-      usage: GPUTextureUsage.STORAGE_BINDING | GPUTextureUsage.COPY_DST,
-    }, words.byteLength);
-    device.queue.writeTexture({ texture }, words, { bytesPerRow: TEXTURE_WIDTH * 16 }, [
-      TEXTURE_WIDTH,
-      height,
-    ]);
-    chunks.push({ texture, view: texture.createView(), rowStart, rows: chunkRows });
+    const chunkLabel = chunks.length === 0 ? label : `${label}#${chunks.length}`;
+    chunks.push({ ...uploadTexels(buffers, words, chunkLabel), rowStart, rows: chunkRows });
   }
   return chunks;
+}
+
+/**
+ * Uploads texels (u32 words, 4 per texel, whole rows of {@link TEXTURE_WIDTH} texels) into one
+ * new `rgba32uint` storage texture; the texel layout is the caller's.
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { BufferSet, createGpu } from "./gpu.ts";
+ * import { TEXTURE_WIDTH, uploadTexels } from "./weights_texture.ts";
+ * const gpu = await createGpu();
+ * const buffers = new BufferSet(gpu);
+ * const { texture } = uploadTexels(buffers, new Uint32Array(2 * TEXTURE_WIDTH * 4), "w");
+ * assert.deepEqual([texture.width, texture.height], [TEXTURE_WIDTH, 2]);
+ * buffers.destroy();
+ * gpu.destroy();
+ * ```
+ */
+export function uploadTexels(
+  buffers: BufferSet,
+  words: Uint32Array<ArrayBuffer>,
+  label: string,
+): { texture: GPUTexture; view: GPUTextureView } {
+  const height = words.length / (TEXTURE_WIDTH * 4);
+  const texture = buffers.texture({
+    label,
+    size: [TEXTURE_WIDTH, height],
+    format: "rgba32uint",
+    usage: GPUTextureUsage.STORAGE_BINDING | GPUTextureUsage.COPY_DST,
+  }, words.byteLength);
+  buffers.gpu.device.queue.writeTexture({ texture }, words, { bytesPerRow: TEXTURE_WIDTH * 16 }, [
+    TEXTURE_WIDTH,
+    height,
+  ]);
+  return { texture, view: texture.createView() };
 }
 
 /**

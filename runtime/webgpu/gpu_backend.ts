@@ -32,6 +32,7 @@ import {
 } from "../core/weights.ts";
 import { uploadWeight, type WeightStorage, type WeightTensor } from "../device/weights_gpu.ts";
 import { type GpuMatrix, type QuantType, uploadQuantWeight } from "../../kernels/matmul_quant.ts";
+import { prepareQuantTextureMatvec } from "../../kernels/matvec_quant_texture.ts";
 import { chooseWeightStorage, type WeightStorageOption } from "./weight_storage.ts";
 import { InputError } from "../core/errors.ts";
 import { KV_DTYPES, type KvDtype } from "../core/sparse_kv.ts";
@@ -108,7 +109,7 @@ export async function createGpuBackend(
         const type = t.storedType as QuantType;
         quantized.set(
           name,
-          uploadQuantWeight(buffers, await t.readBlocks(), { rows, cols, type, label: name }),
+          uploadQuantWeight(buffers, await t.readBlocks(), { rows, cols, type, label: name, storage }),
         );
         loaded += t.byteLength;
         options.onProgress?.({ loadedBytes: loaded, totalBytes: total, tensor: t.sourceName });
@@ -132,6 +133,9 @@ export async function createGpuBackend(
       vision: cpuPredictors.vision ? await uploadVisionPredictor(buffers, cpuPredictors.vision) : null,
       text: cpuPredictors.text ? await uploadTextPredictor(buffers, cpuPredictors.text) : null,
     };
+    // Decode reads x through a uniform binding for each quantized texture shape (compiled once).
+    const shapes = [...quantized.values()].flatMap((w) => "type" in w && w.textures ? [w] : []);
+    await prepareQuantTextureMatvec(gpu, shapes);
     await gpu.sync();
     const bound = bindWeights(specs, {
       matrix: (spec): GpuMatrix => quantized.get(spec.name) ?? matrices.get(spec.name)!,

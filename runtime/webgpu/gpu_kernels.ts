@@ -20,6 +20,7 @@ import { createMatmul } from "../../kernels/matmul.ts";
 import { createLinear, createQuantMatmul } from "../../kernels/matmul_quant.ts";
 import { createMatvecTexture } from "../../kernels/matvec_texture.ts";
 import { createMatvecTextureMulti, createSwigluTexture } from "../../kernels/matvec_texture_fused.ts";
+import { createQuantTextureMatvec } from "../../kernels/matvec_quant_texture.ts";
 import { createIm2col } from "../../kernels/patches.ts";
 import {
   createAdmitFlag,
@@ -37,12 +38,13 @@ export const KERNELS = {
   // decoder
   embedding: createEmbedding,
   rmsNorm: createRmsNorm,
-  matmul: createLinear, // by the weight's kind: floatMatmul (texture weights: matvecTexture) or quantMatmul
+  matmul: createLinear, // by the weight's kind: floatMatmul (texture weights: matvecTexture) or quantMatmul (texture weights: quantMatvecTexture)
   floatMatmul: createMatmul,
   quantMatmul: createQuantMatmul,
   matvecTexture: createMatvecTexture,
   matvecTextureMulti: createMatvecTextureMulti, // decode: q, k and v in one dispatch
   swigluTexture: createSwigluTexture, // decode: gate/up and SwiGLU in one
+  quantMatvecTexture: createQuantTextureMatvec,
   rope: createRope,
   kvAppend: createKvAppend,
   attention: createAttention,
