@@ -48,7 +48,8 @@
  * @module
  */
 import { join } from "node:path";
-import { type CostEstimate, type CostPlan, estimateCost, type KvDtype } from "../runtime/core/cost.ts";
+import { type CostEstimate, type CostPlan, estimateCost } from "../runtime/core/cost.ts";
+import type { KvDtype } from "../runtime/core/sparse_kv.ts";
 import { parseWeightType, type StoredWeightType, type WeightBytes } from "../runtime/core/weight_bytes.ts";
 import { CheckpointError, InputError } from "../runtime/core/errors.ts";
 import type { GenerateResult } from "../runtime/engine/generate.ts";

@@ -36,7 +36,12 @@ export const GENERATE_COMMAND: CommandSpec = {
       type: "boolean",
       description: "use the bundled demo checkpoint (trained on the shapes task) and its sample scene",
     },
-    prompt: { type: "string", value: "TEXT", default: "Describe the image in detail.", description: "the question" },
+    prompt: {
+      type: "string",
+      value: "TEXT",
+      default: "Describe the image in detail.",
+      description: "the question",
+    },
     image: { type: "string", value: "FILE", description: "an image (png, jpeg, webp, gif, bmp)" },
     video: {
       type: "string",

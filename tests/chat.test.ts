@@ -21,7 +21,11 @@ async function withDemo(body: (model: Model) => Promise<void>): Promise<void> {
 Deno.test("chat() with one user message answers exactly as generate() with the same prompt and image", async () => {
   await withDemo(async (model) => {
     const png = await encodeImage(makeTestImage(20, 16), "png");
-    const direct = await model.generate({ prompt: "Describe the image in detail.", image: png, maxNewTokens: 6 });
+    const direct = await model.generate({
+      prompt: "Describe the image in detail.",
+      image: png,
+      maxNewTokens: 6,
+    });
     const reply = await model.chat({
       messages: [{
         role: "user",

@@ -26,7 +26,11 @@ Deno.test("the openai client against `serve --demo` gets generate()'s text, as a
   const server = await startServer(["--demo", "--backend", "cpu", "--api-key", "sekret"]);
   const model = await loadModel(DEMO, { backend: "cpu" });
   try {
-    const direct = await model.generate({ prompt: "Describe the image in detail.", image: PNG, maxNewTokens: 12 });
+    const direct = await model.generate({
+      prompt: "Describe the image in detail.",
+      image: PNG,
+      maxNewTokens: 12,
+    });
     const client = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: "sekret" });
     const models = await client.models.list();
     assert.deepEqual(models.data.map((m) => m.id), ["dynllava-demo"]);

@@ -32,6 +32,7 @@
  * floor(k × textKeepRate) are kept/admitted.
  * @module
  */
+import { type KvDtype, kvElementBytes } from "./sparse_kv.ts";
 import { CheckpointError, InputError } from "./errors.ts";
 import { type ModelConfig, parseModelConfig, type TextConfig } from "./config.ts";
 import { parseWeightType, type StoredWeightType, type WeightBytes, weightBytes } from "./weight_bytes.ts";
@@ -43,11 +44,11 @@ const RMSNORM_FLOPS_PER_ELEMENT = 4;
 const LAYERNORM_FLOPS_PER_ELEMENT = 7;
 const EPSILON = 1e-9;
 
-/** Element type of the K/V cache. */
-export type KvDtype = "f32" | "f16";
-
 /** Bytes per cached K/V element of each {@link KvDtype}. */
-export const KV_DTYPE_BYTES: Readonly<Record<KvDtype, number>> = { f32: 4, f16: 2 };
+export const KV_DTYPE_BYTES: Readonly<Record<KvDtype, number>> = {
+  f32: kvElementBytes("f32"),
+  f16: kvElementBytes("f16"),
+};
 
 /** Rows one decoder layer handled in one forward pass. */
 export interface LayerRows {
@@ -351,26 +352,12 @@ export function kvBytes(
       "rowsPerLayer",
     );
   }
-  const rowBytes = kvRowBytes(text, options);
+  const rowBytes = rowBytesOf(text, options);
   return rowsPerLayer.reduce((sum, rows) => sum + rows * rowBytes, 0);
 }
 
-/**
- * Bytes of one row of one layer's KV cache: 2 (K and V) × numKvHeads × headDim × bytesPerElement
- * (default 2).
- *
- * @example
- * ```ts
- * import assert from "node:assert/strict";
- * import { KV_DTYPE_BYTES, kvRowBytes } from "./cost.ts";
- * import { parseTextConfig } from "./config.ts";
- * const text = parseTextConfig({
- *   hidden_size: 4096, intermediate_size: 11008, num_attention_heads: 32, num_hidden_layers: 32,
- * }, "config.json");
- * assert.equal(kvRowBytes(text, { bytesPerElement: KV_DTYPE_BYTES.f16 }), 16384); // LLaVA-1.5-7B: 16 KiB a layer
- * ```
- */
-export function kvRowBytes(text: TextConfig, options: { bytesPerElement?: number } = {}): number {
+/** Bytes of one row of one layer's KV cache: 2 (K and V) × numKvHeads × headDim × bytesPerElement (default 2). */
+function rowBytesOf(text: TextConfig, options: { bytesPerElement?: number } = {}): number {
   return 2 * text.numKvHeads * text.headDim * (options.bytesPerElement ?? 2);
 }
 
@@ -850,7 +837,7 @@ export function estimateCost(config: ModelConfig | unknown, plan: CostPlan): Cos
       tokensComputed: decodeRows.reduce((sum, rows) => sum + rows, 0) * batch,
     },
     kv: {
-      bytesPerToken: text.numLayers * kvRowBytes(text, { bytesPerElement }),
+      bytesPerToken: text.numLayers * rowBytesOf(text, { bytesPerElement }),
       rowsPerLayer: cacheRows,
       bytes: cacheBytes * batch,
       peakBytes: peakBytes * batch,

@@ -23,14 +23,8 @@
  * @module
  */
 import type { ModelConfig } from "./config.ts";
-import {
-  costConfig,
-  type CostPlan,
-  DEFAULT_PROMPT_TOKENS,
-  estimateCost,
-  KV_DTYPE_BYTES,
-  type KvDtype,
-} from "./cost.ts";
+import { costConfig, type CostPlan, DEFAULT_PROMPT_TOKENS, estimateCost, KV_DTYPE_BYTES } from "./cost.ts";
+import type { KvDtype } from "./sparse_kv.ts";
 import { InputError } from "./errors.ts";
 import type { StoredWeightType, WeightBytes } from "./weight_bytes.ts";
 
