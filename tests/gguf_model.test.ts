@@ -215,7 +215,7 @@ Deno.test("loadModel() of a Q4_K_M GGUF (Q4_K and Q6_K blocks): WebGPU on blocks
       const expected = await cpu.generate(request);
       const logits = await cpu.logits(request);
       // (blocks in storage buffers: the kernel parity suite; on lavapipe that kernel is slow)
-      const gpu = await loadModel(dir, { backend: "webgpu", weightStorage: "texture" });
+      const gpu = await loadModel(dir, { backend: "webgpu", weightStorage: "texture", kvDtype: "f32" });
       try {
         const e = nmse(await gpu.logits(request), logits);
         assert.ok(e < 1e-8, `logits NMSE ${e}`);
