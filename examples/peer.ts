@@ -89,7 +89,15 @@ async function runLlamaCpp(
   return JSON.parse(lines[lines.length - 1]);
 }
 
-function nmse(actual: Float32Array, expected: Float32Array): number {
+/**
+ * Normalised mean squared error: mse(actual, expected) / mse(expected, 0).
+ * @example
+ * ```ts
+ * import { nmse } from "./peer.ts";
+ * console.log(nmse(new Float32Array([1, 2]), new Float32Array([1, 2]))); // 0
+ * ```
+ */
+export function nmse(actual: Float32Array, expected: Float32Array): number {
   let err = 0, ref = 0;
   for (let i = 0; i < actual.length; i++) {
     err += (actual[i] - expected[i]) ** 2;

@@ -11,16 +11,7 @@ import { parseArgs } from "node:util";
 import { loadModel, type Model } from "../mod.ts";
 import { ensureFixture, FIXTURES } from "./make_fixtures.ts";
 import { makeTestImage } from "./fixtures/images.ts";
-
-/** NMSE = mse(actual, expected) / mse(expected, 0). */
-function nmse(actual: Float32Array, expected: Float32Array): number {
-  let err = 0, ref = 0;
-  for (let i = 0; i < actual.length; i++) {
-    err += (actual[i] - expected[i]) ** 2;
-    ref += expected[i] ** 2;
-  }
-  return err / ref;
-}
+import { nmse } from "../examples/peer.ts";
 
 /** One line per policy the model runs: f16 against f32 KV. */
 async function measure(label: string, model: Model, tokens: number): Promise<void> {
